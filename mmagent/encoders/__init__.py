@@ -1,0 +1,30 @@
+"""Encoders: one interface for text, image, audio and numeric inputs; built by ``build_encoder(spec)``.
+
+Importing this package registers the built-in sources. Third-party sources register through the
+``mmagent.encoders`` entry-point group (see README, "Adding an encoder").
+"""
+
+from mmagent.encoders.base import (
+    MODALITIES,
+    Encoder,
+    EncoderOutput,
+    EncoderSpec,
+    LoraSpec,
+    Preprocessor,
+    available_sources,
+    build_encoder,
+    register_source,
+)
+from mmagent.encoders import builtin, hf  # noqa: F401  (registration side effects)
+
+__all__ = [
+    "MODALITIES",
+    "Encoder",
+    "EncoderOutput",
+    "EncoderSpec",
+    "LoraSpec",
+    "Preprocessor",
+    "available_sources",
+    "build_encoder",
+    "register_source",
+]

@@ -1,0 +1,224 @@
+"""The encoder interface, the encoder spec and the source registry.
+
+An *encoder* turns one modality into vectors. Every encoder, whatever library it wraps, offers:
+
+- ``modality`` (``text``/``image``/``audio``/``numeric``) and ``output_dim``;
+- ``preprocessor``: a picklable object that turns one raw input (a string, an image path / PIL
+  image / array, a waveform or audio path, a list of numbers) into tensors. It is cheap and runs in
+  DataLoader workers; its ``collate`` pads a list of samples into a batch;
+- ``forward(batch) -> EncoderOutput``: per-sample token sequences with a padding mask, plus a pooled
+  vector, so that fusion modules can use either.
+
+Encoders are chosen by a spec ``{source, name, ...}``. A *source* (``hf``, ``timm``, ``builtin``,
+...) is a builder function registered with :func:`register_source`; third-party packages add
+sources through the ``mmagent.encoders`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import Tensor, nn
+
+Modality = Literal["text", "image", "audio", "numeric"]
+MODALITIES: tuple[str, ...] = ("text", "image", "audio", "numeric")
+
+
+class LoraSpec(BaseModel):
+    """LoRA adapters (via peft) for transformer encoders."""
+
+    model_config = ConfigDict(extra="forbid")
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = None  # None: the encoder's own sensible default
+
+
+class EncoderSpec(BaseModel):
+    """How to build one encoder. Validated up front; unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(..., description="hf | timm | torchvision | torchaudio | builtin | zoo | an entry-point source")
+    name: str = Field(..., description="model id, builder name or local folder")
+    modality: Modality | None = None  # filled from the input when the encoder is built for one
+    pretrained: bool = True
+    config: dict[str, Any] = Field(default_factory=dict, description="architecture overrides (tiny test models)")
+    freeze: Literal["all", "none"] | int = "none"
+    lora: LoraSpec | None = None
+    # Preprocessing knobs; each encoder uses the ones of its modality.
+    max_length: int = Field(128, ge=1, description="text: maximum tokens")
+    image_size: int | None = Field(None, ge=8, description="image: side in pixels (default: the model's)")
+    sample_rate: int | None = Field(None, ge=1000, description="audio: rate the model expects (default: the model's)")
+    max_seconds: float = Field(10.0, gt=0, description="audio: crop / pad to this duration")
+    pooling: Literal["mean", "cls", "max"] = "mean"
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_non_negative(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("freeze must be 'all', 'none' or a number of layers >= 0")
+        return v
+
+
+@dataclass
+class EncoderOutput:
+    """What every encoder returns for a batch of B samples."""
+
+    tokens: Tensor  # (B, T, D) float
+    mask: Tensor  # (B, T) bool, True where a token is real
+    pooled: Tensor  # (B, D)
+
+
+def pad_stack(tensors: list[Tensor], pad_value: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Pad tensors along dim 0 to the longest and stack them; also return the (B, T) validity mask."""
+    length = max(int(t.shape[0]) for t in tensors)
+    out = tensors[0].new_full((len(tensors), length, *tensors[0].shape[1:]), pad_value)
+    mask = torch.zeros(len(tensors), length, dtype=torch.bool)
+    for i, t in enumerate(tensors):
+        out[i, : t.shape[0]] = t
+        mask[i, : t.shape[0]] = True
+    return out, mask
+
+
+class Preprocessor:
+    """Raw input -> tensors for one sample; ``collate`` batches them. Must be picklable.
+
+    Subclasses implement ``__call__``. ``placeholder()`` is what a missing input becomes, so a batch
+    keeps its shape; fusion ignores it through the presence mask.
+    """
+
+    #: per-key padding value; keys not listed are stacked (they must have equal shapes)
+    pad_values: dict[str, float] = {}
+
+    def __call__(self, item: Any) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def placeholder(self) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def collate(self, samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        batch: dict[str, Tensor] = {}
+        for key in samples[0]:
+            values = [s[key] for s in samples]
+            if key in self.pad_values:
+                batch[key], batch[key + "_mask"] = pad_stack(values, self.pad_values[key])
+            else:
+                batch[key] = torch.stack(values)
+        return batch
+
+    def save(self, folder: Path) -> None:
+        """Write files the preprocessor needs (tokenizer, feature-extractor config) into ``folder``."""
+
+
+def masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:
+    weights = mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def pool(tokens: Tensor, mask: Tensor, how: str) -> Tensor:
+    """Pool (B, T, D) tokens over valid positions."""
+    if how == "cls":
+        return tokens[:, 0]
+    if how == "max":
+        return tokens.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+    return masked_mean(tokens, mask)
+
+
+class Encoder(nn.Module):
+    """Base class. Subclasses set ``modality``, ``output_dim``, ``preprocessor`` and implement
+    ``forward`` and (for partial freezing) ``layer_groups``."""
+
+    modality: str
+    output_dim: int
+    preprocessor: Preprocessor
+
+    def __init__(self, spec: EncoderSpec) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, batch: dict[str, Tensor]) -> EncoderOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def layer_groups(self) -> list[nn.Module]:
+        """Modules from the input side up (embeddings, block 0, block 1, ...), for ``freeze: N``."""
+        return [self]
+
+    def save_assets(self, folder: Path) -> dict[str, Any]:
+        """Write what is needed to rebuild this encoder without the network (HF configs,
+        tokenizers). Returns spec fields to override when reloading (e.g. ``name`` -> folder)."""
+        return {}
+
+    # -- freezing -----------------------------------------------------------------------------
+    def apply_freeze(self) -> None:
+        """``freeze: all`` freezes everything; ``freeze: N`` (N > 0) the embeddings + N blocks."""
+        freeze = self.spec.freeze
+        if freeze == "none" or freeze == 0:
+            return
+        modules = [self] if freeze == "all" else self.layer_groups()[: int(freeze) + 1]
+        for module in modules:
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    @property
+    def is_frozen(self) -> bool:
+        """True when no parameter trains (its outputs can be cached)."""
+        return not any(p.requires_grad for p in self.parameters())
+
+
+# -- registry ---------------------------------------------------------------------------------
+SourceBuilder = Callable[[EncoderSpec], Encoder]
+_SOURCES: dict[str, SourceBuilder] = {}
+_ENTRY_POINTS_LOADED = False
+
+
+def register_source(name: str) -> Callable[[SourceBuilder], SourceBuilder]:
+    """Decorator: register ``fn(spec) -> Encoder`` as the builder for ``source: name``."""
+
+    def deco(fn: SourceBuilder) -> SourceBuilder:
+        _SOURCES[name] = fn
+        return fn
+
+    return deco
+
+
+def _load_entry_points() -> None:
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    for ep in importlib.metadata.entry_points(group="mmagent.encoders"):
+        if ep.name not in _SOURCES:
+            _SOURCES[ep.name] = ep.load()
+
+
+def available_sources() -> list[str]:
+    _load_entry_points()
+    return sorted(_SOURCES)
+
+
+def build_encoder(spec: EncoderSpec | dict[str, Any], modality: str | None = None) -> Encoder:
+    """Build an encoder from a spec (a mapping or :class:`EncoderSpec`).
+
+    ``modality`` fills ``spec.modality`` when the spec leaves it out (sources such as ``hf`` serve
+    several modalities). Freezing and LoRA are applied here, once, for every source.
+    """
+    spec = EncoderSpec.model_validate(spec) if not isinstance(spec, EncoderSpec) else spec.model_copy()
+    if modality is not None:
+        if spec.modality is not None and spec.modality != modality:
+            raise ValueError(f"encoder {spec.source}:{spec.name} is for {spec.modality}, input is {modality}")
+        spec.modality = modality  # type: ignore[assignment]
+    _load_entry_points()
+    if spec.source not in _SOURCES:
+        raise ValueError(f"unknown encoder source {spec.source!r}; available: {', '.join(available_sources())}")
+    encoder = _SOURCES[spec.source](spec)
+    if spec.lora is not None:
+        from mmagent.encoders.lora import apply_lora
+
+        apply_lora(encoder, spec.lora)
+    encoder.apply_freeze()
+    return encoder
