@@ -1,0 +1,155 @@
+"""``MultimodalModel`` = one encoder per input + a fusion module + one head per target.
+
+Saved as a folder: ``model.json`` (the :class:`ModelSpec`), ``model.safetensors`` (all weights, no
+pickle) and ``assets/<input>/`` (tokenizer and config files, so loading needs no network).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+
+from mmagent.encoders import Encoder, EncoderOutput, EncoderSpec, build_encoder
+from mmagent.encoders.base import Modality
+from mmagent.fusion import FusionSpec, build_fusion
+from mmagent.io import atomic_dir, write_json
+from mmagent.tasks.heads import Head, TargetSpec
+
+FORMAT_VERSION = 1
+
+
+class InputSpec(BaseModel):
+    """One model input: a table column (or, for numeric inputs, a list of columns) and its encoder."""
+
+    model_config = ConfigDict(extra="forbid")
+    column: str | list[str]
+    modality: Modality
+    encoder: EncoderSpec
+    name: str | None = Field(None, description="defaults to the column name (joined with '+' for several)")
+
+    @model_validator(mode="after")
+    def _fill(self) -> "InputSpec":
+        if isinstance(self.column, list):
+            if self.modality != "numeric":
+                raise ValueError(f"a list of columns is only allowed for numeric inputs, not {self.modality}")
+            if not self.column:
+                raise ValueError("numeric input: column list is empty")
+        if self.name is None:
+            self.name = "+".join(self.column) if isinstance(self.column, list) else self.column
+        if self.encoder.modality is None:
+            self.encoder.modality = self.modality
+        if self.modality == "numeric" and "num_features" not in self.encoder.config:
+            self.encoder.config["num_features"] = len(self.columns)
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.column) if isinstance(self.column, list) else [self.column]
+
+    @property
+    def key(self) -> str:
+        assert self.name is not None
+        return self.name
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    inputs: list[InputSpec]
+    targets: list[TargetSpec]
+    fusion: FusionSpec = Field(default_factory=FusionSpec)
+    head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    format_version: int = FORMAT_VERSION
+
+    @model_validator(mode="after")
+    def _unique(self) -> "ModelSpec":
+        for what, names in (("input", [i.key for i in self.inputs]), ("target", [t.column for t in self.targets])):
+            dupes = {n for n in names if names.count(n) > 1}
+            if dupes:
+                raise ValueError(f"duplicate {what} name(s): {sorted(dupes)}")
+        if not self.inputs or not self.targets:
+            raise ValueError("a model needs at least one input and one target")
+        return self
+
+
+@dataclass
+class ModelOutput:
+    logits: dict[str, Tensor]
+    fused: Tensor
+    gates: Tensor | None = None
+    features: dict[str, EncoderOutput] = field(default_factory=dict)
+
+
+class MultimodalModel(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.encoders = nn.ModuleDict({i.key: build_encoder(i.encoder, i.modality) for i in spec.inputs})
+        self.fusion = build_fusion(spec.fusion, {k: e.output_dim for k, e in self.encoders.items()})
+        self.heads = nn.ModuleDict({t.column: Head(t, self.fusion.output_dim, spec.head_dropout) for t in spec.targets})
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.encoders)
+
+    def encode(self, inputs: dict[str, dict[str, Tensor]], cached: dict[str, EncoderOutput] | None = None) -> dict[str, EncoderOutput]:
+        """Run every encoder, except those whose outputs are given in ``cached``."""
+        cached = cached or {}
+        return {name: cached[name] if name in cached else enc(inputs[name]) for name, enc in self.encoders.items()}
+
+    def forward(self, inputs: dict[str, dict[str, Tensor]], present: Tensor, cached: dict[str, EncoderOutput] | None = None) -> ModelOutput:
+        """``inputs``: per input, the batch its preprocessor collated. ``present``: (B, M) bool, in
+        the order of :attr:`input_names`. ``cached``: precomputed outputs of frozen encoders."""
+        features = self.encode(inputs, cached)
+        fused = self.fusion(features, present)
+        logits = {name: head(fused.vector) for name, head in self.heads.items()}
+        return ModelOutput(logits=logits, fused=fused.vector, gates=fused.gates, features=features)
+
+    def loss(self, output: ModelOutput, targets: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Weighted sum of per-target losses, and the per-target values."""
+        parts = {name: head.loss(output.logits[name], targets[name]) for name, head in self.heads.items()}
+        total = sum(self.heads[n].spec.loss_weight * v for n, v in parts.items())
+        return total, parts  # type: ignore[return-value]
+
+    def predict(self, output: ModelOutput) -> dict[str, Tensor]:
+        return {name: head.predict(output.logits[name]) for name, head in self.heads.items()}
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> None:
+        """Write the model folder atomically (config JSON + safetensors + encoder assets)."""
+        folder = Path(folder)
+        with atomic_dir(folder) as tmp:
+            spec = self.spec.model_copy(deep=True)
+            for inp in spec.inputs:
+                overrides = self.encoders[inp.key].save_assets(tmp / "assets" / _safe(inp.key))
+                inp.encoder = inp.encoder.model_copy(update=overrides)
+            write_json(tmp / "model.json", spec.model_dump(mode="json"))
+            save_model(self, str(tmp / "model.safetensors"))
+
+    @classmethod
+    def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "MultimodalModel":
+        folder = Path(folder)
+        if not (folder / "model.json").is_file():
+            raise FileNotFoundError(f"{folder} is not a saved mmagent model (no model.json)")
+        spec = ModelSpec.model_validate(json.loads((folder / "model.json").read_text()))
+        for inp in spec.inputs:
+            assets = (folder / "assets" / _safe(inp.key)).resolve()
+            name = inp.encoder.name.replace("{assets}", str(assets))
+            # Weights come from model.safetensors: never fetch pretrained ones again.
+            inp.encoder = inp.encoder.model_copy(update={"name": name, "pretrained": False})
+        model = cls(spec)
+        missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=False, device=str(map_location))
+        if missing or unexpected:
+            raise ValueError(f"{folder}: weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        model.eval()
+        return model
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
