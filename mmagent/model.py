@@ -24,6 +24,15 @@ from mmagent.tasks.heads import Head, TargetSpec
 
 FORMAT_VERSION = 1
 
+# Used when an input names no encoder (and no recipe supplies one): real pretrained weights that
+# load offline from the `zoo` extra, and the built-in numeric MLP.
+DEFAULT_ENCODERS: dict[str, dict[str, Any]] = {
+    "text": {"source": "zoo", "name": "minilm-l6"},
+    "image": {"source": "zoo", "name": "efficientnet-lite0"},
+    "audio": {"source": "zoo", "name": "whisper-tiny.en"},
+    "numeric": {"source": "builtin", "name": "mlp"},
+}
+
 
 class InputSpec(BaseModel):
     """One model input: a table column (or, for numeric inputs, a list of columns) and its encoder."""
@@ -33,6 +42,14 @@ class InputSpec(BaseModel):
     modality: Modality
     encoder: EncoderSpec
     name: str | None = Field(None, description="defaults to the column name (joined with '+' for several)")
+    required: bool = Field(False, description="an empty cell is an error (otherwise: the input is missing for that row)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_encoder(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("encoder") is None and raw.get("modality") in DEFAULT_ENCODERS:
+            raw = {**raw, "encoder": dict(DEFAULT_ENCODERS[raw["modality"]])}
+        return raw
 
     @model_validator(mode="after")
     def _fill(self) -> "InputSpec":

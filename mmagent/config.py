@@ -1,0 +1,163 @@
+"""The experiment config: one YAML file, validated by pydantic before any work starts.
+
+Public contract (see README)::
+
+    recipe: customer_service            # optional: defaults for encoders, fusion, policy
+    data: {train: FILE, validation: FILE, test: FILE}
+    inputs:
+      - {column: NAME, modality: text|image|audio|numeric, encoder: {source: ..., name: ...}}
+    targets:
+      - {column: NAME, type: classification|multilabel|regression}
+    fusion: {type: concat|gated|cross_attention}
+    train: {epochs: N, batch_size: N, lr: X, seed: N}
+
+Errors name the key (``inputs.0.encoder.source``) and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mmagent.fusion import FusionSpec
+from mmagent.model import InputSpec, ModelSpec
+from mmagent.tasks.heads import TargetSpec
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message lists every problem with its key."""
+
+
+class DataSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    train: str
+    validation: str | None = None
+    test: str | None = None
+    validation_fraction: float = Field(0.1, gt=0.0, lt=0.9, description="split of train when no validation file is given")
+    on_bad_row: Literal["error", "skip"] = "error"
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes that decode media")
+
+
+class TrainSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(3, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(5e-5, gt=0, description="learning rate of the encoders")
+    head_lr: float = Field(1e-3, gt=0, description="learning rate of fusion + heads")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU that has it, else fp32")
+    seed: int = 42
+    metric: str | None = Field(None, description="validation metric for early stopping / best checkpoint, e.g. 'intent/macro_f1'; default: first target's main metric")
+    early_stopping_patience: int | None = Field(None, ge=1, description="epochs without improvement before stopping")
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+    cache_frozen_encoders: bool = Field(True, description="compute frozen encoders' outputs once and reuse them")
+    cpu: bool = Field(False, description="force CPU even when a GPU is present")
+
+
+class ExperimentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    recipe: str | None = None
+    data: DataSpec
+    inputs: list[InputSpec] = Field(..., min_length=1)
+    targets: list[TargetSpec] = Field(..., min_length=1)
+    fusion: FusionSpec = Field(default_factory=FusionSpec)
+    head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    agent: dict[str, Any] = Field(default_factory=dict, description="agent policy: {type: ..., ...}")
+    tune: dict[str, Any] = Field(default_factory=dict, description="search space for `mmagent tune`")
+    base_dir: str = Field(".", description="folder that relative data paths refer to (set to the config's folder)")
+
+    @model_validator(mode="after")
+    def _check_metric(self) -> "ExperimentConfig":
+        if self.train.metric and "/" not in self.train.metric:
+            raise ValueError(f"train.metric must look like TARGET/METRIC (e.g. {self.targets[0].column}/accuracy), got {self.train.metric!r}")
+        return self
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(inputs=self.inputs, targets=self.targets, fusion=self.fusion, head_dropout=self.head_dropout)
+
+    def resolve(self, path: str | None) -> Path | None:
+        if path is None:
+            return None
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node: Any = raw
+    for i, key in enumerate(keys[:-1]):
+        nxt = keys[i + 1]
+        if isinstance(node, list):
+            node = node[int(key)]
+            continue
+        if key not in node or node[key] is None:
+            node[key] = [] if nxt.isdigit() else {}
+        node = node[key]
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (value parsed as YAML: numbers, booleans, lists)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, value = item.split("=", 1)
+        try:
+            _set_dotted(raw, key.strip(), yaml.safe_load(value))
+        except (IndexError, ValueError, TypeError, KeyError) as e:
+            raise ConfigError(f"override {item!r}: no such key path ({e})") from e
+    return raw
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> ExperimentConfig:
+    """Apply the recipe's defaults (if any), then validate."""
+    raw = dict(raw)
+    raw.setdefault("base_dir", str(base_dir))
+    if raw.get("recipe"):
+        from mmagent.tasks.recipes import apply_recipe
+
+        raw = apply_recipe(raw)
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError("invalid config:\n" + format_validation_error(e)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config, apply ``--set`` overrides and validate it. Relative data paths are
+    taken from the config file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (data, inputs, targets, ...)")
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, base_dir=path.parent.resolve())

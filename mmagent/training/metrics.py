@@ -1,0 +1,79 @@
+"""Metrics per target type (scikit-learn does the arithmetic)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+from mmagent.tasks.heads import IGNORE_INDEX, TargetSpec
+
+# Main metric per task type and whether larger is better: used for early stopping and ablations.
+MAIN_METRIC = {"classification": ("accuracy", True), "multilabel": ("macro_f1", True), "regression": ("rmse", False)}
+
+
+def main_metric(spec: TargetSpec) -> tuple[str, bool]:
+    return MAIN_METRIC[spec.type]
+
+
+def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], detailed: bool = True) -> dict[str, Any]:
+    known = y != IGNORE_INDEX
+    out: dict[str, Any] = {"n": int(known.sum()), "unseen_labels": int((~known).sum())}
+    if not known.any():
+        return out
+    probs, y = probs[known], y[known]
+    pred = probs.argmax(1)
+    idx = list(range(len(labels)))
+    out["accuracy"] = float(skm.accuracy_score(y, pred))
+    out["macro_f1"] = float(skm.f1_score(y, pred, labels=idx, average="macro", zero_division=0))
+    try:
+        if len(labels) == 2:
+            out["auroc"] = float(skm.roc_auc_score(y, probs[:, 1]))
+        elif len(np.unique(y)) == len(labels):
+            out["auroc"] = float(skm.roc_auc_score(y, probs, multi_class="ovr", labels=idx))
+    except ValueError:
+        pass  # a single class present: AUROC undefined
+    if detailed:
+        p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=idx, zero_division=0)
+        out["per_class"] = {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, lab in enumerate(labels)}
+        out["confusion_matrix"] = skm.confusion_matrix(y, pred, labels=idx).tolist()
+    return out
+
+
+def multilabel_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], threshold: float = 0.5) -> dict[str, Any]:
+    pred = (probs >= threshold).astype(int)
+    y = y.astype(int)
+    out: dict[str, Any] = {
+        "n": int(len(y)),
+        "subset_accuracy": float(skm.accuracy_score(y, pred)),
+        "micro_f1": float(skm.f1_score(y, pred, average="micro", zero_division=0)),
+        "macro_f1": float(skm.f1_score(y, pred, average="macro", zero_division=0)),
+    }
+    usable = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
+    if usable:
+        out["auroc"] = float(np.mean([skm.roc_auc_score(y[:, j], probs[:, j]) for j in usable]))
+    out["per_label"] = {lab: {"f1": float(skm.f1_score(y[:, j], pred[:, j], zero_division=0)), "support": int(y[:, j].sum())} for j, lab in enumerate(labels)}
+    return out
+
+
+def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    known = np.isfinite(y)
+    pred, y = pred[known], y[known]
+    if len(y) == 0:
+        return {"n": 0}
+    return {
+        "n": int(len(y)),
+        "mae": float(skm.mean_absolute_error(y, pred)),
+        "rmse": float(np.sqrt(skm.mean_squared_error(y, pred))),
+        "r2": float(skm.r2_score(y, pred)) if len(y) > 1 else float("nan"),
+    }
+
+
+def target_metrics(spec: TargetSpec, outputs: np.ndarray, y: np.ndarray, detailed: bool = True) -> dict[str, Any]:
+    """``outputs``: probabilities (classification, multilabel) or values (regression)."""
+    if spec.type == "classification":
+        return classification_metrics(outputs, y, spec.labels, detailed)
+    if spec.type == "multilabel":
+        return multilabel_metrics(outputs, y, spec.labels)
+    return regression_metrics(outputs, y)

@@ -1,0 +1,179 @@
+"""The end of a run: evaluate the best model, calibrate it, and write metrics.json, report.md and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from mmagent.io import atomic_path, write_json, write_text
+from mmagent.model import MultimodalModel
+from mmagent.training.evaluate import Predictions, ablation_table, evaluate, make_loader
+
+if TYPE_CHECKING:
+    from mmagent.config import ExperimentConfig
+    from mmagent.training.trainer import Splits
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def calibrate(model: MultimodalModel, preds: Predictions) -> dict[str, dict[str, float]]:
+    """Temperature per classification / multilabel target, fitted on validation logits, with the
+    expected calibration error before and after."""
+    from mmagent.agent.calibration import expected_calibration_error, fit_temperature, fit_temperature_binary
+
+    out = {}
+    for name, head in model.heads.items():
+        if head.spec.type == "regression" or name not in preds.targets:
+            continue
+        logits = torch.from_numpy(preds.logits[name])
+        y = torch.from_numpy(preds.targets[name])
+        if head.spec.type == "classification":
+            keep = y >= 0
+            if keep.sum() < 2:
+                continue
+            logits, y = logits[keep], y[keep]
+            temperature = fit_temperature(logits, y)
+            before = expected_calibration_error(logits.softmax(-1), y)
+            after = expected_calibration_error((logits / temperature).softmax(-1), y)
+        else:
+            temperature = fit_temperature_binary(logits, y)
+            before = _binary_ece(logits.sigmoid(), y)
+            after = _binary_ece((logits / temperature).sigmoid(), y)
+        out[name] = {"temperature": float(temperature), "ece_before": float(before), "ece_after": float(after)}
+    return out
+
+
+def _binary_ece(probs: torch.Tensor, y: torch.Tensor) -> float:
+    from mmagent.agent.calibration import expected_calibration_error
+
+    p = probs.flatten()
+    return float(expected_calibration_error(torch.stack([1 - p, p], 1), y.flatten().long()))
+
+
+def finalize_run(run_dir: Path, config: "ExperimentConfig", splits: "Splits", history: list[dict[str, Any]], device: torch.device, progress: bool = True) -> dict[str, Any]:
+    model = MultimodalModel.load(run_dir / "model").to(device)
+    bs = config.train.batch_size
+    metrics: dict[str, Any] = {}
+    val_loader = make_loader(model, splits.validation, bs, num_workers=config.data.num_workers)
+    metrics["validation"], val_preds = evaluate(model, val_loader, device)
+    calibration = calibrate(model, val_preds)
+    write_json(run_dir / CALIBRATION_FILE, calibration)
+    eval_loader = val_loader
+    if splits.test is not None:
+        eval_loader = make_loader(model, splits.test, bs, num_workers=config.data.num_workers)
+        metrics["test"], _ = evaluate(model, eval_loader, device)
+    ablation = ablation_table(model, eval_loader, device, metrics.get("test", metrics["validation"]))
+    write_json(run_dir / "metrics.json", {**metrics, "ablation": ablation, "calibration": calibration})
+    plots = write_plots(run_dir, model, metrics, history)
+    write_report(run_dir, config, model, metrics, ablation, calibration, history, plots, n=(len(splits.train), len(splits.validation), len(splits.test) if splits.test else 0))
+    if progress:
+        print(f"run saved to {run_dir} (report: {run_dir / 'report.md'})")
+    return metrics
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def scalar_table(metrics: dict[str, dict[str, Any]]) -> str:
+    rows = ["| target | metric | value |", "|---|---|---|"]
+    for target, ms in metrics.items():
+        rows += [f"| {target} | {k} | {_fmt(v)} |" for k, v in ms.items() if isinstance(v, (int, float))]
+    return "\n".join(rows)
+
+
+def write_report(run_dir: Path, config: "ExperimentConfig", model: MultimodalModel, metrics: dict[str, Any], ablation: dict[str, dict[str, float]], calibration: dict[str, Any], history: list[dict[str, Any]], plots: list[str], n: tuple[int, int, int]) -> None:
+    lines = ["# mmagent run report", ""]
+    lines += [f"- inputs: " + ", ".join(f"`{i.key}` ({i.modality}, {i.encoder.source}:{i.encoder.name})" for i in model.spec.inputs)]
+    lines += [f"- targets: " + ", ".join(f"`{t.column}` ({t.type})" for t in model.spec.targets)]
+    lines += [f"- fusion: {config.fusion.type}; epochs run: {len(history)}; rows train/validation/test: {n[0]}/{n[1]}/{n[2]}", ""]
+    for split, ms in metrics.items():
+        lines += [f"## {split.capitalize()} metrics", "", scalar_table(ms), ""]
+        for target, m in ms.items():
+            if "per_class" in m:
+                lines += [f"### {split}: per-class ({target})", "", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+                lines += [f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |" for c, v in m["per_class"].items()]
+                lines.append("")
+    cols = sorted({k for row in ablation.values() for k in row})
+    lines += ["## Modality ablation", "", "What each input contributes: the same data with one input dropped.", ""]
+    lines += ["| inputs | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {name} | " + " | ".join(_fmt(row.get(c)) for c in cols) + " |" for name, row in ablation.items()]
+    if calibration:
+        lines += ["", "## Calibration (temperature scaling on validation)", "", "| target | temperature | ECE before | ECE after |", "|---|---|---|---|"]
+        lines += [f"| {t} | {c['temperature']:.3f} | {c['ece_before']:.4f} | {c['ece_after']:.4f} |" for t, c in calibration.items()]
+    if history:
+        lines += ["", "## Training history", "", "| epoch | step | seconds | validation |", "|---|---|---|---|"]
+        lines += [f"| {h['epoch']} | {h['step']} | {h['seconds']} | " + "; ".join(f"{t}/{k}={_fmt(v)}" for t, d in h["validation"].items() for k, v in d.items() if k in ("accuracy", "macro_f1", "rmse", "auroc")) + " |" for h in history]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def write_plots(run_dir: Path, model: MultimodalModel, metrics: dict[str, Any], history: list[dict[str, Any]]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    (run_dir / "plots").mkdir(exist_ok=True)
+    steps = _read_steps(run_dir / "metrics.jsonl")
+    if steps or history:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        if steps:
+            axes[0].plot([s["step"] for s in steps], [s["loss"] for s in steps], lw=1)
+        axes[0].set(title="training loss", xlabel="step")
+        for target, d in (history[-1]["validation"].items() if history else []):
+            for k in ("accuracy", "macro_f1", "rmse"):
+                if k in d:
+                    axes[1].plot([h["epoch"] for h in history], [h["validation"][target].get(k) for h in history], marker="o", label=f"{target}/{k}")
+        axes[1].set(title="validation", xlabel="epoch")
+        axes[1].legend(fontsize=7)
+        _save(fig, run_dir / "plots" / "curves.png")
+        made.append("plots/curves.png")
+    split = "test" if "test" in metrics else "validation"
+    for target, m in metrics[split].items():
+        cm = m.get("confusion_matrix")
+        if not cm or len(cm) > 40:
+            continue
+        labels = model.heads[target].spec.labels
+        fig, ax = plt.subplots(figsize=(1 + 0.45 * len(labels), 1 + 0.45 * len(labels)))
+        ax.imshow(np.array(cm), cmap="Blues")
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set(xlabel="predicted", ylabel="true", title=f"{target} ({split})")
+        for i, row in enumerate(cm):
+            for j, v in enumerate(row):
+                if v:
+                    ax.text(j, i, v, ha="center", va="center", fontsize=6)
+        name = f"plots/confusion_{''.join(c if c.isalnum() else '_' for c in target)}.png"
+        _save(fig, run_dir / name)
+        made.append(name)
+    return made
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _read_steps(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "loss" in entry:
+            out.append(entry)
+    return out

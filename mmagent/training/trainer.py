@@ -1,0 +1,341 @@
+"""Joint fine-tuning of encoders + fusion + heads on HF Accelerate. Read it top to bottom:
+
+1. data: read and check every table, split validation off train if needed;
+2. model: fit label vocabularies / numeric scales on train, build, optionally resume;
+3. frozen encoders: compute their outputs once (cache) so epochs skip their forward pass;
+4. the loop: AdamW with separate encoder / head learning rates, warmup + decay, gradient
+   accumulation and clipping, mixed precision, checkpoints every N steps and each epoch;
+5. each epoch: validation, best-model selection, early stopping;
+6. the end: the best model is saved to ``RUN_DIR/model`` and evaluated (``finalize_run``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from mmagent.config import ExperimentConfig
+from mmagent.data.dataset import Collator, FeatureCache, MultimodalDataset, fit_targets
+from mmagent.data.tables import Table, as_table, read_table
+from mmagent.data.validation import Problem, validate_table
+from mmagent.io import write_json, write_text
+from mmagent.model import ModelSpec, MultimodalModel
+from mmagent.training.checkpoint import checkpoint_spec, load_checkpoint, save_checkpoint
+from mmagent.training.evaluate import evaluate, make_loader, to_device
+from mmagent.training.metrics import main_metric
+
+# Called after each epoch with (epoch, validation score); returning True stops training (Optuna pruning).
+EpochCallback = Callable[[int, float], bool]
+
+
+@dataclass
+class Splits:
+    train: Table
+    validation: Table
+    test: Table | None
+    skipped: list[Problem] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_score: float
+    best_epoch: int
+    global_step: int
+    stopped_early: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Random order that depends only on (seed, epoch): a resumed run replays the same order."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+# -- 1. data ------------------------------------------------------------------------------------
+def load_splits(config: ExperimentConfig, train_data: Any = None) -> Splits:
+    """Read train / validation / test, check every row (all problems reported at once)."""
+    inputs, targets, policy = config.inputs, config.targets, config.data.on_bad_row
+    train = as_table(train_data) if train_data is not None else read_table(config.resolve(config.data.train))  # type: ignore[arg-type]
+    train, skipped = validate_table(train, inputs, targets, policy)
+    if config.data.validation:
+        validation, bad = validate_table(read_table(config.resolve(config.data.validation)), inputs, targets, policy)  # type: ignore[arg-type]
+        skipped += bad
+    else:
+        train, validation = split_validation(train, config)
+    test = None
+    if config.data.test:
+        test, bad = validate_table(read_table(config.resolve(config.data.test)), inputs, targets, policy)  # type: ignore[arg-type]
+        skipped += bad
+    return Splits(train, validation, test, skipped)
+
+
+def split_validation(table: Table, config: ExperimentConfig) -> tuple[Table, Table]:
+    """Seeded split, stratified on the first classification target when every class allows it."""
+    from sklearn.model_selection import train_test_split
+
+    from mmagent.data.tables import label_text
+
+    idx = list(range(len(table)))
+    strat = None
+    first = next((t for t in config.targets if t.type == "classification"), None)
+    if first is not None:
+        labels = [label_text(r.get(first.column)) for r in table.records]
+        counts = {lab: labels.count(lab) for lab in set(labels)}
+        n_val = math.ceil(config.data.validation_fraction * len(idx))
+        if min(counts.values()) >= 2 and n_val >= len(counts):
+            strat = labels
+    train_idx, val_idx = train_test_split(idx, test_size=config.data.validation_fraction, random_state=config.train.seed, stratify=strat)
+    return table.subset(sorted(train_idx)), table.subset(sorted(val_idx))
+
+
+# -- 2. model -----------------------------------------------------------------------------------
+def build_model(config: ExperimentConfig, train: Table, fitted_spec: dict[str, Any] | None = None) -> MultimodalModel:
+    """Fit targets and numeric scales on the training table (or reuse a checkpoint's fitted spec)."""
+    if fitted_spec is not None:
+        return MultimodalModel(ModelSpec.model_validate(fitted_spec))
+    spec = config.model_spec()
+    spec = spec.model_copy(update={"targets": fit_targets(train, spec.targets)})
+    model = MultimodalModel(spec)
+    ds = MultimodalDataset(train, model, with_targets=False)
+    for inp in spec.inputs:
+        enc = model.encoders[inp.key]
+        if hasattr(enc, "fit"):
+            values = [v for v in (ds.raw_value(i, inp) for i in range(len(ds))) if v is not None]
+            enc.fit(values)
+    return model
+
+
+def param_groups(model: MultimodalModel, config: ExperimentConfig) -> list[dict[str, Any]]:
+    """Encoders at ``train.lr``, fusion + heads at ``train.head_lr``; no weight decay on biases,
+    norms and other 1-D parameters."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((name.startswith("encoders."), p.ndim >= 2), []).append(p)
+    t = config.train
+    return [
+        {"params": ps, "lr": t.lr if is_enc else t.head_lr, "weight_decay": t.weight_decay if decays else 0.0}
+        for (is_enc, decays), ps in groups.items()
+    ]
+
+
+def mixed_precision(config: ExperimentConfig) -> str:
+    choice = config.train.mixed_precision
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and not config.train.cpu and torch.cuda.is_bf16_supported() else "no"
+
+
+# -- 3..6. the loop -----------------------------------------------------------------------------
+def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, progress: bool = True, on_epoch_end: EpochCallback | None = None, train_data: Any = None, finalize: bool = True) -> TrainResult:
+    """Train, select the best epoch on validation, write the run folder. See module docstring."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    run_dir = Path(run_dir)
+    t = config.train
+    ckpt_dir = run_dir / "checkpoints" / "last"
+    if resume and not (ckpt_dir / "state.pt").is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+    if not resume and (run_dir / "checkpoints").exists():
+        raise FileExistsError(f"{run_dir} already holds a training run; use --resume to continue it or choose another folder")
+
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision(config),
+        gradient_accumulation_steps=t.grad_accum,
+        cpu=t.cpu,
+        # frozen / cached encoders and dropped modalities leave parameters unused in some steps
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    set_seed(t.seed)
+    main = accelerator.is_main_process
+
+    splits = load_splits(config, train_data)  # raises DataError before anything is written
+    model = build_model(config, splits.train, checkpoint_spec(ckpt_dir) if resume else None)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.json", config.model_dump_json(indent=2))
+        if splits.skipped:
+            _write_skipped(run_dir / "skipped_rows.csv", splits.skipped)
+    device = accelerator.device
+    model.to(device)
+
+    # 3. cache frozen encoders' outputs
+    frozen = [k for k, e in model.encoders.items() if e.is_frozen] if t.cache_frozen_encoders else []
+    keep_tokens = config.fusion.type == "cross_attention"
+    caches: dict[str, FeatureCache | None] = {"train": None, "validation": None}
+    for split in caches if frozen else ():
+        caches[split] = FeatureCache()
+        caches[split].build(model, getattr(splits, split), frozen, keep_tokens, t.batch_size, device, config.data.num_workers, progress and main)  # type: ignore[union-attr]
+
+    sampler = EpochShuffleSampler(len(splits.train), t.seed)
+    train_ds = MultimodalDataset(splits.train, model, training=True, skip=set(frozen))
+    train_loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, num_workers=config.data.num_workers, collate_fn=Collator(model, caches["train"]), drop_last=False)
+    val_loader = make_loader(model, splits.validation, t.batch_size, num_workers=config.data.num_workers, cache=caches["validation"])
+
+    optimizer = torch.optim.AdamW(param_groups(model, config))
+    micro_per_epoch = math.ceil(len(train_ds) / t.batch_size / accelerator.num_processes)
+    steps_per_epoch = math.ceil(micro_per_epoch / t.grad_accum)
+    total_steps = min(t.max_steps or 10**12, t.epochs * steps_per_epoch)
+    scheduler = get_scheduler(t.scheduler if t.scheduler != "constant" else "constant_with_warmup", optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps), num_training_steps=total_steps)
+
+    state = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_score": None, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    if resume:
+        state = load_checkpoint(ckpt_dir, model, optimizer, scheduler)
+        if main:
+            print(f"resuming from {ckpt_dir}: epoch {state['epoch'] + 1}, step {state['global_step']}")
+    wrapped, optimizer, prepared_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+
+    metric_target, metric_name, larger_better = _selection_metric(config, model)
+    log = _MetricsLog(run_dir / "metrics.jsonl", enabled=main)
+    stopped_early = False
+
+    def checkpoint() -> None:
+        if main:
+            save_checkpoint(ckpt_dir, accelerator.unwrap_model(wrapped), optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, scheduler.scheduler if hasattr(scheduler, "scheduler") else scheduler, state)
+        accelerator.wait_for_everyone()
+
+    while state["epoch"] < t.epochs and state["global_step"] < total_steps:
+        epoch = state["epoch"]
+        sampler.set_epoch(epoch)
+        wrapped.train()
+        batches = accelerator.skip_first_batches(prepared_loader, state["batches_done"]) if state["batches_done"] else prepared_loader
+        bar = tqdm(batches, total=micro_per_epoch, initial=state["batches_done"], desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (progress and main), leave=False)
+        start = time.perf_counter()
+        for batch in bar:
+            with accelerator.accumulate(wrapped):
+                batch = to_device(batch, device)
+                out = wrapped(batch["inputs"], batch["present"], batch.get("cached"))
+                loss, _ = accelerator.unwrap_model(wrapped).loss(out, batch["targets"])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and t.max_grad_norm:
+                    accelerator.clip_grad_norm_(wrapped.parameters(), t.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            state["batches_done"] += 1
+            if accelerator.sync_gradients:
+                state["global_step"] += 1
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                log.write({"step": state["global_step"], "epoch": epoch + 1, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
+                if t.checkpoint_every_steps and state["global_step"] % t.checkpoint_every_steps == 0:
+                    checkpoint()
+                if state["global_step"] >= total_steps:
+                    break
+        bar.close()
+
+        # 5. validation, best model, early stopping (every process evaluates: same decision everywhere)
+        metrics, _ = evaluate(accelerator.unwrap_model(wrapped), val_loader, device)
+        score = metrics[metric_target][metric_name]
+        improved = state["best_score"] is None or (score > state["best_score"] if larger_better else score < state["best_score"])
+        if improved:
+            state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
+            if main:
+                accelerator.unwrap_model(wrapped).save(run_dir / "model")
+        else:
+            state["bad_epochs"] += 1
+        entry = {"epoch": epoch + 1, "step": state["global_step"], "seconds": round(time.perf_counter() - start, 2), "validation": _compact(metrics)}
+        state["history"].append(entry)
+        log.write(entry)
+        if main and progress:
+            print(f"epoch {epoch + 1}: validation {metric_target}/{metric_name} = {score:.4f}" + (" (best)" if improved else ""))
+        state.update(epoch=epoch + 1, batches_done=0)
+        checkpoint()
+        if t.early_stopping_patience and state["bad_epochs"] >= t.early_stopping_patience:
+            stopped_early = True
+            break
+        if on_epoch_end is not None and on_epoch_end(epoch + 1, score):
+            stopped_early = True
+            break
+
+    result = TrainResult(run_dir, float(state["best_score"]), state["best_epoch"], state["global_step"], stopped_early)
+    accelerator.wait_for_everyone()
+    if main and finalize:
+        from mmagent.training.report import finalize_run
+
+        result.metrics = finalize_run(run_dir, config, splits, state["history"], device, progress)
+    accelerator.end_training()
+    return result
+
+
+def _selection_metric(config: ExperimentConfig, model: MultimodalModel) -> tuple[str, str, bool]:
+    if config.train.metric:
+        target, name = config.train.metric.split("/", 1)
+        if target not in model.heads:
+            raise ValueError(f"train.metric: unknown target {target!r}; targets: {list(model.heads)}")
+        larger = name not in ("rmse", "mae", "loss")
+        return target, name, larger
+    first = next(iter(model.heads))
+    name, larger = main_metric(model.heads[first].spec)
+    return first, name, larger
+
+
+def _compact(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    return {k: {m: v for m, v in d.items() if isinstance(v, (int, float))} for k, d in metrics.items()}
+
+
+def _write_skipped(path: Path, problems: list[Problem]) -> None:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["file", "row", "column", "problem"])
+    for p in problems:
+        w.writerow([p.source, p.row + 1, p.column, p.message])
+    write_text(path, buf.getvalue())
+
+
+class _MetricsLog:
+    """JSON lines (always) and TensorBoard scalars (when tensorboard is installed)."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled, self.tb = path, enabled, None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+            except Exception:  # tensorboard not installed: JSONL only
+                self.tb = None
+
+    def write(self, entry: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:  # append-only log: a torn last line is harmless
+            f.write(json.dumps(entry) + "\n")
+        if self.tb is not None:
+            for k, v in _flatten(entry).items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self.tb.add_scalar(k, v, entry.get("step", 0))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
