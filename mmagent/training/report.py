@@ -47,6 +47,23 @@ def calibrate(model: MultimodalModel, preds: Predictions) -> dict[str, dict[str,
     return out
 
 
+def escalation_threshold(model: MultimodalModel, preds: Predictions, calibration: dict[str, Any], agent: dict[str, Any]) -> dict[str, Any] | None:
+    """``agent.escalation: {target_precision: 0.95}`` (or ``target_coverage``): pick the confidence
+    threshold on calibrated validation predictions of the agent's target."""
+    from mmagent.agent.calibration import choose_threshold
+
+    wanted = agent.get("escalation")
+    target = agent.get("target") or next(iter(model.heads))
+    if not wanted or model.heads[target].spec.type != "classification":
+        return None
+    logits = torch.from_numpy(preds.logits[target]) / calibration.get(target, {}).get("temperature", 1.0)
+    y = torch.from_numpy(preds.targets[target])
+    keep = y >= 0
+    conf, pred = logits[keep].softmax(-1).max(-1)
+    choice = choose_threshold(conf, pred == y[keep], **wanted)
+    return {"target": target, **choice.model_dump()}
+
+
 def _binary_ece(probs: torch.Tensor, y: torch.Tensor) -> float:
     from mmagent.agent.calibration import expected_calibration_error
 
@@ -61,6 +78,9 @@ def finalize_run(run_dir: Path, config: "ExperimentConfig", splits: "Splits", hi
     val_loader = make_loader(model, splits.validation, bs, num_workers=config.data.num_workers)
     metrics["validation"], val_preds = evaluate(model, val_loader, device)
     calibration = calibrate(model, val_preds)
+    escalation = escalation_threshold(model, val_preds, calibration, config.agent)
+    if escalation:
+        calibration["_escalation_threshold"] = escalation
     write_json(run_dir / CALIBRATION_FILE, calibration)
     eval_loader = val_loader
     if splits.test is not None:
@@ -104,7 +124,10 @@ def write_report(run_dir: Path, config: "ExperimentConfig", model: MultimodalMod
     lines += [f"| {name} | " + " | ".join(_fmt(row.get(c)) for c in cols) + " |" for name, row in ablation.items()]
     if calibration:
         lines += ["", "## Calibration (temperature scaling on validation)", "", "| target | temperature | ECE before | ECE after |", "|---|---|---|---|"]
-        lines += [f"| {t} | {c['temperature']:.3f} | {c['ece_before']:.4f} | {c['ece_after']:.4f} |" for t, c in calibration.items()]
+        lines += [f"| {t} | {c['temperature']:.3f} | {c['ece_before']:.4f} | {c['ece_after']:.4f} |" for t, c in calibration.items() if "temperature" in c]
+        if "_escalation_threshold" in calibration:
+            c = calibration["_escalation_threshold"]
+            lines += ["", f"Escalation threshold chosen on validation: {c['threshold']:.3f} (precision {c['precision']:.3f}, coverage {c['coverage']:.3f})."]
     if history:
         lines += ["", "## Training history", "", "| epoch | step | seconds | validation |", "|---|---|---|---|"]
         lines += [f"| {h['epoch']} | {h['step']} | {h['seconds']} | " + "; ".join(f"{t}/{k}={_fmt(v)}" for t, d in h["validation"].items() for k, v in d.items() if k in ("accuracy", "macro_f1", "rmse", "auroc")) + " |" for h in history]

@@ -1,0 +1,57 @@
+"""Agents: a trained model plus a policy that predicts, explains and acts.
+
+``Agent`` wraps a trained run; the model-independent parts are calibration (temperature scaling, ECE,
+confidence thresholds) and decision policies (``default``, ``customer_service``, ``medical``,
+``finance``).
+"""
+
+from mmagent.agent.calibration import (
+    ThresholdChoice,
+    apply_temperature,
+    choose_threshold,
+    expected_calibration_error,
+    expected_calibration_error_binary,
+    fit_temperature,
+    fit_temperature_binary,
+)
+from mmagent.agent.policies import (
+    CustomerServicePolicy,
+    Decision,
+    DefaultPolicy,
+    FinancePolicy,
+    LabelProbability,
+    MedicalPolicy,
+    Policy,
+    PolicyConfigError,
+    PolicySpec,
+    available_policies,
+    build_policy,
+    load_policy_spec,
+    register_policy,
+)
+
+from mmagent.agent.agent import Agent  # noqa: E402  (after the pieces it builds on)
+
+__all__ = [
+    "Agent",
+    "CustomerServicePolicy",
+    "Decision",
+    "DefaultPolicy",
+    "FinancePolicy",
+    "LabelProbability",
+    "MedicalPolicy",
+    "Policy",
+    "PolicyConfigError",
+    "PolicySpec",
+    "ThresholdChoice",
+    "apply_temperature",
+    "available_policies",
+    "build_policy",
+    "choose_threshold",
+    "expected_calibration_error",
+    "expected_calibration_error_binary",
+    "fit_temperature",
+    "fit_temperature_binary",
+    "load_policy_spec",
+    "register_policy",
+]

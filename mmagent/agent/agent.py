@@ -1,0 +1,134 @@
+"""``Agent``: a trained run folder plus a policy. Predict, explain, act.
+
+    agent = Agent.load("runs/cs")
+    agent.predict({"text": "my card has not arrived"})   # labels + calibrated probabilities
+    agent.act({"text": "...", "audio": "call.wav"})       # a Decision: reply / escalate / ...
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from mmagent.agent.policies import Decision, Policy, build_policy
+from mmagent.data.tables import Table, as_table
+from mmagent.data.validation import DataError, check_rows
+from mmagent.model import MultimodalModel
+from mmagent.training.evaluate import make_loader, run_model
+from mmagent.training.report import CALIBRATION_FILE
+
+# Agent-config keys that are not policy settings.
+AGENT_KEYS = ("target", "escalation")
+
+
+class Agent:
+    def __init__(self, model: MultimodalModel, policy: Policy, temperatures: dict[str, float] | None = None, target: str | None = None, device: str | torch.device = "cpu", batch_size: int = 32) -> None:
+        self.model = model.to(device).eval()
+        self.policy = policy
+        self.temperatures = temperatures or {}
+        self.target = target or next(iter(model.heads))
+        if self.target not in model.heads:
+            raise ValueError(f"agent target {self.target!r} is not a model target; targets: {list(model.heads)}")
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str | torch.device = "cpu", policy: dict[str, Any] | str | Path | None = None) -> "Agent":
+        """Load ``RUN_DIR/model``, its calibration and the policy from the run's config (or the
+        ``policy`` given here: a spec mapping, a policy name or a YAML file)."""
+        run_dir = Path(run_dir)
+        model = MultimodalModel.load(run_dir / "model" if (run_dir / "model").is_dir() else run_dir)
+        calibration = _read_json(run_dir / CALIBRATION_FILE)
+        agent_cfg = dict(_read_json(run_dir / "config.json").get("agent") or {})
+        target = agent_cfg.get("target")
+        spec: Any = policy if policy is not None else {k: v for k, v in agent_cfg.items() if k not in AGENT_KEYS} or None
+        chosen = calibration.get("_escalation_threshold")
+        if chosen is not None and isinstance(spec, dict):
+            key = "refer_below" if spec.get("type") == "medical" else "threshold"
+            spec = {**spec, key: chosen["threshold"]}
+        temperatures = {k: v["temperature"] for k, v in calibration.items() if isinstance(v, dict) and "temperature" in v}
+        return cls(model, build_policy(spec, base_dir=run_dir), temperatures, target, device)
+
+    # -- predict ------------------------------------------------------------------------------
+    def _table(self, data: Any, base_dir: str | Path) -> Table:
+        table = as_table(data, base_dir)
+        absent = [c for inp in self.model.spec.inputs for c in inp.columns if c not in table.columns]
+        if absent:  # a record that leaves an input out simply lacks that modality
+            frame = table.frame.copy()
+            for c in absent:
+                frame[c] = None
+            table = Table(frame, table.source, table.base_dir)
+        problems = check_rows(table, self.model.spec.inputs, [], need_targets=False)
+        if problems:
+            raise DataError(problems)
+        return table
+
+    def probabilities(self, data: Any, base_dir: str | Path = ".", drop: Iterable[str] = ()) -> dict[str, np.ndarray]:
+        """Calibrated probabilities (or regression values) per target, one row per record."""
+        table = self._table(data, base_dir)
+        loader = make_loader(self.model, table, self.batch_size, with_targets=False)
+        preds = run_model(self.model, loader, self.device, drop)
+        out = {}
+        for name, head in self.model.heads.items():
+            t = self.temperatures.get(name, 1.0)
+            out[name] = head.predict(torch.from_numpy(preds.logits[name]) / t).numpy() if head.spec.type != "regression" else preds.outputs[name]
+        if preds.gates is not None:
+            out["_gates"] = preds.gates
+        return out
+
+    def predict(self, data: Any, base_dir: str | Path = ".") -> list[dict[str, Any]]:
+        """For each record: ``{target: {"label": ..., "probabilities": {label: p}}}`` (multilabel:
+        ``labels``; regression: ``value``)."""
+        probs = self.probabilities(data, base_dir)
+        n = len(next(iter(probs.values())))
+        return [{name: self._describe(name, probs[name][i]) for name in self.model.heads} for i in range(n)]
+
+    def _describe(self, name: str, row: np.ndarray) -> dict[str, Any]:
+        spec = self.model.heads[name].spec
+        if spec.type == "regression":
+            return {"value": float(row)}
+        p = {lab: float(v) for lab, v in zip(spec.labels, row)}
+        if spec.type == "multilabel":
+            return {"labels": [lab for lab, v in p.items() if v >= 0.5], "probabilities": p}
+        return {"label": max(p, key=p.get), "probabilities": p}  # type: ignore[arg-type]
+
+    # -- act ----------------------------------------------------------------------------------
+    def act(self, record: dict[str, Any], base_dir: str | Path = ".", explain: bool = True) -> Decision:
+        """Decide for one record: the policy's action on the calibrated prediction of the agent's
+        target, with per-input contributions (gate values for gated fusion; otherwise how much
+        the top label's probability drops when that input is removed)."""
+        return self.act_many([record], base_dir, explain)[0]
+
+    def act_many(self, records: list[dict[str, Any]], base_dir: str | Path = ".", explain: bool = True) -> list[Decision]:
+        probs = self.probabilities(records, base_dir)
+        spec = self.model.heads[self.target].spec
+        contributions = self._contributions(records, base_dir, probs) if explain else [{}] * len(records)
+        decisions = []
+        for i in range(len(records)):
+            row = probs[self.target][i]
+            given = {"value": float(row)} if spec.type == "regression" else {lab: float(v) for lab, v in zip(spec.labels, row)}
+            decisions.append(self.policy.decide(self.target, given, spec.type, contributions=contributions[i]))
+        return decisions
+
+    def _contributions(self, records: list[dict[str, Any]], base_dir: str | Path, probs: dict[str, np.ndarray]) -> list[dict[str, float]]:
+        names = self.model.input_names
+        if "_gates" in probs:
+            return [{n: round(float(g), 4) for n, g in zip(names, row)} for row in probs["_gates"]]
+        if len(names) < 2 or self.model.heads[self.target].spec.type == "regression":
+            return [{} for _ in records]
+        full = probs[self.target]
+        top = full.argmax(1)
+        out: list[dict[str, float]] = [{} for _ in records]
+        for name in names:
+            without = self.probabilities(records, base_dir, drop=[name])[self.target]
+            for i in range(len(records)):
+                out[i][name] = round(float(full[i, top[i]] - without[i, top[i]]), 4)
+        return out
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}

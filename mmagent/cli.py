@@ -1,0 +1,148 @@
+"""The ``mmagent`` command line (typer). Every command has ``--help``.
+
+User errors (bad config, bad rows, missing files) print a clear message and exit with status 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="mmagent: fine-tune multimodal encoders into agents that predict, explain and act.")
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected user errors into a message + exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mmagent.config import ConfigError
+        from mmagent.data.validation import DataError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def train(
+    config: Path = typer.Argument(..., help="experiment YAML (data, inputs, targets, fusion, train)"),
+    output: Path = typer.Option(..., "-o", "--output", help="run folder to create (model, metrics, report)"),
+    set_: List[str] = typer.Option([], "--set", help="override a config key, e.g. --set train.lr=1e-4 (repeatable)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the run folder's last checkpoint"),
+    num_processes: int = typer.Option(1, "--num-processes", help="data-parallel processes (re-launches through `accelerate launch`)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Fine-tune a model from a config and write the run folder."""
+    if num_processes > 1 and "LOCAL_RANK" not in os.environ:
+        from mmagent.training.distributed import relaunch
+
+        raise typer.Exit(relaunch(num_processes, sys.argv[1:]))
+    from mmagent.config import load_config
+    from mmagent.training.trainer import train as run_training
+
+    cfg = load_config(config, set_)
+    result = run_training(cfg, output, resume=resume, progress=not quiet)
+    if result.metrics:
+        typer.echo(json.dumps(_headline(result.metrics), indent=2))
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {split: {t: {k: v for k, v in m.items() if isinstance(v, (int, float))} for t, m in ms.items()} for split, ms in metrics.items() if split in ("validation", "test")}
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="a run folder from `mmagent train`"),
+    data: Path = typer.Argument(..., help="a table with the same columns (and the targets)"),
+    drop_input: List[str] = typer.Option([], "--drop-input", help="treat this input as missing in every row (repeatable)"),
+    batch_size: int = typer.Option(32, help="batch size"),
+) -> None:
+    """Metrics of a trained run on a labelled table, printed as JSON."""
+    from mmagent.data.tables import read_table
+    from mmagent.data.validation import validate_table
+    from mmagent.model import MultimodalModel
+    from mmagent.training.evaluate import evaluate as run_eval, make_loader
+
+    model = MultimodalModel.load(run_dir / "model" if (run_dir / "model").is_dir() else run_dir)
+    unknown = [d for d in drop_input if d not in model.input_names]
+    if unknown:
+        raise ValueError(f"--drop-input {unknown}: not an input of this model; inputs: {model.input_names}")
+    table, _ = validate_table(read_table(data), model.spec.inputs, model.spec.targets, "error")
+    metrics, _ = run_eval(model, make_loader(model, table, batch_size), "cpu", drop=drop_input)
+    typer.echo(json.dumps(metrics, indent=2))
+
+
+@app.command()
+@user_errors
+def predict(
+    run_dir: Path = typer.Argument(..., help="a run folder from `mmagent train`"),
+    data: Optional[Path] = typer.Argument(None, help="a table to predict (CSV/JSONL/Parquet)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="write predictions as CSV here (default: print JSON)"),
+    record: Optional[str] = typer.Option(None, "--record", help='one record as JSON, e.g. \'{"text": "hello"}\''),
+    act: bool = typer.Option(False, "--act", help="also apply the agent's policy (action, reply, escalation)"),
+) -> None:
+    """Predict labels and calibrated probabilities for a table or one --record."""
+    from mmagent.agent import Agent
+
+    if (data is None) == (record is None):
+        raise ValueError("give either a DATA file or --record JSON (not both)")
+    agent = Agent.load(run_dir)
+    if record is not None:
+        try:
+            rec = json.loads(record)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--record is not valid JSON: {e}") from None
+        if not isinstance(rec, dict):
+            raise ValueError("--record must be a JSON object of column -> value")
+        out: Any = agent.act(rec).model_dump() if act else agent.predict(rec)[0]
+        typer.echo(json.dumps(out, indent=2))
+        return
+    from mmagent.data.tables import read_table
+
+    table = read_table(data)  # type: ignore[arg-type]
+    results = agent.predict(table)
+    if output is None:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    import pandas as pd
+
+    from mmagent.io import atomic_path
+
+    rows = []
+    for r in results:
+        flat: dict[str, Any] = {}
+        for target, res in r.items():
+            for k, v in res.items():
+                if k == "probabilities":
+                    flat.update({f"{target}:p({lab})": p for lab, p in v.items()})
+                else:
+                    flat[f"{target}:{k}"] = "|".join(v) if isinstance(v, list) else v
+        rows.append(flat)
+    frame = pd.concat([table.frame.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
+    with atomic_path(output) as tmp:
+        frame.to_csv(tmp, index=False)
+    typer.echo(f"wrote {len(rows)} predictions to {output}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
