@@ -140,6 +140,85 @@ def predict(
     typer.echo(f"wrote {len(rows)} predictions to {output}")
 
 
+
+@app.command()
+@user_errors
+def serve(
+    run_dir: Path = typer.Argument(..., help="a run folder from `mmagent train`"),
+    host: str = typer.Option("127.0.0.1", help="address to bind; a non-loopback address requires an API key"),
+    port: int = typer.Option(8000, help="TCP port"),
+    workers: int = typer.Option(1, help="uvicorn worker processes (each loads the model)"),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", help="records per model call when micro-batching; 1 turns batching off"),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="how long a batch waits for more requests"),
+    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="file with one API key per line (also: env MMAGENT_API_KEYS, comma-separated)"),
+    max_body_bytes: Optional[int] = typer.Option(None, "--max-body-bytes", help="request body limit in bytes (default 20 MiB)"),
+    max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help="pixel limit per image (default 40 M)"),
+    max_audio_seconds: Optional[float] = typer.Option(None, "--max-audio-seconds", help="duration limit per audio clip (default 60 s)"),
+    log_level: str = typer.Option("info", "--log-level", help="critical | error | warning | info | debug"),
+) -> None:
+    """Serve the agent over HTTP: POST /v1/predict and /v1/act, /v1/schema, /healthz, /readyz,
+    /metrics and OpenAPI docs at /docs."""
+    from mmagent.serving.settings import ENV_RUN_DIR, ENV_SETTINGS, ServeSettings
+
+    if not ((run_dir / "model" / "model.json").is_file() or (run_dir / "model.json").is_file()):
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no model/model.json)")
+    settings = ServeSettings.from_env(
+        host=host, port=port, workers=workers, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, api_key_file=api_key_file,
+        max_body_bytes=max_body_bytes, max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, log_level=log_level,
+    )
+    keys = settings.load_keys()
+    if not settings.loopback and not keys:
+        typer.secho(
+            f"error: refusing to bind {settings.host} (not a loopback address) without an API key. "
+            "Set MMAGENT_API_KEYS=key1,key2 or pass --api-key-file FILE, or bind 127.0.0.1.",
+            fg=typer.colors.RED, err=True,
+        )
+        raise typer.Exit(2)
+    import uvicorn
+
+    from mmagent.serving.security import log_config
+
+    # Worker processes rebuild the app from the environment (keys stay in MMAGENT_API_KEYS / the file).
+    os.environ[ENV_RUN_DIR] = str(run_dir.resolve())
+    os.environ[ENV_SETTINGS] = settings.model_dump_json()
+    typer.echo(f"serving {run_dir} on http://{settings.host}:{settings.port} ({settings.workers} worker(s), batches of up to {settings.max_batch_size} / {settings.max_wait_ms:g} ms, API key {'required' if keys else 'not required'})", err=True)
+    uvicorn.run(
+        "mmagent.serving.app:app_from_env", factory=True, host=settings.host, port=settings.port, workers=settings.workers,
+        log_config=log_config(settings.log_level), log_level=settings.log_level, access_log=settings.access_log,
+        timeout_graceful_shutdown=10, server_header=False,
+    )
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="a run folder from `mmagent train`"),
+    format: str = typer.Option(..., "--format", help="onnx | torchscript"),
+    output: Path = typer.Option(..., "-o", "--output", help="file to write (e.g. model.onnx, model.pt); OUT.json gets the layout and the checks"),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic quantization of Linear layers for CPU serving"),
+    data: Optional[Path] = typer.Option(None, "--data", help="a labelled table: check on it and report the accuracy change"),
+    batch_size: int = typer.Option(8, "--batch-size", help="rows in the check batch"),
+    tolerance: float = typer.Option(1e-4, "--tolerance", help="max abs logit difference that counts as reproducing PyTorch"),
+) -> None:
+    """Export the model (forward on collated tensors) to ONNX or TorchScript and check that it
+    reproduces PyTorch on real batches; optionally quantize it to int8."""
+    import warnings
+
+    from mmagent.export import ExportError, export
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer / exporter chatter; every claim below is measured
+        try:
+            report = export(run_dir, format, output, quantize, data, batch_size, tolerance)
+        except ExportError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+    for line in report.lines():
+        typer.echo(line)
+    typer.echo(f"wrote {output} and {output}.json")
+    if not quantize and not report.reproduces:
+        raise typer.Exit(1)
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -111,6 +111,15 @@ class MultimodalModel(nn.Module):
         self.fusion = build_fusion(spec.fusion, {k: e.output_dim for k, e in self.encoders.items()})
         self.heads = nn.ModuleDict({t.column: Head(t, self.fusion.output_dim, spec.head_dropout) for t in spec.targets})
 
+    def train(self, mode: bool = True) -> "MultimodalModel":
+        """Frozen encoders stay in eval mode while the rest trains: no dropout noise, no BatchNorm
+        statistics drift, and the same outputs as their cached features."""
+        super().train(mode)
+        for enc in self.encoders.values():
+            if mode and enc.is_frozen:
+                enc.eval()
+        return self
+
     @property
     def input_names(self) -> list[str]:
         return list(self.encoders)

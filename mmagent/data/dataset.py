@@ -159,7 +159,7 @@ class FeatureCache:
         from tqdm.auto import tqdm
 
         ds = MultimodalDataset(table, model, with_targets=False, skip=set(model.encoders) - set(names))
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=Collator(model))
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=Collator(model), generator=torch.Generator())
         pooled: dict[str, list[Tensor]] = {n: [] for n in names}
         tokens: dict[str, list[Tensor]] = {n: [] for n in names}
         for batch in tqdm(loader, desc="caching frozen encoders", disable=not progress, leave=False):

@@ -15,7 +15,7 @@ from mmagent.encoders.base import (
     build_encoder,
     register_source,
 )
-from mmagent.encoders import builtin, hf  # noqa: F401  (registration side effects)
+from mmagent.encoders import builtin, hf, timm_encoders, torchaudio_encoders, torchvision_encoders, zoo  # noqa: F401  (registration side effects)
 
 __all__ = [
     "MODALITIES",

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmagent.encoders.base import Encoder, EncoderOutput, EncoderSpec, Preprocessor, register_source
+from mmagent.encoders.base import Encoder, EncoderOutput, EncoderSpec, Preprocessor, pool, register_source
 from mmagent.encoders.media import load_audio
 
 
@@ -119,7 +119,10 @@ class MelPreprocessor(Preprocessor):
 
 
 class MelCNNEncoder(Encoder):
-    """Log-mel spectrogram -> 3 conv blocks (each halves time and frequency) -> one token per frame."""
+    """Log-mel spectrogram -> 3 conv blocks (each halves time and frequency) -> one token per frame.
+
+    Padded frames are held at zero before every convolution and at -inf before every max-pool,
+    so (in eval mode) a clip's output does not depend on what it was batched with."""
 
     modality = "audio"
 
@@ -132,9 +135,10 @@ class MelCNNEncoder(Encoder):
         self.input_norm = nn.BatchNorm2d(1)
         blocks, c_in = [], 1
         for c_out in (ch, ch * 2, ch * 4):
-            blocks.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.GELU(), nn.MaxPool2d(2, ceil_mode=True)))
+            blocks.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.GELU()))
             c_in = c_out
         self.blocks = nn.ModuleList(blocks)
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
         self.proj = nn.Linear(c_in * math.ceil(n_mels / 8), width)
 
     def layer_groups(self) -> list[nn.Module]:
@@ -144,13 +148,13 @@ class MelCNNEncoder(Encoder):
         mel, mask = batch["mel"], batch["mel_mask"]  # (B, T, F), (B, T)
         x = self.input_norm(mel.unsqueeze(1))  # (B, 1, T, F)
         for block in self.blocks:
-            x = block(x)
+            valid = mask[:, None, :, None]
+            x = block(x.masked_fill(~valid, 0.0))
+            x = self.pool(x.masked_fill(~valid, float("-inf")))
             mask = mask[:, ::2]  # MaxPool2d(2, ceil_mode) keeps ceil(T/2) frames
+        x = x.masked_fill(~mask[:, None, :, None], 0.0)
         b, c, t, f = x.shape
         tokens = self.proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
-        mask = mask[:, :t]
-        from mmagent.encoders.base import pool
-
         return EncoderOutput(tokens, mask, pool(tokens, mask, self.spec.pooling))
 
 

@@ -7,6 +7,8 @@ tests build tiny random models offline. ``trust_remote_code`` is never set.
 
 from __future__ import annotations
 
+import inspect
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mmagent.encoders.base import Encoder, EncoderOutput, EncoderSpec, pool, register_source
-from mmagent.encoders.preprocessors import ByteTokenizer, TextPreprocessor
+from mmagent.encoders.preprocessors import ByteTokenizer, ImagePreprocessor, TextPreprocessor, WaveformPreprocessor
 
 ASSETS = "{assets}"  # placeholder the model loader replaces with the saved assets folder
 
@@ -126,3 +128,372 @@ def build_hf(spec: EncoderSpec) -> Encoder:
     if spec.modality not in _HF_BY_MODALITY:
         raise ValueError(f"source hf does not serve {spec.modality!r}; it serves {sorted(_HF_BY_MODALITY)}")
     return _HF_BY_MODALITY[spec.modality](spec)
+
+
+# -- image ----------------------------------------------------------------------------------
+def _side(size: Any) -> int | None:
+    """An image processor's ``size`` / ``crop_size`` (int, dict or SizeDict) -> one side in pixels."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return size
+    for key in ("height", "shortest_edge", "width", "longest_edge"):
+        value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def image_processor_geometry(processor: Any) -> tuple[int | None, tuple[float, ...] | None, tuple[float, ...] | None]:
+    """(side, mean, std) an HF image processor feeds its model (crop size when it center-crops)."""
+    side = _side(getattr(processor, "crop_size", None)) if getattr(processor, "do_center_crop", False) else None
+    side = side or _side(getattr(processor, "size", None))
+    mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+    as_rgb = lambda v: None if v is None else tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * 3))  # noqa: E731
+    return side, as_rgb(mean), as_rgb(std)
+
+
+def _has_saved(name: str, filename: str) -> bool:
+    return Path(name).is_dir() and (Path(name) / filename).exists()
+
+
+class HFImageEncoder(HFEncoderBase):
+    """ViT, DeiT, BEiT, Swin, ConvNeXt, ResNet, ... through ``AutoModel``.
+
+    Tokens: ViT-style models give their token sequence (CLS first where the model has one);
+    CNN-style models give a (B, C, H, W) map, flattened to H*W tokens. Pooled: ``spec.pooling``
+    over the tokens; for CNN maps ``mean``/``cls`` use the model's own pooler when it has one
+    (e.g. ConvNeXt's final layer norm over the averaged map).
+    Preprocessing: size / mean / std from the model's ``AutoImageProcessor`` when pretrained (or
+    when the folder holds one), else ``spec.image_size`` / ``config.image_size`` with mean = std = 0.5.
+    """
+
+    modality = "image"
+
+    def __init__(self, spec: EncoderSpec) -> None:
+        super().__init__(spec)
+        self.image_processor = None
+        side, mean, std = None, None, None
+        if spec.pretrained or _has_saved(spec.name, "preprocessor_config.json"):
+            from transformers import AutoImageProcessor
+
+            try:
+                self.image_processor = AutoImageProcessor.from_pretrained(spec.name, trust_remote_code=False)
+            except OSError:  # a checkpoint without preprocessor_config.json: fall back to the defaults below
+                self.image_processor = None
+            if self.image_processor is not None:
+                side, mean, std = image_processor_geometry(self.image_processor)
+        config = self.backbone.config
+        config_side = getattr(config, "image_size", None)
+        if isinstance(config_side, (list, tuple)):
+            config_side = int(config_side[-1]) if config_side else None
+        elif not isinstance(config_side, int):
+            config_side = _side(config_side) if isinstance(config_side, dict) else None
+        self.image_size = int(spec.image_size or side or config_side or 224)
+        self.preprocessor = ImagePreprocessor(self.image_size, mean or (0.5, 0.5, 0.5), std or (0.5, 0.5, 0.5))
+        # ViT-style models with fixed position tables need interpolation at another resolution.
+        accepts = "interpolate_pos_encoding" in inspect.signature(self.backbone.forward).parameters
+        self._interpolate = bool(accepts and config_side is not None and config_side != self.image_size)
+
+    def forward(self, batch: dict[str, Tensor]) -> EncoderOutput:
+        kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
+        out = self.backbone(pixel_values=batch["pixel_values"], **kwargs)
+        hidden = out.last_hidden_state
+        if hidden.dim() == 4:  # (B, C, H, W) feature map -> H*W tokens
+            tokens = hidden.flatten(2).transpose(1, 2)
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+            pooler = getattr(out, "pooler_output", None)
+            if self.spec.pooling != "max" and pooler is not None and pooler.flatten(1).shape[-1] == tokens.shape[-1]:
+                return EncoderOutput(tokens, mask, pooler.flatten(1))
+            how = "mean" if self.spec.pooling == "cls" else self.spec.pooling
+            return EncoderOutput(tokens, mask, pool(tokens, mask, how))
+        mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        return EncoderOutput(hidden, mask, pool(hidden, mask, self.spec.pooling))
+
+    def save_assets(self, folder: Path) -> dict[str, Any]:
+        overrides = super().save_assets(folder)
+        if self.image_processor is not None:
+            self.image_processor.save_pretrained(str(folder))
+        return overrides
+
+
+# -- audio ----------------------------------------------------------------------------------
+class MaskedGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` over (B, C, T) that, when ``valid_lengths`` (B,) is set, takes its statistics
+    over each sample's real frames only.
+
+    wav2vec2-base / HuBERT-base (and their torchaudio twins) normalise the first conv layer's output
+    over time with GroupNorm, so zero padding would change every frame of a shorter clip in a
+    batch. The encoder sets ``valid_lengths`` around its forward; the parameters (and state-dict
+    keys) are those of the GroupNorm it replaces."""
+
+    valid_lengths: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        lengths = self.valid_lengths
+        if lengths is None or x.dim() != 3:
+            return super().forward(x)
+        b, c, t = x.shape
+        g = self.num_groups
+        xg = x.float().reshape(b, g, c // g, t)  # statistics in float32, as nn.GroupNorm under autocast
+        m = (torch.arange(t, device=x.device)[None, :] < lengths.to(x.device)[:, None]).float()
+        m = m[:, None, None, :]  # (B, 1, 1, T)
+        count = (m.sum(-1, keepdim=True) * (c // g)).clamp_min(1.0)
+        mean = (xg * m).sum((2, 3), keepdim=True) / count
+        var = ((xg - mean).pow(2) * m).sum((2, 3), keepdim=True) / count
+        y = ((xg - mean) * torch.rsqrt(var + self.eps)).reshape(b, c, t)
+        if self.affine:
+            y = y * self.weight.float()[None, :, None] + self.bias.float()[None, :, None]
+        return y.to(x.dtype)
+
+
+def use_masked_group_norm(parent: nn.Module, attr: str = "layer_norm") -> MaskedGroupNorm | None:
+    """Swap ``parent.<attr>`` (an ``nn.GroupNorm``) for a :class:`MaskedGroupNorm` sharing its
+    parameters. Returns the new module, or None when there is no GroupNorm there."""
+    old = getattr(parent, attr, None)
+    if isinstance(old, MaskedGroupNorm):
+        return old
+    if type(old) is not nn.GroupNorm:
+        return None
+    new = MaskedGroupNorm(old.num_groups, old.num_channels, eps=old.eps, affine=old.affine)
+    if old.affine:
+        new.weight, new.bias = old.weight, old.bias
+    setattr(parent, attr, new)
+    return new
+
+
+def conv_output_lengths(lengths: Tensor, kernel: int, stride: int) -> Tensor:
+    """Frames out of an unpadded Conv1d: floor((L - k) / s) + 1 (at least 0)."""
+    return (torch.div(lengths - kernel, stride, rounding_mode="floor") + 1).clamp_min(0)
+
+
+class HFWaveformPreprocessor(WaveformPreprocessor):
+    """Raw waveform (``input_values``, padded in ``collate``), as wav2vec2 / HuBERT / WavLM take it.
+    Keeps the HF feature extractor only to save it with the model."""
+
+    def __init__(self, feature_extractor: Any, sample_rate: int, max_seconds: float) -> None:
+        super().__init__(sample_rate, max_seconds, normalize=bool(getattr(feature_extractor, "do_normalize", True)))
+        self.feature_extractor = feature_extractor
+
+    def save(self, folder: Any) -> None:
+        self.feature_extractor.save_pretrained(str(folder))
+
+
+WHISPER_FRAMES_PER_POSITION = 2  # conv1 (stride 1) then conv2 (stride 2) over mel frames
+
+
+def whisper_positions(max_seconds: float, sample_rate: int = 16000, hop_length: int = 160) -> int:
+    """Encoder positions for ``max_seconds`` of audio: 50 per second for Whisper's 10 ms hop."""
+    return max(1, math.ceil(max_seconds * sample_rate / hop_length / WHISPER_FRAMES_PER_POSITION))
+
+
+def trim_whisper_positions(encoder: nn.Module, max_seconds: float, sample_rate: int = 16000, hop_length: int = 160) -> int:
+    """Shorten a Whisper encoder's 30 s window to ``max_seconds`` (never lengthen it).
+
+    Keeps the first ``ceil(max_seconds * 50)`` rows of ``embed_positions`` and sets
+    ``max_source_positions`` (module and config), so the encoder then takes exactly
+    ``2 * positions`` mel frames. Call it after loading weights. Returns the number of positions.
+    """
+    table = encoder.embed_positions
+    n = min(whisper_positions(max_seconds, sample_rate, hop_length), table.num_embeddings)
+    if n < table.num_embeddings:
+        new = nn.Embedding(n, table.embedding_dim, device=table.weight.device, dtype=table.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(table.weight[:n])
+        new.weight.requires_grad_(table.weight.requires_grad)
+        encoder.embed_positions = new
+    encoder.max_source_positions = n
+    encoder.config.max_source_positions = n
+    return n
+
+
+class WhisperFeaturesPreprocessor(WaveformPreprocessor):
+    """Waveform -> Whisper log-mel ``input_features`` (n_mels, 2 * positions), padded with silence to
+    the (trimmed) encoder window, plus ``num_frames``: encoder frames that hold real audio.
+
+    Every sample is padded to the same fixed window, so its features never depend on the batch.
+    """
+
+    pad_values: dict[str, float] = {}
+
+    def __init__(self, feature_extractor: Any, num_positions: int) -> None:
+        self.feature_extractor = feature_extractor
+        self.num_positions = int(num_positions)
+        self.hop_length = int(feature_extractor.hop_length)
+        self.num_samples = WHISPER_FRAMES_PER_POSITION * self.num_positions * self.hop_length
+        sample_rate = int(feature_extractor.sampling_rate)
+        super().__init__(sample_rate, self.num_samples / sample_rate, normalize=False)
+        self.pad_values = {}
+
+    def __call__(self, item: Any) -> dict[str, Tensor]:
+        return self.features(self.waveform(item))
+
+    def features(self, wave: Tensor) -> dict[str, Tensor]:
+        wave = wave[: self.num_samples]
+        feats = self.feature_extractor(
+            wave.numpy(), sampling_rate=self.sample_rate, padding="max_length", max_length=self.num_samples, truncation=True, return_tensors="np"
+        )["input_features"][0]
+        mel_frames = math.ceil(int(wave.shape[0]) / self.hop_length)
+        frames = min(max(1, math.ceil(mel_frames / WHISPER_FRAMES_PER_POSITION)), self.num_positions)
+        return {"input_features": torch.from_numpy(feats).float(), "num_frames": torch.tensor(frames, dtype=torch.long)}
+
+    def placeholder(self) -> dict[str, Tensor]:
+        return self.features(torch.zeros(self.sample_rate // 10))
+
+    def save(self, folder: Any) -> None:
+        self.feature_extractor.save_pretrained(str(folder))
+
+
+class HFFeaturesPreprocessor(WaveformPreprocessor):
+    """Waveform -> the model's own feature extractor output of fixed shape (e.g. AST's
+    (max_length, n_mels) filterbank): ``input_values`` stacked as is."""
+
+    pad_values: dict[str, float] = {}
+
+    def __init__(self, feature_extractor: Any, sample_rate: int, max_seconds: float, input_name: str = "input_values") -> None:
+        super().__init__(sample_rate, max_seconds, normalize=False)
+        self.pad_values = {}
+        self.feature_extractor, self.input_name = feature_extractor, input_name
+
+    def __call__(self, item: Any) -> dict[str, Tensor]:
+        return self.features(self.waveform(item))
+
+    def features(self, wave: Tensor) -> dict[str, Tensor]:
+        out = self.feature_extractor(wave.numpy(), sampling_rate=self.sample_rate, return_tensors="np")
+        return {"input_values": torch.from_numpy(out[self.input_name][0]).float()}
+
+    def placeholder(self) -> dict[str, Tensor]:
+        return self.features(torch.zeros(self.sample_rate // 10))
+
+    def save(self, folder: Any) -> None:
+        self.feature_extractor.save_pretrained(str(folder))
+
+
+def _default_feature_extractor(config: Any) -> Any:
+    """A feature extractor for a model built from a bare config (no hub files)."""
+    model_type = getattr(config, "model_type", "")
+    if model_type == "whisper":
+        from transformers import WhisperFeatureExtractor
+
+        return WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+    if model_type == "audio-spectrogram-transformer":
+        from transformers import ASTFeatureExtractor
+
+        return ASTFeatureExtractor(num_mel_bins=config.num_mel_bins, max_length=config.max_length)
+    from transformers import Wav2Vec2FeatureExtractor
+
+    return Wav2Vec2FeatureExtractor()  # 16 kHz, zero-mean unit-variance waveforms
+
+
+def load_whisper_encoder(spec: EncoderSpec) -> nn.Module | None:
+    """For ``pretrained: false`` Whisper, build only the encoder (no decoder to construct)."""
+    if spec.pretrained:
+        return None
+    from transformers import AutoConfig
+
+    if is_model_type(spec.name):
+        config = AutoConfig.for_model(spec.name, **spec.config)
+    elif _has_saved(spec.name, "config.json"):
+        config = AutoConfig.from_pretrained(spec.name, trust_remote_code=False, **spec.config)
+    else:
+        return None
+    if config.model_type != "whisper":
+        return None
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    return WhisperEncoder(config)
+
+
+class HFAudioEncoder(HFEncoderBase):
+    """Speech / audio models through ``AutoModel``, in three families:
+
+    - waveform models (wav2vec2, HuBERT, WavLM, data2vec-audio): padded raw waveform
+      ``input_values`` + mask; the output frame mask comes from the model's own
+      ``_get_feat_extract_output_lengths``. GroupNorm feature encoders (the ``-base`` models) get
+      :class:`MaskedGroupNorm`, so a clip's output does not depend on what it is batched with;
+    - Whisper: log-mel ``input_features`` computed in the preprocessor; the encoder is trimmed to
+      ``max_seconds`` (see :func:`trim_whisper_positions`) instead of Whisper's fixed 30 s window;
+      the mask marks frames of real audio;
+    - other feature-extractor models with a fixed input shape (AST): all tokens are valid.
+
+    The sample rate is the feature extractor's (16 kHz for all of the above).
+    """
+
+    modality = "audio"
+
+    def __init__(self, spec: EncoderSpec) -> None:
+        super().__init__(spec, backbone=load_whisper_encoder(spec))
+        config = self.backbone.config
+        fe = None
+        if spec.pretrained or _has_saved(spec.name, "preprocessor_config.json"):
+            from transformers import AutoFeatureExtractor
+
+            try:
+                fe = AutoFeatureExtractor.from_pretrained(spec.name, trust_remote_code=False)
+            except OSError:  # a checkpoint without preprocessor_config.json: the family's default
+                fe = None
+        if fe is None:
+            fe = _default_feature_extractor(config)
+        rate = int(getattr(fe, "sampling_rate", 16000))
+        if spec.sample_rate is not None and spec.sample_rate != rate:
+            raise ValueError(f"hf:{spec.name} expects {rate} Hz audio (its feature extractor's rate); leave sample_rate unset or set it to {rate}")
+        self._group_norms: list[MaskedGroupNorm] = []  # a plain list: not registered twice as a submodule
+        if getattr(config, "model_type", "") == "whisper":
+            self.kind = "whisper"
+            positions = trim_whisper_positions(self.backbone, spec.max_seconds, rate, int(fe.hop_length))
+            self.preprocessor = WhisperFeaturesPreprocessor(fe, positions)
+        elif hasattr(self.backbone, "_get_feat_extract_output_lengths") and hasattr(self.backbone, "feature_extractor"):
+            self.kind = "waveform"
+            self.preprocessor = HFWaveformPreprocessor(fe, rate, spec.max_seconds)
+            conv_layers = getattr(self.backbone.feature_extractor, "conv_layers", None)
+            if conv_layers is not None and len(conv_layers) > 0:
+                norm = use_masked_group_norm(conv_layers[0], "layer_norm")
+                self._group_norms = [norm] if norm is not None else []
+                self._first_conv = (int(config.conv_kernel[0]), int(config.conv_stride[0]))
+        else:
+            self.kind = "features"
+            input_name = getattr(self.backbone, "main_input_name", "input_values")
+            self.preprocessor = HFFeaturesPreprocessor(fe, rate, spec.max_seconds, input_name)
+            self._input_name = input_name
+
+    def layer_groups(self) -> list[nn.Module]:
+        model = self.backbone
+        encoder = getattr(model, "encoder", None)
+        if self.kind == "waveform" and encoder is not None and isinstance(getattr(encoder, "layers", None), nn.ModuleList):
+            stem: list[nn.Module] = [model.feature_extractor]
+            for owner, name in ((model, "feature_projection"), (encoder, "pos_conv_embed")):
+                if isinstance(getattr(owner, name, None), nn.Module):
+                    stem.append(getattr(owner, name))
+            if not getattr(model.config, "do_stable_layer_norm", False) and isinstance(getattr(encoder, "layer_norm", None), nn.Module):
+                stem.append(encoder.layer_norm)  # applied to the embeddings, before block 0
+            if isinstance(getattr(model, "masked_spec_embed", None), nn.Parameter):
+                stem.append(nn.ParameterList([model.masked_spec_embed]))
+            return [nn.ModuleList(stem), *encoder.layers]
+        return hf_layer_groups(model)
+
+    def forward(self, batch: dict[str, Tensor]) -> EncoderOutput:
+        if self.kind == "whisper":
+            hidden = self.backbone(input_features=batch["input_features"]).last_hidden_state
+            frames = batch["num_frames"].to(hidden.device).clamp(1, hidden.shape[1])
+            hidden = hidden[:, : int(frames.max())]  # drop positions that are padding in every sample
+            mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < frames[:, None]
+        elif self.kind == "waveform":
+            values, sample_mask = batch["input_values"], batch["input_values_mask"]
+            lengths = sample_mask.sum(-1)
+            for norm in self._group_norms:
+                norm.valid_lengths = conv_output_lengths(lengths, *self._first_conv)
+            try:
+                hidden = self.backbone(input_values=values, attention_mask=sample_mask.long()).last_hidden_state
+            finally:
+                for norm in self._group_norms:
+                    norm.valid_lengths = None
+            frames = self.backbone._get_feat_extract_output_lengths(lengths).to(hidden.device)
+            mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < frames[:, None]
+        else:
+            hidden = self.backbone(**{self._input_name: batch["input_values"]}).last_hidden_state
+            mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        return EncoderOutput(hidden, mask, pool(hidden, mask, self.spec.pooling))
+
+
+register_hf_modality("image", HFImageEncoder)
+register_hf_modality("audio", HFAudioEncoder)

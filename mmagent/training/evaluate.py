@@ -25,7 +25,8 @@ class Predictions:
 
 def make_loader(model: MultimodalModel, table: Table, batch_size: int, with_targets: bool = True, num_workers: int = 0, cache: FeatureCache | None = None) -> DataLoader:
     ds = MultimodalDataset(table, model, with_targets=with_targets, skip=cache.names if cache else None)
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=Collator(model, cache))
+    # A private generator keeps evaluation from drawing on the global RNG (training reproducibility).
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=Collator(model, cache), generator=torch.Generator())
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,8 +147,12 @@ def mixed_precision(config: ExperimentConfig) -> str:
 
 
 # -- 3..6. the loop -----------------------------------------------------------------------------
-def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, progress: bool = True, on_epoch_end: EpochCallback | None = None, train_data: Any = None, finalize: bool = True) -> TrainResult:
-    """Train, select the best epoch on validation, write the run folder. See module docstring."""
+def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, progress: bool = True, on_epoch_end: EpochCallback | None = None, train_data: Any = None, finalize: bool = True, feature_cache_store: Any = None) -> TrainResult:
+    """Train, select the best epoch on validation, write the run folder. See module docstring.
+
+    ``feature_cache_store``: optional object whose ``get(model, table, names, keep_tokens, batch_size,
+    device, num_workers, progress) -> FeatureCache`` returns frozen encoders' outputs, computed once
+    and shared across trainings (``mmagent.tuning.FeatureCacheStore``)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -164,7 +169,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
     accelerator = Accelerator(
         mixed_precision=mixed_precision(config),
         gradient_accumulation_steps=t.grad_accum,
-        cpu=t.cpu,
+        cpu=t.cpu or _multiprocess_without_accelerator(),
         # frozen / cached encoders and dropped modalities leave parameters unused in some steps
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
@@ -186,12 +191,18 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
     keep_tokens = config.fusion.type == "cross_attention"
     caches: dict[str, FeatureCache | None] = {"train": None, "validation": None}
     for split in caches if frozen else ():
+        if feature_cache_store is not None:
+            caches[split] = feature_cache_store.get(model, getattr(splits, split), frozen, keep_tokens, t.batch_size, device, config.data.num_workers, progress and main)
+            continue
         caches[split] = FeatureCache()
         caches[split].build(model, getattr(splits, split), frozen, keep_tokens, t.batch_size, device, config.data.num_workers, progress and main)  # type: ignore[union-attr]
 
     sampler = EpochShuffleSampler(len(splits.train), t.seed)
     train_ds = MultimodalDataset(splits.train, model, training=True, skip=set(frozen))
-    train_loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, num_workers=config.data.num_workers, collate_fn=Collator(model, caches["train"]), drop_last=False)
+    # Its own generator: starting an iterator must not draw from the global RNG, or a resumed run's
+    # dropout masks would differ from the uninterrupted run's.
+    loader_rng = torch.Generator().manual_seed(t.seed)
+    train_loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, num_workers=config.data.num_workers, collate_fn=Collator(model, caches["train"]), generator=loader_rng)
     val_loader = make_loader(model, splits.validation, t.batch_size, num_workers=config.data.num_workers, cache=caches["validation"])
 
     optimizer = torch.optim.AdamW(param_groups(model, config))
@@ -205,7 +216,8 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
         state = load_checkpoint(ckpt_dir, model, optimizer, scheduler)
         if main:
             print(f"resuming from {ckpt_dir}: epoch {state['epoch'] + 1}, step {state['global_step']}")
-    wrapped, optimizer, prepared_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    # DDP wraps a module whose forward returns only the loss (see _LossOnly); ``model`` stays the bare model
+    wrapped, optimizer, prepared_loader, scheduler = accelerator.prepare(_LossOnly(model), optimizer, train_loader, scheduler)
 
     metric_target, metric_name, larger_better = _selection_metric(config, model)
     log = _MetricsLog(run_dir / "metrics.jsonl", enabled=main)
@@ -213,21 +225,27 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
 
     def checkpoint() -> None:
         if main:
-            save_checkpoint(ckpt_dir, accelerator.unwrap_model(wrapped), optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, scheduler.scheduler if hasattr(scheduler, "scheduler") else scheduler, state)
+            save_checkpoint(ckpt_dir, model, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, scheduler.scheduler if hasattr(scheduler, "scheduler") else scheduler, state)
         accelerator.wait_for_everyone()
 
     while state["epoch"] < t.epochs and state["global_step"] < total_steps:
         epoch = state["epoch"]
-        sampler.set_epoch(epoch)
+        # Accelerate's loader re-sets the sampler's epoch from its own counter on every pass;
+        # setting it here keeps data order a function of (seed, epoch) even after --resume.
+        prepared_loader.set_epoch(epoch)
+        if hasattr(prepared_loader, "set_epoch"):  # Accelerate re-seeds the sampler with its own pass count (0 after --resume)
+            prepared_loader.set_epoch(epoch)
         wrapped.train()
         batches = accelerator.skip_first_batches(prepared_loader, state["batches_done"]) if state["batches_done"] else prepared_loader
         bar = tqdm(batches, total=micro_per_epoch, initial=state["batches_done"], desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (progress and main), leave=False)
         start = time.perf_counter()
+        seen: list[int] | None = [] if os.environ.get("MMAGENT_RECORD_SHARDS") == "1" else None
         for batch in bar:
+            if seen is not None:
+                seen.extend(batch["index"].tolist())
             with accelerator.accumulate(wrapped):
                 batch = to_device(batch, device)
-                out = wrapped(batch["inputs"], batch["present"], batch.get("cached"))
-                loss, _ = accelerator.unwrap_model(wrapped).loss(out, batch["targets"])
+                loss = wrapped(batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and t.max_grad_norm:
                     accelerator.clip_grad_norm_(wrapped.parameters(), t.max_grad_norm)
@@ -244,15 +262,17 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
                 if state["global_step"] >= total_steps:
                     break
         bar.close()
+        if seen is not None:
+            _record_shard(run_dir, accelerator.process_index, accelerator.num_processes, epoch + 1, seen)
 
         # 5. validation, best model, early stopping (every process evaluates: same decision everywhere)
-        metrics, _ = evaluate(accelerator.unwrap_model(wrapped), val_loader, device)
+        metrics, _ = evaluate(model, val_loader, device)
         score = metrics[metric_target][metric_name]
         improved = state["best_score"] is None or (score > state["best_score"] if larger_better else score < state["best_score"])
         if improved:
             state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
             if main:
-                accelerator.unwrap_model(wrapped).save(run_dir / "model")
+                model.save(run_dir / "model")
         else:
             state["bad_epochs"] += 1
         entry = {"epoch": epoch + 1, "step": state["global_step"], "seconds": round(time.perf_counter() - start, 2), "validation": _compact(metrics)}
@@ -277,6 +297,39 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
         result.metrics = finalize_run(run_dir, config, splits, state["history"], device, progress)
     accelerator.end_training()
     return result
+
+
+class _LossOnly(torch.nn.Module):
+    """The module DDP wraps in training: its forward returns only the loss. DDP counts every
+    parameter reachable from the forward's outputs as used, and ``ModelOutput`` also carries encoder
+    tokens that a pooled-only fusion never turns into loss (e.g. the numeric MLP's per-feature
+    weights): with them in the output, DDP waits forever for their gradients."""
+
+    def __init__(self, model: MultimodalModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        out = self.model(batch["inputs"], batch["present"], batch.get("cached"))
+        return self.model.loss(out, batch["targets"])[0]
+
+
+def _multiprocess_without_accelerator() -> bool:
+    """Launched as several processes (torchrun / ``accelerate launch --multi_gpu``) on a machine
+    without GPUs: Accelerate only sets up gloo DDP when told to use the CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    from accelerate.utils import is_mlu_available, is_npu_available, is_xpu_available
+
+    return not (torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mlu_available())
+
+
+def _record_shard(run_dir: Path, rank: int, world: int, epoch: int, rows: list[int]) -> None:
+    """Test hook (``MMAGENT_RECORD_SHARDS=1``): the training rows this process saw, per epoch."""
+    path = run_dir / f"shards_rank{rank}.json"
+    data = json.loads(path.read_text()) if path.is_file() else {"rank": rank, "world_size": world, "epochs": {}}
+    data["epochs"][str(epoch)] = rows
+    write_json(path, data)
 
 
 def _selection_metric(config: ExperimentConfig, model: MultimodalModel) -> tuple[str, str, bool]:

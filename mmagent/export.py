@@ -1,0 +1,436 @@
+"""Export a trained model to ONNX or TorchScript, check it, optionally quantize it to int8.
+
+    mmagent export runs/cs --format onnx -o cs.onnx
+    mmagent export runs/cs --format torchscript --quantize int8 --data test.csv -o cs-int8.pt
+
+What is exported is the model's forward on *collated tensors*: preprocessing (tokenizing, image
+resizing, log-mel features...) stays in Python — the run folder's preprocessors produce the
+inputs. The exported graph takes flat tensors, in this order::
+
+    <input>.<key> for every input and every key its preprocessor collates (e.g. text.input_ids,
+    text.attention_mask, image.pixel_values, audio.mel, audio.mel_mask, x.values), then
+    present  (B, M) bool, in the order of the model's inputs
+
+and returns one logits tensor per target (``logits.<target>``). A JSON file next to the export
+(``OUT.json``) records that layout, the dynamic dimensions, the labels and the check results.
+
+Every figure printed or written is measured here: the max abs difference between the exported
+model's outputs and PyTorch's on a real batch (and on a second batch of another size), and, with
+``data``, the main metric of each target for PyTorch fp32 and for the exported model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mmagent.data.tables import Table, read_table
+from mmagent.model import MultimodalModel
+
+Format = Literal["onnx", "torchscript"]
+FORMATS = ("onnx", "torchscript")
+TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The model (or one of its encoders) cannot be exported in the requested format."""
+
+
+@dataclass
+class ExportReport:
+    format: str
+    path: str
+    quantize: str | None
+    inputs: list[str]
+    outputs: list[str]
+    dynamic_dims: dict[str, list[int]]
+    check_rows: list[int] = field(default_factory=list)  # batch sizes the check ran on
+    max_abs_diff: float = float("nan")  # exported vs PyTorch fp32, on those batches
+    tolerance: float = TOLERANCE
+    reproduces: bool = False  # max_abs_diff <= tolerance (not expected for int8)
+    size_bytes: int = 0
+    fp32_size_bytes: int | None = None  # for a quantized export: the size of the fp32 export
+    accuracy: dict[str, dict[str, float]] | None = None  # {target: {metric, pytorch_fp32, exported, change}}
+    data: str | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        what = f"{self.format}" + (f" (dynamic {self.quantize} quantization of Linear layers)" if self.quantize else "")
+        out = [f"exported {what} -> {self.path} ({self.size_bytes / 1e6:.2f} MB" + (f"; fp32: {self.fp32_size_bytes / 1e6:.2f} MB)" if self.fp32_size_bytes else ")")]
+        verdict = "reproduces PyTorch" if self.reproduces else ("differs from PyTorch fp32 (expected after int8 quantization)" if self.quantize else "DOES NOT reproduce PyTorch")
+        out.append(f"check on real batches of {self.check_rows} rows: max abs diff of logits vs PyTorch fp32 = {self.max_abs_diff:.3g} (tolerance {self.tolerance:g}): {verdict}")
+        for target, acc in (self.accuracy or {}).items():
+            out.append(
+                f"{target}: {acc['metric']} on {self.data} ({int(acc['rows'])} rows): PyTorch fp32 {acc['pytorch_fp32']:.4f}, exported {acc['exported']:.4f} (change {acc['change']:+.4f}); predictions agree on {acc['agreement']:.1%} of rows"
+            )
+        out += [f"note: {n}" for n in self.notes]
+        return out
+
+
+class FlatWrapper(nn.Module):
+    """``model.forward`` on flat tensors: (per-input tensors..., present) -> per-target logits."""
+
+    def __init__(self, model: MultimodalModel, layout: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.model = model
+        self.layout = layout
+        self.targets = list(model.heads)
+
+    def forward(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        inputs: dict[str, dict[str, Tensor]] = {}
+        for (name, key), t in zip(self.layout, tensors[:-1]):
+            inputs.setdefault(name, {})[key] = t
+        out = self.model(inputs, tensors[-1])
+        return tuple(out.logits[t] for t in self.targets)
+
+
+# -- batches ------------------------------------------------------------------------------------
+def load_model(run_dir: str | Path) -> MultimodalModel:
+    run_dir = Path(run_dir)
+    return MultimodalModel.load(run_dir / "model" if (run_dir / "model").is_dir() else run_dir).eval()
+
+
+def default_data(run_dir: str | Path) -> Path | None:
+    """The run's own test (else validation, else train) table, if it is still where the config says."""
+    cfg_path = Path(run_dir) / "config.json"
+    if not cfg_path.is_file():
+        return None
+    cfg = json.loads(cfg_path.read_text())
+    base = Path(cfg.get("base_dir") or ".")
+    for split in ("test", "validation", "train"):
+        value = (cfg.get("data") or {}).get(split)
+        if value:
+            p = Path(value).expanduser()
+            p = p if p.is_absolute() else base / p
+            if p.is_file():
+                return p
+    return None
+
+
+def _batches(model: MultimodalModel, table: Table, batch_size: int, with_targets: bool) -> Any:
+    from mmagent.training.evaluate import make_loader
+
+    return make_loader(model, table, batch_size, with_targets=with_targets)
+
+
+def flatten(batch: dict[str, Any], layout: list[tuple[str, str]]) -> tuple[Tensor, ...]:
+    return tuple(batch["inputs"][name][key] for name, key in layout) + (batch["present"],)
+
+
+def tensor_names(layout: list[tuple[str, str]]) -> list[str]:
+    return [f"{name}.{key}" for name, key in layout] + ["present"]
+
+
+def _check_batches(model: MultimodalModel, table: Table, rows: int) -> list[dict[str, Any]]:
+    """Two real batches of different sizes (so fixed shapes in the export would show)."""
+    from mmagent.data.dataset import Collator, MultimodalDataset
+
+    n = len(table)
+    if n < 2:
+        raise ValueError(f"{table.source}: need at least 2 rows to check an export, got {n}")
+    first = min(rows, n)
+    ds = MultimodalDataset(table, model, with_targets=False)
+    collate = Collator(model)
+    batches = [collate([ds[i] for i in range(first)])]
+    rest = list(range(first, n))[: max(2, first // 2 + 1)] or list(range(min(3, n)))
+    if len(rest) != first:
+        batches.append(collate([ds[i] for i in rest]))
+    return batches
+
+
+def dynamic_dims(model: MultimodalModel, batches: list[dict[str, Any]], layout: list[tuple[str, str]]) -> dict[str, list[int]]:
+    """Batch dim everywhere; dim 1 of padded keys (their ``_mask``/``attention_mask`` too); and
+    any dim that differs between the real check batches."""
+    out: dict[str, list[int]] = {}
+    for name, key in layout:
+        pre = model.encoders[name].preprocessor
+        padded = {k for k in getattr(pre, "pad_values", {})} | {f"{k}_mask" for k in getattr(pre, "pad_values", {})}
+        if "input_ids" in padded:
+            padded.add("attention_mask")
+        shapes = [tuple(b["inputs"][name][key].shape) for b in batches]
+        dims = {0}
+        if key in padded and len(shapes[0]) > 1:
+            dims.add(1)
+        for d in range(1, len(shapes[0])):
+            if len({s[d] for s in shapes}) > 1:
+                dims.add(d)
+        out[f"{name}.{key}"] = sorted(dims)
+    out["present"] = [0]
+    return out
+
+
+# -- exporters ----------------------------------------------------------------------------------
+def _trace(wrapper: FlatWrapper, example: tuple[Tensor, ...]) -> torch.jit.ScriptModule:
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings: checked below by running other shapes
+        return torch.jit.trace(wrapper, example, check_trace=False, strict=False)
+
+
+def export_torchscript(wrapper: FlatWrapper, example: tuple[Tensor, ...], path: Path) -> None:
+    from mmagent.io import atomic_path
+
+    traced = _trace(wrapper, example)
+    with atomic_path(path) as tmp:
+        torch.jit.save(traced, str(tmp))
+
+
+def export_onnx(wrapper: FlatWrapper, example: tuple[Tensor, ...], path: Path, names: list[str], dims: dict[str, list[int]], outputs: list[str]) -> None:
+    """torch.export (dynamo) -> ONNX with dynamic batch / sequence dims. Raises :class:`ExportError`
+    naming the encoder(s) that fail on their own, when the whole model does not export."""
+    import onnx
+
+    from mmagent.io import atomic_path
+
+    Dim = torch.export.Dim
+    shapes = tuple({d: Dim.AUTO for d in dims[n]} for n in names)
+    try:
+        with torch.no_grad():
+            program = torch.onnx.export(wrapper, example, None, input_names=names, output_names=outputs, dynamic_shapes=(shapes,), dynamo=True, optimize=True, verbose=False, report=False)
+        proto = program.model_proto  # type: ignore[union-attr]
+    except Exception as e:  # noqa: BLE001 - report which part of the model is the problem
+        culprits = _onnx_culprits(wrapper, example, names, dims)
+        where = "; ".join(f"input {n!r} ({enc}): {msg}" for n, enc, msg in culprits) if culprits else "the failing part is not a single encoder (fusion / heads, or the combination)"
+        raise ExportError(f"ONNX export failed: {where}. Underlying error: {_first_line(e)}. TorchScript (--format torchscript) may still work.") from e
+    large = proto.ByteSize() > 1_800_000_000
+    with atomic_path(path) as tmp:
+        if large:  # protobuf's 2 GB limit: weights go to PATH.data
+            onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")
+        else:
+            onnx.save_model(proto, str(tmp))
+
+
+def _first_line(e: BaseException) -> str:
+    """The informative line of an exporter error (torch.export puts it under "Exception summary")."""
+    import re
+
+    text = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(e).strip().splitlines()]
+    summary = next((line for line in text if line.startswith("<class '")), None)
+    if summary is None and e.__cause__ is not None:
+        return _first_line(e.__cause__)
+    line = summary or next((line for line in text if line), "")
+    return (line if summary else f"{type(e).__name__}: {line}")[:400]
+
+
+class _EncoderOnly(nn.Module):
+    def __init__(self, encoder: nn.Module, keys: list[str]) -> None:
+        super().__init__()
+        self.encoder, self.keys = encoder, keys
+
+    def forward(self, *tensors: Tensor) -> Tensor:
+        return self.encoder(dict(zip(self.keys, tensors))).pooled
+
+
+def _onnx_culprits(wrapper: FlatWrapper, example: tuple[Tensor, ...], names: list[str], dims: dict[str, list[int]]) -> list[tuple[str, str, str]]:
+    """Export each encoder alone: the ones that fail, with their first error line."""
+    model = wrapper.model
+    found = []
+    Dim = torch.export.Dim
+    for name in model.input_names:
+        idx = [i for i, (n, _) in enumerate(wrapper.layout) if n == name]
+        keys = [wrapper.layout[i][1] for i in idx]
+        args = tuple(example[i] for i in idx)
+        shapes = tuple({d: Dim.AUTO for d in dims[names[i]]} for i in idx)
+        spec = model.spec.inputs[model.input_names.index(name)].encoder
+        try:
+            with torch.no_grad():
+                torch.onnx.export(_EncoderOnly(model.encoders[name], keys), args, None, dynamic_shapes=(shapes,), dynamo=True, optimize=False, verbose=False)
+        except Exception as e:  # noqa: BLE001
+            found.append((name, f"{spec.source}:{spec.name}", _first_line(e)))
+    return found
+
+
+# -- running an export --------------------------------------------------------------------------
+class Runner:
+    """Call an exported artifact like the wrapper: flat tensors in, tuple of numpy logits out."""
+
+    def __init__(self, fmt: str, path: Path, names: list[str]) -> None:
+        self.fmt, self.names = fmt, names
+        if fmt == "onnx":
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.feed_names = [i.name for i in self.session.get_inputs()]
+        else:
+            self.module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def __call__(self, tensors: tuple[Tensor, ...]) -> list[np.ndarray]:
+        if self.fmt == "onnx":
+            feed = {n: t.numpy() for n, t in zip(self.names, tensors) if n in self.feed_names}  # unused inputs are pruned from the graph
+            return [np.asarray(o) for o in self.session.run(None, feed)]
+        with torch.no_grad():
+            out = self.module(*tensors)
+        return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+
+
+def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0 for x, y in zip(a, b))
+
+
+def _accuracy(model: MultimodalModel, wrapper: FlatWrapper, runner: Runner, table: Table, layout: list[tuple[str, str]], batch_size: int, source: str) -> dict[str, dict[str, float]]:
+    """Main metric per target (that the table labels): PyTorch fp32 vs the exported model."""
+    from mmagent.training.metrics import main_metric, target_metrics
+
+    ref: dict[str, list[Tensor]] = {t: [] for t in wrapper.targets}
+    got: dict[str, list[Tensor]] = {t: [] for t in wrapper.targets}
+    targets: dict[str, list[Tensor]] = {t: [] for t in wrapper.targets}
+    for batch in _batches(model, table, batch_size, with_targets=True):
+        flat = flatten(batch, layout)
+        with torch.no_grad():
+            expected = wrapper(*flat)
+        for t, e, o in zip(wrapper.targets, expected, runner(flat)):
+            ref[t].append(e)
+            got[t].append(torch.from_numpy(np.asarray(o, dtype=np.float32)))
+            targets[t].append(batch["targets"][t])
+    out = {}
+    for t in wrapper.targets:
+        head = model.heads[t]
+        name, _ = main_metric(head.spec)
+        y = torch.cat(targets[t]).numpy()
+        p_ref, p_got = head.predict(torch.cat(ref[t])).numpy(), head.predict(torch.cat(got[t])).numpy()
+        m_ref = target_metrics(head.spec, p_ref, y, False).get(name, float("nan"))
+        m_got = target_metrics(head.spec, p_got, y, False).get(name, float("nan"))
+        if head.spec.type == "classification":
+            agree = float((p_ref.argmax(1) == p_got.argmax(1)).mean())
+        elif head.spec.type == "multilabel":
+            agree = float(((p_ref >= 0.5) == (p_got >= 0.5)).all(1).mean())
+        else:
+            scale = max(float(np.std(p_ref)), 1e-8)
+            agree = float((np.abs(p_ref - p_got) <= 0.05 * scale).mean())
+        if math.isnan(m_ref) and math.isnan(m_got):
+            continue
+        out[t] = {"metric": name, "rows": float(len(y)), "pytorch_fp32": float(m_ref), "exported": float(m_got), "change": float(m_got - m_ref), "agreement": agree}
+    return out
+
+
+def export(run_dir: str | Path, fmt: str, output: str | Path, quantize: str | None = None, data: str | Path | None = None, batch_size: int = 8, tolerance: float = TOLERANCE) -> ExportReport:
+    """Export, check against PyTorch on real batches, optionally quantize; write ``OUT.json``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
+    if quantize not in (None, "int8"):
+        raise ValueError(f"--quantize: only 'int8' is supported, got {quantize!r}")
+    start = time.perf_counter()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model = load_model(run_dir)
+    data_path = Path(data) if data is not None else default_data(run_dir)
+    if data_path is None:
+        raise ValueError("no data to check the export on: pass --data FILE (a table with the model's input columns)")
+    table = read_table(data_path)
+    from mmagent.data.validation import validate_table
+
+    labelled = all(t.column in table.columns for t in model.spec.targets) and data is not None
+    table, _ = validate_table(table, model.spec.inputs, model.spec.targets if labelled else [], "error", need_targets=labelled)
+    batches = _check_batches(model, table, batch_size)
+    layout = [(name, key) for name in model.input_names for key in batches[0]["inputs"][name]]
+    names = tensor_names(layout)
+    outputs = [f"logits.{t}" for t in model.heads]
+    dims = dynamic_dims(model, batches, layout)
+    wrapper = FlatWrapper(model, layout).eval()
+    examples = [flatten(b, layout) for b in batches]
+    with torch.no_grad():
+        expected = [[o.numpy() for o in wrapper(*ex)] for ex in examples]
+
+    report = ExportReport(fmt, str(output), quantize, names, outputs, dims, [int(ex[-1].shape[0]) for ex in examples], tolerance=tolerance, data=str(data_path) if labelled else None)
+    if fmt == "torchscript":
+        if quantize == "int8":
+            from torch.ao.quantization import quantize_dynamic
+
+            fp32 = output.with_name(output.stem + ".fp32-tmp" + output.suffix)
+            export_torchscript(wrapper, examples[0], fp32)
+            report.fp32_size_bytes = fp32.stat().st_size
+            fp32.unlink()
+            qmodel = quantize_dynamic(_copy(model), {nn.Linear}, dtype=torch.qint8)
+            export_torchscript(FlatWrapper(qmodel, layout).eval(), examples[0], output)
+        else:
+            export_torchscript(wrapper, examples[0], output)
+    else:
+        if quantize == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic as ort_quantize
+
+            fp32 = output.with_name(output.stem + ".fp32" + output.suffix)
+            export_onnx(wrapper, examples[0], fp32, names, dims, outputs)
+            report.fp32_size_bytes = fp32.stat().st_size
+            try:
+                import logging
+
+                root = logging.getLogger()
+                level = root.level
+                root.setLevel(logging.ERROR)  # ORT's "consider pre-processing" advice is noise here
+                try:  # the ONNX counterpart of torch's Linear-only dynamic quantization
+                    ort_quantize(str(fp32), str(output), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+                finally:
+                    root.setLevel(level)
+            finally:
+                for p in (fp32, fp32.with_name(fp32.name + ".data")):
+                    if p.exists():
+                        p.unlink()
+        else:
+            export_onnx(wrapper, examples[0], output, names, dims, outputs)
+    report.size_bytes = output.stat().st_size + (output.with_name(output.name + ".data").stat().st_size if output.with_name(output.name + ".data").exists() else 0)
+
+    runner = Runner(fmt, output, names)
+    try:
+        got = [runner(ex) for ex in examples]
+    except Exception as e:  # noqa: BLE001 - e.g. a shape baked into the graph
+        raise ExportError(f"the exported {fmt} model fails on a real batch of another size: {_first_line(e)}") from e
+    report.max_abs_diff = max(_max_diff(g, e) for g, e in zip(got, expected))
+    report.reproduces = bool(report.max_abs_diff <= tolerance)
+    if labelled:
+        report.accuracy = _accuracy(model, wrapper, runner, table, layout, max(batch_size, 32), str(data_path))
+    elif data is None:
+        report.notes.append(f"checked on rows of {data_path} (the run's own data); pass --data FILE with labels to measure the accuracy change")
+    if quantize and not labelled:
+        report.notes.append("no labelled --data given: the accuracy change of int8 quantization was not measured")
+    if fmt == "onnx" and len(runner.feed_names) < len(names):
+        report.notes.append(f"the ONNX graph dropped unused inputs: {sorted(set(names) - set(runner.feed_names))}")
+    report.seconds = round(time.perf_counter() - start, 2)
+    _write_meta(model, report, output)
+    return report
+
+
+def _copy(model: MultimodalModel) -> MultimodalModel:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def _write_meta(model: MultimodalModel, report: ExportReport, output: Path) -> None:
+    from mmagent.io import write_json
+
+    meta = {
+        "format": report.format,
+        "inputs": report.inputs,
+        "outputs": report.outputs,
+        "dynamic_dims": report.dynamic_dims,
+        "model_inputs": [{"name": i.key, "columns": i.columns, "modality": i.modality} for i in model.spec.inputs],
+        "targets": [{"name": h.spec.column, "type": h.spec.type, "labels": list(h.spec.labels or [])} for h in model.heads.values()],
+        "report": asdict(report),
+    }
+    write_json(Path(str(output) + ".json"), _finite(meta))
+
+
+def _finite(obj: Any) -> Any:
+    """NaN / inf -> None, so the JSON is valid everywhere."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+__all__ = ["ExportError", "ExportReport", "FlatWrapper", "Runner", "export", "FORMATS"]

@@ -1,0 +1,118 @@
+"""Server settings: one validated object, filled from arguments and ``MMAGENT_*`` environment variables.
+
+Every field can be set from the environment as ``MMAGENT_<FIELD>`` (upper case), e.g.
+``MMAGENT_MAX_BATCH_SIZE=16``. API keys come from ``MMAGENT_API_KEYS`` (comma-separated) and/or
+``MMAGENT_API_KEY_FILE`` (one key per line, ``#`` comments); they are never written into the
+settings JSON that worker processes inherit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "MMAGENT_"
+ENV_SETTINGS = "MMAGENT_SERVE_SETTINGS"  # JSON of ServeSettings, handed to uvicorn worker processes
+ENV_RUN_DIR = "MMAGENT_SERVE_RUN_DIR"
+ENV_API_KEYS = "MMAGENT_API_KEYS"
+ENV_API_KEY_FILE = "MMAGENT_API_KEY_FILE"
+
+
+class ServeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    host: str = Field("127.0.0.1", description="address to bind; anything but loopback requires an API key")
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes (each loads the model)")
+    max_batch_size: int = Field(32, ge=1, description="records per model call when micro-batching (1 = off)")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long the first request of a batch waits for others")
+    max_queue: int = Field(2048, ge=1, description="records waiting for the model before new requests get 503")
+    max_records: int = Field(256, ge=1, description="records per request")
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="request body limit (413 beyond)")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="width x height limit per image (decompression bombs)")
+    max_audio_seconds: float = Field(60.0, gt=0, description="duration limit per audio clip")
+    max_text_chars: int = Field(100_000, ge=1, description="characters per text field")
+    explain: bool = Field(True, description="/v1/act: per-input contributions (costs one extra forward pass per input)")
+    device: str = Field("cpu", description="torch device for the model")
+    api_key_file: Path | None = Field(None, description="file with one API key per line")
+    api_keys: list[SecretStr] = Field(default_factory=list, exclude=True, description="accepted API keys (not serialized)")
+    log_level: str = Field("info")
+    access_log: bool = True
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.lower()
+        if v not in ("critical", "error", "warning", "info", "debug", "trace"):
+            raise ValueError(f"unknown log level {v!r}")
+        return v
+
+    # -- keys ---------------------------------------------------------------------------------
+    def load_keys(self) -> list[str]:
+        """Keys from ``api_keys``, ``MMAGENT_API_KEYS`` and the key file (deduplicated, non-empty)."""
+        keys = [k.get_secret_value() for k in self.api_keys]
+        keys += [k.strip() for k in os.environ.get(ENV_API_KEYS, "").split(",")]
+        key_file = self.api_key_file or (Path(os.environ[ENV_API_KEY_FILE]) if os.environ.get(ENV_API_KEY_FILE) else None)
+        if key_file is not None:
+            keys += read_key_file(key_file)
+        seen: list[str] = []
+        for k in keys:
+            if k and k not in seen:
+                seen.append(k)
+        return seen
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    # -- environment --------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "ServeSettings":
+        """Settings JSON handed down by ``mmagent serve`` (if any), then ``MMAGENT_<FIELD>``
+        variables, then ``overrides`` (those that are not None)."""
+        raw: dict[str, Any] = {}
+        if os.environ.get(ENV_SETTINGS):
+            import json
+
+            raw.update(json.loads(os.environ[ENV_SETTINGS]))
+        for name in cls.model_fields:
+            if name in ("api_keys",):
+                continue
+            value = os.environ.get(ENV_PREFIX + name.upper())
+            if value is not None and name not in raw:
+                raw[name] = value
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+            raise ValueError(f"invalid server settings: {problems}") from None
+
+
+def read_key_file(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"API key file not found: {path}")
+    keys = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            keys.append(line)
+    if not keys:
+        raise ValueError(f"API key file {path} holds no key")
+    return keys
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and 'localhost'; an empty host or 0.0.0.0 / :: binds everything."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to a public address
