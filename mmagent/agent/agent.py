@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from mmagent.agent.policies import Decision, Policy, build_policy
+from mmagent.agent.policies import Decision, Policy, build_policy, load_policy_spec
 from mmagent.data.tables import Table, as_table
 from mmagent.data.validation import DataError, check_rows
 from mmagent.model import MultimodalModel
@@ -128,6 +128,15 @@ class Agent:
             for i in range(len(records)):
                 out[i][name] = round(float(full[i, top[i]] - without[i, top[i]]), 4)
         return out
+
+
+def resolve_agent_config(agent: dict[str, Any], base_dir: str | Path) -> dict[str, Any]:
+    """Validate the config's ``agent`` block and make it self-contained (a playbook file is read
+    and embedded), so the run folder carries everything the agent needs."""
+    extras = {k: agent[k] for k in AGENT_KEYS if k in agent}
+    policy = {k: v for k, v in agent.items() if k not in AGENT_KEYS}
+    spec = load_policy_spec(policy or None, base_dir=base_dir)
+    return {**spec.model_dump(mode="json"), **extras}
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -176,7 +176,11 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
     set_seed(t.seed)
     main = accelerator.is_main_process
 
-    splits = load_splits(config, train_data)  # raises DataError before anything is written
+    from mmagent.agent.agent import resolve_agent_config
+
+    # Everything is checked before anything is written: policy, then every row of every table.
+    config = config.model_copy(update={"agent": resolve_agent_config(config.agent, config.base_dir)})
+    splits = load_splits(config, train_data)
     model = build_model(config, splits.train, checkpoint_spec(ckpt_dir) if resume else None)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -233,8 +237,6 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
         # Accelerate's loader re-sets the sampler's epoch from its own counter on every pass;
         # setting it here keeps data order a function of (seed, epoch) even after --resume.
         prepared_loader.set_epoch(epoch)
-        if hasattr(prepared_loader, "set_epoch"):  # Accelerate re-seeds the sampler with its own pass count (0 after --resume)
-            prepared_loader.set_epoch(epoch)
         wrapped.train()
         batches = accelerator.skip_first_batches(prepared_loader, state["batches_done"]) if state["batches_done"] else prepared_loader
         bar = tqdm(batches, total=micro_per_epoch, initial=state["batches_done"], desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (progress and main), leave=False)
