@@ -219,6 +219,44 @@ def export_cmd(
     if not quantize and not report.reproduces:
         raise typer.Exit(1)
 
+@app.command()
+@user_errors
+def tune(
+    config: Path = typer.Argument(..., help="experiment YAML; its `tune:` block declares the search space (default space if absent)"),
+    output: Path = typer.Option(..., "-o", "--output", help="tuning folder: study.db, trials/, best/ (the final run folder), tune_report.md"),
+    trials: int = typer.Option(..., "--trials", help="finished trials wanted in the study (a resumed study counts those it has)"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="wall-clock budget in seconds for this call (no new trial starts after it)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="SQLAlchemy URL of the study (default: sqlite:///TUNE_DIR/study.db); share one to search from several machines"),
+    study: Optional[str] = typer.Option(None, "--study", help="study name in the storage (default: mmagent)"),
+    set_: List[str] = typer.Option([], "--set", help="override a config key before tuning, e.g. --set train.epochs=5 (repeatable)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no per-trial progress lines"),
+) -> None:
+    """Search hyperparameters with Optuna (TPE + pruning); the best trial becomes TUNE_DIR/best."""
+    from mmagent.config import load_config
+    from mmagent.tuning import tune as run_tune
+
+    cfg = load_config(config, set_)
+    result = run_tune(cfg, output, trials, timeout=timeout, storage=storage, study_name=study, progress=not quiet)
+    typer.echo(json.dumps({
+        "best_trial": result.best_number, "best_value": result.best_value, "metric": result.metric,
+        "best_params": result.best_params, "best_dir": str(result.best_dir) if result.best_dir else None,
+        "trials": result.counts, "report": str(result.report),
+    }, indent=2, default=str))
+
+
+@app.command()
+@user_errors
+def demo(
+    name: str = typer.Argument("customer-service", help="customer-service | medical | finance"),
+    output: Path = typer.Option(Path("runs/demo"), "-o", "--output", help="folder for the generated data and the run"),
+    quick: bool = typer.Option(False, "--quick", help="smaller data, fewer epochs (a smoke run)"),
+) -> None:
+    """The main job, offline: build a small dataset, fine-tune, evaluate, and show the agent acting."""
+    from mmagent.demo import run_demo
+
+    run_demo(name, output / name, quick)
+
+
 def main() -> None:  # pragma: no cover
     app()
 
