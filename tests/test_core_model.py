@@ -190,3 +190,28 @@ def test_save_load_round_trip_identical(tmp_path) -> None:
         torch.testing.assert_close(before.logits[k], after.logits[k], rtol=0, atol=0)
     assert loaded.spec.targets[0].labels == ["a", "b", "c"]
     assert loaded.heads["v"].spec.std == 3.0
+
+
+def test_lora_trains_only_adapters_and_round_trips(tmp_path) -> None:
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        inputs=[InputSpec(column="t", modality="text", encoder={"source": "hf", "name": "bert", "pretrained": False, "config": TINY_BERT, "lora": {"r": 4}})],
+        targets=[TargetSpec(column="y", labels=["a", "b"])],
+        fusion=FusionSpec(type="concat", hidden_dim=16),
+    )
+    model = MultimodalModel(spec)
+    enc = model.encoders["t"]
+    trainable = [n for n, p in enc.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("query" in n for n in trainable) and any("value" in n for n in trainable)
+    pre = enc.preprocessor
+    out = model({"t": pre.collate([pre("hello"), pre("good morning")])}, torch.ones(2, 1, dtype=torch.bool))
+    model.loss(out, {"y": torch.tensor([0, 1])})[0].backward()
+    assert all(p.grad is not None for n, p in enc.named_parameters() if "lora_B" in n)
+    assert all(p.grad is None for n, p in enc.named_parameters() if "lora_" not in n)
+    model.eval()
+    model.save(tmp_path / "m")
+    loaded = MultimodalModel.load(tmp_path / "m")
+    batch = {"t": loaded.encoders["t"].preprocessor.collate([pre("hello")])}
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch, torch.ones(1, 1, dtype=torch.bool)).logits["y"], loaded(batch, torch.ones(1, 1, dtype=torch.bool)).logits["y"])

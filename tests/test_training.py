@@ -175,3 +175,20 @@ def test_frozen_encoder_cache_gives_same_result_as_no_cache(tmp_path: Path) -> N
     assert r1.best_score == pytest.approx(r2.best_score)
     a, b = load_file(tmp_path / "cached" / "model" / "model.safetensors"), load_file(tmp_path / "plain" / "model" / "model.safetensors")
     assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-4
+
+
+def test_gradient_accumulation_bf16_and_separate_learning_rates(tmp_path: Path) -> None:
+    from mmagent.config import load_config
+    from mmagent.training.trainer import param_groups, train, build_model, load_splits
+
+    cfg = load_config(_small_config(tmp_path, n=80, epochs=1), ["train.grad_accum=3", "train.mixed_precision=bf16", "train.lr=1e-5", "train.head_lr=1e-2"])
+    result = train(cfg, tmp_path / "run", progress=False, finalize=False)
+    micro = -(-72 // 8)  # 72 training rows after the 10 % validation split, batch 8
+    assert result.global_step == -(-micro // 3), "one optimizer step per 3 micro-batches"
+    model = build_model(cfg, load_splits(cfg).train)
+    groups = param_groups(model, cfg)
+    enc_ids = {id(p) for p in model.encoders.parameters()}
+    for g in groups:
+        is_enc = all(id(p) in enc_ids for p in g["params"])
+        assert g["lr"] == (1e-5 if is_enc else 1e-2)
+        assert g["weight_decay"] == 0.0 or all(p.ndim >= 2 for p in g["params"])
