@@ -38,7 +38,7 @@ class DataSpec(BaseModel):
     test: str | None = None
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.9, description="split of train when no validation file is given")
     on_bad_row: Literal["error", "skip"] = "error"
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes that decode media")
+    num_workers: int | Literal["auto"] = Field("auto", description="DataLoader worker processes that decode media; auto: up to 4 when there are image/audio inputs and cores to spare, else 0")
 
 
 class TrainSpec(BaseModel):
@@ -80,6 +80,18 @@ class ExperimentConfig(BaseModel):
         if self.train.metric and "/" not in self.train.metric:
             raise ValueError(f"train.metric must look like TARGET/METRIC (e.g. {self.targets[0].column}/accuracy), got {self.train.metric!r}")
         return self
+
+    @property
+    def loader_workers(self) -> int:
+        """Worker processes for DataLoaders: media decoding benefits; tokenizing short text does
+        not pay for the process start-up."""
+        if self.data.num_workers != "auto":
+            return int(self.data.num_workers)
+        import os
+
+        media = any(i.modality in ("image", "audio") for i in self.inputs)
+        spare = (os.cpu_count() or 1) - 1
+        return min(4, spare) if media and spare >= 2 else 0
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(inputs=self.inputs, targets=self.targets, fusion=self.fusion, head_dropout=self.head_dropout)

@@ -215,3 +215,27 @@ def test_lora_trains_only_adapters_and_round_trips(tmp_path) -> None:
     batch = {"t": loaded.encoders["t"].preprocessor.collate([pre("hello")])}
     with torch.no_grad():
         torch.testing.assert_close(model(batch, torch.ones(1, 1, dtype=torch.bool)).logits["y"], loaded(batch, torch.ones(1, 1, dtype=torch.bool)).logits["y"])
+
+
+def test_third_party_encoder_via_entry_point(monkeypatch) -> None:
+    """A package that declares `[project.entry-points."mmagent.encoders"] acme = ...` adds a source."""
+    import importlib.metadata
+
+    from mmagent.encoders import base
+    from mmagent.encoders.builtin import NumericMLPEncoder
+
+    def build_acme(spec):
+        return NumericMLPEncoder(spec.model_copy(update={"config": {"num_features": 2, "width": 8}}))
+
+    class FakeEntryPoint:
+        name = "acme"
+
+        def load(self):
+            return build_acme
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [FakeEntryPoint()] if group == "mmagent.encoders" else [])
+    monkeypatch.setattr(base, "_ENTRY_POINTS_LOADED", False)
+    monkeypatch.delitem(base._SOURCES, "acme", raising=False)
+    enc = base.build_encoder({"source": "acme", "name": "anything"}, "numeric")
+    assert enc.output_dim == 8 and "acme" in base.available_sources()
+    base._SOURCES.pop("acme", None)

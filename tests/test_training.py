@@ -192,3 +192,26 @@ def test_gradient_accumulation_bf16_and_separate_learning_rates(tmp_path: Path) 
         is_enc = all(id(p) in enc_ids for p in g["params"])
         assert g["lr"] == (1e-5 if is_enc else 1e-2)
         assert g["weight_decay"] == 0.0 or all(p.ndim >= 2 for p in g["params"])
+
+
+def test_worker_processes_decode_media_and_unseen_labels_are_reported(mm_tables: dict[str, Path], tmp_path: Path) -> None:
+    from mmagent.config import config_from_dict
+    from mmagent.data import read_table
+    from mmagent.model import MultimodalModel
+    from mmagent.training.evaluate import evaluate, make_loader
+    from mmagent.training.trainer import train
+
+    raw = mm_config(mm_tables, epochs=1, max_steps=2)
+    raw["data"]["num_workers"] = 2  # image/audio decoding in worker processes (preprocessors pickle)
+    raw["inputs"] = raw["inputs"][1:]
+    cfg = config_from_dict(raw)
+    assert cfg.loader_workers == 2
+    train(cfg, tmp_path / "run", progress=False, finalize=False)
+    model = MultimodalModel.load(tmp_path / "run" / "model")
+    frame = read_table(mm_tables["test"]).frame.head(10).copy()
+    frame.loc[0, "label"] = "zebra"  # a label the training set never had
+    from mmagent.data import Table
+
+    table = Table(frame, "test.csv", mm_tables["folder"])
+    metrics, _ = evaluate(model, make_loader(model, table, 4, num_workers=2))
+    assert metrics["label"]["unseen_labels"] == 1 and metrics["label"]["n"] == 9

@@ -75,7 +75,7 @@ def finalize_run(run_dir: Path, config: "ExperimentConfig", splits: "Splits", hi
     model = MultimodalModel.load(run_dir / "model").to(device)
     bs = config.train.batch_size
     metrics: dict[str, Any] = {}
-    val_loader = make_loader(model, splits.validation, bs, num_workers=config.data.num_workers)
+    val_loader = make_loader(model, splits.validation, bs, num_workers=config.loader_workers)
     metrics["validation"], val_preds = evaluate(model, val_loader, device)
     calibration = calibrate(model, val_preds)
     escalation = escalation_threshold(model, val_preds, calibration, config.agent)
@@ -84,7 +84,7 @@ def finalize_run(run_dir: Path, config: "ExperimentConfig", splits: "Splits", hi
     write_json(run_dir / CALIBRATION_FILE, calibration)
     eval_loader = val_loader
     if splits.test is not None:
-        eval_loader = make_loader(model, splits.test, bs, num_workers=config.data.num_workers)
+        eval_loader = make_loader(model, splits.test, bs, num_workers=config.loader_workers)
         metrics["test"], _ = evaluate(model, eval_loader, device)
     ablation = ablation_table(model, eval_loader, device, metrics.get("test", metrics["validation"]))
     write_json(run_dir / "metrics.json", {**metrics, "ablation": ablation, "calibration": calibration})
