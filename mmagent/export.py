@@ -58,6 +58,8 @@ class ExportReport:
     reproduces: bool = False  # max_abs_diff <= tolerance (not expected for int8)
     size_bytes: int = 0
     fp32_size_bytes: int | None = None  # for a quantized export: the size of the fp32 export
+    fp32_max_abs_diff: float | None = None  # for a quantized export: the fp32 export (made first) vs PyTorch
+    fp32_reproduces: bool | None = None
     accuracy: dict[str, dict[str, float]] | None = None  # {target: {metric, pytorch_fp32, exported, change}}
     data: str | None = None
     seconds: float = 0.0
@@ -66,8 +68,12 @@ class ExportReport:
     def lines(self) -> list[str]:
         what = f"{self.format}" + (f" (dynamic {self.quantize} quantization of Linear layers)" if self.quantize else "")
         out = [f"exported {what} -> {self.path} ({self.size_bytes / 1e6:.2f} MB" + (f"; fp32: {self.fp32_size_bytes / 1e6:.2f} MB)" if self.fp32_size_bytes else ")")]
-        verdict = "reproduces PyTorch" if self.reproduces else ("differs from PyTorch fp32 (expected after int8 quantization)" if self.quantize else "DOES NOT reproduce PyTorch")
-        out.append(f"check on real batches of {self.check_rows} rows: max abs diff of logits vs PyTorch fp32 = {self.max_abs_diff:.3g} (tolerance {self.tolerance:g}): {verdict}")
+        if self.fp32_max_abs_diff is not None:
+            verdict = "reproduces PyTorch" if self.fp32_reproduces else "DOES NOT reproduce PyTorch"
+            out.append(f"fp32 {self.format} export (made before quantizing), on real batches of {self.check_rows} rows: max abs diff of logits vs PyTorch = {self.fp32_max_abs_diff:.3g} (tolerance {self.tolerance:g}): {verdict}")
+        verdict = "reproduces PyTorch" if self.reproduces else ("differs from PyTorch fp32, as int8 quantization does" if self.quantize else "DOES NOT reproduce PyTorch")
+        what = "int8 export" if self.quantize else "check"
+        out.append(f"{what} on real batches of {self.check_rows} rows: max abs diff of logits vs PyTorch fp32 = {self.max_abs_diff:.3g} (tolerance {self.tolerance:g}): {verdict}")
         for target, acc in (self.accuracy or {}).items():
             out.append(
                 f"{target}: {acc['metric']} on {self.data} ({int(acc['rows'])} rows): PyTorch fp32 {acc['pytorch_fp32']:.4f}, exported {acc['exported']:.4f} (change {acc['change']:+.4f}); predictions agree on {acc['agreement']:.1%} of rows"
@@ -244,7 +250,7 @@ def _onnx_culprits(wrapper: FlatWrapper, example: tuple[Tensor, ...], names: lis
         spec = model.spec.inputs[model.input_names.index(name)].encoder
         try:
             with torch.no_grad():
-                torch.onnx.export(_EncoderOnly(model.encoders[name], keys), args, None, dynamic_shapes=(shapes,), dynamo=True, optimize=False, verbose=False)
+                torch.onnx.export(_EncoderOnly(model.encoders[name], keys).eval(), args, None, dynamic_shapes=(shapes,), dynamo=True, optimize=False, verbose=False)
         except Exception as e:  # noqa: BLE001
             found.append((name, f"{spec.source}:{spec.name}", _first_line(e)))
     return found
@@ -344,49 +350,42 @@ def export(run_dir: str | Path, fmt: str, output: str | Path, quantize: str | No
         expected = [[o.numpy() for o in wrapper(*ex)] for ex in examples]
 
     report = ExportReport(fmt, str(output), quantize, names, outputs, dims, [int(ex[-1].shape[0]) for ex in examples], tolerance=tolerance, data=str(data_path) if labelled else None)
-    if fmt == "torchscript":
-        if quantize == "int8":
-            from torch.ao.quantization import quantize_dynamic
+    def check(path: Path) -> tuple[Runner, float]:
+        runner = Runner(fmt, path, names)
+        try:
+            got = [runner(ex) for ex in examples]
+        except Exception as e:  # noqa: BLE001 - e.g. a shape baked into the graph
+            raise ExportError(f"the exported {fmt} model fails on a real batch of another size: {_first_line(e)}") from e
+        return runner, max(_max_diff(g, e) for g, e in zip(got, expected))
 
-            fp32 = output.with_name(output.stem + ".fp32-tmp" + output.suffix)
-            export_torchscript(wrapper, examples[0], fp32)
-            report.fp32_size_bytes = fp32.stat().st_size
-            fp32.unlink()
-            qmodel = quantize_dynamic(_copy(model), {nn.Linear}, dtype=torch.qint8)
-            export_torchscript(FlatWrapper(qmodel, layout).eval(), examples[0], output)
-        else:
-            export_torchscript(wrapper, examples[0], output)
+    if quantize == "int8":
+        # The fp32 export is made and checked first (it must reproduce PyTorch), then quantized.
+        fp32 = output.with_name(output.stem + ".fp32-tmp" + output.suffix)
+        try:
+            if fmt == "torchscript":
+                export_torchscript(wrapper, examples[0], fp32)
+            else:
+                export_onnx(wrapper, examples[0], fp32, names, dims, outputs)
+            report.fp32_size_bytes = _size(fp32)
+            _, report.fp32_max_abs_diff = check(fp32)
+            report.fp32_reproduces = bool(report.fp32_max_abs_diff <= tolerance)
+            if fmt == "torchscript":
+                from torch.ao.quantization import quantize_dynamic
+
+                qmodel = quantize_dynamic(_copy(model), {nn.Linear}, dtype=torch.qint8)
+                export_torchscript(FlatWrapper(qmodel, layout).eval(), examples[0], output)
+            else:
+                _ort_quantize(fp32, output)
+        finally:
+            for p in (fp32, fp32.with_name(fp32.name + ".data")):
+                if p.exists():
+                    p.unlink()
+    elif fmt == "torchscript":
+        export_torchscript(wrapper, examples[0], output)
     else:
-        if quantize == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic as ort_quantize
-
-            fp32 = output.with_name(output.stem + ".fp32" + output.suffix)
-            export_onnx(wrapper, examples[0], fp32, names, dims, outputs)
-            report.fp32_size_bytes = fp32.stat().st_size
-            try:
-                import logging
-
-                root = logging.getLogger()
-                level = root.level
-                root.setLevel(logging.ERROR)  # ORT's "consider pre-processing" advice is noise here
-                try:  # the ONNX counterpart of torch's Linear-only dynamic quantization
-                    ort_quantize(str(fp32), str(output), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
-                finally:
-                    root.setLevel(level)
-            finally:
-                for p in (fp32, fp32.with_name(fp32.name + ".data")):
-                    if p.exists():
-                        p.unlink()
-        else:
-            export_onnx(wrapper, examples[0], output, names, dims, outputs)
-    report.size_bytes = output.stat().st_size + (output.with_name(output.name + ".data").stat().st_size if output.with_name(output.name + ".data").exists() else 0)
-
-    runner = Runner(fmt, output, names)
-    try:
-        got = [runner(ex) for ex in examples]
-    except Exception as e:  # noqa: BLE001 - e.g. a shape baked into the graph
-        raise ExportError(f"the exported {fmt} model fails on a real batch of another size: {_first_line(e)}") from e
-    report.max_abs_diff = max(_max_diff(g, e) for g, e in zip(got, expected))
+        export_onnx(wrapper, examples[0], output, names, dims, outputs)
+    report.size_bytes = _size(output)
+    runner, report.max_abs_diff = check(output)
     report.reproduces = bool(report.max_abs_diff <= tolerance)
     if labelled:
         report.accuracy = _accuracy(model, wrapper, runner, table, layout, max(batch_size, 32), str(data_path))
@@ -399,6 +398,27 @@ def export(run_dir: str | Path, fmt: str, output: str | Path, quantize: str | No
     report.seconds = round(time.perf_counter() - start, 2)
     _write_meta(model, report, output)
     return report
+
+
+def _size(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def _ort_quantize(fp32: Path, output: Path) -> None:
+    """onnxruntime dynamic int8 quantization of MatMul / Gemm: the ONNX counterpart of torch's
+    Linear-only ``quantize_dynamic``."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT's "consider pre-processing" advice is noise here
+    try:
+        quantize_dynamic(str(fp32), str(output), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        root.setLevel(level)
 
 
 def _copy(model: MultimodalModel) -> MultimodalModel:

@@ -12,7 +12,7 @@ The config's ``tune:`` block declares the search space as dotted config paths (t
         inputs.0.encoder.freeze: {type: categorical, choices: [all, none, 2]}
         inputs.0.encoder.lora.r: {type: int, low: 4, high: 16}
         inputs.0.encoder: {type: categorical, choices: [{source: zoo, name: minilm-l6}, {source: hf, name: bert-base-uncased}]}
-      pruner: {type: median, n_startup_trials: 2, n_warmup_steps: 1}   # or percentile / threshold / none
+      pruner: {type: median, n_startup_trials: 3, n_warmup_steps: 1}   # or percentile / threshold / none
       cache: disk                     # frozen-encoder outputs shared across trials: disk | memory | off
 
 Without ``space``, :func:`default_space` derives one from the config (learning rates, weight decay,
@@ -47,6 +47,7 @@ import shutil
 import socket
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
     from mmagent.model import MultimodalModel
 
 DEFAULT_STUDY = "mmagent"
+# Scalar validation metrics per target type (mmagent.training.metrics) that a study can optimize.
+METRIC_NAMES = {"classification": {"accuracy", "macro_f1", "auroc"}, "multilabel": {"subset_accuracy", "micro_f1", "macro_f1", "auroc"}, "regression": {"mae", "rmse", "r2"}}
 HEARTBEAT_SECONDS = 60
 GRACE_SECONDS = 180
 
@@ -122,7 +125,7 @@ ParamSpec = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discr
 class PrunerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["median", "percentile", "threshold", "none"] = "median"
-    n_startup_trials: int = Field(2, ge=0, description="finished trials before pruning starts (median / percentile)")
+    n_startup_trials: int = Field(3, ge=0, description="finished trials before pruning starts (median / percentile)")
     n_warmup_steps: int = Field(1, ge=0, description="first epoch at which a trial can be pruned")
     percentile: float = Field(25.0, gt=0, lt=100, description="percentile: keep trials in the best P percent")
     lower: float | None = Field(None, description="threshold: prune when the score falls below")
@@ -219,9 +222,12 @@ def parse_tune_spec(config: ExperimentConfig, base_raw: dict[str, Any] | None = 
                 problems.append(f"  tune.space.{key} = {value!r} does not give a valid config: {detail}")
                 break
     if spec.metric:
-        target = spec.metric.split("/", 1)[0]
-        if target not in [t.column for t in config.targets]:
-            problems.append(f"  tune.metric: unknown target {target!r}; targets: {[t.column for t in config.targets]}")
+        target, name = spec.metric.split("/", 1)
+        types = {t.column: t.type for t in config.targets}
+        if target not in types:
+            problems.append(f"  tune.metric: unknown target {target!r}; targets: {list(types)}")
+        elif name not in METRIC_NAMES[types[target]]:
+            problems.append(f"  tune.metric: {types[target]} target {target!r} has no metric {name!r}; choose one of {sorted(METRIC_NAMES[types[target]])}")
     if problems:
         raise ConfigError("invalid tune block:\n" + "\n".join(problems))
     return spec
@@ -264,6 +270,7 @@ class FeatureCacheStore:
         self.memory: dict[str, tuple[torch.Tensor, list[torch.Tensor] | None]] = {}
         self.builds = 0
         self.hits = 0
+        self._digests: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()  # one weights pass per encoder
 
     def get(self, model: "MultimodalModel", table: Table, names: list[str], keep_tokens: bool, batch_size: int, device: torch.device, num_workers: int = 0, progress: bool = False) -> FeatureCache:
         cache = FeatureCache()
@@ -303,7 +310,10 @@ class FeatureCacheStore:
         inp = next(i for i in model.spec.inputs if i.key == name)
         h = hashlib.sha256()
         h.update(json.dumps([self.FORMAT, inp.modality, inp.encoder.model_dump(mode="json"), keep_tokens], sort_keys=True, default=str).encode())
-        h.update(_weights_digest(model.encoders[name]).encode())
+        encoder = model.encoders[name]
+        if encoder not in self._digests:
+            self._digests[encoder] = _weights_digest(encoder)
+        h.update(self._digests[encoder].encode())
         h.update(rows.encode())
         return h.hexdigest()[:40]
 
@@ -400,7 +410,6 @@ def tune(config: ExperimentConfig | str | Path | dict[str, Any], tune_dir: str |
     ``timeout`` seconds have passed in this call; finalize the best trial into ``TUNE_DIR/best``
     and write ``TUNE_DIR/tune_report.md``."""
     import optuna
-    from optuna.trial import TrialState
 
     if isinstance(config, (str, Path)):
         config = load_config(config)
@@ -414,9 +423,20 @@ def tune(config: ExperimentConfig | str | Path | dict[str, Any], tune_dir: str |
     metric, direction = objective_metric(config, spec)
     tune_dir.mkdir(parents=True, exist_ok=True)
     study_name = study_name or DEFAULT_STUDY
+    if storage and "://" not in storage:  # a plain file path: an SQLite database there
+        storage = f"sqlite:///{Path(storage).expanduser().resolve()}"
     url = storage or f"sqlite:///{(tune_dir / 'study.db').resolve()}"
-    if not progress:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress lines come from _Watcher
+    try:
+        return _tune(config, spec, base_raw, metric, direction, tune_dir, trials, timeout, url, study_name, progress)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _tune(config: ExperimentConfig, spec: TuneSpec, base_raw: dict[str, Any], metric: str, direction: str, tune_dir: Path, trials: int, timeout: float | None, url: str, study_name: str, progress: bool) -> TuneResult:
+    import optuna
+    from optuna.trial import TrialState
 
     study = _open_study(url, study_name, direction, metric)
     _recover_dead_local_trials(study)
@@ -444,7 +464,7 @@ def tune(config: ExperimentConfig | str | Path | dict[str, Any], tune_dir: str |
         best = _best_trial(study)
         best_dir = None
         if best is not None and not interrupted:
-            best_dir = finalize_best(study, best, base_raw, tune_dir, metric, store, progress)
+            best_dir = finalize_best(study, best, base_raw, spec, tune_dir, metric, store, progress)
         watcher.cleanup(study)
         report = write_tune_report(study, tune_dir, metric, direction, _mask(url), best_dir, store)
     counts = _counts(study)
@@ -499,13 +519,16 @@ def _recover_dead_local_trials(study: "optuna.Study") -> list[int]:
         worker = t.user_attrs.get("worker") or {}
         if worker.get("host") != host or not isinstance(worker.get("pid"), int) or _pid_alive(worker["pid"]) or worker["pid"] == os.getpid():
             continue
-        frozen = study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        if frozen.state != TrialState.FAIL:
-            continue
-        study._storage.set_trial_user_attr(frozen._trial_id, "error", f"worker process {worker['pid']} on {host} ended while the trial ran")
+        storage = study._storage  # what optuna.storages.fail_stale_trials does for heartbeat-stale trials
+        try:
+            storage.set_trial_user_attr(t._trial_id, "error", f"worker process {worker['pid']} on {host} ended while the trial ran")
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
-            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, study._storage.get_trial(frozen._trial_id))
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, storage.get_trial(t._trial_id))
         recovered.append(t.number)
     return recovered
 
@@ -586,13 +609,12 @@ class _Objective:
         run_dir = trial_dir(self.tune_dir, self.study_name, trial.number)
         trial.set_user_attr("run_dir", str(run_dir))
         pruned_at: list[int] = []
-        epochs: list[int] = []
+        last_epoch = [0]
 
         def on_epoch_end(epoch: int, score: float) -> bool:
-            epochs.append(epoch)
             if math.isfinite(score):
                 trial.report(score, epoch)
-            if trial.should_prune():
+            if epoch < last_epoch[0] and trial.should_prune():  # after the last epoch there is nothing left to save
                 pruned_at.append(epoch)
                 return True
             return False
@@ -604,6 +626,7 @@ class _Objective:
             for key, param in self.spec.space.items():
                 params[key], _ = suggest(trial, key, param)
             cfg = trial_config(self.base_raw, params, self.metric)
+            last_epoch[0] = cfg.train.epochs
             if run_dir.exists():  # left by an earlier study of the same name whose storage is gone
                 shutil.rmtree(run_dir)
             result = train(cfg, run_dir, progress=False, on_epoch_end=on_epoch_end, finalize=False, feature_cache_store=self.store)
@@ -684,7 +707,7 @@ def _mask(url: str) -> str:
 
 
 # -- the final artifact -------------------------------------------------------------------------
-def finalize_best(study: "optuna.Study", best: "optuna.trial.FrozenTrial", base_raw: dict[str, Any], tune_dir: Path, metric: str, store: FeatureCacheStore | None = None, progress: bool = False) -> Path:
+def finalize_best(study: "optuna.Study", best: "optuna.trial.FrozenTrial", base_raw: dict[str, Any], spec: TuneSpec, tune_dir: Path, metric: str, store: FeatureCacheStore | None = None, progress: bool = False) -> Path:
     """Make ``TUNE_DIR/best`` the best trial's finalized run folder (model, metrics.json,
     calibration, report.md). The trial's folder is copied when it is on this machine; otherwise (a
     trial run by another worker) the best parameters are trained again here."""
@@ -705,21 +728,16 @@ def finalize_best(study: "optuna.Study", best: "optuna.trial.FrozenTrial", base_
                     continue
                 (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
             device = torch.device("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu")
-            finalize_run(tmp, cfg, load_splits(cfg), read_history(tmp), device, progress)
+            finalize_run(tmp, cfg, load_splits(cfg), read_history(tmp), device, progress=False)
         else:
             params = {}
-            assert best.distributions
-            space = TuneSpec.model_validate({"space": study.user_attrs.get("space")}).space if study.user_attrs.get("space") else None
             for key, value in best.params.items():
-                param = (space or {}).get(key)
-                if isinstance(param, CategoricalParam):
-                    value = next((c for c in param.choices if (c if _primitive(c) else json.dumps(c, sort_keys=True)) == value), value)
-                elif isinstance(value, str) and value.startswith(("{", "[")):
-                    value = json.loads(value)
+                param = (spec.space or {}).get(key)
+                if isinstance(param, CategoricalParam):  # recorded label -> the choice itself
+                    value = next((copy.deepcopy(c) for c in param.choices if (c if _primitive(c) else json.dumps(c, sort_keys=True)) == value), value)
                 params[key] = value
             cfg = trial_config(base_raw, params, metric)
-            shutil.rmtree(tmp)
-            train(cfg, tmp, progress=progress, finalize=True, feature_cache_store=store)
+            train(cfg, tmp, progress=False, finalize=True, feature_cache_store=store)
             shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
         write_json(tmp / "tune_trial.json", marker)
     if progress:
@@ -741,7 +759,9 @@ def write_tune_report(study: "optuna.Study", tune_dir: Path, metric: str, direct
         try:
             import optuna
 
-            importances = optuna.importance.get_param_importances(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importances = optuna.importance.get_param_importances(study)
             importance_note = "" if importances else "no parameter varied across completed trials"
         except Exception as e:  # too few distinct values, a single parameter value, ...
             importance_note = f"not computable ({type(e).__name__}: {e})"
@@ -766,7 +786,8 @@ def write_tune_report(study: "optuna.Study", tune_dir: Path, metric: str, direct
         lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | {_seconds(t):.1f} | {t.user_attrs.get('epochs_run', '')} | {params}{_cell(note)} |")
     lines += ["", "## Parameter importances", ""]
     if importances:
-        lines += ["Share of the objective's variation explained by each parameter (Optuna's default evaluator), over completed trials.", ""]
+        lines += ["Share of the objective's variation explained by each parameter (Optuna's default evaluator), over completed trials."
+                  + (f" Only {len(complete)} completed trials: a rough indication." if len(complete) < 10 else ""), ""]
         lines += ["| parameter | importance |", "|---|---|"] + [f"| `{k}` | {v:.3f} |" for k, v in importances.items()]
     else:
         lines.append(f"Not available: {importance_note}.")
@@ -817,6 +838,9 @@ def _plot(trials: list["optuna.trial.FrozenTrial"], importances: dict[str, float
     if xs:
         ax.step(xs, ys, where="post", color="tab:green", label="best so far")
     ax.set(title="trials", xlabel="trial", ylabel="validation score")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
     if importances:
         ax2 = axes[0][1]

@@ -63,12 +63,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, proc, folder / "server.log")
-        from mmagent.agent import Agent
-
         import pandas as pd
 
-        yield {"url": url, "run_dir": run_dir, "folder": folder, "log": folder / "server.log", "agent": Agent.load(run_dir), "test": pd.read_csv(test_csv, dtype=str), "proc": proc}
+        from mmagent.agent import Agent
+
+        agent = Agent.load(run_dir)  # the in-process reference, loaded while the server starts
+        _wait_ready(url, proc, folder / "server.log")
+        yield {"url": url, "run_dir": run_dir, "folder": folder, "log": folder / "server.log", "agent": agent, "test": pd.read_csv(test_csv, dtype=str), "proc": proc}
     finally:
         proc.terminate()
         try:
@@ -178,6 +179,7 @@ def test_schema_health_and_docs(served: dict) -> None:
     assert {"application/json", "multipart/form-data"} <= set(body)
     assert body["multipart/form-data"]["schema"]["properties"]["image"]["format"] == "binary"
     assert "PredictResponse" in spec["components"]["schemas"]
+    assert httpx.get(url + "/docs").status_code == 200
 
 
 # -- keys -----------------------------------------------------------------------------------------
@@ -227,6 +229,8 @@ BAD_JSON = [
     ("image not a string", {"record": {"image": [1, 2, 3]}}, 422, "image"),
     ("non-numeric", {"record": {"text": "hi", "x": "twelve"}}, 422, "x"),
     ("numeric is a list", {"record": {"x": [1, 2]}}, 422, "x"),
+    ("numeric too large", {"record": {"x": 10**400}}, 422, "x"),
+    ("numeric is a boolean", {"record": {"x": True}}, 422, "x"),
     ("no input value", {"record": {"text": None}}, 422, "text"),
     ("second record bad", {"records": [{"text": "ok"}, {"x": "nan-ish"}]}, 422, "x"),
     ("record not object", {"records": ["just text"]}, 422, "records[0]"),
@@ -308,9 +312,7 @@ def test_server_survives_bad_input(served: dict) -> None:
 def test_64_concurrent_requests_all_correct(served: dict) -> None:
     n = 64
     rows = [i % len(served["test"]) for i in range(n)]
-    # Audio left out: the mel-CNN's zero-padding makes audio features depend (slightly) on the
-    # other clips in a batch, so only text + image + number give batch-independent answers.
-    records = [{k: v for k, v in json_record(served, i).items() if k != "audio"} for i in rows]
+    records = [json_record(served, i) for i in rows]
 
     async def go() -> list:
         async with httpx.AsyncClient(base_url=served["url"], headers=H(), timeout=60) as client:
@@ -318,9 +320,10 @@ def test_64_concurrent_requests_all_correct(served: dict) -> None:
 
     responses = asyncio.run(go())
     assert [r.status_code for r in responses] == [200] * n
-    want = served["agent"].predict([{k: v for k, v in local_record(served, i).items() if k != "audio"} for i in rows])
-    for r, exp in zip(responses, want):
-        _same(r.json()["predictions"][0], exp, atol=1e-4)
+    # In-process reference, one record at a time: answers must not depend on batch companions.
+    want = {i: served["agent"].predict([local_record(served, i)])[0] for i in sorted(set(rows))}
+    for r, i in zip(responses, rows):
+        _same(r.json()["predictions"][0], want[i], atol=1e-4)
     # The requests were micro-batched: fewer model calls than requests.
     text = httpx.get(served["url"] + "/metrics", headers=H()).text
     batches = _metric(text, 'mmagent_batch_size_count{kind="predict"}')
@@ -346,7 +349,7 @@ def test_metrics_show_counts(served: dict) -> None:
 
 # -- logs and redaction ---------------------------------------------------------------------------
 def test_logged_text_is_redacted(served: dict) -> None:
-    r = httpx.post(served["url"] + "/v1/predict", json={"record": {"x": "mail jane.doe@example.com or call 555-123-4567"}}, headers=H())
+    r = httpx.post(served["url"] + "/v1/predict", json={"record": {"x": "jane.doe@example.com 555-123-4567"}}, headers=H())
     assert r.status_code == 422
     deadline = time.time() + 5
     while time.time() < deadline and "[EMAIL]" not in served["log"].read_text():
@@ -380,12 +383,30 @@ def test_key_comparison() -> None:
 
 
 # -- the CLI refuses a public bind without a key ---------------------------------------------------
-def test_serve_refuses_public_address_without_key(served: dict, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("MMAGENT_API_KEYS", "MMAGENT_API_KEY_FILE")}
-    r = subprocess.run([sys.executable, "-m", "mmagent", "serve", str(served["run_dir"]), "--host", "0.0.0.0", "--port", str(_free_port())], env=env, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2, r.stderr
-    assert "API key" in r.stderr and "0.0.0.0" in r.stderr
-    empty = tmp_path / "keys.txt"
-    empty.write_text("# no keys here\n")
-    r = subprocess.run([sys.executable, "-m", "mmagent", "serve", str(served["run_dir"]), "--host", "0.0.0.0", "--api-key-file", str(empty)], env=env, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2, r.stderr
+def test_serve_refuses_public_address_without_key(served: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from mmagent.cli import app
+
+    monkeypatch.delenv("MMAGENT_API_KEYS", raising=False)
+    monkeypatch.delenv("MMAGENT_API_KEY_FILE", raising=False)
+    for host in ("0.0.0.0", "::", "192.0.2.10"):
+        result = CliRunner().invoke(app, ["serve", str(served["run_dir"]), "--host", host, "--port", str(_free_port())])
+        assert result.exit_code == 2, result.output
+        assert "API key" in result.output and host in result.output
+
+
+def test_key_file_and_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmagent.serving.settings import ServeSettings, is_loopback
+
+    monkeypatch.delenv("MMAGENT_API_KEYS", raising=False)
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# comment\nalpha\n\nbeta  # trailing comment\n")
+    assert ServeSettings(api_key_file=keys).load_keys() == ["alpha", "beta"]
+    monkeypatch.setenv("MMAGENT_API_KEYS", "gamma, alpha")
+    assert ServeSettings(api_key_file=keys).load_keys() == ["gamma", "alpha", "beta"]
+    keys.write_text("# no keys here\n")
+    with pytest.raises(ValueError, match="no key"):
+        ServeSettings(api_key_file=keys).load_keys()
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("10.1.2.3") and not is_loopback("example.com")

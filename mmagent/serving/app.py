@@ -57,7 +57,7 @@ log = logging.getLogger("mmagent.serving")
 
 JSON_TYPES = ("application/json",)
 MULTIPART = "multipart/form-data"
-IMAGE_FORMATS = {"PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"}
+IMAGE_FORMATS = {"PNG", "JPEG", "MPO", "GIF", "BMP", "TIFF", "WEBP"}
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -329,8 +329,8 @@ def _decode_value(col: str, value: Any, modality: str, settings: ServeSettings, 
             raise ApiError(422, f"column {col!r} is numeric: expected a number, got {_type(value)}", col, i)
         try:
             number = float(value.strip()) if isinstance(value, str) else float(value)
-        except ValueError:
-            raise ApiError(422, f"column {col!r} is numeric: {str(value)[:40]!r} is not a number", col, i) from None
+        except (ValueError, OverflowError):
+            raise ApiError(422, f"column {col!r} is numeric: {str(value)[:40]!r} is not a (finite) number", col, i) from None
         if math.isinf(number):
             raise ApiError(422, f"column {col!r}: infinite values are not allowed", col, i)
         return None if math.isnan(number) else number
@@ -517,6 +517,10 @@ def create_app(source: "str | Path | Any", settings: ServeSettings | None = None
     async def lifespan(app: FastAPI):
         # One model thread: torch already uses every core inside a call, two calls would fight.
         state.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmagent-model")
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
         loader = None
         if agent is not None:
             on_loaded(agent)

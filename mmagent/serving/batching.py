@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
+
+
+log = logging.getLogger("mmagent.serving")
 
 
 class QueueFull(RuntimeError):
     """More records are waiting than ``max_queue``: the server is overloaded (503)."""
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: records may hold arrays
 class _Job:
     records: list[Any]
     future: asyncio.Future
@@ -125,14 +129,25 @@ class MicroBatcher:
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
-            live = [j for j in batch if not j.future.done()]  # a client that went away: skip it
-            self._pending_records -= sum(len(j.records) for j in batch if j not in live)
+            try:
+                await self._process(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - never let the collector die: fail this batch only
+                log.exception("micro-batcher %s: unexpected error", self.name)
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+
+    async def _process(self, batch: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        live = [j for j in batch if not j.future.done()]  # a client that went away: skip it
+        records = [r for j in live for r in j.records]
+        try:
             if not live:
-                continue
-            records = [r for j in live for r in j.records]
+                return
             start = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self.executor, self._call, records)
@@ -140,8 +155,8 @@ class MicroBatcher:
                 await self._one_by_one(live, loop)
             else:
                 self._deliver(live, results, len(records), time.perf_counter() - start)
-            finally:
-                self._pending_records -= len(records)
+        finally:
+            self._pending_records -= sum(len(j.records) for j in batch)
 
     def _call(self, records: list[Any]) -> list[Any]:
         results = list(self.fn(records))

@@ -38,6 +38,7 @@ class ServeSettings(BaseModel):
     max_text_chars: int = Field(100_000, ge=1, description="characters per text field")
     explain: bool = Field(True, description="/v1/act: per-input contributions (costs one extra forward pass per input)")
     device: str = Field("cpu", description="torch device for the model")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice); 1 is often fastest for small models on busy or shared CPUs")
     api_key_file: Path | None = Field(None, description="file with one API key per line")
     api_keys: list[SecretStr] = Field(default_factory=list, exclude=True, description="accepted API keys (not serialized)")
     log_level: str = Field("info")

@@ -166,6 +166,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
     if not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds a training run; use --resume to continue it or choose another folder")
 
+    fresh_accelerate_state()
     accelerator = Accelerator(
         mixed_precision=mixed_precision(config),
         gradient_accumulation_steps=t.grad_accum,
@@ -196,18 +197,18 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
     caches: dict[str, FeatureCache | None] = {"train": None, "validation": None}
     for split in caches if frozen else ():
         if feature_cache_store is not None:
-            caches[split] = feature_cache_store.get(model, getattr(splits, split), frozen, keep_tokens, t.batch_size, device, config.data.num_workers, progress and main)
+            caches[split] = feature_cache_store.get(model, getattr(splits, split), frozen, keep_tokens, t.batch_size, device, config.loader_workers, progress and main)
             continue
         caches[split] = FeatureCache()
-        caches[split].build(model, getattr(splits, split), frozen, keep_tokens, t.batch_size, device, config.data.num_workers, progress and main)  # type: ignore[union-attr]
+        caches[split].build(model, getattr(splits, split), frozen, keep_tokens, t.batch_size, device, config.loader_workers, progress and main)  # type: ignore[union-attr]
 
     sampler = EpochShuffleSampler(len(splits.train), t.seed)
     train_ds = MultimodalDataset(splits.train, model, training=True, skip=set(frozen))
     # Its own generator: starting an iterator must not draw from the global RNG, or a resumed run's
     # dropout masks would differ from the uninterrupted run's.
     loader_rng = torch.Generator().manual_seed(t.seed)
-    train_loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, num_workers=config.data.num_workers, collate_fn=Collator(model, caches["train"]), generator=loader_rng)
-    val_loader = make_loader(model, splits.validation, t.batch_size, num_workers=config.data.num_workers, cache=caches["validation"])
+    train_loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, num_workers=config.loader_workers, collate_fn=Collator(model, caches["train"]), generator=loader_rng)
+    val_loader = make_loader(model, splits.validation, t.batch_size, num_workers=config.loader_workers, cache=caches["validation"])
 
     optimizer = torch.optim.AdamW(param_groups(model, config))
     micro_per_epoch = math.ceil(len(train_ds) / t.batch_size / accelerator.num_processes)
@@ -314,6 +315,21 @@ class _LossOnly(torch.nn.Module):
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         out = self.model(batch["inputs"], batch["present"], batch.get("cached"))
         return self.model.loss(out, batch["targets"])[0]
+
+
+def fresh_accelerate_state() -> None:
+    """Accelerate keeps one process-wide state and keeps the first ``Accelerator``'s mixed precision
+    and device; runs in one process (tuning trials, tests, notebooks) may differ there, so each
+    single-process run starts from a clean state."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return  # inside a distributed launch the state is the launch's
+    try:
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    except (ImportError, AttributeError):  # another accelerate version: keep its state
+        pass
 
 
 def _multiprocess_without_accelerator() -> bool:
