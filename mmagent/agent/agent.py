@@ -15,18 +15,18 @@ import numpy as np
 import torch
 
 from mmagent.agent.policies import Decision, Policy, build_policy, load_policy_spec
-from mmagent.data.tables import Table, as_table
+from mmagent.data.tables import Table, as_table, is_empty, resolve_media
 from mmagent.data.validation import DataError, check_rows
 from mmagent.model import MultimodalModel
 from mmagent.training.evaluate import make_loader, run_model
 from mmagent.training.report import CALIBRATION_FILE
 
 # Agent-config keys that are not policy settings.
-AGENT_KEYS = ("target", "escalation")
+AGENT_KEYS = ("target", "escalation", "speech_to_text")
 
 
 class Agent:
-    def __init__(self, model: MultimodalModel, policy: Policy, temperatures: dict[str, float] | None = None, target: str | None = None, device: str | torch.device = "cpu", batch_size: int = 32) -> None:
+    def __init__(self, model: MultimodalModel, policy: Policy, temperatures: dict[str, float] | None = None, target: str | None = None, device: str | torch.device = "cpu", batch_size: int = 32, speech_to_text: dict[str, str] | str | None = None) -> None:
         self.model = model.to(device).eval()
         self.policy = policy
         self.temperatures = temperatures or {}
@@ -35,6 +35,23 @@ class Agent:
             raise ValueError(f"agent target {self.target!r} is not a model target; targets: {list(model.heads)}")
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.speech_to_text = self._speech_columns(speech_to_text)
+
+    def _speech_columns(self, setting: dict[str, str] | str | None) -> dict[str, str] | None:
+        """``{audio: COLUMN, text: COLUMN}``: a record with audio but no text gets a transcript.
+        ``auto``: the model's single audio and single text input, when it has both."""
+        if not setting:
+            return None
+        by_modality: dict[str, list[str]] = {}
+        for inp in self.model.spec.inputs:
+            by_modality.setdefault(inp.modality, []).append(inp.columns[0])
+        if setting == "auto":
+            if len(by_modality.get("audio", [])) == 1 and len(by_modality.get("text", [])) == 1:
+                return {"audio": by_modality["audio"][0], "text": by_modality["text"][0]}
+            return None
+        if not isinstance(setting, dict) or set(setting) != {"audio", "text"}:
+            raise ValueError("agent.speech_to_text must be 'auto' or {audio: COLUMN, text: COLUMN}")
+        return dict(setting)
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | torch.device = "cpu", policy: dict[str, Any] | str | Path | None = None) -> "Agent":
@@ -44,17 +61,18 @@ class Agent:
         model = MultimodalModel.load(run_dir / "model" if (run_dir / "model").is_dir() else run_dir)
         calibration = _read_json(run_dir / CALIBRATION_FILE)
         agent_cfg = dict(_read_json(run_dir / "config.json").get("agent") or {})
-        target = agent_cfg.get("target")
         spec: Any = policy if policy is not None else {k: v for k, v in agent_cfg.items() if k not in AGENT_KEYS} or None
         chosen = calibration.get("_escalation_threshold")
         if chosen is not None and isinstance(spec, dict):
             key = "refer_below" if spec.get("type") == "medical" else "threshold"
             spec = {**spec, key: chosen["threshold"]}
         temperatures = {k: v["temperature"] for k, v in calibration.items() if isinstance(v, dict) and "temperature" in v}
-        return cls(model, build_policy(spec, base_dir=run_dir), temperatures, target, device)
+        return cls(model, build_policy(spec, base_dir=run_dir), temperatures, agent_cfg.get("target"), device, speech_to_text=agent_cfg.get("speech_to_text"))
 
     # -- predict ------------------------------------------------------------------------------
-    def _table(self, data: Any, base_dir: str | Path) -> Table:
+    def prepare(self, data: Any, base_dir: str | Path = ".") -> tuple[Table, dict[int, str]]:
+        """Records / table -> a checked :class:`Table`, plus transcripts of spoken requests that
+        came without text (row -> transcript)."""
         table = as_table(data, base_dir)
         absent = [c for inp in self.model.spec.inputs for c in inp.columns if c not in table.columns]
         if absent:  # a record that leaves an input out simply lacks that modality
@@ -65,11 +83,28 @@ class Agent:
         problems = check_rows(table, self.model.spec.inputs, [], need_targets=False)
         if problems:
             raise DataError(problems)
-        return table
+        transcripts = self._transcribe_missing_text(table)
+        if transcripts:
+            frame = table.frame.copy()
+            for row, text in transcripts.items():
+                frame.loc[frame.index[row], self.speech_to_text["text"]] = text  # type: ignore[index]
+            table = Table(frame, table.source, table.base_dir)
+        return table, transcripts
 
-    def probabilities(self, data: Any, base_dir: str | Path = ".", drop: Iterable[str] = ()) -> dict[str, np.ndarray]:
-        """Calibrated probabilities (or regression values) per target, one row per record."""
-        table = self._table(data, base_dir)
+    def _transcribe_missing_text(self, table: Table) -> dict[int, str]:
+        if self.speech_to_text is None:
+            return {}
+        audio_col, text_col = self.speech_to_text["audio"], self.speech_to_text["text"]
+        rows = [i for i, r in enumerate(table.records) if is_empty(r.get(text_col)) and not is_empty(r.get(audio_col))]
+        if not rows:
+            return {}
+        from mmagent.speech import get_transcriber
+
+        items = [resolve_media(table.records[i][audio_col], table.base_dir) for i in rows]
+        texts = get_transcriber(self.device).transcribe(items)
+        return {i: t for i, t in zip(rows, texts) if t}
+
+    def _probabilities(self, table: Table, drop: Iterable[str] = ()) -> dict[str, np.ndarray]:
         loader = make_loader(self.model, table, self.batch_size, with_targets=False)
         preds = run_model(self.model, loader, self.device, drop)
         out = {}
@@ -79,6 +114,10 @@ class Agent:
         if preds.gates is not None:
             out["_gates"] = preds.gates
         return out
+
+    def probabilities(self, data: Any, base_dir: str | Path = ".", drop: Iterable[str] = ()) -> dict[str, np.ndarray]:
+        """Calibrated probabilities (or regression values) per target, one row per record."""
+        return self._probabilities(self.prepare(data, base_dir)[0], drop)
 
     def predict(self, data: Any, base_dir: str | Path = ".") -> list[dict[str, Any]]:
         """For each record: ``{target: {"label": ..., "probabilities": {label: p}}}`` (multilabel:
@@ -104,28 +143,31 @@ class Agent:
         return self.act_many([record], base_dir, explain)[0]
 
     def act_many(self, records: list[dict[str, Any]], base_dir: str | Path = ".", explain: bool = True) -> list[Decision]:
-        probs = self.probabilities(records, base_dir)
+        table, transcripts = self.prepare(records, base_dir)
+        probs = self._probabilities(table)
         spec = self.model.heads[self.target].spec
-        contributions = self._contributions(records, base_dir, probs) if explain else [{}] * len(records)
+        contributions = self._contributions(table, probs) if explain else [{}] * len(table)
         decisions = []
-        for i in range(len(records)):
+        for i in range(len(table)):
             row = probs[self.target][i]
             given = {"value": float(row)} if spec.type == "regression" else {lab: float(v) for lab, v in zip(spec.labels, row)}
-            decisions.append(self.policy.decide(self.target, given, spec.type, contributions=contributions[i]))
+            decision = self.policy.decide(self.target, given, spec.type, contributions=contributions[i])
+            decision.transcript = transcripts.get(i)
+            decisions.append(decision)
         return decisions
 
-    def _contributions(self, records: list[dict[str, Any]], base_dir: str | Path, probs: dict[str, np.ndarray]) -> list[dict[str, float]]:
+    def _contributions(self, table: Table, probs: dict[str, np.ndarray]) -> list[dict[str, float]]:
         names = self.model.input_names
         if "_gates" in probs:
             return [{n: round(float(g), 4) for n, g in zip(names, row)} for row in probs["_gates"]]
         if len(names) < 2 or self.model.heads[self.target].spec.type == "regression":
-            return [{} for _ in records]
+            return [{} for _ in range(len(table))]
         full = probs[self.target]
         top = full.argmax(1)
-        out: list[dict[str, float]] = [{} for _ in records]
+        out: list[dict[str, float]] = [{} for _ in range(len(table))]
         for name in names:
-            without = self.probabilities(records, base_dir, drop=[name])[self.target]
-            for i in range(len(records)):
+            without = self._probabilities(table, drop=[name])[self.target]
+            for i in range(len(table)):
                 out[i][name] = round(float(full[i, top[i]] - without[i, top[i]]), 4)
         return out
 

@@ -80,6 +80,7 @@ class Decision(BaseModel):
     escalated: bool = False
     reason: str | None = Field(None, description="why the action was taken (always set when escalated)")
     contributions: dict[str, float] = Field(default_factory=dict, description="per-input contribution, from the explainer")
+    transcript: str | None = Field(None, description="speech-to-text of a spoken request that came without text")
 
 
 class _Prediction:

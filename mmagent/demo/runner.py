@@ -136,6 +136,8 @@ def run_demo(name: str, out_dir: Path, quick: bool = False) -> Path:
         decision = agent.act(record, base_dir=data_dir)
         shown = {k: (Path(v).name if k in ("image", "audio") else v) for k, v in record.items()}
         print(f"\n[{what}] {json.dumps(shown)}")
+        if decision.transcript:
+            print(f'  heard: "{decision.transcript}"')
         print(f"  -> {decision.label} (confidence {decision.confidence:.2f}); action: {decision.action}" + (f"; escalated: {decision.reason}" if decision.escalated else ""))
         if decision.reply:
             print(f"  reply: {decision.reply}")

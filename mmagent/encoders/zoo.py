@@ -138,27 +138,32 @@ def cache_dir() -> Path:
     return Path(root).expanduser() / "zoo"
 
 
-def cache_path(name: str) -> Path:
-    return cache_dir() / f"{name}-{SHA256[name][:16]}.safetensors"
+def cache_path(name: str, variant: str = "") -> Path:
+    """The cache file of ``name``'s converted weights; ``variant`` names another conversion of the
+    same package file (e.g. ``"decoder"``) and gets its own file."""
+    suffix = f"-{variant}" if variant else ""
+    return cache_dir() / f"{name}{suffix}-{SHA256[name][:16]}.safetensors"
 
 
-def cached_convert(name: str, convert: Callable[[Path], dict[str, Tensor]]) -> dict[str, Tensor]:
+def cached_convert(name: str, convert: Callable[[Path], dict[str, Tensor]], variant: str = "") -> dict[str, Tensor]:
     """Load the converted weights of ``name`` from the cache, or verify + convert + cache them.
 
-    A cache file is used only when its metadata names the pinned source hash and the current
-    converter format; an unreadable or stale file is converted again. The cache is written
-    atomically (temp file, then ``os.replace``); a read-only cache folder only costs a warning.
+    A cache file is used only when its metadata names the pinned source hash, the current
+    converter format and the same ``variant``; an unreadable or stale file is converted again. The
+    cache is written atomically (temp file, then ``os.replace``); a read-only cache folder only
+    costs a warning. ``variant`` (default: none) keeps several conversions of one package file
+    (e.g. the Whisper encoder and decoder) in separate cache files.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     weight_path(name)  # the package must be installed even when its conversion is cached
-    path = cache_path(name)
+    path = cache_path(name, variant)
     if path.is_file():
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-            if meta.get("source_sha256") == SHA256[name] and meta.get("format") == CACHE_FORMAT:
+            if meta.get("source_sha256") == SHA256[name] and meta.get("format") == CACHE_FORMAT and meta.get("variant", "") == variant:
                 return load_file(str(path))
             log.info("zoo:%s: cache %s is stale; converting again", name, path)
         except Exception as e:  # a truncated / corrupt file: convert again
@@ -169,7 +174,10 @@ def cached_convert(name: str, convert: Callable[[Path], dict[str, Tensor]]) -> d
         from mmagent.io import atomic_path
 
         with atomic_path(path) as tmp:
-            save_file(state, str(tmp), metadata={"source_sha256": SHA256[name], "format": CACHE_FORMAT, "zoo_name": name})
+            meta = {"source_sha256": SHA256[name], "format": CACHE_FORMAT, "zoo_name": name}
+            if variant:
+                meta["variant"] = variant
+            save_file(state, str(tmp), metadata=meta)
             os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the cache may be shared
     except OSError as e:
         log.warning("zoo:%s: could not write the weight cache %s (%s); converting again next time", name, path, e)
@@ -304,8 +312,18 @@ def read_ctranslate2(path: Path, prefix: str = "") -> dict[str, np.ndarray]:
     Layout: uint32 version; string (the spec name); uint32 revision; uint32 variable count; per
     variable: name, uint8 rank, rank x uint32 dims, uint8 dtype, uint32 byte count, raw data. Strings
     are a uint16 length (with the trailing NUL) and the bytes. Aliases (after the variables) are not
-    needed for the encoder and are not read. Arrays are copies (the file buffer is released).
+    returned (see :func:`read_ctranslate2_model`). Arrays are copies (the file buffer is released).
     """
+    return _read_ctranslate2(path, prefix, with_aliases=False)[0]
+
+
+def read_ctranslate2_model(path: Path, prefix: str = "") -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Like :func:`read_ctranslate2`, plus the aliases stored after the variables: ``{alias: target}``
+    (e.g. ``decoder/projection/weight -> decoder/embeddings/weight``), all of them, whatever ``prefix``."""
+    return _read_ctranslate2(path, prefix, with_aliases=True)
+
+
+def _read_ctranslate2(path: Path, prefix: str, with_aliases: bool) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     data = Path(path).read_bytes()
     pos = 0
 
@@ -340,11 +358,16 @@ def read_ctranslate2(path: Path, prefix: str = "") -> dict[str, np.ndarray]:
                 arr = np.frombuffer(data, dtype=_CT2_DTYPES[dtype], count=nbytes // np.dtype(_CT2_DTYPES[dtype]).itemsize, offset=pos)
                 out[name] = arr.reshape(dims).copy()
             pos += nbytes
+        if pos > len(data):
+            raise ZooError(f"{path}: truncated CTranslate2 model file")
+        aliases: dict[str, str] = {}
+        if with_aliases and pos < len(data):  # the alias section (absent in some older files)
+            for _ in range(take("I")):
+                alias = string()
+                aliases[alias] = string()
     except struct.error as e:
         raise ZooError(f"{path}: truncated or not a CTranslate2 model file ({e})") from e
-    if pos > len(data):
-        raise ZooError(f"{path}: truncated CTranslate2 model file")
-    return out
+    return out, aliases
 
 
 def convert_whisper_encoder(path: Path) -> dict[str, Tensor]:

@@ -38,7 +38,8 @@ RECIPES: dict[str, Recipe] = {
         encoders=_ZOO,
         fusion={"type": "gated", "hidden_dim": 256, "modality_dropout": 0.3},
         train={"epochs": 4, "batch_size": 16, "lr": 5e-5, "head_lr": 1e-3, "early_stopping_patience": 2},
-        agent={"type": "customer_service", "threshold": 0.5, "escalation": {"target_precision": 0.95}},
+        # Spoken requests without text are transcribed (offline Whisper tiny.en) into the text input.
+        agent={"type": "customer_service", "threshold": 0.5, "escalation": {"target_precision": 0.95}, "speech_to_text": "auto"},
         hub_alternatives={"text": ["hf: bert-base-uncased", "hf: roberta-base"], "audio": ["hf: openai/whisper-base", "hf: facebook/wav2vec2-base", "torchaudio: WAV2VEC2_BASE"]},
         tune_space={"train.lr": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True}, "fusion.modality_dropout": {"type": "float", "low": 0.0, "high": 0.5}},
     ),

