@@ -53,20 +53,30 @@ INTENTS: dict[str, list[str]] = {
         "i want to talk to a person", "let me speak to an agent", "can i talk to a human please",
         "connect me to customer support", "i need a real person now", "put me through to someone",
     ],
+    # Requests a bank assistant should not answer: teaching the model what "out of scope" looks
+    # like is more reliable than hoping for low confidence on them.
+    "out_of_scope": [
+        "what is the weather like in {city} {when}", "tell me a joke", "who won the football game {when}",
+        "how do i cook {dish}", "play some music", "book me a table in {city}",
+        "what time is it in {city}", "recommend a good film", "how tall is the eiffel tower", "translate hello into {language}",
+    ],
 }
 FILLERS: dict[str, list[str]] = {
     "card": ["card", "debit card", "credit card", "visa card", "new card", "bank card", "replacement card", "mastercard"],
     "person": ["my landlord", "my sister", "a friend", "my mother", "the seller", "my brother", "a colleague", "the garage"],
     "when": ["yesterday", "today", "last week", "this morning", "on monday", "two days ago", "last night", "an hour ago"],
     "item": ["my order", "the shoes", "a subscription", "the hotel booking", "a concert ticket", "a train ticket", "the headphones", "a taxi ride"],
+    "city": ["paris", "london", "tokyo", "new york", "berlin", "madrid"],
+    "dish": ["pasta", "a risotto", "pancakes", "fried rice", "a curry"],
+    "language": ["french", "german", "japanese", "spanish"],
     "currency": ["euros", "pounds", "yen", "swiss francs", "canadian dollars", "dollars", "australian dollars", "pesos"],
 }
 PLAYBOOK: dict[str, Any] = {
     "type": "customer_service",
     "threshold": 0.55,
-    "out_of_scope_labels": [],
+    "out_of_scope_labels": ["out_of_scope"],
     "default_reply": "Thanks, I have passed your message on to the right team.",
-    "handoff_reply": "I'm connecting you with a member of our team who can help.",
+    "handoff_reply": "I'm not sure I can help with that, so I'm connecting you with a member of our team.",
     "intents": {
         "card_arrival": {"reply": "Cards usually arrive within 5 working days. I can track yours: it was posted on the date shown in the app."},
         "lost_or_stolen_card": {"reply": "I have frozen your card. A replacement is on its way; you can unfreeze it in the app if you find it."},
@@ -76,6 +86,7 @@ PLAYBOOK: dict[str, Any] = {
         "refund_request": {"reply": "I've opened a refund request. Merchants usually refund within 5-10 working days."},
         "exchange_rate": {"reply": "We use the live interbank rate; a 0.5% fee applies on weekends."},
         "speak_to_human": {"reply": "I'm connecting you with a member of our team.", "action": "handoff"},
+        "out_of_scope": {"reply": "Sorry, I can only help with your account, cards and payments."},
     },
 }
 

@@ -58,12 +58,12 @@ def plan_customer_service(folder: Path, quick: bool) -> DemoPlan:
     examples: list[tuple[str, dict[str, Any]]] = [
         ("typed", {"text": "hello, my new debit card still hasn't come"}),
         ("typed", {"text": "someone stole my wallet and my visa card"}),
-        ("typed", {"text": "what's the weather like in paris tomorrow"}),
+        ("typed", {"text": "can you recommend a good pizza place nearby"}),
     ]
     if speech:
-        for i, sentence in enumerate(["i forgot my pin for my credit card", "i want to talk to a real person"]):
+        for i, sentence in enumerate(["my transfer to my sister failed yesterday", "i want to talk to a real person"]):
             path = folder / f"spoken_{i}.wav"
-            ds.speak(sentence, path, "en-gb", 150)
+            ds.speak(sentence, path, "en-us", 140)
             examples.append((f'spoken: "{sentence}"', {"audio": str(path)}))
     return DemoPlan(config, examples, notes)
 
