@@ -95,7 +95,7 @@ def plan_finance(folder: Path, quick: bool) -> DemoPlan:
     examples = [
         ("headline + prices", {"headline": "Globex shares slump after profit warning", "return_1d": -2.1, "return_5d": -4.0, "volume_change": 0.9}),
         ("headline only", {"headline": "Hooli raises full-year guidance"}),
-        ("prices only", {"return_1d": 0.1, "return_5d": 0.2, "volume_change": 0.0}),
+        ("prices only", {"return_1d": 1.6, "return_5d": 3.5, "volume_change": 0.4}),
     ]
     return DemoPlan(config, examples, [])
 
