@@ -59,6 +59,7 @@ from mmagent.config import ConfigError, ExperimentConfig, _set_dotted, config_fr
 from mmagent.data.dataset import FeatureCache, MultimodalDataset
 from mmagent.data.tables import Table
 from mmagent.io import atomic_dir, atomic_path, write_json, write_text
+from mmagent.training.report import read_metrics_log
 
 if TYPE_CHECKING:
     import optuna
@@ -581,21 +582,6 @@ def trial_config(base_raw: dict[str, Any], params: dict[str, Any], metric: str) 
         raise ConfigError("invalid trial config:\n" + format_validation_error(e)) from None
 
 
-def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    """The per-epoch entries of a run's metrics.jsonl."""
-    path = run_dir / "metrics.jsonl"
-    out = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "validation" in entry:
-                out.append(entry)
-    return out
-
-
 class _Objective:
     def __init__(self, base_raw: dict[str, Any], spec: TuneSpec, metric: str, tune_dir: Path, study_name: str, store: FeatureCacheStore | None) -> None:
         self.base_raw, self.spec, self.metric, self.tune_dir, self.study_name, self.store = base_raw, spec, metric, tune_dir, study_name, store
@@ -635,7 +621,7 @@ class _Objective:
             raise
         finally:
             trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 3))
-            trial.set_user_attr("epochs_run", len(read_history(run_dir)) if run_dir.exists() else 0)
+            trial.set_user_attr("epochs_run", len(read_metrics_log(run_dir, "epoch")) if run_dir.exists() else 0)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # trials are never resumed
         trial.set_user_attr("best_epoch", result.best_epoch)
         if pruned_at:
@@ -728,7 +714,7 @@ def finalize_best(study: "optuna.Study", best: "optuna.trial.FrozenTrial", base_
                     continue
                 (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
             device = torch.device("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu")
-            finalize_run(tmp, cfg, load_splits(cfg), read_history(tmp), device, progress=False)
+            finalize_run(tmp, cfg, load_splits(cfg), read_metrics_log(tmp, "epoch"), device, progress=False)
         else:
             params = {}
             for key, value in best.params.items():

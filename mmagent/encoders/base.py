@@ -186,6 +186,16 @@ def register_source(name: str) -> Callable[[SourceBuilder], SourceBuilder]:
     return deco
 
 
+def build_named(source: str, catalogue: dict[str, type[Encoder]], spec: EncoderSpec) -> Encoder:
+    """Builder body for sources that offer a fixed set of named encoders (``builtin``, ``zoo``)."""
+    if spec.name not in catalogue:
+        raise ValueError(f"unknown {source} encoder {spec.name!r}; available: {sorted(catalogue)}")
+    cls = catalogue[spec.name]
+    if spec.modality is not None and spec.modality != cls.modality:
+        raise ValueError(f"{source}:{spec.name} encodes {cls.modality}, not {spec.modality}")
+    return cls(spec)
+
+
 def _load_entry_points() -> None:
     global _ENTRY_POINTS_LOADED
     if _ENTRY_POINTS_LOADED:

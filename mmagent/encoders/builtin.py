@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmagent.encoders.base import Encoder, EncoderOutput, EncoderSpec, Preprocessor, pool, register_source
+from mmagent.encoders.base import Encoder, EncoderOutput, EncoderSpec, Preprocessor, build_named, pool, register_source
 from mmagent.encoders.media import load_audio
 
 
@@ -163,9 +163,4 @@ _BUILTINS = {"mlp": NumericMLPEncoder, "mel-cnn": MelCNNEncoder}
 
 @register_source("builtin")
 def build_builtin(spec: EncoderSpec) -> Encoder:
-    if spec.name not in _BUILTINS:
-        raise ValueError(f"unknown builtin encoder {spec.name!r}; available: {sorted(_BUILTINS)}")
-    cls = _BUILTINS[spec.name]
-    if spec.modality is not None and spec.modality != cls.modality:
-        raise ValueError(f"builtin:{spec.name} encodes {cls.modality}, not {spec.modality}")
-    return cls(spec)
+    return build_named("builtin", _BUILTINS, spec)

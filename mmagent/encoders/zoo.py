@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mmagent.encoders.base import Encoder, EncoderOutput, EncoderSpec, masked_mean, register_source
+from mmagent.encoders.base import Encoder, EncoderOutput, EncoderSpec, build_named, masked_mean, register_source
 from mmagent.encoders.hf import HFTextEncoder, WhisperFeaturesPreprocessor, trim_whisper_positions
 from mmagent.encoders.preprocessors import ImagePreprocessor
 
@@ -477,9 +477,4 @@ ZOO: dict[str, type[Encoder]] = {
 
 @register_source("zoo")
 def build_zoo(spec: EncoderSpec) -> Encoder:
-    if spec.name not in ZOO:
-        raise ValueError(f"unknown zoo encoder {spec.name!r}; available: {sorted(ZOO)}")
-    cls = ZOO[spec.name]
-    if spec.modality is not None and spec.modality != cls.modality:
-        raise ValueError(f"zoo:{spec.name} encodes {cls.modality}, not {spec.modality}")
-    return cls(spec)
+    return build_named("zoo", ZOO, spec)

@@ -144,7 +144,7 @@ def write_plots(run_dir: Path, model: MultimodalModel, metrics: dict[str, Any], 
 
     made = []
     (run_dir / "plots").mkdir(exist_ok=True)
-    steps = _read_steps(run_dir / "metrics.jsonl")
+    steps = read_metrics_log(run_dir, "step")
     if steps or history:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
         if steps:
@@ -188,15 +188,19 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def _read_steps(path: Path) -> list[dict[str, Any]]:
+def read_metrics_log(run_dir: Path, kind: str) -> list[dict[str, Any]]:
+    """Entries of ``RUN_DIR/metrics.jsonl``: ``kind="step"`` (training loss lines) or
+    ``"epoch"`` (validation lines). A torn last line (a killed run) is skipped."""
+    path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
+    key = "loss" if kind == "step" else "validation"
     out = []
     for line in path.read_text().splitlines():
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if "loss" in entry:
+        if key in entry:
             out.append(entry)
     return out
