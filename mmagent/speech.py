@@ -138,72 +138,36 @@ def convert_whisper_decoder(path: Path) -> dict[str, Tensor]:
     the model's dtype. The output projection is an alias of the token embeddings in the file and
     is tied to them in transformers, so it is not stored.
     """
-    ct, aliases = zoo.read_ctranslate2_model(path, "decoder/")
-    used: set[str] = set()
-
-    def get(name: str) -> Tensor:
-        key = "decoder/" + name
-        if key not in ct:
-            raise SpeechError(f"zoo:{ZOO_NAME}: {key} not found in {path}")
-        arr = ct[key]
-        if arr.dtype not in (np.float16, np.float32):
-            raise SpeechError(f"zoo:{ZOO_NAME}: {key} is {arr.dtype} (a quantized model?); expected float16/float32")
-        used.add(key)
-        return torch.from_numpy(arr)
-
+    variables, aliases = zoo.read_ctranslate2_model(path, "decoder/")
+    ct = zoo.CT2Weights(variables, "decoder/", path, SpeechError, keep_dtype=True)
     for key, expected in _CT2_DECODER_SCALARS.items():
-        if key in ct and int(ct[key]) != expected:
-            raise SpeechError(f"zoo:{ZOO_NAME}: {key} = {int(ct[key])}, but transformers' Whisper decoder needs {expected}")
-        used.add(key)
+        if key in variables and int(variables[key]) != expected:
+            raise SpeechError(f"zoo:{ZOO_NAME}: {key} = {int(variables[key])}, but transformers' Whisper decoder needs {expected}")
+        ct.used.add(key)
     projection = "decoder/projection/weight"
-    if projection in ct or aliases.get(projection) != "decoder/embeddings/weight":
+    if projection in variables or aliases.get(projection) != "decoder/embeddings/weight":
         raise SpeechError(f"zoo:{ZOO_NAME}: the output projection is not tied to the token embeddings in {path}; cannot map it")
 
-    d = zoo.WHISPER_CONFIG["d_model"]
-
-    def split(name: str, parts: int, layer: int) -> tuple[list[Tensor], list[Tensor]]:
-        w, b = get(name + "/weight"), get(name + "/bias")
-        if w.shape != (parts * d, d) or b.shape != (parts * d,):
-            raise SpeechError(f"zoo:{ZOO_NAME}: decoder layer {layer} {name} has shape {tuple(w.shape)}, expected {(parts * d, d)}")
-        ws, bs = list(w.split(d, 0)), list(b.split(d, 0))
-        k_bias = bs[-2] if parts == 2 else bs[1]
-        if k_bias.abs().max() > 0:  # Whisper's k_proj has no bias; CTranslate2 stores zeros there
-            raise SpeechError(f"zoo:{ZOO_NAME}: decoder layer {layer} {name} has a non-zero key bias, which Whisper cannot hold")
-        return ws, bs
-
     sd: dict[str, Tensor] = {
-        "embed_tokens.weight": get("embeddings/weight"),
-        "embed_positions.weight": get("position_encodings/encodings"),
+        "embed_tokens.weight": ct.get("embeddings/weight"),
+        "embed_positions.weight": ct.get("position_encodings/encodings"),
     }
     for i in range(zoo.WHISPER_CONFIG["decoder_layers"]):
         src, dst = f"layer_{i}/", f"layers.{i}."
-        (q_w, k_w, v_w), (q_b, _, v_b) = split(src + "self_attention/linear_0", 3, i)
-        (ck_w, cv_w), (_, cv_b) = split(src + "attention/linear_1", 2, i)
+        sd.update(zoo.whisper_layer_state(ct, i))
+        (ck_w, cv_w), (_, cv_b) = ct.split(src + "attention/linear_1", 2, i)
         sd.update({
-            dst + "self_attn.q_proj.weight": q_w, dst + "self_attn.q_proj.bias": q_b,
-            dst + "self_attn.k_proj.weight": k_w,
-            dst + "self_attn.v_proj.weight": v_w, dst + "self_attn.v_proj.bias": v_b,
-            dst + "self_attn.out_proj.weight": get(src + "self_attention/linear_1/weight"),
-            dst + "self_attn.out_proj.bias": get(src + "self_attention/linear_1/bias"),
-            dst + "self_attn_layer_norm.weight": get(src + "self_attention/layer_norm/gamma"),
-            dst + "self_attn_layer_norm.bias": get(src + "self_attention/layer_norm/beta"),
-            dst + "encoder_attn.q_proj.weight": get(src + "attention/linear_0/weight"),
-            dst + "encoder_attn.q_proj.bias": get(src + "attention/linear_0/bias"),
+            dst + "encoder_attn.q_proj.weight": ct.get(src + "attention/linear_0/weight"),
+            dst + "encoder_attn.q_proj.bias": ct.get(src + "attention/linear_0/bias"),
             dst + "encoder_attn.k_proj.weight": ck_w,
             dst + "encoder_attn.v_proj.weight": cv_w, dst + "encoder_attn.v_proj.bias": cv_b,
-            dst + "encoder_attn.out_proj.weight": get(src + "attention/linear_2/weight"),
-            dst + "encoder_attn.out_proj.bias": get(src + "attention/linear_2/bias"),
-            dst + "encoder_attn_layer_norm.weight": get(src + "attention/layer_norm/gamma"),
-            dst + "encoder_attn_layer_norm.bias": get(src + "attention/layer_norm/beta"),
-            dst + "fc1.weight": get(src + "ffn/linear_0/weight"), dst + "fc1.bias": get(src + "ffn/linear_0/bias"),
-            dst + "fc2.weight": get(src + "ffn/linear_1/weight"), dst + "fc2.bias": get(src + "ffn/linear_1/bias"),
-            dst + "final_layer_norm.weight": get(src + "ffn/layer_norm/gamma"),
-            dst + "final_layer_norm.bias": get(src + "ffn/layer_norm/beta"),
+            dst + "encoder_attn.out_proj.weight": ct.get(src + "attention/linear_2/weight"),
+            dst + "encoder_attn.out_proj.bias": ct.get(src + "attention/linear_2/bias"),
+            dst + "encoder_attn_layer_norm.weight": ct.get(src + "attention/layer_norm/gamma"),
+            dst + "encoder_attn_layer_norm.bias": ct.get(src + "attention/layer_norm/beta"),
         })  # fmt: skip
-    sd["layer_norm.weight"], sd["layer_norm.bias"] = get("layer_norm/gamma"), get("layer_norm/beta")
-    unused = [k for k, v in ct.items() if k not in used and v.ndim > 0]
-    if unused:
-        raise SpeechError(f"zoo:{ZOO_NAME}: decoder variables not mapped: {unused[:5]}")
+    sd["layer_norm.weight"], sd["layer_norm.bias"] = ct.get("layer_norm/gamma"), ct.get("layer_norm/beta")
+    ct.check_all_used()
     return sd
 
 

@@ -370,53 +370,85 @@ def _read_ctranslate2(path: Path, prefix: str, with_aliases: bool) -> tuple[dict
     return out, aliases
 
 
+class CT2Weights:
+    """The float variables under ``prefix`` of a CTranslate2 Whisper file, read once each.
+
+    Every read is recorded so that :meth:`check_all_used` can refuse a file holding tensors no
+    mapping knows about: silently dropping one would load a model that differs from the file.
+    ``keep_dtype`` keeps the file's precision (otherwise float32); ``error`` is the exception
+    class raised, so each caller keeps its own error type.
+    """
+
+    def __init__(
+        self, variables: dict[str, np.ndarray], prefix: str, path: Path, error: type[Exception] = ZooError, keep_dtype: bool = False
+    ) -> None:
+        self.variables, self.prefix, self.path = variables, prefix, path
+        self.error, self.keep_dtype = error, keep_dtype
+        self.used: set[str] = set()
+        self.part = prefix.rstrip("/")
+
+    def get(self, name: str) -> Tensor:
+        key = self.prefix + name
+        if key not in self.variables:
+            raise self.error(f"zoo:whisper-tiny.en: {key} not found in {self.path}")
+        arr = self.variables[key]
+        if arr.dtype not in (np.float16, np.float32):
+            raise self.error(f"zoo:whisper-tiny.en: {key} is {arr.dtype} (a quantized model?); expected float16/float32")
+        self.used.add(key)
+        return torch.from_numpy(arr if self.keep_dtype else arr.astype(np.float32))
+
+    def split(self, name: str, parts: int, layer: int) -> tuple[list[Tensor], list[Tensor]]:
+        """The fused projection ``name`` (CTranslate2 stacks q/k/v, or k/v, in one linear) as
+        ``parts`` weights and biases, each ``d_model`` rows."""
+        d = WHISPER_CONFIG["d_model"]
+        w, b = self.get(name + "/weight"), self.get(name + "/bias")
+        where = f"zoo:whisper-tiny.en: {self.part} layer {layer} {name}"
+        if w.shape != (parts * d, d) or b.shape != (parts * d,):
+            raise self.error(f"{where} has shape {tuple(w.shape)}, expected {(parts * d, d)}")
+        ws, bs = list(w.split(d, 0)), list(b.split(d, 0))
+        # Whisper's k_proj has no bias; CTranslate2 stores zeros there (keys come second to last: q?, k, v)
+        if bs[parts - 2].abs().max() > 0:
+            raise self.error(f"{where} has a non-zero key bias, which Whisper cannot hold")
+        return ws, bs
+
+    def check_all_used(self) -> None:
+        unused = [k for k, v in self.variables.items() if k not in self.used and v.ndim > 0]  # scalars (e.g. num_heads) are config
+        if unused:
+            raise self.error(f"zoo:whisper-tiny.en: {self.part} variables not mapped: {unused[:5]}")
+
+
+def whisper_layer_state(ct: CT2Weights, layer: int) -> dict[str, Tensor]:
+    """The transformers keys of what encoder and decoder layers share: self-attention, FFN and
+    their layer norms (the decoder adds cross-attention)."""
+    src, dst = f"layer_{layer}/", f"layers.{layer}."
+    (q_w, k_w, v_w), (q_b, _, v_b) = ct.split(src + "self_attention/linear_0", 3, layer)
+    return {
+        dst + "self_attn.q_proj.weight": q_w, dst + "self_attn.q_proj.bias": q_b,
+        dst + "self_attn.k_proj.weight": k_w,
+        dst + "self_attn.v_proj.weight": v_w, dst + "self_attn.v_proj.bias": v_b,
+        dst + "self_attn.out_proj.weight": ct.get(src + "self_attention/linear_1/weight"),
+        dst + "self_attn.out_proj.bias": ct.get(src + "self_attention/linear_1/bias"),
+        dst + "self_attn_layer_norm.weight": ct.get(src + "self_attention/layer_norm/gamma"),
+        dst + "self_attn_layer_norm.bias": ct.get(src + "self_attention/layer_norm/beta"),
+        dst + "fc1.weight": ct.get(src + "ffn/linear_0/weight"), dst + "fc1.bias": ct.get(src + "ffn/linear_0/bias"),
+        dst + "fc2.weight": ct.get(src + "ffn/linear_1/weight"), dst + "fc2.bias": ct.get(src + "ffn/linear_1/bias"),
+        dst + "final_layer_norm.weight": ct.get(src + "ffn/layer_norm/gamma"),
+        dst + "final_layer_norm.bias": ct.get(src + "ffn/layer_norm/beta"),
+    }  # fmt: skip
+
+
 def convert_whisper_encoder(path: Path) -> dict[str, Tensor]:
     """CTranslate2 Whisper encoder variables -> transformers ``WhisperEncoder`` state dict (float32,
     all 1500 positions; ``hf.trim_whisper_positions`` cuts them for shorter windows)."""
-    ct = read_ctranslate2(path, "encoder/")
-    used: set[str] = set()
-
-    def get(name: str) -> Tensor:
-        key = "encoder/" + name
-        if key not in ct:
-            raise ZooError(f"zoo:whisper-tiny.en: {key} not found in {path}")
-        arr = ct[key]
-        if arr.dtype not in (np.float16, np.float32):
-            raise ZooError(f"zoo:whisper-tiny.en: {key} is {arr.dtype} (a quantized model?); expected float16/float32")
-        used.add(key)
-        return torch.from_numpy(arr.astype(np.float32))
-
-    d = WHISPER_CONFIG["d_model"]
+    ct = CT2Weights(read_ctranslate2(path, "encoder/"), "encoder/", path)
     sd: dict[str, Tensor] = {}
     for conv in ("conv1", "conv2"):
-        sd[f"{conv}.weight"], sd[f"{conv}.bias"] = get(f"{conv}/weight"), get(f"{conv}/bias")
-    sd["embed_positions.weight"] = get("position_encodings/encodings")
+        sd[f"{conv}.weight"], sd[f"{conv}.bias"] = ct.get(f"{conv}/weight"), ct.get(f"{conv}/bias")
+    sd["embed_positions.weight"] = ct.get("position_encodings/encodings")
     for i in range(WHISPER_CONFIG["encoder_layers"]):
-        src, dst = f"layer_{i}/", f"layers.{i}."
-        qkv_w, qkv_b = get(src + "self_attention/linear_0/weight"), get(src + "self_attention/linear_0/bias")
-        if qkv_w.shape != (3 * d, d) or qkv_b.shape != (3 * d,):
-            raise ZooError(f"zoo:whisper-tiny.en: layer {i} q/k/v has shape {tuple(qkv_w.shape)}, expected {(3 * d, d)}")
-        q_w, k_w, v_w = qkv_w.split(d, 0)
-        q_b, k_b, v_b = qkv_b.split(d, 0)
-        if k_b.abs().max() > 0:  # Whisper's k_proj has no bias; CTranslate2 stores zeros there
-            raise ZooError(f"zoo:whisper-tiny.en: layer {i} has a non-zero key bias, which Whisper cannot hold")
-        sd.update({
-            dst + "self_attn.q_proj.weight": q_w, dst + "self_attn.q_proj.bias": q_b,
-            dst + "self_attn.k_proj.weight": k_w,
-            dst + "self_attn.v_proj.weight": v_w, dst + "self_attn.v_proj.bias": v_b,
-            dst + "self_attn.out_proj.weight": get(src + "self_attention/linear_1/weight"),
-            dst + "self_attn.out_proj.bias": get(src + "self_attention/linear_1/bias"),
-            dst + "self_attn_layer_norm.weight": get(src + "self_attention/layer_norm/gamma"),
-            dst + "self_attn_layer_norm.bias": get(src + "self_attention/layer_norm/beta"),
-            dst + "fc1.weight": get(src + "ffn/linear_0/weight"), dst + "fc1.bias": get(src + "ffn/linear_0/bias"),
-            dst + "fc2.weight": get(src + "ffn/linear_1/weight"), dst + "fc2.bias": get(src + "ffn/linear_1/bias"),
-            dst + "final_layer_norm.weight": get(src + "ffn/layer_norm/gamma"),
-            dst + "final_layer_norm.bias": get(src + "ffn/layer_norm/beta"),
-        })  # fmt: skip
-    sd["layer_norm.weight"], sd["layer_norm.bias"] = get("layer_norm/gamma"), get("layer_norm/beta")
-    unused = [k for k, v in ct.items() if k not in used and v.ndim > 0]  # scalars (e.g. num_heads) are config
-    if unused:
-        raise ZooError(f"zoo:whisper-tiny.en: encoder variables not mapped: {unused[:5]}")
+        sd.update(whisper_layer_state(ct, i))
+    sd["layer_norm.weight"], sd["layer_norm.bias"] = ct.get("layer_norm/gamma"), ct.get("layer_norm/beta")
+    ct.check_all_used()
     return sd
 
 
