@@ -270,6 +270,8 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
 
         # 5. validation, best model, early stopping (every process evaluates: same decision everywhere)
         metrics, _ = evaluate(model, val_loader, device)
+        if metric_name not in metrics[metric_target]:
+            raise ValueError(f"validation has no usable rows for {metric_target}/{metric_name} (n={metrics[metric_target].get('n')}, labels unseen in training: {metrics[metric_target].get('unseen_labels')}); give a larger validation set or data.validation_fraction")
         score = metrics[metric_target][metric_name]
         improved = state["best_score"] is None or (score > state["best_score"] if larger_better else score < state["best_score"])
         if improved:

@@ -1,0 +1,293 @@
+"""Lockstep timing for speed benchmarks on a shared, noisy machine.
+
+A speed ratio is only trustworthy when baseline and candidate see the same machine load. Each
+variant runs in its **own worker process** (so its peak RSS is its own) and the two workers take
+**turns, one step at a time**: a token travels between them over two pipes, and a worker computes
+only while it holds the token. Everything a worker does after its first step (steps, validation,
+checkpoints) happens while it holds the token, so the variants never run at the same time and
+each step of one is next in time to a step of the other.
+
+Per step a worker records ``fetch_s`` (getting the batch: dataset + collation) and ``body_s``
+(forward, backward, optimizer, logging...). mmagent's own loops are timed without touching their
+code: ``timed_tqdm()`` swaps ``tqdm.auto.tqdm`` (which the trainer and the feature cache import at
+call time) for a subclass whose iteration does the timing and the token passing; a plain loop uses
+``StepClock.iterate`` the same way.
+
+Nothing here is imported by mmagent itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from benchmarks.common import ROOT, peak_rss_mb
+
+BATON_ENV = "MMAGENT_BENCH_BATON"  # "READ_FD,WRITE_FD,READY_FD" inherited from run_lockstep
+
+
+class Baton:
+    """The token of a two-process lockstep; all no-ops when the process was not started by
+    :func:`run_lockstep` (a worker run by hand just runs freely)."""
+
+    def __init__(self) -> None:
+        raw = os.environ.get(BATON_ENV)
+        self.rfd, self.wfd, self.ready_fd = (int(x) for x in raw.split(",")) if raw else (-1, -1, -1)
+        self.held = False
+        self.free = not raw  # True: no partner (or it has finished): never wait again
+        self.waited_s = 0.0
+
+    def take(self) -> None:
+        if self.free or self.held:
+            return
+        if self.ready_fd >= 0:  # first turn: tell run_lockstep this worker's setup is done
+            os.write(self.ready_fd, b"r")
+            os.close(self.ready_fd)
+            self.ready_fd = -1
+        t = time.perf_counter()
+        data = os.read(self.rfd, 1)
+        self.waited_s += time.perf_counter() - t
+        if not data:  # the partner closed its end: it is done
+            self.free = True
+        self.held = True
+
+    def give(self) -> None:
+        if self.free or not self.held:
+            return
+        try:
+            os.write(self.wfd, b"t")
+        except BrokenPipeError:  # partner exited
+            self.free = True
+        self.held = False
+
+    def turn(self) -> None:
+        """End of a step: let the partner do one step, then continue."""
+        self.give()
+        self.take()
+
+    def finish(self) -> None:
+        """This worker has no more steps to time: let the partner run freely from now on."""
+        if self.free:
+            return
+        self.free = True
+        for fd in (self.wfd, self.rfd, self.ready_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class StepClock:
+    """Per-step timings of one worker, grouped by phase (e.g. ``epoch 1/3``)."""
+
+    def __init__(self) -> None:
+        self.baton = Baton()
+        self.steps: list[dict[str, Any]] = []
+
+    def iterate(self, iterable: Iterable[Any], phase: str) -> Iterator[Any]:
+        """Yield the items of ``iterable``; time getting each one and the loop body after it.
+        The token is taken before the first item and passed on after every body."""
+        it = iter(iterable)
+        self.baton.take()
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            t1 = time.perf_counter()
+            try:
+                yield item
+            finally:  # also runs when the loop breaks (GeneratorExit)
+                t2 = time.perf_counter()
+                self.steps.append({"phase": phase, "fetch_s": t1 - t0, "body_s": t2 - t1})
+                self.baton.turn()
+
+    def summary(self, **extra: Any) -> dict[str, Any]:
+        import torch
+
+        return {
+            "steps": self.steps,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "torch_threads": torch.get_num_threads(),
+            "waited_s": round(self.baton.waited_s, 3),
+            **extra,
+        }
+
+
+CLOCK = StepClock()
+
+
+@contextlib.contextmanager
+def timed_tqdm(clock: StepClock = CLOCK, phases: tuple[str, ...] = ("epoch ",), last_phase: str | None = None) -> Iterator[None]:
+    """Replace ``tqdm.auto.tqdm`` so the bars whose ``desc`` starts with one of ``phases`` (the
+    trainer's ``epoch i/n``, the feature cache's ``caching frozen encoders``) report each item to
+    ``clock``; other bars (e.g. transformers' weight loading) are left alone. When the bar named
+    ``last_phase`` closes, the worker finishes the lockstep."""
+    import tqdm.auto
+
+    original = tqdm.auto.tqdm
+
+    class TimedTqdm(original):  # type: ignore[misc, valid-type]
+        def __init__(self, iterable: Any = None, *args: Any, **kwargs: Any) -> None:
+            self._bench_desc = str(kwargs.get("desc") or "")
+            super().__init__(iterable, *args, **kwargs)
+            self._bench_iterable = iterable
+
+        def __iter__(self) -> Iterator[Any]:
+            if self._bench_desc.startswith(phases):
+                yield from clock.iterate(self._bench_iterable, self._bench_desc)
+            else:
+                yield from super().__iter__()
+
+        def close(self) -> None:
+            super().close()
+            if last_phase is not None and self._bench_desc == last_phase:
+                clock.baton.finish()
+
+    tqdm.auto.tqdm = TimedTqdm
+    try:
+        yield
+    finally:
+        tqdm.auto.tqdm = original
+
+
+def write_worker_result(path: str | Path, payload: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(payload))
+
+
+def run_lockstep(commands: list[list[str]], timeout_s: float, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Run two worker commands (each gets ``--result FILE`` appended) in lockstep; return their
+    result dicts (plus ``wall_s``: the whole lockstep run). Setup (imports, model loading) runs
+    in parallel; the first measured step starts once both workers are ready, with worker 0.
+    A worker that fails raises RuntimeError with the tail of its output."""
+    import select
+    import tempfile
+
+    assert len(commands) == 2
+    go = [os.pipe(), os.pipe()]  # go[i]: worker i reads its turn from go[i][0]
+    ready_r, ready_w = os.pipe()
+    open_fds = {ready_r, ready_w, *go[0], *go[1]}
+
+    def close(fd: int) -> None:
+        if fd in open_fds:
+            open_fds.discard(fd)
+            os.close(fd)
+
+    tmp = Path(tempfile.mkdtemp(prefix="mmagent-bench-"))
+    procs: list[subprocess.Popen] = []
+    logs = []
+    start = time.perf_counter()
+    deadline = start + timeout_s
+
+    def fail(i: int, why: str) -> RuntimeError:
+        for q in procs:  # only the processes started here, by their Popen handle
+            if q.poll() is None:
+                q.kill()
+                q.wait()
+        logs[i].seek(0)
+        return RuntimeError(f"worker {' '.join(commands[i][2:6])} {why}:\n{logs[i].read()[-4000:]}")
+
+    try:
+        for i, cmd in enumerate(commands):
+            rfd, wfd = go[i][0], go[1 - i][1]
+            log = open(tmp / f"worker{i}.log", "w+")
+            logs.append(log)
+            e = {**os.environ, **(env or {}), BATON_ENV: f"{rfd},{wfd},{ready_w}", "PYTHONUNBUFFERED": "1"}
+            procs.append(subprocess.Popen([*cmd, "--result", str(tmp / f"worker{i}.json")], cwd=ROOT, env=e, pass_fds=(rfd, wfd, ready_w), stdout=log, stderr=subprocess.STDOUT))
+        for fd in (go[0][0], go[1][0], go[1][1], ready_w):  # now only the workers hold these (EOF when one exits)
+            close(fd)
+        ready = 0
+        while ready < 2:  # barrier: both workers finished their setup
+            readable, _, _ = select.select([ready_r], [], [], 1.0)
+            if readable:
+                got = os.read(ready_r, 2)
+                ready += len(got)
+                if not got:
+                    break  # every worker exited or finished without a first step
+            for i, p in enumerate(procs):
+                if p.poll() not in (None, 0):
+                    raise fail(i, f"failed during setup (exit {p.returncode})")
+            if time.perf_counter() > deadline:
+                raise fail(0, "setup timed out")
+        with contextlib.suppress(BrokenPipeError):  # worker 0 takes the first step
+            os.write(go[0][1], b"t")
+        close(go[0][1])  # now only worker 1 can wake worker 0 (EOF when it exits)
+        for i, p in enumerate(procs):
+            try:
+                p.wait(timeout=max(1.0, deadline - time.perf_counter()))
+            except subprocess.TimeoutExpired:
+                raise fail(i, f"timed out after {timeout_s:.0f} s") from None
+        wall = time.perf_counter() - start
+        results = []
+        for i, p in enumerate(procs):
+            out = tmp / f"worker{i}.json"
+            if p.returncode != 0 or not out.is_file():
+                raise fail(i, f"failed (exit {p.returncode})")
+            res = json.loads(out.read_text())
+            res["wall_s"] = round(wall, 1)
+            results.append(res)
+    finally:
+        for fd in list(open_fds):
+            close(fd)
+        for log in logs:
+            log.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def worker_cmd(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def step_seconds(result: dict[str, Any], prefix: str = "epoch", skip: int = 0) -> list[float]:
+    """fetch + body of each step whose phase starts with ``prefix``, the first ``skip`` dropped."""
+    xs = [s["fetch_s"] + s["body_s"] for s in result["steps"] if s["phase"].startswith(prefix)]
+    _expect(xs, prefix)
+    return xs[skip:]
+
+
+def phase_times(steps: list[dict[str, Any]], prefix: str = "") -> dict[str, list[float]]:
+    """Step seconds (fetch + body) grouped by phase, for the phases starting with ``prefix``."""
+    out: dict[str, list[float]] = {}
+    for s in steps:
+        if s["phase"].startswith(prefix):
+            out.setdefault(s["phase"], []).append(s["fetch_s"] + s["body_s"])
+    _expect(out, prefix)
+    return out
+
+
+def _expect(found: Any, prefix: str) -> None:
+    if not found:
+        raise RuntimeError(
+            f"no timed steps in phase {prefix!r}: mmagent's loops are timed through their tqdm bars "
+            "('epoch i/n' in the trainer, 'caching frozen encoders' in FeatureCache.build); if those "
+            "names changed, update benchmarks/_harness.py and the benchmark's phases"
+        )
+
+
+def set_threads(n: int | None) -> None:
+    """In a worker: the thread count its driver chose."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def driver_threads(requested: int | None) -> dict[str, Any]:
+    """In a driver: choose the workers' thread count once, as the quality benchmarks do
+    (``--threads``, else ``$MMAGENT_BENCH_THREADS``, else 1 when the machine is busier than its
+    cores, else torch's default), so both sides of a lockstep run use the same."""
+    from benchmarks._quality import set_threads as choose
+
+    return choose(requested)
