@@ -239,3 +239,18 @@ def test_third_party_encoder_via_entry_point(monkeypatch) -> None:
     enc = base.build_encoder({"source": "acme", "name": "anything"}, "numeric")
     assert enc.output_dim == 8 and "acme" in base.available_sources()
     base._SOURCES.pop("acme", None)
+
+
+def test_atomic_writes_leave_normal_permissions(tmp_path) -> None:
+    import os
+
+    from mmagent.io import atomic_dir, write_json
+
+    write_json(tmp_path / "a.json", {"x": 1})
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "f").write_text("y")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
