@@ -1,0 +1,259 @@
+"""Plumbing shared by the quality benchmarks (section 1 of issue 7): threads, data checks, and
+``fit()`` = train one config through the mmagent API, then evaluate its best model on the test table.
+
+Every benchmark prepares its tables with the matching ``examples/<name>.py`` module where one
+exists, trains with :func:`mmagent.training.trainer.train` (``finalize=False``: the run's report,
+plots and calibration are not what is measured) and evaluates the best epoch's saved model with
+:func:`mmagent.training.evaluate.evaluate`. Frozen encoders' outputs are computed once per table
+and shared between the variants of a benchmark through a :class:`mmagent.tuning.FeatureCacheStore`
+(also for the test table), so e.g. the three fusion types of ``av_digits`` encode each clip once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+from benchmarks.common import ROOT  # noqa: E402
+
+THREADS_ENV = "MMAGENT_BENCH_THREADS"
+
+
+class DataAbsent(FileNotFoundError):
+    """A dataset folder the benchmark needs is not under the data root."""
+
+
+def ensure_examples_importable() -> None:
+    """``examples/`` lives at the repository root next to ``benchmarks/``."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
+def require_data(data_root: Path, *folders: str) -> Path:
+    data_root = Path(data_root).expanduser()
+    missing = [str(data_root / f) for f in folders if not (data_root / f).is_dir()]
+    if missing:
+        raise DataAbsent(f"dataset folder(s) not found: {', '.join(missing)} (pass --data-root or set MMAGENT_DATA_ROOT)")
+    return data_root
+
+
+def quality_parser(description: str):
+    from benchmarks.common import base_parser
+
+    p = base_parser(description)
+    p.add_argument("--threads", type=int, default=None, help=f"torch CPU threads (default: ${THREADS_ENV}, else 1 when the machine is busier than its cores, else torch's default)")
+    p.add_argument("--progress", action="store_true", help="progress bars and per-epoch validation lines")
+    return p
+
+
+def set_threads(requested: int | None) -> dict[str, Any]:
+    """Pick torch's thread count. On a shared machine whose load exceeds its cores, OpenMP threads
+    that spin-wait on each other are several times slower than one thread, so 'auto' picks 1 then."""
+    import torch
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cores = os.cpu_count() or 1
+    env = os.environ.get(THREADS_ENV)
+    if requested is not None:
+        n, why = requested, "--threads"
+    elif env:
+        n, why = int(env), THREADS_ENV
+    elif load >= cores:
+        n, why = 1, f"auto: load {load:.1f} >= {cores} cores"
+    else:
+        n, why = torch.get_num_threads(), "auto: torch default"
+    torch.set_num_threads(max(1, n))
+    info = {"threads": torch.get_num_threads(), "threads_reason": why, "load_avg_1min_at_start": round(load, 2), "cpu_cores": cores}
+    print(f"[bench] torch threads: {info['threads']} ({why})", flush=True)
+    return info
+
+
+def work_dir(args: Any, name: str) -> Path:
+    folder = Path(args.work_dir).expanduser().resolve() / (f"{name}-smoke" if args.smoke else name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """Remove a previous run folder of ours (only one that mmagent wrote)."""
+    if not run_dir.exists():
+        return
+    if not ((run_dir / "config.json").is_file() or (run_dir / "checkpoints").is_dir() or (run_dir / "metrics.jsonl").is_file()):
+        raise FileExistsError(f"{run_dir} exists and is not an mmagent run folder; refusing to delete it")
+    shutil.rmtree(run_dir)
+
+
+@dataclass
+class Outcome:
+    """One trained variant, evaluated on the test table."""
+
+    test: dict[str, dict[str, Any]]  # per target: accuracy, macro_f1, auroc, ...
+    predictions: Any  # mmagent.training.evaluate.Predictions on test
+    missing: dict[str, dict[str, dict[str, Any]]]  # input dropped at test time -> metrics
+    best_validation: float
+    best_epoch: int
+    epochs_run: int
+    steps: int
+    n_train: int
+    n_validation: int
+    n_test: int
+    loop_seconds: float  # the training loop only: epoch time minus the per-epoch validation pass
+    train_seconds: float  # train(): model build, frozen-feature caching, epochs, validation
+    wall_s: float  # train + test evaluation
+    frozen: list[str] = field(default_factory=list)
+
+    @property
+    def train_samples_per_s(self) -> float:
+        return self.n_train * self.epochs_run / self.loop_seconds if self.loop_seconds > 0 else float("nan")
+
+    def metric(self, name: str, target: str | None = None) -> float:
+        target = target or next(iter(self.test))
+        return float(self.test[target][name])
+
+
+class SharedStore:
+    """A FeatureCacheStore that always keeps tokens, so concat / gated (pooled only) and
+    cross-attention (tokens) runs share one encoder pass per table. Memory only: every full run
+    computes its features itself, so the wall times include that work."""
+
+    def __init__(self) -> None:
+        from mmagent.tuning import FeatureCacheStore
+
+        self.inner = FeatureCacheStore()
+
+    def get(self, model: Any, table: Any, names: list[str], keep_tokens: bool, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.get(model, table, names, True, *args, **kwargs)
+
+    @property
+    def builds(self) -> int:
+        return self.inner.builds
+
+    @property
+    def hits(self) -> int:
+        return self.inner.hits
+
+
+def fit(raw_config: dict[str, Any], base_dir: Path, run_dir: Path, store: SharedStore | None = None, drop_each: bool = False, progress: bool = False, label: str = "") -> Outcome:
+    """Train ``raw_config`` (data paths relative to ``base_dir``) into ``run_dir``; evaluate the best
+    model on the test table (and, with ``drop_each``, with each input missing in turn)."""
+    import json
+
+    import torch
+
+    import mmagent.training.trainer as trainer_mod
+    from mmagent.config import config_from_dict
+    from mmagent.model import MultimodalModel
+    from mmagent.training.evaluate import evaluate, make_loader
+
+    cfg = config_from_dict(raw_config, base_dir=base_dir)
+    run_dir = Path(run_dir)
+    _clear_run_dir(run_dir)
+    print(f"[bench] {label or run_dir.name}: training ...", flush=True)
+
+    # Time the per-epoch validation passes so that they can be taken out of the epoch times.
+    original_evaluate = trainer_mod.evaluate
+    spent = {"validation": 0.0}
+
+    def timed_evaluate(*a: Any, **k: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return original_evaluate(*a, **k)
+        finally:
+            spent["validation"] += time.perf_counter() - t0
+
+    start = time.perf_counter()
+    trainer_mod.evaluate = timed_evaluate
+    try:
+        result = trainer_mod.train(cfg, run_dir, progress=progress, finalize=False, feature_cache_store=store)
+    finally:
+        trainer_mod.evaluate = original_evaluate
+    train_seconds = time.perf_counter() - start
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"seconds"' in line]
+    loop_seconds = sum(h["seconds"] for h in history) - spent["validation"]
+
+    splits = trainer_mod.load_splits(cfg)
+    if splits.test is None:
+        raise ValueError("the benchmark config has no test table")
+    model = MultimodalModel.load(run_dir / "model")
+    device = torch.device("cpu")
+    frozen = [k for k, e in model.encoders.items() if e.is_frozen] if cfg.train.cache_frozen_encoders else []
+    workers = cfg.loader_workers
+    cache = None
+    if frozen:
+        own = store or SharedStore()
+        cache = own.get(model, splits.test, frozen, True, cfg.train.batch_size, device, workers, progress)
+    loader = make_loader(model, splits.test, cfg.train.batch_size, num_workers=workers, cache=cache)
+    test, preds = evaluate(model, loader, device)
+    missing = {}
+    if drop_each and len(model.input_names) > 1:
+        for name in model.input_names:
+            missing[name], _ = evaluate(model, loader, device, drop=[name])
+    wall = time.perf_counter() - start
+    out = Outcome(
+        test=test, predictions=preds, missing=missing, best_validation=float(result.best_score), best_epoch=result.best_epoch,
+        epochs_run=len(history), steps=result.global_step, n_train=len(splits.train), n_validation=len(splits.validation),
+        n_test=len(splits.test), loop_seconds=loop_seconds, train_seconds=train_seconds, wall_s=wall, frozen=frozen,
+    )
+    first = next(iter(test))
+    summary = "  ".join(f"{k}={v:.4f}" for k, v in test[first].items() if isinstance(v, float))
+    print(f"[bench] {label or run_dir.name}: {out.epochs_run} epochs, {out.steps} steps, wall {wall:.1f} s; test {summary}", flush=True)
+    return out
+
+
+def row(benchmark: str, variant: str, metric: str, value: float, wall_s: float, reference: Any = None, **extra: Any) -> dict[str, Any]:
+    r: dict[str, Any] = {"benchmark": benchmark, "variant": variant, "metric": metric, "value": _round(value), "wall_s": round(float(wall_s), 1)}
+    if reference is not None:
+        r["reference"] = reference
+    r.update(extra)
+    return r
+
+
+def _round(v: Any) -> Any:
+    if isinstance(v, (float, np.floating)):
+        return round(float(v), 4) if np.isfinite(v) else None
+    return v
+
+
+def mcc(outcome: Outcome, target: str | None = None) -> float:
+    from sklearn.metrics import matthews_corrcoef
+
+    target = target or next(iter(outcome.test))
+    y = outcome.predictions.targets[target]
+    keep = y >= 0
+    return float(matthews_corrcoef(y[keep], outcome.predictions.outputs[target][keep].argmax(1)))
+
+
+def main_guard(run: Callable[[Any], int], parser_factory: Callable[[], Any], argv: Sequence[str] | None = None) -> int:
+    """Parse, set threads, run; a missing dataset is a clean skip (exit status 0, message)."""
+    p = parser_factory()
+    args = p.parse_args(argv)
+    args.thread_info = set_threads(args.threads)
+    ensure_examples_importable()
+    from examples._common import DataMissing
+
+    try:
+        return run(args)
+    except (DataAbsent, DataMissing) as e:
+        print(f"[bench] skipped: {e}", flush=True)
+        return 0
+
+
+def elapsed(start: float) -> float:
+    return round(time.perf_counter() - start, 1)
+
+
+def run_info(args: Any) -> dict[str, Any]:
+    """What goes into every result file besides the rows: threads, load, peak memory."""
+    from benchmarks.common import peak_rss_mb
+
+    return {**args.thread_info, "peak_rss_mb": round(peak_rss_mb(), 1)}

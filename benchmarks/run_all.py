@@ -1,0 +1,91 @@
+"""Run every benchmark, one after another, each in its own process; print a summary.
+
+    python -m benchmarks.run_all --smoke            # what CI runs (`make bench-smoke`)
+    python -m benchmarks.run_all --only banking77 fsdd
+
+Each benchmark is ``python -m benchmarks.<name>`` and writes ``benchmarks/results/<name>.json``
+(``<name>.smoke.json`` in smoke mode). When the data root (``../shared/data`` or ``--data-root`` /
+``$MMAGENT_DATA_ROOT``) is absent, nothing runs and the command says so and exits 0; a benchmark
+whose own dataset folder is absent skips itself the same way. Exit status 1 if any benchmark failed.
+
+To add a benchmark, add its module name to :data:`BENCHMARKS` (the quality ones, then the speed ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import ROOT, default_data_root
+
+#: Section 1 of issue 7: quality on real data.
+QUALITY: list[str] = ["banking77", "fsdd", "av_digits", "breastmnist", "financial_phrasebank", "stocknet"]
+#: Section 2: speed (framework overhead, naive loop, frozen cache, memory); extend this list.
+SPEED: list[str] = ["overhead", "naive_vs_mmagent", "frozen_cache", "tune_cache", "serve_load", "gpu_throughput"]
+#: Benchmarks that generate their own data (no --data-root).
+GENERATED_DATA: set[str] = {"tune_cache", "serve_load"}
+BENCHMARKS: list[str] = QUALITY + SPEED
+
+SKIP_MARKER = "[bench] skipped:"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.strip().splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="each benchmark's smoke mode (tiny subset, a few steps; results in *.smoke.json)")
+    p.add_argument("--data-root", type=Path, default=None, help="folder with the shared datasets (default: $MMAGENT_DATA_ROOT or ../shared/data)")
+    p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=None, help="run only these benchmarks")
+    p.add_argument("--skip", nargs="+", choices=BENCHMARKS, default=[], help="leave these out")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per benchmark (passed on as --threads)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per benchmark before it is stopped (default: 300 in smoke mode, none otherwise)")
+    args = p.parse_args(argv)
+
+    data_root = (args.data_root or default_data_root()).expanduser().resolve()
+    if not data_root.is_dir():
+        print(f"[run_all] skipped: data root {data_root} not found (pass --data-root or set MMAGENT_DATA_ROOT); no benchmark ran")
+        return 0
+    timeout = args.timeout or (300.0 if args.smoke else None)
+    names = [n for n in (args.only or BENCHMARKS) if n not in args.skip]
+    env = {**os.environ, "MMAGENT_DATA_ROOT": str(data_root), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+    summary: list[tuple[str, str, float]] = []
+    for name in names:
+        cmd = [sys.executable, "-m", f"benchmarks.{name}"] + ([] if name in GENERATED_DATA else ["--data-root", str(data_root)])
+        if args.smoke:
+            cmd.append("--smoke")
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        print(f"[run_all] {' '.join(cmd[1:])}", flush=True)
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout if isinstance(e.stdout, str) else (e.stdout or b"").decode(errors="replace")
+            print(out[-3000:])
+            summary.append((name, f"failed: timed out after {timeout:.0f} s", time.perf_counter() - start))
+            continue
+        seconds = time.perf_counter() - start
+        lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+        skip = next((ln for ln in lines if ln.startswith(SKIP_MARKER)), None)
+        if proc.returncode != 0:
+            print(proc.stdout[-3000:] + proc.stderr[-3000:])
+            status = f"failed (exit {proc.returncode})"
+        elif skip:
+            status = "skipped: " + skip[len(SKIP_MARKER):].strip()
+        else:
+            status = "ok"
+            print("\n".join(ln for ln in lines if " | " in ln))  # the result rows
+        print(f"[run_all] {name}: {status} ({seconds:.1f} s)", flush=True)
+        summary.append((name, status, seconds))
+
+    print("\n| benchmark | status | seconds |\n|---|---|---|")
+    for name, status, seconds in summary:
+        print(f"| {name} | {status} | {seconds:.1f} |")
+    return 1 if any(s.startswith("failed") for _, s, _ in summary) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
