@@ -18,6 +18,7 @@ Nothing here is imported by mmagent itself.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from benchmarks.common import ROOT, peak_rss_mb
 
@@ -291,3 +292,52 @@ def driver_threads(requested: int | None) -> dict[str, Any]:
     from benchmarks._quality import set_threads as choose
 
     return choose(requested)
+
+
+# -- the command line of a lockstep benchmark ---------------------------------------------------
+def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None, workers: Sequence[str], timeout: float, defaults: Sequence[tuple[str, Any, Any]]) -> argparse.Namespace:
+    """Add the flags every lockstep benchmark shares (``--threads``, ``--timeout``; hidden: the
+    ones a driver passes to its ``workers``) to ``p``, parse ``argv``, and give each option of
+    ``defaults`` (``(dest, full, smoke)``) left unset its value for the mode."""
+    p.add_argument("--threads", type=int, default=None, help="torch threads of each worker (default: $MMAGENT_BENCH_THREADS, else 1 when the machine is busier than its cores, else torch's)")
+    p.add_argument("--timeout", type=float, default=timeout, help="seconds per lockstep run")
+    p.add_argument("--worker", choices=list(workers), help=argparse.SUPPRESS)
+    p.add_argument("--table-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    for name, full, smoke in defaults:
+        if getattr(a, name) is None:
+            setattr(a, name, smoke if a.smoke else full)
+    return a
+
+
+def worker_main(args: argparse.Namespace, work: Callable[[argparse.Namespace], dict[str, Any]]) -> int:
+    """A worker process: the driver's thread count, ``work(args)``, its result to ``--result``."""
+    set_threads(args.threads)
+    write_worker_result(args.result, work(args))
+    return 0
+
+
+def driver_setup(args: argparse.Namespace, name: str) -> tuple[dict[str, Any], Path]:
+    """A driver: choose the workers' thread count once (``args.threads`` set to it); return the
+    thread info for the result file and the benchmark's work folder."""
+    thread_info = driver_threads(args.threads)
+    args.threads = thread_info["threads"]
+    return thread_info, args.work_dir / (f"{name}-smoke" if args.smoke else name)
+
+
+def worker_args(args: argparse.Namespace, table_dir: Path, *options: str) -> list[str]:
+    """The flags a driver passes to both workers: data root, table folder, each of ``options``
+    (``"batch_size"`` -> ``--batch-size VALUE``) and the thread count when one was chosen."""
+    out = ["--data-root", str(args.data_root), "--table-dir", str(table_dir)]
+    for name in options:
+        out += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    return out + (["--threads", str(args.threads)] if args.threads else [])
+
+
+def fresh_dir(path: Path) -> Path:
+    """``path`` with whatever a previous run left there removed (the trainer creates it anew)."""
+    if path.exists():
+        shutil.rmtree(path)
+    return path

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -76,6 +76,25 @@ def set_threads(requested: int | None) -> dict[str, Any]:
     info = {"threads": torch.get_num_threads(), "threads_reason": why, "load_avg_1min_at_start": round(load, 2), "cpu_cores": cores}
     print(f"[bench] torch threads: {info['threads']} ({why})", flush=True)
     return info
+
+
+def prepare_example(args: Any, name: str, example: str, train_subset: Callable[[Any, Any], Any] | None = None) -> tuple[Path, dict[str, Path]]:
+    """The tables of ``examples/<example>.py`` under the benchmark's work folder (``data/``): the
+    example's smoke subset with ``--smoke``, else all of its rows, the training frame passed
+    through ``train_subset(example_module, frame)`` when given. Returns (work folder, table paths)."""
+    import importlib
+
+    ensure_examples_importable()
+    from examples._common import write_tables
+
+    ex = importlib.import_module(f"examples.{example}")
+    data_root = require_data(Path(args.data_root), ex.DATA_DIR)
+    folder = work_dir(args, name)
+    if args.smoke or train_subset is None:
+        return folder, ex.prepare(data_root, folder / "data", limit=ex.SMOKE_LIMIT if args.smoke else None)
+    frames = ex.load(data_root)
+    frames["train"] = train_subset(ex, frames["train"])
+    return folder, write_tables(frames, folder / "data")
 
 
 def work_dir(args: Any, name: str) -> Path:
@@ -141,6 +160,32 @@ class SharedStore:
     @property
     def hits(self) -> int:
         return self.inner.hits
+
+
+SPLITS = ("train", "validation", "test")
+SMOKE_TRAIN = {"epochs": 1, "batch_size": 16}  # plus max_steps: each benchmark's own
+
+
+def experiment_config(paths: dict[str, Path], inputs: list[dict[str, Any]], target: str, train: dict[str, Any], fusion: dict[str, Any] | None = None, smoke_steps: int | None = None) -> dict[str, Any]:
+    """A raw config over the three tables in ``paths`` (file names: :func:`fit` resolves them
+    against their folder) with one classification ``target``, concat fusion unless ``fusion``
+    says otherwise. ``smoke_steps``: a smoke run, one epoch of at most that many steps, batch 16."""
+    train = dict(train)
+    if smoke_steps:
+        train.update(SMOKE_TRAIN, max_steps=smoke_steps)
+    return {
+        "data": {s: Path(paths[s]).name for s in SPLITS},
+        "inputs": inputs,
+        "targets": [{"column": target, "type": "classification"}],
+        "fusion": fusion or {"type": "concat"},
+        "train": train,
+    }
+
+
+def single_input_config(paths: dict[str, Path], column: str, modality: str, encoder: dict[str, Any], target: str, train: dict[str, Any], smoke_steps: int | None = None, freeze: bool = False) -> dict[str, Any]:
+    """:func:`experiment_config` with one input column; ``freeze``: its encoder frozen whole (a probe)."""
+    encoder = {**encoder, "freeze": "all"} if freeze else dict(encoder)
+    return experiment_config(paths, [{"column": column, "modality": modality, "encoder": encoder}], target, train, smoke_steps=smoke_steps)
 
 
 def fit(raw_config: dict[str, Any], base_dir: Path, run_dir: Path, store: SharedStore | None = None, drop_each: bool = False, progress: bool = False, label: str = "") -> Outcome:
@@ -210,12 +255,31 @@ def fit(raw_config: dict[str, Any], base_dir: Path, run_dir: Path, store: Shared
     return out
 
 
+class Variant(NamedTuple):
+    frozen: bool
+    config: dict[str, Any]
+    outcome: Outcome
+
+
+def finetune_and_probe(config: Callable[[bool], dict[str, Any]], base: Path, folder: Path, progress: bool = False) -> Iterator[Variant]:
+    """Fit ``config(False)`` (the encoder fine-tuned, run folder ``runs/finetune``), then
+    ``config(True)`` (a frozen probe, ``runs/probe``); yield each as soon as it is evaluated."""
+    for freeze in (False, True):
+        cfg = config(freeze)
+        yield Variant(freeze, cfg, fit(cfg, base, folder / "runs" / ("probe" if freeze else "finetune"), progress=progress, label="frozen probe" if freeze else "fine-tune"))
+
+
 def row(benchmark: str, variant: str, metric: str, value: float, wall_s: float, reference: Any = None, **extra: Any) -> dict[str, Any]:
     r: dict[str, Any] = {"benchmark": benchmark, "variant": variant, "metric": metric, "value": _round(value), "wall_s": round(float(wall_s), 1)}
     if reference is not None:
         r["reference"] = reference
     r.update(extra)
     return r
+
+
+def metric_rows(benchmark: str, variant: str, outcome: Outcome, metrics: Sequence[tuple[str, str, Any]]) -> list[dict[str, Any]]:
+    """One row per ``(metric text, Outcome.metric name, reference or None)``, with ``n_test``."""
+    return [row(benchmark, variant, text, outcome.metric(key), outcome.wall_s, reference, n_test=outcome.n_test) for text, key, reference in metrics]
 
 
 def _round(v: Any) -> Any:
@@ -250,6 +314,14 @@ def main_guard(run: Callable[[Any], int], parser_factory: Callable[[], Any], arg
 
 def elapsed(start: float) -> float:
     return round(time.perf_counter() - start, 1)
+
+
+def write_quality_result(name: str, rows: list[dict[str, Any]], args: Any, start: float, prepare_s: float, **extra: Any) -> Path:
+    """``benchmarks.common.write_result`` with what every quality result file carries: the
+    preparation and total wall times, threads, load and peak memory."""
+    from benchmarks.common import write_result
+
+    return write_result(name, rows, args.smoke, extra={"prepare_s": prepare_s, **extra, "total_wall_s": elapsed(start), **run_info(args)})
 
 
 def run_info(args: Any) -> dict[str, Any]:

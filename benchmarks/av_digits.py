@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks._quality import run_info, SharedStore, elapsed, ensure_examples_importable, fit, main_guard, quality_parser, require_data, row, work_dir
+from benchmarks._quality import SPLITS, SharedStore, elapsed, ensure_examples_importable, experiment_config, fit, main_guard, quality_parser, require_data, row, run_info, work_dir
 from benchmarks.common import write_result
 
 NAME = "av_digits"
@@ -51,6 +51,8 @@ AUDIO_ENCODER = {"source": "zoo", "name": "whisper-tiny.en", "freeze": "all", "m
 ENCODER_TEXT = {"image": "effnet-lite0 64px", "audio": "whisper-tiny.en 1 s"}
 ENCODERS_TEXT = "effnet-lite0 64px + whisper-tiny.en 1 s, frozen+cached"
 SMOKE_ROWS = {"train": 40, "validation": 20, "test": 20}
+SMOKE_STEPS = 2
+TRAIN = {"epochs": 25, "batch_size": 32, "lr": 1e-3, "head_lr": 1e-3, "seed": 42, "metric": "digit/accuracy", "early_stopping_patience": 5, "cache_frozen_encoders": True}
 
 
 def parser():
@@ -124,7 +126,7 @@ def prepare(data_root: Path, out_dir: Path, variant: str, smoke: bool, train_lim
     if variant == "degraded":
         (out_dir / "audio").mkdir(parents=True, exist_ok=True)
     tables = {}
-    for split in ("train", "validation", "test"):
+    for split in SPLITS:
         frame = balanced_head(frames[split], fsdd.LABEL, caps[split])
         rows = []
         for i, rec in enumerate(frame.itertuples(index=False)):
@@ -156,16 +158,8 @@ def config(paths: dict[str, Path], inputs: list[str], fusion: str, smoke: bool) 
         "audio": {"column": "audio", "modality": "audio", "encoder": dict(AUDIO_ENCODER)},
     }
     fused = len(inputs) > 1
-    train: dict[str, Any] = {"epochs": 25, "batch_size": 32, "lr": 1e-3, "head_lr": 1e-3, "seed": 42, "metric": "digit/accuracy", "early_stopping_patience": 5, "cache_frozen_encoders": True}
-    if smoke:
-        train.update(epochs=1, max_steps=2, batch_size=16)
-    return {
-        "data": {s: Path(paths[s]).name for s in ("train", "validation", "test")},
-        "inputs": [specs[i] for i in inputs],
-        "targets": [{"column": "digit", "type": "classification"}],
-        "fusion": {"type": fusion, "hidden_dim": 128, "num_layers": 1, "num_heads": 4, "modality_dropout": MODALITY_DROPOUT if fused else 0.0},
-        "train": train,
-    }
+    fusion_spec = {"type": fusion, "hidden_dim": 128, "num_layers": 1, "num_heads": 4, "modality_dropout": MODALITY_DROPOUT if fused else 0.0}
+    return experiment_config(paths, [specs[i] for i in inputs], "digit", TRAIN, fusion_spec, SMOKE_STEPS if smoke else None)
 
 
 def run_variant(args: Any, variant: str, folder: Path, degradation: dict[str, float]) -> list[dict[str, Any]]:

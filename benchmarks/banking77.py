@@ -22,13 +22,18 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks._quality import run_info, elapsed, ensure_examples_importable, fit, main_guard, quality_parser, require_data, row, work_dir
-from benchmarks.common import write_result
+from benchmarks._quality import elapsed, finetune_and_probe, main_guard, prepare_example, quality_parser, row, single_input_config, metric_rows, write_quality_result
 
 NAME = "banking77"
 DEFAULT_TRAIN_LIMIT = 2500
 REF_ACC = "0.9162 (Ludwig 0.17, same MiniLM, full train); 0.9366 (BERT-large, published)"
 REF_SPEED = "28.7 (Ludwig 0.17)"
+METRICS = [("test accuracy", "accuracy", REF_ACC), ("test macro-F1", "macro_f1", None)]
+ENCODER = {"source": "zoo", "name": "minilm-l6", "max_length": 64}
+TRAIN = {"batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "seed": 42, "metric": "intent/accuracy", "cache_frozen_encoders": True}
+FINETUNE = {"epochs": 3}
+PROBE = {"epochs": 30, "early_stopping_patience": 5}
+SMOKE_STEPS = 4
 
 
 def parser():
@@ -37,64 +42,28 @@ def parser():
     return p
 
 
-def prepare(data_root: Path, out_dir: Path, smoke: bool, train_limit: int | None) -> dict[str, Path]:
-    ensure_examples_importable()
-    from examples import banking77 as ex
-    from examples._common import balanced_head, write_tables
-
-    require_data(data_root, ex.DATA_DIR)
-    if smoke:
-        return ex.prepare(data_root, out_dir, limit=ex.SMOKE_LIMIT)
-    frames = ex.load(data_root)
-    frames["train"] = balanced_head(frames["train"], ex.LABEL, train_limit or None)
-    return write_tables(frames, out_dir)
-
-
 def config(paths: dict[str, Path], freeze: bool, smoke: bool) -> dict[str, Any]:
-    encoder: dict[str, Any] = {"source": "zoo", "name": "minilm-l6", "max_length": 64}
-    if freeze:
-        encoder["freeze"] = "all"
-        train: dict[str, Any] = {"epochs": 30, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "early_stopping_patience": 5}
-    else:
-        train = {"epochs": 3, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3}
-    train.update(seed=42, metric="intent/accuracy", cache_frozen_encoders=True)
-    if smoke:
-        train.update(epochs=1, max_steps=4, batch_size=16)
-    return {
-        "data": {s: Path(paths[s]).name for s in ("train", "validation", "test")},
-        "inputs": [{"column": "text", "modality": "text", "encoder": encoder}],
-        "targets": [{"column": "intent", "type": "classification"}],
-        "fusion": {"type": "concat"},
-        "train": train,
-    }
+    train = {**TRAIN, **(PROBE if freeze else FINETUNE)}
+    return single_input_config(paths, "text", "text", ENCODER, "intent", train, SMOKE_STEPS if smoke else None, freeze)
 
 
 def run(args: Any) -> int:
+    from examples._common import balanced_head
+
     start = time.perf_counter()
-    folder = work_dir(args, NAME)
-    paths = prepare(Path(args.data_root), folder / "data", args.smoke, args.train_limit)
+    folder, paths = prepare_example(args, NAME, "banking77", lambda ex, train: balanced_head(train, ex.LABEL, args.train_limit or None))
     prep_s = elapsed(start)
-    base = Path(paths["train"]).parent
     rows: list[dict[str, Any]] = []
-
-    ft_cfg = config(paths, freeze=False, smoke=args.smoke)
-    ft = fit(ft_cfg, base, folder / "runs" / "finetune", progress=args.progress, label="fine-tune")
-    subset = "smoke subset" if args.smoke else (f"{ft.n_train}-row train subset" if args.train_limit else f"full train ({ft.n_train} rows)")
-    t = ft_cfg["train"]
-    v = f"MiniLM-L6 (zoo) fine-tune, {ft.epochs_run} ep, bs {t['batch_size']}, lr {t['lr']:g}, len 64, {subset}"
-    rows += [
-        row(NAME, v, "test accuracy", ft.metric("accuracy"), ft.wall_s, REF_ACC, n_test=ft.n_test),
-        row(NAME, v, "test macro-F1", ft.metric("macro_f1"), ft.wall_s, n_test=ft.n_test),
-        row(NAME, v, "train samples/s", ft.train_samples_per_s, ft.wall_s, REF_SPEED, threads=args.thread_info["threads"], loop_seconds=round(ft.loop_seconds, 1)),
-    ]
-
-    pr = fit(config(paths, freeze=True, smoke=args.smoke), base, folder / "runs" / "probe", progress=args.progress, label="frozen probe")
-    v = f"MiniLM-L6 (zoo) frozen probe: cached features, fusion+head train ({pr.epochs_run} ep), {subset}"
-    rows += [
-        row(NAME, v, "test accuracy", pr.metric("accuracy"), pr.wall_s, REF_ACC, n_test=pr.n_test),
-        row(NAME, v, "test macro-F1", pr.metric("macro_f1"), pr.wall_s, n_test=pr.n_test),
-    ]
-    write_result(NAME, rows, args.smoke, extra={"prepare_s": prep_s, "total_wall_s": elapsed(start), **run_info(args)})
+    for frozen, cfg, o in finetune_and_probe(lambda freeze: config(paths, freeze, args.smoke), Path(paths["train"]).parent, folder, args.progress):
+        subset = "smoke subset" if args.smoke else (f"{o.n_train}-row train subset" if args.train_limit else f"full train ({o.n_train} rows)")
+        if frozen:
+            rows += metric_rows(NAME, f"MiniLM-L6 (zoo) frozen probe: cached features, fusion+head train ({o.epochs_run} ep), {subset}", o, METRICS)
+            continue
+        t = cfg["train"]
+        v = f"MiniLM-L6 (zoo) fine-tune, {o.epochs_run} ep, bs {t['batch_size']}, lr {t['lr']:g}, len 64, {subset}"
+        rows += metric_rows(NAME, v, o, METRICS)
+        rows.append(row(NAME, v, "train samples/s", o.train_samples_per_s, o.wall_s, REF_SPEED, threads=args.thread_info["threads"], loop_seconds=round(o.loop_seconds, 1)))
+    write_quality_result(NAME, rows, args, start, prep_s)
     return 0
 
 

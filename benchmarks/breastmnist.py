@@ -20,12 +20,16 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks._quality import run_info, elapsed, ensure_examples_importable, fit, main_guard, quality_parser, require_data, row, work_dir
-from benchmarks.common import write_result
+from benchmarks._quality import elapsed, finetune_and_probe, main_guard, prepare_example, quality_parser, single_input_config, metric_rows, write_quality_result
 
 NAME = "breastmnist"
 REF_AUC = "0.901 (ResNet-18 (28), MedMNIST v2)"
 REF_ACC = "0.863 (ResNet-18 (28), MedMNIST v2)"
+METRICS = [("test AUC", "auroc", REF_AUC), ("test accuracy", "accuracy", REF_ACC)]
+TRAIN = {"lr": 1e-4, "head_lr": 1e-3, "batch_size": 32, "seed": 42, "metric": "finding/auroc", "cache_frozen_encoders": True}
+FINETUNE = {"epochs": 8}
+PROBE = {"epochs": 40, "early_stopping_patience": 10}
+SMOKE_STEPS = 2
 
 
 def parser():
@@ -35,46 +39,22 @@ def parser():
 
 
 def config(paths: dict[str, Path], image_size: int, freeze: bool, smoke: bool) -> dict[str, Any]:
-    encoder: dict[str, Any] = {"source": "zoo", "name": "efficientnet-lite0", "image_size": image_size}
-    if freeze:
-        encoder["freeze"] = "all"
-        train: dict[str, Any] = {"epochs": 40, "lr": 1e-4, "head_lr": 1e-3, "early_stopping_patience": 10}
-    else:
-        train = {"epochs": 8, "lr": 1e-4, "head_lr": 1e-3}
-    train.update(batch_size=32, seed=42, metric="finding/auroc", cache_frozen_encoders=True)
-    if smoke:
-        train.update(epochs=1, max_steps=2, batch_size=16)
-    return {
-        "data": {s: Path(paths[s]).name for s in ("train", "validation", "test")},
-        "inputs": [{"column": "image", "modality": "image", "encoder": encoder}],
-        "targets": [{"column": "finding", "type": "classification"}],
-        "fusion": {"type": "concat"},
-        "train": train,
-    }
+    encoder = {"source": "zoo", "name": "efficientnet-lite0", "image_size": image_size}
+    train = {**TRAIN, **(PROBE if freeze else FINETUNE)}
+    return single_input_config(paths, "image", "image", encoder, "finding", train, SMOKE_STEPS if smoke else None, freeze)
 
 
 def run(args: Any) -> int:
-    ensure_examples_importable()
-    from examples import breastmnist as ex
-
     start = time.perf_counter()
-    require_data(Path(args.data_root), ex.DATA_DIR)
-    folder = work_dir(args, NAME)
-    paths = ex.prepare(Path(args.data_root), folder / "data", limit=ex.SMOKE_LIMIT if args.smoke else None)
+    folder, paths = prepare_example(args, NAME, "breastmnist")
     prep_s = elapsed(start)
     size = args.image_size or (32 if args.smoke else 128)
-    base = Path(paths["train"]).parent
     subset = "smoke subset" if args.smoke else "official split (546 train)"
     rows: list[dict[str, Any]] = []
-    for freeze in (False, True):
-        o = fit(config(paths, size, freeze, args.smoke), base, folder / "runs" / ("probe" if freeze else "finetune"), progress=args.progress, label="frozen probe" if freeze else "fine-tune")
-        what = f"frozen probe: cached features, fusion+head train ({o.epochs_run} ep)" if freeze else f"fine-tune, {o.epochs_run} ep, lr 1e-4"
-        v = f"EfficientNet-Lite0 (zoo, ImageNet) {what}, {size} px, {subset}"
-        rows += [
-            row(NAME, v, "test AUC", o.metric("auroc"), o.wall_s, REF_AUC, n_test=o.n_test),
-            row(NAME, v, "test accuracy", o.metric("accuracy"), o.wall_s, REF_ACC, n_test=o.n_test),
-        ]
-    write_result(NAME, rows, args.smoke, extra={"prepare_s": prep_s, "total_wall_s": elapsed(start), **run_info(args)})
+    for frozen, _, o in finetune_and_probe(lambda freeze: config(paths, size, freeze, args.smoke), Path(paths["train"]).parent, folder, args.progress):
+        what = f"frozen probe: cached features, fusion+head train ({o.epochs_run} ep)" if frozen else f"fine-tune, {o.epochs_run} ep, lr 1e-4"
+        rows += metric_rows(NAME, f"EfficientNet-Lite0 (zoo, ImageNet) {what}, {size} px, {subset}", o, METRICS)
+    write_quality_result(NAME, rows, args, start, prep_s)
     return 0
 
 

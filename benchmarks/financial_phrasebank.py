@@ -17,13 +17,16 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks._quality import run_info, elapsed, ensure_examples_importable, fit, main_guard, quality_parser, require_data, row, work_dir
-from benchmarks.common import write_result
+from benchmarks._quality import elapsed, fit, main_guard, prepare_example, quality_parser, single_input_config, metric_rows, write_quality_result
 
 NAME = "financial_phrasebank"
 DEFAULT_TRAIN_LIMIT = 0  # the whole training part
 REF_ACC = "0.86 (FinBERT, 50Agree)"
 REF_F1 = "0.84 (FinBERT, 50Agree)"
+METRICS = [("test accuracy", "accuracy", REF_ACC), ("test macro-F1", "macro_f1", REF_F1)]
+ENCODER = {"source": "zoo", "name": "minilm-l6", "max_length": 64}
+TRAIN = {"epochs": 3, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "seed": 42, "metric": "sentiment/macro_f1"}
+SMOKE_STEPS = 3
 
 
 def parser():
@@ -32,48 +35,27 @@ def parser():
     return p
 
 
-def prepare(data_root: Path, out_dir: Path, smoke: bool, train_limit: int | None) -> dict[str, Path]:
-    ensure_examples_importable()
-    from examples import financial_phrasebank as ex
-    from examples._common import stratified_split, write_tables
-
-    require_data(data_root, ex.DATA_DIR)
-    if smoke:
-        return ex.prepare(data_root, out_dir, limit=ex.SMOKE_LIMIT)
-    frames = ex.load(data_root)
-    if train_limit and train_limit < len(frames["train"]):  # keep the class mix of the test set
-        frames["train"], _ = stratified_split(frames["train"], ex.LABEL, 1.0 - train_limit / len(frames["train"]), ex.SEED)
-    return write_tables(frames, out_dir)
-
-
 def config(paths: dict[str, Path], smoke: bool) -> dict[str, Any]:
-    train: dict[str, Any] = {"epochs": 3, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "seed": 42, "metric": "sentiment/macro_f1"}
-    if smoke:
-        train.update(epochs=1, max_steps=3, batch_size=16)
-    return {
-        "data": {s: Path(paths[s]).name for s in ("train", "validation", "test")},
-        "inputs": [{"column": "text", "modality": "text", "encoder": {"source": "zoo", "name": "minilm-l6", "max_length": 64}}],
-        "targets": [{"column": "sentiment", "type": "classification"}],
-        "fusion": {"type": "concat"},
-        "train": train,
-    }
+    return single_input_config(paths, "text", "text", ENCODER, "sentiment", TRAIN, SMOKE_STEPS if smoke else None)
+
+
+def train_subset(ex: Any, train: Any, limit: int) -> Any:
+    """A stratified ``limit``-row part of ``train`` (the class mix of the test set kept)."""
+    from examples._common import stratified_split
+
+    return stratified_split(train, ex.LABEL, 1.0 - limit / len(train), ex.SEED)[0] if limit and limit < len(train) else train
 
 
 def run(args: Any) -> int:
     start = time.perf_counter()
-    folder = work_dir(args, NAME)
-    paths = prepare(Path(args.data_root), folder / "data", args.smoke, args.train_limit)
+    folder, paths = prepare_example(args, NAME, "financial_phrasebank", lambda ex, train: train_subset(ex, train, args.train_limit))
     prep_s = elapsed(start)
     cfg = config(paths, args.smoke)
     o = fit(cfg, Path(paths["train"]).parent, folder / "runs" / "finetune", progress=args.progress, label="fine-tune")
     subset = "smoke subset" if args.smoke else (f"{o.n_train}-row stratified train subset" if args.train_limit else f"full train part ({o.n_train} rows)")
     t = cfg["train"]
     v = f"MiniLM-L6 (zoo) fine-tune, {o.epochs_run} ep, bs {t['batch_size']}, lr {t['lr']:g}, len 64, seeded 80/20 split, {subset}"
-    rows = [
-        row(NAME, v, "test accuracy", o.metric("accuracy"), o.wall_s, REF_ACC, n_test=o.n_test),
-        row(NAME, v, "test macro-F1", o.metric("macro_f1"), o.wall_s, REF_F1, n_test=o.n_test),
-    ]
-    write_result(NAME, rows, args.smoke, extra={"prepare_s": prep_s, "total_wall_s": elapsed(start), **run_info(args)})
+    write_quality_result(NAME, metric_rows(NAME, v, o, METRICS), args, start, prep_s)
     return 0
 
 

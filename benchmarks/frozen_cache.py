@@ -17,9 +17,7 @@ The two runs are separate processes taking turns step by step (``_harness``); pe
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-from pathlib import Path
 from typing import Any
 
 from benchmarks import _banking77 as B
@@ -35,17 +33,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="training rows, class-balanced (default 1540 = 20 per intent; smoke 77)")
     p.add_argument("--epochs", type=int, default=None, help="default 3 (smoke 2)")
     p.add_argument("--batch-size", type=int, default=None, help="default 32 (smoke 8)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads of each worker (default: $MMAGENT_BENCH_THREADS, else 1 when the machine is busier than its cores, else torch's)")
-    p.add_argument("--timeout", type=float, default=900)
-    p.add_argument("--worker", choices=["on", "off"], help=argparse.SUPPRESS)
-    p.add_argument("--table-dir", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    for name, full, smoke in (("limit", 1540, 77), ("epochs", 3, 2), ("batch_size", 32, 8)):
-        if getattr(a, name) is None:
-            setattr(a, name, smoke if a.smoke else full)
-    return a
+    return H.parse(p, argv, ("on", "off"), 900, (("limit", 1540, 77), ("epochs", 3, 2), ("batch_size", 32, 8)))
 
 
 def experiment(args: argparse.Namespace, cache: bool) -> Any:
@@ -72,25 +60,15 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.worker:
-        H.set_threads(args.threads)
-        H.write_worker_result(args.result, worker(args))
-        return 0
+        return H.worker_main(args, worker)
 
     B.require(args.data_root)
-    thread_info = H.driver_threads(args.threads)
-    args.threads = thread_info["threads"]
-    work = args.work_dir / (f"{NAME}-smoke" if args.smoke else NAME)
+    thread_info, work = H.driver_setup(args, NAME)
     table_dir = work / "tables"
     paths = B.prepare(args.data_root, table_dir, args.limit or None)
     n_train, n_val = len(B.read(paths["train"])), len(B.read(paths["validation"]))
-    common = ["--data-root", str(args.data_root), "--table-dir", str(table_dir), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
-    common += ["--threads", str(args.threads)] if args.threads else []
-    cmds = []
-    for v in ("on", "off"):
-        run_dir = work / f"run-{v}"
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        cmds.append(H.worker_cmd("benchmarks.frozen_cache", "--worker", v, "--run-dir", str(run_dir), *common))
+    common = H.worker_args(args, table_dir, "epochs", "batch_size")
+    cmds = [H.worker_cmd("benchmarks.frozen_cache", "--worker", v, "--run-dir", str(H.fresh_dir(work / f"run-{v}")), *common) for v in ("on", "off")]
     with Timer() as total:
         on, off = H.run_lockstep(cmds, args.timeout)
     wall = round(total.seconds, 1)

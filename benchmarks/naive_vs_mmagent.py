@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-from pathlib import Path
 from typing import Any
 
 from benchmarks import _banking77 as B
@@ -46,17 +44,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="default 32 (smoke 4)")
     p.add_argument("--max-steps", type=int, default=None, help="stop both after this many steps (smoke: 3)")
     p.add_argument("--naive-max-length", type=int, default=128)
-    p.add_argument("--threads", type=int, default=None, help="torch threads of each worker (default: $MMAGENT_BENCH_THREADS, else 1 when the machine is busier than its cores, else torch's)")
-    p.add_argument("--timeout", type=float, default=900)
-    p.add_argument("--worker", choices=["mmagent", "naive"], help=argparse.SUPPRESS)
-    p.add_argument("--table-dir", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    for name, full, smoke in (("limit", 462, 77), ("test_limit", 385, 8), ("epochs", 2, 1), ("batch_size", 32, 4), ("max_steps", None, 3)):
-        if getattr(a, name) is None:
-            setattr(a, name, smoke if a.smoke else full)
-    return a
+    return H.parse(p, argv, ("mmagent", "naive"), 900, (("limit", 462, 77), ("test_limit", 385, 8), ("epochs", 2, 1), ("batch_size", 32, 4), ("max_steps", None, 3)))
 
 
 # -- mmagent ----------------------------------------------------------------------------------
@@ -169,25 +157,17 @@ def worker_naive(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.worker:
-        H.set_threads(args.threads)
-        result = worker_mmagent(args) if args.worker == "mmagent" else worker_naive(args)
-        H.write_worker_result(args.result, result)
-        return 0
+        return H.worker_main(args, worker_mmagent if args.worker == "mmagent" else worker_naive)
 
     import yaml
 
     B.require(args.data_root)
-    thread_info = H.driver_threads(args.threads)
-    args.threads = thread_info["threads"]
-    work = args.work_dir / (f"{NAME}-smoke" if args.smoke else NAME)
-    table_dir, run_dir = work / "tables", work / "mmagent-run"
+    thread_info, work = H.driver_setup(args, NAME)
+    table_dir, run_dir = work / "tables", H.fresh_dir(work / "mmagent-run")
     paths = B.prepare(args.data_root, table_dir, args.limit or None, args.test_limit or None)
     (table_dir / "mmagent.yaml").write_text(yaml.safe_dump(mmagent_config(args), sort_keys=False))
     n_train = len(B.read(paths["train"]))
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    common = ["--data-root", str(args.data_root), "--table-dir", str(table_dir), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-              "--naive-max-length", str(args.naive_max_length)] + (["--max-steps", str(args.max_steps)] if args.max_steps else []) + (["--threads", str(args.threads)] if args.threads else [])
+    common = H.worker_args(args, table_dir, "epochs", "batch_size", "naive_max_length") + (["--max-steps", str(args.max_steps)] if args.max_steps else [])
     cmds = [H.worker_cmd("benchmarks.naive_vs_mmagent", "--worker", "naive", *common),
             H.worker_cmd("benchmarks.naive_vs_mmagent", "--worker", "mmagent", "--run-dir", str(run_dir), *common)]
     with Timer() as total:

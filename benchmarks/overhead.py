@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,17 +43,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="lockstep runs, starting side swapped each time (default 2; smoke 1)")
     p.add_argument("--batch-size", type=int, default=None, help="default 32 (smoke 4)")
     p.add_argument("--max-length", type=int, default=None, help="text tokens (default 64; smoke 16)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads of each worker (default: $MMAGENT_BENCH_THREADS, else 1 when the machine is busier than its cores, else torch's)")
-    p.add_argument("--timeout", type=float, default=480, help="seconds per lockstep run")
-    p.add_argument("--worker", choices=["mmagent", "bare"], help=argparse.SUPPRESS)
-    p.add_argument("--table-dir", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    for name, full, smoke in (("steps", 10, 3), ("warmup", 2, 1), ("repeats", 2, 1), ("batch_size", 32, 4), ("max_length", 64, 16)):
-        if getattr(a, name) is None:
-            setattr(a, name, smoke if a.smoke else full)
-    return a
+    return H.parse(p, argv, ("mmagent", "bare"), 480, (("steps", 10, 3), ("warmup", 2, 1), ("repeats", 2, 1), ("batch_size", 32, 4), ("max_length", 64, 16)))
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -146,18 +135,12 @@ def worker_bare(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.worker:
-        H.set_threads(args.threads)
-        result = worker_mmagent(args) if args.worker == "mmagent" else worker_bare(args)
-        H.write_worker_result(args.result, result)
-        return 0
+        return H.worker_main(args, worker_mmagent if args.worker == "mmagent" else worker_bare)
 
-    thread_info = H.driver_threads(args.threads)
-    args.threads = thread_info["threads"]
-    work = args.work_dir / (f"{NAME}-smoke" if args.smoke else NAME)
+    thread_info, work = H.driver_setup(args, NAME)
     table_dir = work / "tables"
     source = make_tables(args, table_dir)
-    common = ["--data-root", str(args.data_root), "--table-dir", str(table_dir), "--steps", str(args.steps), "--warmup", str(args.warmup),
-              "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)] + (["--threads", str(args.threads)] if args.threads else [])
+    common = H.worker_args(args, table_dir, "steps", "warmup", "batch_size", "max_length")
     per: dict[str, list[float]] = {"mmagent": [], "bare": []}
     fetch: list[float] = []
     rss: dict[str, float] = {"mmagent": 0.0, "bare": 0.0}
@@ -166,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = None
     with Timer() as total:
         for rep in range(args.repeats):
-            run_dir = work / f"run{rep}"
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
+            run_dir = H.fresh_dir(work / f"run{rep}")
             cmds = {
                 "mmagent": H.worker_cmd("benchmarks.overhead", "--worker", "mmagent", "--run-dir", str(run_dir), *common),
                 "bare": H.worker_cmd("benchmarks.overhead", "--worker", "bare", *common),

@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks._quality import run_info, SharedStore, elapsed, ensure_examples_importable, fit, main_guard, mcc, quality_parser, require_data, row, work_dir
-from benchmarks.common import write_result
+from benchmarks._quality import SPLITS, SharedStore, elapsed, ensure_examples_importable, experiment_config, fit, main_guard, mcc, prepare_example, quality_parser, row, write_quality_result
 
 NAME = "stocknet"
 REF_ACC = "~0.58 (StockNet paper, 88 stocks, not verified)"
 REF_MCC = "~0.08 (StockNet paper, 88 stocks, not verified)"
+SMOKE_STEPS = 3
 
 
 def parser():
@@ -45,16 +45,9 @@ def config(paths: dict[str, Path], which: str, smoke: bool) -> dict[str, Any]:
     if which in ("both", "prices"):
         inputs.append({"column": list(ex.PRICE_FEATURES), "modality": "numeric", "name": "prices", "encoder": {"source": "builtin", "name": "mlp"}})
     fused = len(inputs) > 1
-    train: dict[str, Any] = {"epochs": 30, "batch_size": 32, "lr": 1e-3, "head_lr": 1e-3, "seed": 42, "metric": f"{ex.LABEL}/accuracy", "early_stopping_patience": 8, "cache_frozen_encoders": True}
-    if smoke:
-        train.update(epochs=1, max_steps=3, batch_size=16)
-    return {
-        "data": {s: Path(paths[s]).name for s in ("train", "validation", "test")},
-        "inputs": inputs,
-        "targets": [{"column": ex.LABEL, "type": "classification"}],
-        "fusion": {"type": "gated" if fused else "concat", "hidden_dim": 128, "modality_dropout": 0.1 if fused else 0.0},
-        "train": train,
-    }
+    train = {"epochs": 30, "batch_size": 32, "lr": 1e-3, "head_lr": 1e-3, "seed": 42, "metric": f"{ex.LABEL}/accuracy", "early_stopping_patience": 8, "cache_frozen_encoders": True}
+    fusion = {"type": "gated" if fused else "concat", "hidden_dim": 128, "modality_dropout": 0.1 if fused else 0.0}
+    return experiment_config(paths, inputs, ex.LABEL, train, fusion, SMOKE_STEPS if smoke else None)
 
 
 def majority_rows(paths: dict[str, Path], label: str, subset: str) -> list[dict[str, Any]]:
@@ -78,7 +71,7 @@ def text_only_tables(paths: dict[str, Path], out_dir: Path, column: str) -> tupl
 
     out_dir.mkdir(parents=True, exist_ok=True)
     new, empty = {}, {}
-    for split in ("train", "validation", "test"):
+    for split in SPLITS:
         frame = pd.read_csv(paths[split], dtype=str, keep_default_na=False)
         blank = frame[column].str.strip() == ""
         empty[split] = int(blank.sum())
@@ -89,13 +82,10 @@ def text_only_tables(paths: dict[str, Path], out_dir: Path, column: str) -> tupl
 
 
 def run(args: Any) -> int:
-    ensure_examples_importable()
     from examples import stocknet as ex
 
     start = time.perf_counter()
-    require_data(Path(args.data_root), ex.DATA_DIR)
-    folder = work_dir(args, NAME)
-    paths = ex.prepare(Path(args.data_root), folder / "data", limit=ex.SMOKE_LIMIT if args.smoke else None)
+    folder, paths = prepare_example(args, NAME, "stocknet")
     text_paths, empty = text_only_tables(paths, folder / "data_text_only", ex.TEXT)
     prep_s = elapsed(start)
     store = SharedStore()
@@ -112,7 +102,7 @@ def run(args: Any) -> int:
             row(NAME, v, "test MCC", mcc(o), o.wall_s, REF_MCC, n_test=o.n_test),
         ]
     rows += majority_rows(paths, ex.LABEL, subset)
-    write_result(NAME, rows, args.smoke, extra={"prepare_s": prep_s, "rows_without_tweets": empty, "total_wall_s": elapsed(start), **run_info(args)})
+    write_quality_result(NAME, rows, args, start, prep_s, rows_without_tweets=empty)
     return 0
 
 

@@ -358,14 +358,17 @@ def export(run_dir: str | Path, fmt: str, output: str | Path, quantize: str | No
             raise ExportError(f"the exported {fmt} model fails on a real batch of another size: {_first_line(e)}") from e
         return runner, max(_max_diff(g, e) for g, e in zip(got, expected))
 
+    def write_fp32(path: Path) -> None:
+        if fmt == "torchscript":
+            export_torchscript(wrapper, examples[0], path)
+        else:
+            export_onnx(wrapper, examples[0], path, names, dims, outputs)
+
     if quantize == "int8":
         # The fp32 export is made and checked first (it must reproduce PyTorch), then quantized.
         fp32 = output.with_name(output.stem + ".fp32-tmp" + output.suffix)
         try:
-            if fmt == "torchscript":
-                export_torchscript(wrapper, examples[0], fp32)
-            else:
-                export_onnx(wrapper, examples[0], fp32, names, dims, outputs)
+            write_fp32(fp32)
             report.fp32_size_bytes = _size(fp32)
             _, report.fp32_max_abs_diff = check(fp32)
             report.fp32_reproduces = bool(report.fp32_max_abs_diff <= tolerance)
@@ -380,10 +383,8 @@ def export(run_dir: str | Path, fmt: str, output: str | Path, quantize: str | No
             for p in (fp32, fp32.with_name(fp32.name + ".data")):
                 if p.exists():
                     p.unlink()
-    elif fmt == "torchscript":
-        export_torchscript(wrapper, examples[0], output)
     else:
-        export_onnx(wrapper, examples[0], output, names, dims, outputs)
+        write_fp32(output)
     report.size_bytes = _size(output)
     runner, report.max_abs_diff = check(output)
     report.reproduces = bool(report.max_abs_diff <= tolerance)
