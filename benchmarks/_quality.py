@@ -191,7 +191,6 @@ def single_input_config(paths: dict[str, Path], column: str, modality: str, enco
 def fit(raw_config: dict[str, Any], base_dir: Path, run_dir: Path, store: SharedStore | None = None, drop_each: bool = False, progress: bool = False, label: str = "") -> Outcome:
     """Train ``raw_config`` (data paths relative to ``base_dir``) into ``run_dir``; evaluate the best
     model on the test table (and, with ``drop_each``, with each input missing in turn)."""
-    import json
 
     import torch
 
@@ -199,32 +198,19 @@ def fit(raw_config: dict[str, Any], base_dir: Path, run_dir: Path, store: Shared
     from mmagent.config import config_from_dict
     from mmagent.model import MultimodalModel
     from mmagent.training.evaluate import evaluate, make_loader
+    from mmagent.training.report import read_metrics_log
 
     cfg = config_from_dict(raw_config, base_dir=base_dir)
     run_dir = Path(run_dir)
     _clear_run_dir(run_dir)
     print(f"[bench] {label or run_dir.name}: training ...", flush=True)
 
-    # Time the per-epoch validation passes so that they can be taken out of the epoch times.
-    original_evaluate = trainer_mod.evaluate
-    spent = {"validation": 0.0}
-
-    def timed_evaluate(*a: Any, **k: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return original_evaluate(*a, **k)
-        finally:
-            spent["validation"] += time.perf_counter() - t0
-
     start = time.perf_counter()
-    trainer_mod.evaluate = timed_evaluate
-    try:
-        result = trainer_mod.train(cfg, run_dir, progress=progress, finalize=False, feature_cache_store=store)
-    finally:
-        trainer_mod.evaluate = original_evaluate
+    result = trainer_mod.train(cfg, run_dir, progress=progress, finalize=False, feature_cache_store=store)
     train_seconds = time.perf_counter() - start
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"seconds"' in line]
-    loop_seconds = sum(h["seconds"] for h in history) - spent["validation"]
+    # The trainer logs each epoch's loop time apart from its validation pass.
+    history = read_metrics_log(run_dir, "epoch")
+    loop_seconds = sum(h["train_seconds"] for h in history)
 
     splits = trainer_mod.load_splits(cfg)
     if splits.test is None:

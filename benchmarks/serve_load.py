@@ -40,61 +40,18 @@ if str(ROOT) not in sys.path:  # `python benchmarks/serve_load.py` as well as `p
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import write_result  # noqa: E402
+from mmagent.demo.toy import tiny_config, write_toy_table  # noqa: E402
 
 NAME = "serve_load"
-WORDS = ["alpha", "bravo", "charlie"]
-COLORS = [(220, 40, 40), (40, 200, 40), (40, 40, 220)]
-TONES = [300.0, 700.0, 1500.0]
 
 
 # -- a small run, when none is given ------------------------------------------------------------
-def make_table(folder: Path, n: int, seed: int) -> Path:
-    """Rows of text + PNG + WAV + number with a label in {a, b, c} (every modality carries it)."""
-    import numpy as np
-    import pandas as pd
-    import soundfile as sf
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    (folder / "img").mkdir(parents=True, exist_ok=True)
-    (folder / "wav").mkdir(exist_ok=True)
-    rows = []
-    for i in range(n):
-        y = int(rng.integers(3))
-        img = np.clip(rng.normal(128, 40, (32, 32, 3)), 0, 255)
-        x0, y0 = rng.integers(0, 16, 2)
-        img[y0 : y0 + 14, x0 : x0 + 14] = COLORS[y if rng.random() < 0.6 else int(rng.integers(3))]
-        Image.fromarray(img.astype(np.uint8)).save(folder / f"img/{seed}_{i}.png")
-        sr = 16000
-        t = np.arange(int(sr * rng.uniform(0.3, 0.6))) / sr
-        sf.write(folder / f"wav/{seed}_{i}.wav", (0.5 * np.sin(2 * np.pi * TONES[y] * t) + 0.05 * rng.normal(size=t.size)).astype(np.float32), sr)
-        word = WORDS[y] if rng.random() < 0.6 else WORDS[int(rng.integers(3))]
-        rows.append({"text": f"the {word} case number {i}", "image": f"img/{seed}_{i}.png", "audio": f"wav/{seed}_{i}.wav", "x": float(rng.normal() + y), "label": "abc"[y]})
-    path = folder / f"data_{seed}.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
-
-
 def train_small_run(folder: Path) -> Path:
     from mmagent.config import config_from_dict
     from mmagent.training.trainer import train
 
-    data = make_table(folder, 80, 0)
-    tiny_bert = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 300}
-    cfg = {
-        "data": {"train": str(data)},
-        "inputs": [
-            {"column": "text", "modality": "text", "encoder": {"source": "hf", "name": "bert", "pretrained": False, "config": tiny_bert, "max_length": 32}},
-            {"column": "image", "modality": "image", "encoder": {"source": "timm", "name": "test_resnet", "pretrained": False, "image_size": 32}},
-            {"column": "audio", "modality": "audio", "encoder": {"source": "builtin", "name": "mel-cnn", "config": {"width": 16, "channels": 4, "n_mels": 16}, "max_seconds": 1.0}},
-            {"column": "x", "modality": "numeric"},
-        ],
-        "targets": [{"column": "label", "type": "classification"}],
-        "fusion": {"type": "concat", "hidden_dim": 32},
-        "train": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "head_lr": 3e-3, "seed": 0},
-    }
     run = folder / "run"
-    train(config_from_dict(cfg), run, progress=False, finalize=False)
+    train(config_from_dict(tiny_config(write_toy_table(folder, 80, 0))), run, progress=False, finalize=False)
     return run
 
 
@@ -105,7 +62,7 @@ def payloads(run_dir: Path, folder: Path, n: int = 16) -> list[dict[str, Any]]:
     import pandas as pd
 
     spec = json.loads(((run_dir / "model" if (run_dir / "model").is_dir() else run_dir) / "model.json").read_text())
-    data = make_table(folder / "payload", n, 1)
+    data = write_toy_table(folder / "payload", n, 1)
     table = pd.read_csv(data)
     records = []
     for _, row in table.iterrows():

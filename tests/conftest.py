@@ -5,50 +5,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(os.environ.get("MMAGENT_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
-COLORS = [(220, 40, 40), (40, 200, 40), (40, 40, 220)]
-TONES = [300.0, 700.0, 1500.0]
-WORDS = ["alpha", "bravo", "charlie"]
-
-TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 300}
+# The generated task lives in the package so benchmarks and smoke runs share it.
+from mmagent.demo.toy import TINY_BERT, write_toy_table as write_multimodal_table  # noqa: E402,F401
 
 
-def write_multimodal_table(folder: Path, n: int, seed: int, name: str = "train.csv") -> Path:
-    """Label y in {a, b, c}. The tone always tells y; the text and the image colour tell it only
-    half the time (otherwise random), so dropping the audio clearly hurts."""
-    import soundfile as sf
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    (folder / "img").mkdir(parents=True, exist_ok=True)
-    (folder / "wav").mkdir(exist_ok=True)
-    rows = []
-    for i in range(n):
-        y = int(rng.integers(3))
-        color = y if rng.random() < 0.5 else int(rng.integers(3))
-        img = np.clip(rng.normal(128, 40, (32, 32, 3)), 0, 255)
-        x0, y0 = rng.integers(0, 16, 2)
-        img[y0 : y0 + 14, x0 : x0 + 14] = COLORS[color]
-        img_path = f"img/{seed}_{i}.png"
-        Image.fromarray(img.astype(np.uint8)).save(folder / img_path)
-        tone_class = y
-        sr = int(rng.choice([8000, 16000]))
-        t = np.arange(int(sr * rng.uniform(0.3, 0.6))) / sr
-        wave = 0.5 * np.sin(2 * np.pi * TONES[tone_class] * t) + 0.05 * rng.normal(size=t.size)
-        wav_path = f"wav/{seed}_{i}.wav"
-        sf.write(folder / wav_path, wave.astype(np.float32), sr)
-        word = WORDS[y] if rng.random() < 0.5 else WORDS[int(rng.integers(3))]
-        rows.append({"text": f"the {word} case number {i}", "image": img_path, "audio": wav_path, "x": float(rng.normal()), "label": "abc"[y]})
-    path = folder / name
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
+@pytest.fixture(scope="module")
+def isolated_zoo_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Converted zoo weights go to a fresh cache folder, so a test sees a cold cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MMAGENT_CACHE", str(tmp_path_factory.mktemp("mmagent-cache")))
+    yield
+    mp.undo()
 
 
 @pytest.fixture(scope="session")

@@ -127,7 +127,7 @@ def test_unknown_column_in_config(bad_table: Path) -> None:
     ("change", "expected"),
     [
         (lambda c: c["inputs"][0]["encoder"].update(source="nope"), "unknown encoder source 'nope'"),
-        (lambda c: c["fusion"].update(type="sum") if "fusion" in c else c.update(fusion={"type": "sum"}), "fusion.type"),
+        (lambda c: c.update(fusion={"type": "sum"}), "fusion.type"),
         (lambda c: c["train"].update(lrr=1), "train.lrr: unknown key"),
         (lambda c: c["inputs"][1].update(modality="video"), "inputs.1.modality"),
         (lambda c: c["targets"][0].update(type="ranking"), "targets.0.type"),

@@ -9,9 +9,9 @@ from mmagent.encoders import EncoderOutput
 from mmagent.fusion import FusionSpec, available_fusions, build_fusion
 from mmagent.model import InputSpec, ModelSpec, MultimodalModel
 from mmagent.tasks.heads import TargetSpec
+from tests.conftest import TINY_BERT
 
 FUSIONS = ["concat", "gated", "cross_attention"]
-TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 300}
 
 
 def test_all_fusions_registered() -> None:

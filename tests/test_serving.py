@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_BERT, write_multimodal_table
+from mmagent.demo.toy import tiny_config
+from tests.conftest import write_multimodal_table
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -27,22 +28,6 @@ KEY = "test-key-0123456789"
 MAX_BODY = 256 * 1024
 MAX_PIXELS = 100_000
 MAX_AUDIO_S = 2.0
-
-
-def tiny_config(train: Path, epochs: int = 1) -> dict:
-    """text (tiny BERT) + image (timm test_resnet at 32 px) + audio (small mel-CNN) + one number."""
-    return {
-        "data": {"train": str(train)},
-        "inputs": [
-            {"column": "text", "modality": "text", "encoder": {"source": "hf", "name": "bert", "pretrained": False, "config": TINY_BERT, "max_length": 32}},
-            {"column": "image", "modality": "image", "encoder": {"source": "timm", "name": "test_resnet", "pretrained": False, "image_size": 32}},
-            {"column": "audio", "modality": "audio", "encoder": {"source": "builtin", "name": "mel-cnn", "config": {"width": 16, "channels": 4, "n_mels": 16}, "max_seconds": 1.0}},
-            {"column": "x", "modality": "numeric"},
-        ],
-        "targets": [{"column": "label", "type": "classification"}],
-        "fusion": {"type": "concat", "hidden_dim": 32},
-        "train": {"epochs": epochs, "batch_size": 16, "lr": 1e-3, "head_lr": 3e-3, "seed": 0},
-    }
 
 
 @pytest.fixture(scope="module")

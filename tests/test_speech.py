@@ -35,12 +35,7 @@ def need_package() -> None:
         pytest.skip(f"speech needs {pkg.distribution}=={pkg.version}, not installed ({zoo.install_hint(speech.ZOO_NAME)})")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def zoo_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MMAGENT_CACHE", str(tmp_path_factory.mktemp("mmagent-cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("isolated_zoo_cache")
 
 
 @pytest.fixture(scope="module")

@@ -45,12 +45,7 @@ def cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a, b, dim=-1))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def zoo_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MMAGENT_CACHE", str(tmp_path_factory.mktemp("mmagent-cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("isolated_zoo_cache")
 
 
 @pytest.fixture(scope="module")

@@ -269,6 +269,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
             _record_shard(run_dir, accelerator.process_index, accelerator.num_processes, epoch + 1, seen)
 
         # 5. validation, best model, early stopping (every process evaluates: same decision everywhere)
+        train_seconds = time.perf_counter() - start  # the loop alone: throughput figures use it
         metrics, _ = evaluate(model, val_loader, device)
         if metric_name not in metrics[metric_target]:
             raise ValueError(f"validation has no usable rows for {metric_target}/{metric_name} (n={metrics[metric_target].get('n')}, labels unseen in training: {metrics[metric_target].get('unseen_labels')}); give a larger validation set or data.validation_fraction")
@@ -280,7 +281,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
                 model.save(run_dir / "model")
         else:
             state["bad_epochs"] += 1
-        entry = {"epoch": epoch + 1, "step": state["global_step"], "seconds": round(time.perf_counter() - start, 2), "validation": _compact(metrics)}
+        entry = {"epoch": epoch + 1, "step": state["global_step"], "seconds": round(time.perf_counter() - start, 2), "train_seconds": round(train_seconds, 2), "validation": _compact(metrics)}
         state["history"].append(entry)
         log.write(entry)
         if main and progress:
