@@ -197,8 +197,9 @@ def fit(raw_config: dict[str, Any], base_dir: Path, run_dir: Path, store: Shared
     import mmagent.training.trainer as trainer_mod
     from mmagent.config import config_from_dict
     from mmagent.model import MultimodalModel
-    from mmagent.training.evaluate import evaluate, make_loader
-    from mmagent.training.report import read_metrics_log
+    from mmagent.inference import make_loader
+    from mmagent.runs import read_metrics_log
+    from mmagent.training.evaluate import evaluate
 
     cfg = config_from_dict(raw_config, base_dir=base_dir)
     run_dir = Path(run_dir)

@@ -70,7 +70,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_model(args: argparse.Namespace) -> Any:
-    from mmagent.model import ModelSpec, MultimodalModel
+    from mmagent.model import MultimodalModel
+    from mmagent.specs import ModelSpec
 
     enc = TINY if args.smoke else FULL
     spec = ModelSpec.model_validate({

@@ -77,7 +77,8 @@ def evaluate(
     from mmagent.data.tables import read_table
     from mmagent.data.validation import validate_table
     from mmagent.model import MultimodalModel
-    from mmagent.training.evaluate import evaluate as run_eval, make_loader
+    from mmagent.inference import make_loader
+    from mmagent.training.evaluate import evaluate as run_eval
 
     model = MultimodalModel.load(run_dir / "model" if (run_dir / "model").is_dir() else run_dir)
     unknown = [d for d in drop_input if d not in model.input_names]

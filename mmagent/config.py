@@ -22,9 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mmagent.fusion import FusionSpec
-from mmagent.model import InputSpec, ModelSpec
-from mmagent.tasks.heads import TargetSpec
+from mmagent.specs import FusionSpec, InputSpec, ModelSpec, TargetSpec
 
 
 class ConfigError(ValueError):

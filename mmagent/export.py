@@ -123,7 +123,7 @@ def default_data(run_dir: str | Path) -> Path | None:
 
 
 def _batches(model: MultimodalModel, table: Table, batch_size: int, with_targets: bool) -> Any:
-    from mmagent.training.evaluate import make_loader
+    from mmagent.inference import make_loader
 
     return make_loader(model, table, batch_size, with_targets=with_targets)
 

@@ -12,87 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
-from mmagent.encoders import Encoder, EncoderOutput, EncoderSpec, build_encoder
-from mmagent.encoders.base import Modality
-from mmagent.fusion import FusionSpec, build_fusion
+from mmagent.encoders import EncoderOutput, build_encoder
+from mmagent.fusion import build_fusion
 from mmagent.io import atomic_dir, write_json
-from mmagent.tasks.heads import Head, TargetSpec
-
-FORMAT_VERSION = 1
-
-# Used when an input names no encoder (and no recipe supplies one): real pretrained weights that
-# load offline from the `zoo` extra, and the built-in numeric MLP.
-DEFAULT_ENCODERS: dict[str, dict[str, Any]] = {
-    "text": {"source": "zoo", "name": "minilm-l6"},
-    "image": {"source": "zoo", "name": "efficientnet-lite0"},
-    "audio": {"source": "zoo", "name": "whisper-tiny.en"},
-    "numeric": {"source": "builtin", "name": "mlp"},
-}
-
-
-class InputSpec(BaseModel):
-    """One model input: a table column (or, for numeric inputs, a list of columns) and its encoder."""
-
-    model_config = ConfigDict(extra="forbid")
-    column: str | list[str]
-    modality: Modality
-    encoder: EncoderSpec
-    name: str | None = Field(None, description="defaults to the column name (joined with '+' for several)")
-    required: bool = Field(False, description="an empty cell is an error (otherwise: the input is missing for that row)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_encoder(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) and raw.get("encoder") is None and raw.get("modality") in DEFAULT_ENCODERS:
-            raw = {**raw, "encoder": dict(DEFAULT_ENCODERS[raw["modality"]])}
-        return raw
-
-    @model_validator(mode="after")
-    def _fill(self) -> "InputSpec":
-        if isinstance(self.column, list):
-            if self.modality != "numeric":
-                raise ValueError(f"a list of columns is only allowed for numeric inputs, not {self.modality}")
-            if not self.column:
-                raise ValueError("numeric input: column list is empty")
-        if self.name is None:
-            self.name = "+".join(self.column) if isinstance(self.column, list) else self.column
-        if self.encoder.modality is None:
-            self.encoder.modality = self.modality
-        if self.modality == "numeric" and "num_features" not in self.encoder.config:
-            self.encoder.config["num_features"] = len(self.columns)
-        return self
-
-    @property
-    def columns(self) -> list[str]:
-        return list(self.column) if isinstance(self.column, list) else [self.column]
-
-    @property
-    def key(self) -> str:
-        assert self.name is not None
-        return self.name
-
-
-class ModelSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    inputs: list[InputSpec]
-    targets: list[TargetSpec]
-    fusion: FusionSpec = Field(default_factory=FusionSpec)
-    head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    format_version: int = FORMAT_VERSION
-
-    @model_validator(mode="after")
-    def _unique(self) -> "ModelSpec":
-        for what, names in (("input", [i.key for i in self.inputs]), ("target", [t.column for t in self.targets])):
-            dupes = {n for n in names if names.count(n) > 1}
-            if dupes:
-                raise ValueError(f"duplicate {what} name(s): {sorted(dupes)}")
-        if not self.inputs or not self.targets:
-            raise ValueError("a model needs at least one input and one target")
-        return self
+from mmagent.specs import ModelSpec
+from mmagent.tasks.heads import Head
 
 
 @dataclass

@@ -59,7 +59,7 @@ from mmagent.config import ConfigError, ExperimentConfig, _set_dotted, config_fr
 from mmagent.data.dataset import FeatureCache, MultimodalDataset
 from mmagent.data.tables import Table
 from mmagent.io import atomic_dir, atomic_path, write_json, write_text
-from mmagent.training.report import read_metrics_log
+from mmagent.runs import read_metrics_log
 
 if TYPE_CHECKING:
     import optuna

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mmagent.encoders import EncoderOutput
-from mmagent.fusion import FusionSpec, available_fusions, build_fusion
-from mmagent.model import InputSpec, ModelSpec, MultimodalModel
-from mmagent.tasks.heads import TargetSpec
+from mmagent.fusion import available_fusions, build_fusion
+from mmagent.model import MultimodalModel
+from mmagent.specs import FusionSpec, InputSpec, ModelSpec, TargetSpec
 from tests.conftest import TINY_BERT
 
 FUSIONS = ["concat", "gated", "cross_attention"]

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmagent.encoders import EncoderSpec, build_encoder
+from mmagent.encoders import build_encoder
 from mmagent.encoders.base import Encoder
+from mmagent.specs import EncoderSpec
 
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37, "vocab_size": 300, "max_position_embeddings": 64}
 TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37, "image_size": 32, "patch_size": 8}

@@ -117,7 +117,8 @@ def test_unexportable_encoder_is_named(tmp_path: Path) -> None:
     from mmagent.encoders.base import register_source
     from mmagent.encoders.builtin import NumericMLPEncoder
     from mmagent.export import ExportError, export
-    from mmagent.model import ModelSpec, MultimodalModel
+    from mmagent.model import MultimodalModel
+    from mmagent.specs import ModelSpec
 
     class Branchy(NumericMLPEncoder):
         def forward(self, batch):  # noqa: ANN001

@@ -198,7 +198,8 @@ def test_worker_processes_decode_media_and_unseen_labels_are_reported(mm_tables:
     from mmagent.config import config_from_dict
     from mmagent.data import read_table
     from mmagent.model import MultimodalModel
-    from mmagent.training.evaluate import evaluate, make_loader
+    from mmagent.inference import make_loader
+    from mmagent.training.evaluate import evaluate
     from mmagent.training.trainer import train
 
     raw = mm_config(mm_tables, epochs=1, max_steps=2)

@@ -29,8 +29,7 @@ from mmagent.agent.policies import (
     load_policy_spec,
     register_policy,
 )
-
-from mmagent.agent.agent import Agent  # noqa: E402  (after the pieces it builds on)
+from mmagent.agent.spec import resolve_agent_config
 
 __all__ = [
     "Agent",
@@ -54,4 +53,15 @@ __all__ = [
     "fit_temperature_binary",
     "load_policy_spec",
     "register_policy",
+    "resolve_agent_config",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``Agent`` pulls in torch and the model stack; loading it lazily keeps the torch-free parts
+    # (policies, the agent config block) cheap to import, e.g. for config validation.
+    if name == "Agent":
+        from mmagent.agent.agent import Agent
+
+        return Agent
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,22 +7,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 
-from mmagent.agent.policies import Decision, Policy, build_policy, load_policy_spec
+from mmagent import runs
+from mmagent.agent.policies import Decision, Policy, build_policy
+from mmagent.agent.spec import split_agent_config
 from mmagent.data.tables import Table, as_table, is_empty, resolve_media
 from mmagent.data.validation import DataError, check_rows
+from mmagent.inference import make_loader, run_model
 from mmagent.model import MultimodalModel
-from mmagent.training.evaluate import make_loader, run_model
-from mmagent.training.report import CALIBRATION_FILE
-
-# Agent-config keys that are not policy settings.
-AGENT_KEYS = ("target", "escalation", "speech_to_text")
 
 
 class Agent:
@@ -58,16 +55,15 @@ class Agent:
         """Load ``RUN_DIR/model``, its calibration and the policy from the run's config (or the
         ``policy`` given here: a spec mapping, a policy name or a YAML file)."""
         run_dir = Path(run_dir)
-        model = MultimodalModel.load(run_dir / "model" if (run_dir / "model").is_dir() else run_dir)
-        calibration = _read_json(run_dir / CALIBRATION_FILE)
-        agent_cfg = dict(_read_json(run_dir / "config.json").get("agent") or {})
-        spec: Any = policy if policy is not None else {k: v for k, v in agent_cfg.items() if k not in AGENT_KEYS} or None
-        chosen = calibration.get("_escalation_threshold")
+        model = MultimodalModel.load(runs.model_dir(run_dir))
+        calibration = runs.read_calibration(run_dir)
+        agent_cfg = dict(runs.read_config(run_dir).get("agent") or {})
+        spec: Any = policy if policy is not None else split_agent_config(agent_cfg)[1] or None
+        chosen = calibration.get(runs.ESCALATION_KEY)
         if chosen is not None and isinstance(spec, dict):
             key = "refer_below" if spec.get("type") == "medical" else "threshold"
             spec = {**spec, key: chosen["threshold"]}
-        temperatures = {k: v["temperature"] for k, v in calibration.items() if isinstance(v, dict) and "temperature" in v}
-        return cls(model, build_policy(spec, base_dir=run_dir), temperatures, agent_cfg.get("target"), device, speech_to_text=agent_cfg.get("speech_to_text"))
+        return cls(model, build_policy(spec, base_dir=run_dir), runs.temperatures(calibration), agent_cfg.get("target"), device, speech_to_text=agent_cfg.get("speech_to_text"))
 
     # -- predict ------------------------------------------------------------------------------
     def prepare(self, data: Any, base_dir: str | Path = ".") -> tuple[Table, dict[int, str]]:
@@ -170,16 +166,3 @@ class Agent:
             for i in range(len(table)):
                 out[i][name] = round(float(full[i, top[i]] - without[i, top[i]]), 4)
         return out
-
-
-def resolve_agent_config(agent: dict[str, Any], base_dir: str | Path) -> dict[str, Any]:
-    """Validate the config's ``agent`` block and make it self-contained (a playbook file is read
-    and embedded), so the run folder carries everything the agent needs."""
-    extras = {k: agent[k] for k in AGENT_KEYS if k in agent}
-    policy = {k: v for k, v in agent.items() if k not in AGENT_KEYS}
-    spec = load_policy_spec(policy or None, base_dir=base_dir)
-    return {**spec.model_dump(mode="json"), **extras}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from mmagent.tasks.heads import IGNORE_INDEX
+from mmagent.specs import IGNORE_INDEX
 
 MIN_TEMPERATURE = 0.05
 MAX_TEMPERATURE = 20.0

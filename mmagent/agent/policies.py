@@ -26,7 +26,7 @@ from typing import Any, Callable, ClassVar, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mmagent.tasks.heads import TaskType
+from mmagent.specs import TaskType
 
 __all__ = [
     "CustomerServicePolicy",

@@ -8,7 +8,7 @@ slot and ``present`` is False, so fusion ignores it.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -19,8 +19,21 @@ from mmagent.data.tables import Table, is_empty, label_text, parse_number, resol
 from mmagent.data.validation import DataError, Problem
 from mmagent.encoders.base import EncoderOutput, pad_stack
 from mmagent.encoders.media import MediaError
-from mmagent.model import InputSpec, MultimodalModel
-from mmagent.tasks.heads import IGNORE_INDEX, TargetSpec
+from mmagent.specs import IGNORE_INDEX, InputSpec, ModelSpec, TargetSpec
+
+
+class ModelLike(Protocol):
+    """What the data layer needs of a model (a :class:`mmagent.model.MultimodalModel`): its spec,
+    its encoders (for their preprocessors; frozen ones are run to fill a :class:`FeatureCache`) and
+    its heads (for their fitted target specs). A protocol, so the data layer never imports model.py."""
+
+    spec: ModelSpec
+
+    @property
+    def encoders(self) -> Mapping[str, Any]: ...
+
+    @property
+    def heads(self) -> Mapping[str, Any]: ...
 
 
 def fit_targets(table: Table, targets: list[TargetSpec]) -> list[TargetSpec]:
@@ -73,7 +86,7 @@ class MultimodalDataset(Dataset):
     (frozen encoders with cached outputs) are not decoded at all.
     """
 
-    def __init__(self, table: Table, model: MultimodalModel, with_targets: bool = True, training: bool = False, skip: set[str] | None = None) -> None:
+    def __init__(self, table: Table, model: ModelLike, with_targets: bool = True, training: bool = False, skip: set[str] | None = None) -> None:
         self.table = table
         self.inputs: list[InputSpec] = list(model.spec.inputs)
         self.targets: list[TargetSpec] = [h.spec for h in model.heads.values()] if with_targets else []
@@ -120,7 +133,7 @@ class Collator:
     """Batches samples: each input's preprocessor pads its own tensors; cached encoder outputs
     (if any) are gathered by row index."""
 
-    def __init__(self, model: MultimodalModel, cache: "FeatureCache | None" = None) -> None:
+    def __init__(self, model: ModelLike, cache: "FeatureCache | None" = None) -> None:
         self.preprocessors = {k: e.preprocessor for k, e in model.encoders.items()}
         self.cache = cache
 
@@ -154,7 +167,7 @@ class FeatureCache:
         return set(self.pooled)
 
     @torch.no_grad()
-    def build(self, model: MultimodalModel, table: Table, names: list[str], keep_tokens: bool, batch_size: int, device: torch.device, num_workers: int = 0, progress: bool = False) -> None:
+    def build(self, model: ModelLike, table: Table, names: list[str], keep_tokens: bool, batch_size: int, device: torch.device, num_workers: int = 0, progress: bool = False) -> None:
         from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
 

@@ -12,8 +12,7 @@ from typing import Iterable
 
 from mmagent.data.tables import Table, is_empty, parse_number, resolve_media
 from mmagent.encoders.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
-from mmagent.model import InputSpec
-from mmagent.tasks.heads import TargetSpec
+from mmagent.specs import InputSpec, TargetSpec
 
 MAX_LISTED = 50
 

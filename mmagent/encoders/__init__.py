@@ -5,11 +5,8 @@ Importing this package registers the built-in sources. Third-party sources regis
 """
 
 from mmagent.encoders.base import (
-    MODALITIES,
     Encoder,
     EncoderOutput,
-    EncoderSpec,
-    LoraSpec,
     Preprocessor,
     available_sources,
     build_encoder,
@@ -18,11 +15,8 @@ from mmagent.encoders.base import (
 from mmagent.encoders import builtin, hf, timm_encoders, torchaudio_encoders, torchvision_encoders, zoo  # noqa: F401  (registration side effects)
 
 __all__ = [
-    "MODALITIES",
     "Encoder",
     "EncoderOutput",
-    "EncoderSpec",
-    "LoraSpec",
     "Preprocessor",
     "available_sources",
     "build_encoder",

@@ -19,51 +19,12 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
-Modality = Literal["text", "image", "audio", "numeric"]
-MODALITIES: tuple[str, ...] = ("text", "image", "audio", "numeric")
-
-
-class LoraSpec(BaseModel):
-    """LoRA adapters (via peft) for transformer encoders."""
-
-    model_config = ConfigDict(extra="forbid")
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | None = None  # None: the encoder's own sensible default
-
-
-class EncoderSpec(BaseModel):
-    """How to build one encoder. Validated up front; unknown keys are an error."""
-
-    model_config = ConfigDict(extra="forbid")
-    source: str = Field(..., description="hf | timm | torchvision | torchaudio | builtin | zoo | an entry-point source")
-    name: str = Field(..., description="model id, builder name or local folder")
-    modality: Modality | None = None  # filled from the input when the encoder is built for one
-    pretrained: bool = True
-    config: dict[str, Any] = Field(default_factory=dict, description="architecture overrides (tiny test models)")
-    freeze: Literal["all", "none"] | int = "none"
-    lora: LoraSpec | None = None
-    # Preprocessing knobs; each encoder uses the ones of its modality.
-    max_length: int = Field(128, ge=1, description="text: maximum tokens")
-    image_size: int | None = Field(None, ge=8, description="image: side in pixels (default: the model's)")
-    sample_rate: int | None = Field(None, ge=1000, description="audio: rate the model expects (default: the model's)")
-    max_seconds: float = Field(10.0, gt=0, description="audio: crop / pad to this duration")
-    pooling: Literal["mean", "cls", "max"] = "mean"
-
-    @field_validator("freeze")
-    @classmethod
-    def _freeze_non_negative(cls, v: Any) -> Any:
-        if isinstance(v, int) and v < 0:
-            raise ValueError("freeze must be 'all', 'none' or a number of layers >= 0")
-        return v
-
+from mmagent.specs import EncoderSpec
 
 @dataclass
 class EncoderOutput:

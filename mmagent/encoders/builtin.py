@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmagent.encoders.base import Encoder, EncoderOutput, EncoderSpec, Preprocessor, build_named, pool, register_source
+from mmagent.encoders.base import Encoder, EncoderOutput, Preprocessor, build_named, pool, register_source
 from mmagent.encoders.media import load_audio
+from mmagent.specs import EncoderSpec
 
 
 def _config(spec: EncoderSpec, allowed: dict[str, Any]) -> dict[str, Any]:

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmagent.encoders.base import Encoder, EncoderOutput, EncoderSpec, pool, register_source
+from mmagent.encoders.base import Encoder, EncoderOutput, pool, register_source
 from mmagent.encoders.preprocessors import ByteTokenizer, ImagePreprocessor, TextPreprocessor, WaveformPreprocessor
+from mmagent.specs import EncoderSpec
 
 ASSETS = "{assets}"  # placeholder the model loader replaces with the saved assets folder
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from mmagent.encoders.base import Encoder, LoraSpec
+from mmagent.encoders.base import Encoder
+from mmagent.specs import LoraSpec
 
 # Attention projection names across the HF families we wrap (BERT, ViT, wav2vec2, Whisper, timm ViT).
 DEFAULT_TARGETS = ("query", "key", "value", "q_proj", "k_proj", "v_proj", "qkv")

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmagent.encoders.base import Encoder, EncoderOutput, EncoderSpec, pool, register_source
+from mmagent.encoders.base import Encoder, EncoderOutput, pool, register_source
 from mmagent.encoders.preprocessors import ImagePreprocessor
+from mmagent.specs import EncoderSpec
 
 
 def _as_side(value: Any) -> int | None:

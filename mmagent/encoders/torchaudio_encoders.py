@@ -24,9 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmagent.encoders.base import Encoder, EncoderOutput, EncoderSpec, pool, register_source
+from mmagent.encoders.base import Encoder, EncoderOutput, pool, register_source
 from mmagent.encoders.hf import MaskedGroupNorm, conv_output_lengths, use_masked_group_norm
 from mmagent.encoders.preprocessors import WaveformPreprocessor
+from mmagent.specs import EncoderSpec
 
 
 def _bundle(name: str) -> Any:

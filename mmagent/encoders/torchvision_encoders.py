@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmagent.encoders.base import Encoder, EncoderOutput, EncoderSpec, pool, register_source
+from mmagent.encoders.base import Encoder, EncoderOutput, pool, register_source
 from mmagent.encoders.preprocessors import ImagePreprocessor
+from mmagent.specs import EncoderSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -41,9 +41,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mmagent.encoders.base import Encoder, EncoderOutput, EncoderSpec, build_named, masked_mean, register_source
+from mmagent.encoders.base import Encoder, EncoderOutput, build_named, masked_mean, register_source
 from mmagent.encoders.hf import HFTextEncoder, WhisperFeaturesPreprocessor, trim_whisper_positions
 from mmagent.encoders.preprocessors import ImagePreprocessor
+from mmagent.specs import EncoderSpec
 
 log = logging.getLogger(__name__)
 

@@ -10,23 +10,13 @@ replaced by a learned placeholder or masked out of attention), and in training
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from mmagent.encoders.base import EncoderOutput
-
-
-class FusionSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["concat", "gated", "cross_attention"] = "concat"
-    hidden_dim: int = Field(256, ge=4)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    modality_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="chance of hiding each input per training sample")
-    num_layers: int = Field(2, ge=1, description="cross_attention: transformer layers")
-    num_heads: int = Field(4, ge=1, description="cross_attention: attention heads")
+from mmagent.specs import FusionSpec
 
 
 @dataclass

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from mmagent.encoders.base import EncoderOutput
-from mmagent.fusion.base import Fusion, FusionOutput, FusionSpec, register_fusion
+from mmagent.fusion.base import Fusion, FusionOutput, register_fusion
+from mmagent.specs import FusionSpec
 
 
 @register_fusion("cross_attention")

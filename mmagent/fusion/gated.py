@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from mmagent.encoders.base import EncoderOutput
-from mmagent.fusion.base import Fusion, FusionOutput, FusionSpec, PooledProjection, register_fusion
+from mmagent.fusion.base import Fusion, FusionOutput, PooledProjection, register_fusion
+from mmagent.specs import FusionSpec
 
 
 @register_fusion("gated")

@@ -48,7 +48,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmagent.agent.policies import Decision
-from mmagent.model import InputSpec, ModelSpec
+from mmagent.specs import InputSpec, ModelSpec
 from mmagent.serving.batching import MicroBatcher, QueueFull
 from mmagent.serving.security import API_KEY_HEADER, install_redaction, key_matches, presented_key
 from mmagent.serving.settings import ENV_RUN_DIR, ServeSettings

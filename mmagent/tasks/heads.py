@@ -6,44 +6,11 @@ and stored in its spec, so a saved model carries it.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-TaskType = Literal["classification", "multilabel", "regression"]
-IGNORE_INDEX = -100  # classification label of a sample without this target
-
-
-class TargetSpec(BaseModel):
-    """One prediction target (a table column)."""
-
-    model_config = ConfigDict(extra="forbid")
-    column: str
-    type: TaskType = "classification"
-    loss_weight: float = Field(1.0, ge=0.0)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    separator: str = Field("|", description="multilabel: separator between labels in a cell")
-    # Learned from the training data (leave empty in a config):
-    labels: list[str] = Field(default_factory=list)
-    mean: float = 0.0
-    std: float = 1.0
-
-    @property
-    def name(self) -> str:
-        return self.column
-
-    @property
-    def num_outputs(self) -> int:
-        return 1 if self.type == "regression" else len(self.labels)
-
-    @model_validator(mode="after")
-    def _check(self) -> "TargetSpec":
-        if self.type != "regression" and len(self.labels) == 1:
-            raise ValueError(f"target {self.column!r} has a single label {self.labels}; a classifier needs at least 2")
-        return self
+from mmagent.specs import IGNORE_INDEX, TargetSpec
 
 
 class Head(nn.Module):

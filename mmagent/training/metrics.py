@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from mmagent.tasks.heads import IGNORE_INDEX, TargetSpec
+from mmagent.specs import IGNORE_INDEX, TargetSpec
 
 # Main metric per task type and whether larger is better: used for early stopping and ablations.
 MAIN_METRIC = {"classification": ("accuracy", True), "multilabel": ("macro_f1", True), "regression": ("rmse", False)}

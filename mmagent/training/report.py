@@ -2,77 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from mmagent import runs
+from mmagent.agent.fitting import calibrate, escalation_threshold
+from mmagent.inference import make_loader
 from mmagent.io import atomic_path, write_json, write_text
 from mmagent.model import MultimodalModel
-from mmagent.training.evaluate import Predictions, ablation_table, evaluate, make_loader
+from mmagent.runs import read_metrics_log
+from mmagent.training.evaluate import ablation_table, evaluate
 
 if TYPE_CHECKING:
     from mmagent.config import ExperimentConfig
     from mmagent.training.trainer import Splits
 
-CALIBRATION_FILE = "calibration.json"
-
-
-def calibrate(model: MultimodalModel, preds: Predictions) -> dict[str, dict[str, float]]:
-    """Temperature per classification / multilabel target, fitted on validation logits, with the
-    expected calibration error before and after."""
-    from mmagent.agent.calibration import expected_calibration_error, fit_temperature, fit_temperature_binary
-
-    out = {}
-    for name, head in model.heads.items():
-        if head.spec.type == "regression" or name not in preds.targets:
-            continue
-        logits = torch.from_numpy(preds.logits[name])
-        y = torch.from_numpy(preds.targets[name])
-        if head.spec.type == "classification":
-            keep = y >= 0
-            if keep.sum() < 2:
-                continue
-            logits, y = logits[keep], y[keep]
-            temperature = fit_temperature(logits, y)
-            before = expected_calibration_error(logits.softmax(-1), y)
-            after = expected_calibration_error((logits / temperature).softmax(-1), y)
-        else:
-            temperature = fit_temperature_binary(logits, y)
-            before = _binary_ece(logits.sigmoid(), y)
-            after = _binary_ece((logits / temperature).sigmoid(), y)
-        out[name] = {"temperature": float(temperature), "ece_before": float(before), "ece_after": float(after)}
-    return out
-
-
-def escalation_threshold(model: MultimodalModel, preds: Predictions, calibration: dict[str, Any], agent: dict[str, Any]) -> dict[str, Any] | None:
-    """``agent.escalation: {target_precision: 0.95}`` (or ``target_coverage``): pick the confidence
-    threshold on calibrated validation predictions of the agent's target."""
-    from mmagent.agent.calibration import choose_threshold
-
-    wanted = agent.get("escalation")
-    target = agent.get("target") or next(iter(model.heads))
-    if not wanted or model.heads[target].spec.type != "classification":
-        return None
-    logits = torch.from_numpy(preds.logits[target]) / calibration.get(target, {}).get("temperature", 1.0)
-    y = torch.from_numpy(preds.targets[target])
-    keep = y >= 0
-    conf, pred = logits[keep].softmax(-1).max(-1)
-    choice = choose_threshold(conf, pred == y[keep], **wanted)
-    return {"target": target, **choice.model_dump()}
-
-
-def _binary_ece(probs: torch.Tensor, y: torch.Tensor) -> float:
-    from mmagent.agent.calibration import expected_calibration_error
-
-    p = probs.flatten()
-    return float(expected_calibration_error(torch.stack([1 - p, p], 1), y.flatten().long()))
-
-
 def finalize_run(run_dir: Path, config: "ExperimentConfig", splits: "Splits", history: list[dict[str, Any]], device: torch.device, progress: bool = True) -> dict[str, Any]:
-    model = MultimodalModel.load(run_dir / "model").to(device)
+    model = MultimodalModel.load(run_dir / runs.MODEL_DIR).to(device)
     bs = config.train.batch_size
     metrics: dict[str, Any] = {}
     val_loader = make_loader(model, splits.validation, bs, num_workers=config.loader_workers)
@@ -80,14 +29,14 @@ def finalize_run(run_dir: Path, config: "ExperimentConfig", splits: "Splits", hi
     calibration = calibrate(model, val_preds)
     escalation = escalation_threshold(model, val_preds, calibration, config.agent)
     if escalation:
-        calibration["_escalation_threshold"] = escalation
-    write_json(run_dir / CALIBRATION_FILE, calibration)
+        calibration[runs.ESCALATION_KEY] = escalation
+    write_json(run_dir / runs.CALIBRATION_FILE, calibration)
     eval_loader = val_loader
     if splits.test is not None:
         eval_loader = make_loader(model, splits.test, bs, num_workers=config.loader_workers)
         metrics["test"], _ = evaluate(model, eval_loader, device)
     ablation = ablation_table(model, eval_loader, device, metrics.get("test", metrics["validation"]))
-    write_json(run_dir / "metrics.json", {**metrics, "ablation": ablation, "calibration": calibration})
+    write_json(run_dir / runs.METRICS_FILE, {**metrics, "ablation": ablation, "calibration": calibration})
     plots = write_plots(run_dir, model, metrics, history)
     write_report(run_dir, config, model, metrics, ablation, calibration, history, plots, n=(len(splits.train), len(splits.validation), len(splits.test) if splits.test else 0))
     if progress:
@@ -125,15 +74,15 @@ def write_report(run_dir: Path, config: "ExperimentConfig", model: MultimodalMod
     if calibration:
         lines += ["", "## Calibration (temperature scaling on validation)", "", "| target | temperature | ECE before | ECE after |", "|---|---|---|---|"]
         lines += [f"| {t} | {c['temperature']:.3f} | {c['ece_before']:.4f} | {c['ece_after']:.4f} |" for t, c in calibration.items() if "temperature" in c]
-        if "_escalation_threshold" in calibration:
-            c = calibration["_escalation_threshold"]
+        if runs.ESCALATION_KEY in calibration:
+            c = calibration[runs.ESCALATION_KEY]
             lines += ["", f"Escalation threshold chosen on validation: {c['threshold']:.3f} (precision {c['precision']:.3f}, coverage {c['coverage']:.3f})."]
     if history:
         lines += ["", "## Training history", "", "| epoch | step | seconds | validation |", "|---|---|---|---|"]
         lines += [f"| {h['epoch']} | {h['step']} | {h['seconds']} | " + "; ".join(f"{t}/{k}={_fmt(v)}" for t, d in h["validation"].items() for k, v in d.items() if k in ("accuracy", "macro_f1", "rmse", "auroc")) + " |" for h in history]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
-    write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+    write_text(run_dir / runs.REPORT_FILE, "\n".join(lines) + "\n")
 
 
 def write_plots(run_dir: Path, model: MultimodalModel, metrics: dict[str, Any], history: list[dict[str, Any]]) -> list[str]:
@@ -143,7 +92,7 @@ def write_plots(run_dir: Path, model: MultimodalModel, metrics: dict[str, Any], 
     import matplotlib.pyplot as plt
 
     made = []
-    (run_dir / "plots").mkdir(exist_ok=True)
+    (run_dir / runs.PLOTS_DIR).mkdir(exist_ok=True)
     steps = read_metrics_log(run_dir, "step")
     if steps or history:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -186,21 +135,3 @@ def _save(fig: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-
-
-def read_metrics_log(run_dir: Path, kind: str) -> list[dict[str, Any]]:
-    """Entries of ``RUN_DIR/metrics.jsonl``: ``kind="step"`` (training loss lines) or
-    ``"epoch"`` (validation lines). A torn last line (a killed run) is skipped."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    key = "loss" if kind == "step" else "validation"
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if key in entry:
-            out.append(entry)
-    return out

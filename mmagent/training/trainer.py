@@ -22,14 +22,18 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from mmagent.agent.spec import resolve_agent_config
 from mmagent.config import ExperimentConfig
 from mmagent.data.dataset import Collator, FeatureCache, MultimodalDataset, fit_targets
 from mmagent.data.tables import Table, as_table, read_table
 from mmagent.data.validation import Problem, validate_table
+from mmagent.inference import make_loader, to_device
 from mmagent.io import write_json, write_text
-from mmagent.model import ModelSpec, MultimodalModel
+from mmagent.model import MultimodalModel
+from mmagent.runs import CONFIG_FILE, METRICS_LOG, SKIPPED_ROWS_FILE, check_run_dir
+from mmagent.specs import ModelSpec
 from mmagent.training.checkpoint import checkpoint_spec, load_checkpoint, save_checkpoint
-from mmagent.training.evaluate import evaluate, make_loader, to_device
+from mmagent.training.evaluate import evaluate
 from mmagent.training.metrics import main_metric
 
 # Called after each epoch with (epoch, validation score); returning True stops training (Optuna pruning).
@@ -160,11 +164,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
 
     run_dir = Path(run_dir)
     t = config.train
-    ckpt_dir = run_dir / "checkpoints" / "last"
-    if resume and not (ckpt_dir / "state.pt").is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
-    if not resume and (run_dir / "checkpoints").exists():
-        raise FileExistsError(f"{run_dir} already holds a training run; use --resume to continue it or choose another folder")
+    ckpt_dir = check_run_dir(run_dir, resume)
 
     fresh_accelerate_state()
     accelerator = Accelerator(
@@ -177,17 +177,15 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
     set_seed(t.seed)
     main = accelerator.is_main_process
 
-    from mmagent.agent.agent import resolve_agent_config
-
     # Everything is checked before anything is written: policy, then every row of every table.
     config = config.model_copy(update={"agent": resolve_agent_config(config.agent, config.base_dir)})
     splits = load_splits(config, train_data)
     model = build_model(config, splits.train, checkpoint_spec(ckpt_dir) if resume else None)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.json", config.model_dump_json(indent=2))
+        write_text(run_dir / CONFIG_FILE, config.model_dump_json(indent=2))
         if splits.skipped:
-            _write_skipped(run_dir / "skipped_rows.csv", splits.skipped)
+            _write_skipped(run_dir / SKIPPED_ROWS_FILE, splits.skipped)
     device = accelerator.device
     model.to(device)
 
@@ -225,7 +223,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
     wrapped, optimizer, prepared_loader, scheduler = accelerator.prepare(_LossOnly(model), optimizer, train_loader, scheduler)
 
     metric_target, metric_name, larger_better = _selection_metric(config, model)
-    log = _MetricsLog(run_dir / "metrics.jsonl", enabled=main)
+    log = _MetricsLog(run_dir / METRICS_LOG, enabled=main)
     stopped_early = False
 
     def checkpoint() -> None:
