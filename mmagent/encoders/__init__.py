@@ -7,6 +7,7 @@ Importing this package registers the built-in sources. Third-party sources regis
 from mmagent.encoders.base import (
     MODALITIES,
     Encoder,
+    EncoderError,
     EncoderOutput,
     EncoderSpec,
     LoraSpec,
@@ -20,6 +21,7 @@ from mmagent.encoders import builtin, hf, timm_encoders, torchaudio_encoders, to
 __all__ = [
     "MODALITIES",
     "Encoder",
+    "EncoderError",
     "EncoderOutput",
     "EncoderSpec",
     "LoraSpec",
