@@ -185,7 +185,7 @@ def test_save_assets_and_rebuild(key: str, tmp_path: Path) -> None:
 
 # -- source-specific ----------------------------------------------------------------------------
 def test_whisper_window_is_trimmed(tmp_path: Path) -> None:
-    from mmagent.encoders.hf import trim_whisper_positions
+    from mmagent.encoders.audio import trim_whisper_positions
 
     enc = build("hf-whisper", max_seconds=1.0)
     assert enc.backbone.embed_positions.num_embeddings == 50 == enc.backbone.config.max_source_positions
@@ -199,7 +199,7 @@ def test_whisper_window_is_trimmed(tmp_path: Path) -> None:
 
 def test_masked_group_norm_matches_plain_model_without_padding(tmp_path: Path) -> None:
     enc = build("hf-wav2vec2").eval()
-    from mmagent.encoders.hf import MaskedGroupNorm
+    from mmagent.encoders.audio import MaskedGroupNorm
 
     assert isinstance(enc.backbone.feature_extractor.conv_layers[0].layer_norm, MaskedGroupNorm)
     assert not any("_group_norm" in k for k in enc.state_dict())

@@ -21,7 +21,7 @@ import torch
 from mmagent import speech
 from mmagent.encoders import zoo
 from mmagent.encoders.media import MediaError
-from mmagent.encoders.hf import trim_whisper_positions
+from mmagent.encoders.audio import trim_whisper_positions
 from tests.test_zoo import read_ct2_variable  # independent of the converter
 
 SENTENCES = ["please turn on the kitchen lights", "i lost my credit card", "what is my account balance"]

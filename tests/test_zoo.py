@@ -73,8 +73,8 @@ def block_package_weights(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("package weight file was read")
 
-    monkeypatch.setattr(zoo, "verified_weight_path", refuse)
-    monkeypatch.setattr(zoo, "sha256_file", refuse)
+    monkeypatch.setattr(zoo.cache, "verified_weight_path", refuse)
+    monkeypatch.setattr(zoo.cache, "sha256_file", refuse)
 
 
 # -- registry, errors -----------------------------------------------------------------------
@@ -134,7 +134,7 @@ def test_efficientnet_conversion_is_complete_and_faithful():
     need("efficientnet-lite0")
     path = zoo.verified_weight_path("efficientnet-lite0")
     converted = zoo.convert_efficientnet(path)
-    model = zoo._timm_efficientnet()
+    model = zoo.timm_efficientnet()
     result = model.load_state_dict(converted, strict=False)
     assert result.missing_keys == [] and result.unexpected_keys == []
     source = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -186,8 +186,8 @@ def test_efficientnet_cache_is_reused(monkeypatch, tmp_path):
         raise AssertionError("converted again")
 
     with monkeypatch.context() as m:
-        m.setattr(zoo, "convert_efficientnet", refuse)
-        m.setattr(zoo, "verified_weight_path", refuse)
+        m.setattr(zoo.efficientnet, "convert_efficientnet", refuse)
+        m.setattr(zoo.cache, "verified_weight_path", refuse)
         second = build_encoder({"source": "zoo", "name": "efficientnet-lite0"})
     assert cached.stat().st_mtime_ns == mtime
     for k, v in first.state_dict().items():

@@ -6,6 +6,7 @@ Importing this package registers the built-in sources. Third-party sources regis
 
 from mmagent.encoders.base import (
     Encoder,
+    EncoderError,
     EncoderOutput,
     Preprocessor,
     available_sources,
@@ -16,6 +17,7 @@ from mmagent.encoders import builtin, hf, timm_encoders, torchaudio_encoders, to
 
 __all__ = [
     "Encoder",
+    "EncoderError",
     "EncoderOutput",
     "Preprocessor",
     "available_sources",

@@ -16,15 +16,18 @@ sources through the ``mmagent.encoders`` entry-point group.
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
+from mmagent.encoders.lora import apply_lora
 from mmagent.specs import EncoderSpec
+
 
 @dataclass
 class EncoderOutput:
@@ -115,15 +118,42 @@ class Encoder(nn.Module):
         return {}
 
     # -- freezing -----------------------------------------------------------------------------
+    #: names of normalisation modules with running statistics inside the frozen layers (set by
+    #: ``apply_freeze``); ``train()`` keeps them in eval mode so their statistics stay pretrained
+    frozen_norms: tuple[str, ...] = ()
+
     def apply_freeze(self) -> None:
-        """``freeze: all`` freezes everything; ``freeze: N`` (N > 0) the embeddings + N blocks."""
+        """``freeze: all`` freezes everything; ``freeze: N`` (N > 0) the embeddings + N blocks.
+
+        Frozen means frozen: BatchNorm-style layers in the frozen part also stop updating their
+        running statistics (they stay in eval mode, even under ``model.train()``).
+        """
         freeze = self.spec.freeze
         if freeze == "none" or freeze == 0:
             return
         modules = [self] if freeze == "all" else self.layer_groups()[: int(freeze) + 1]
+        frozen_params: set[int] = set()
+        inside: set[int] = set()  # modules within the frozen groups (groups may be ParameterLists)
         for module in modules:
             for p in module.parameters():
                 p.requires_grad_(False)
+                frozen_params.add(id(p))
+            inside.update(id(m) for m in module.modules())
+        norms = []
+        for name, m in self.named_modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+                params = list(m.parameters(recurse=False))
+                if id(m) in inside or (params and all(id(p) in frozen_params for p in params)):
+                    norms.append(name)
+        self.frozen_norms = tuple(norms)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Encoder":
+        """``nn.Module.train``, except that frozen normalisation layers stay in eval mode."""
+        super().train(mode)
+        for name in self.frozen_norms:
+            self.get_submodule(name).eval()
+        return self
 
     @property
     def is_frozen(self) -> bool:
@@ -132,6 +162,24 @@ class Encoder(nn.Module):
 
 
 # -- registry ---------------------------------------------------------------------------------
+class EncoderError(ValueError):
+    """An encoder spec names a source, model or builder that does not exist (in a config being
+    validated or a saved model being loaded); the message names it and what is available."""
+
+
+def unknown_name(what: str, name: str, available: Iterable[str], listing: str | None = None) -> EncoderError:
+    """An :class:`EncoderError` for ``what`` ``name``, with the closest of ``available``.
+
+    ``listing`` replaces the list of everything available (for catalogues too long to print,
+    e.g. timm's ~1000 models: say how to list them instead).
+    """
+    choices = sorted(set(available))
+    close = difflib.get_close_matches(name, choices, n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    rest = listing if listing is not None else f"available: {', '.join(choices)}"
+    return EncoderError(f"unknown {what} {name!r}{hint} ({rest})")
+
+
 SourceBuilder = Callable[[EncoderSpec], Encoder]
 _SOURCES: dict[str, SourceBuilder] = {}
 _ENTRY_POINTS_LOADED = False
@@ -150,7 +198,7 @@ def register_source(name: str) -> Callable[[SourceBuilder], SourceBuilder]:
 def build_named(source: str, catalogue: dict[str, type[Encoder]], spec: EncoderSpec) -> Encoder:
     """Builder body for sources that offer a fixed set of named encoders (``builtin``, ``zoo``)."""
     if spec.name not in catalogue:
-        raise ValueError(f"unknown {source} encoder {spec.name!r}; available: {sorted(catalogue)}")
+        raise unknown_name(f"{source} encoder name", spec.name, catalogue)
     cls = catalogue[spec.name]
     if spec.modality is not None and spec.modality != cls.modality:
         raise ValueError(f"{source}:{spec.name} encodes {cls.modality}, not {spec.modality}")
@@ -185,11 +233,9 @@ def build_encoder(spec: EncoderSpec | dict[str, Any], modality: str | None = Non
         spec.modality = modality  # type: ignore[assignment]
     _load_entry_points()
     if spec.source not in _SOURCES:
-        raise ValueError(f"unknown encoder source {spec.source!r}; available: {', '.join(available_sources())}")
+        raise unknown_name("encoder source", spec.source, available_sources())
     encoder = _SOURCES[spec.source](spec)
     if spec.lora is not None:
-        from mmagent.encoders.lora import apply_lora
-
-        apply_lora(encoder, spec.lora)
+        apply_lora(encoder, spec.lora, f"{spec.source}:{spec.name}")
     encoder.apply_freeze()
     return encoder

@@ -12,7 +12,7 @@ Input: the padded waveform at ``bundle.sample_rate`` (normalised per clip when t
 was trained on normalised audio). Tokens: the transformer's final output (``encoder`` after the
 conv feature extractor: ``extract_features``' last layer plus the transformer's closing layer
 norm, which ``extract_features`` leaves out); the mask comes from the output lengths the model returns. GroupNorm feature
-extractors (the ``*_BASE`` models) use :class:`~mmagent.encoders.hf.MaskedGroupNorm`, so a clip's
+extractors (the ``*_BASE`` models) use :class:`~mmagent.encoders.audio.MaskedGroupNorm`, so a clip's
 output does not depend on the clips padded next to it.
 """
 
@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmagent.encoders.audio import MaskedGroupNorm, conv_output_lengths, use_masked_group_norm
 from mmagent.encoders.base import Encoder, EncoderOutput, pool, register_source
-from mmagent.encoders.hf import MaskedGroupNorm, conv_output_lengths, use_masked_group_norm
 from mmagent.encoders.preprocessors import WaveformPreprocessor
 from mmagent.specs import EncoderSpec
 
