@@ -5,7 +5,7 @@ Every benchmark prepares its tables with the matching ``examples/<name>.py`` mod
 exists, trains with :func:`mmagent.training.trainer.train` (``finalize=False``: the run's report,
 plots and calibration are not what is measured) and evaluates the best epoch's saved model with
 :func:`mmagent.training.evaluate.evaluate`. Frozen encoders' outputs are computed once per table
-and shared between the variants of a benchmark through a :class:`mmagent.tuning.FeatureCacheStore`
+and shared between the variants of a benchmark through a :class:`mmagent.data.feature_store.FeatureCacheStore`
 (also for the test table), so e.g. the three fusion types of ``av_digits`` encode each clip once.
 """
 
@@ -146,7 +146,7 @@ class SharedStore:
     computes its features itself, so the wall times include that work."""
 
     def __init__(self) -> None:
-        from mmagent.tuning import FeatureCacheStore
+        from mmagent.data.feature_store import FeatureCacheStore
 
         self.inner = FeatureCacheStore()
 

@@ -81,7 +81,7 @@ def run_variant(table: Path, work: Path, trials: int, epochs: int, cache: str) -
     import optuna
 
     from mmagent.config import config_from_dict
-    from mmagent.tuning import tune
+    from mmagent.search.tune import tune
 
     out = work / f"cache_{cache}"
     shutil.rmtree(out, ignore_errors=True)

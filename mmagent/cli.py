@@ -235,7 +235,7 @@ def tune(
 ) -> None:
     """Search hyperparameters with Optuna (TPE + pruning); the best trial becomes TUNE_DIR/best."""
     from mmagent.config import load_config
-    from mmagent.tuning import tune as run_tune
+    from mmagent.search.tune import tune as run_tune
 
     cfg = load_config(config, set_)
     result = run_tune(cfg, output, trials, timeout=timeout, storage=storage, study_name=study, progress=not quiet)

@@ -20,7 +20,10 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from mmagent.config import ConfigError, config_from_dict
-from mmagent.tuning import FeatureCacheStore, default_space, parse_tune_spec, tune
+from mmagent.data.feature_store import FeatureCacheStore
+from mmagent.search.space import default_space, parse_tune_spec
+from mmagent.search.study import trial_errors
+from mmagent.search.tune import tune
 from tests.conftest import TINY_BERT
 
 SPACE = {
@@ -133,7 +136,7 @@ def test_trial_left_running_by_a_killed_worker_is_retried(table: Path, tmp_path:
     tune(config_from_dict(_raw(table, epochs=1)), out, trials=2)
     trials = _study(out).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
-    assert "ended while the trial ran" in trials[1].user_attrs["error"]
+    assert "ended while the trial ran" in trial_errors(_study(out))[1]
     assert trials[2].params == trials[1].params  # re-queued with the same parameters
     assert trials[2].system_attrs.get("failed_trial") == 1
 

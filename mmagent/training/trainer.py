@@ -151,12 +151,14 @@ def mixed_precision(config: ExperimentConfig) -> str:
 
 
 # -- 3..6. the loop -----------------------------------------------------------------------------
-def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, progress: bool = True, on_epoch_end: EpochCallback | None = None, train_data: Any = None, finalize: bool = True, feature_cache_store: Any = None) -> TrainResult:
+def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, progress: bool = True, on_epoch_end: EpochCallback | None = None, train_data: Any = None, finalize: bool = True, feature_cache_store: Any = None, stop_requested: Callable[[], bool] | None = None) -> TrainResult:
     """Train, select the best epoch on validation, write the run folder. See module docstring.
 
     ``feature_cache_store``: optional object whose ``get(model, table, names, keep_tokens, batch_size,
     device, num_workers, progress) -> FeatureCache`` returns frozen encoders' outputs, computed once
-    and shared across trainings (``mmagent.tuning.FeatureCacheStore``)."""
+    and shared across trainings (``mmagent.data.feature_store.FeatureCacheStore``).
+    ``stop_requested``: checked after each optimizer step; when it returns True the current
+    (partial) epoch is validated and training ends as after its last epoch (a time budget)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -224,7 +226,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
 
     metric_target, metric_name, larger_better = _selection_metric(config, model)
     log = _MetricsLog(run_dir / METRICS_LOG, enabled=main)
-    stopped_early = False
+    stopped_early = stop_now = False
 
     def checkpoint() -> None:
         if main:
@@ -262,6 +264,9 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
                     checkpoint()
                 if state["global_step"] >= total_steps:
                     break
+                if stop_requested is not None and stop_requested():
+                    stop_now = True
+                    break
         bar.close()
         if seen is not None:
             _record_shard(run_dir, accelerator.process_index, accelerator.num_processes, epoch + 1, seen)
@@ -286,6 +291,9 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
             print(f"epoch {epoch + 1}: validation {metric_target}/{metric_name} = {score:.4f}" + (" (best)" if improved else ""))
         state.update(epoch=epoch + 1, batches_done=0)
         checkpoint()
+        if stop_now:
+            stopped_early = True
+            break
         if t.early_stopping_patience and state["bad_epochs"] >= t.early_stopping_patience:
             stopped_early = True
             break

@@ -1,0 +1,187 @@
+"""One candidate of a search: a config built from a trial's parameters, trained into its own run
+folder, its per-epoch validation scores reported to Optuna's pruner, stopped cleanly at a deadline.
+
+:func:`run_candidate` is the building block shared by ``mmagent tune`` (:class:`TuneObjective`) and
+the budgeted search behind ``mmagent fit``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from pydantic import ValidationError
+
+from mmagent.config import ConfigError, ExperimentConfig, _set_dotted, config_from_dict, format_validation_error
+from mmagent.search.space import CategoricalParam, FloatParam, IntParam, TuneSpec, objective_metric, suggest
+from mmagent.search.study import trial_dir
+from mmagent.runs import read_metrics_log
+
+if TYPE_CHECKING:
+    from mmagent.data.feature_store import FeatureCacheStore
+
+
+def trial_config(base_raw: dict[str, Any], params: dict[str, Any], metric: str | None = None) -> ExperimentConfig:
+    """The base config with the parameters applied (shorter paths first, so ``inputs.0.encoder``
+    is replaced before ``inputs.0.encoder.freeze`` is set) and, when given, ``metric`` as train.metric."""
+    raw = copy.deepcopy(base_raw)
+    for key in sorted(params, key=lambda k: k.count(".")):
+        _set_dotted(raw, key, params[key])
+    if metric is not None:
+        raw.setdefault("train", {})["metric"] = metric
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError("invalid trial config:\n" + format_validation_error(e)) from None
+
+
+@dataclass
+class CandidateResult:
+    """What training one candidate gave. ``score`` is the best validation value of ``metric``
+    (TARGET/METRIC), reached at ``best_epoch``; the best model is in ``run_dir/model``."""
+
+    run_dir: Path
+    metric: str
+    score: float
+    best_epoch: int
+    epochs_run: int  # validated epochs, a partial last one included
+    planned_epochs: int
+    seconds: float
+    cut_short: bool  # stopped by the deadline before its planned epochs
+    pruned: bool = False  # stopped by the trial's pruner
+    params: dict[str, Any] = field(default_factory=dict)  # the trial's parameters, when from a search
+    trial_number: int | None = None
+
+
+class CandidatePruned(optuna.TrialPruned):
+    """Raised by :func:`run_candidate` when the trial's pruner stopped it (Optuna records the trial
+    as pruned); ``.result`` is the candidate's result, a valid run folder with its best model so far."""
+
+    def __init__(self, message: str, result: CandidateResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def run_candidate(raw_config: dict[str, Any] | ExperimentConfig, run_dir: str | Path, *, store: "FeatureCacheStore | None" = None, trial: "optuna.Trial | None" = None, deadline: float | None = None, train_data: Any = None, progress: bool = False, base_dir: str | Path = ".", finalize: bool = False) -> CandidateResult:
+    """Train one config into ``run_dir`` (new or empty) and return its validation result.
+
+    - ``raw_config``: a dict as accepted by :func:`~mmagent.config.config_from_dict` (relative
+      paths taken from ``base_dir``) or a validated config.
+    - ``trial``: each epoch's validation score is reported to it; when its pruner says so (before
+      the last epoch) training stops and :class:`CandidatePruned` (an ``optuna.TrialPruned``) is
+      raised. The trial also gets ``run_dir``, ``train_seconds``, ``epochs_run``, ``best_epoch``,
+      ``cut_short`` and, on failure, ``error`` as user attributes.
+    - ``deadline``: a ``time.monotonic()`` value; once passed, training stops after the current
+      optimizer step, validates that partial epoch and keeps the best model so far, so the run
+      folder stays loadable (``Agent.load``). ``cut_short`` says it happened.
+    - ``store``: frozen encoders' outputs shared across candidates.
+    - ``finalize``: also evaluate, calibrate and write the report (else the folder holds the model,
+      config and metrics log only; :func:`finalize_candidate` can do it later).
+    """
+    from mmagent.training.trainer import train
+
+    start = monotonic()
+    config = raw_config if isinstance(raw_config, ExperimentConfig) else config_from_dict(copy.deepcopy(raw_config), base_dir=base_dir)
+    run_dir = Path(run_dir)
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise FileExistsError(f"{run_dir} already exists and is not empty: a candidate trains into a new folder")
+    metric, _ = objective_metric(config, TuneSpec())
+    planned = config.train.epochs
+    flags = {"pruned_at": 0, "cut": False}
+
+    def past_deadline() -> bool:
+        if deadline is not None and monotonic() >= deadline:
+            flags["cut"] = True
+        return bool(flags["cut"])
+
+    def on_epoch_end(epoch: int, score: float) -> bool:
+        if trial is not None:
+            if math.isfinite(score):
+                trial.report(score, epoch)
+            if epoch < planned and trial.should_prune():  # after the last epoch there is nothing left to save
+                flags["pruned_at"] = epoch
+                return True
+        return epoch < planned and past_deadline()
+
+    if trial is not None:
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        trial.set_user_attr("run_dir", str(run_dir))
+    try:
+        result = train(config, run_dir, progress=progress, on_epoch_end=on_epoch_end, train_data=train_data, finalize=finalize, feature_cache_store=store, stop_requested=past_deadline if deadline is not None else None)
+    except Exception as e:
+        if trial is not None:
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
+        raise
+    finally:
+        epochs_run = len(read_metrics_log(run_dir, "epoch")) if run_dir.exists() else 0
+        seconds = monotonic() - start
+        if trial is not None:
+            trial.set_user_attr("train_seconds", round(seconds, 3))
+            trial.set_user_attr("epochs_run", epochs_run)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # candidates are never resumed
+    cut = bool(flags["cut"]) and not flags["pruned_at"]  # the flag is only set when the check stopped training
+    out = CandidateResult(run_dir, metric, result.best_score, result.best_epoch, epochs_run, planned, seconds, cut, bool(flags["pruned_at"]), trial_number=trial.number if trial is not None else None)
+    if trial is not None:
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("cut_short", cut)
+        if out.pruned:
+            trial.set_user_attr("best_value_before_pruning", result.best_score)
+            raise CandidatePruned(f"pruned after epoch {flags['pruned_at']}", out)
+    return out
+
+
+def finalize_candidate(run_dir: str | Path, dest: str | Path, *, train_data: Any = None, progress: bool = False, extra_json: dict[str, Any] | None = None) -> Path:
+    """Copy a candidate's run folder to ``dest`` and finalize it there: evaluation on validation
+    (and test), calibration, report. ``train_data`` as given to :func:`run_candidate`;
+    ``extra_json``: file name -> content, written with it. ``dest`` appears complete or not at all."""
+    import torch
+
+    from mmagent.io import atomic_dir, write_json
+    from mmagent.training.report import finalize_run
+    from mmagent.training.trainer import load_splits
+
+    src, dest = Path(run_dir), Path(dest)
+    cfg = ExperimentConfig.model_validate_json((src / "config.json").read_text())
+    with atomic_dir(dest) as tmp:
+        for item in src.iterdir():
+            if item.name == "checkpoints" or item.name.startswith("shards_rank"):
+                continue
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        device = torch.device("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu")
+        finalize_run(tmp, cfg, load_splits(cfg, train_data), read_metrics_log(tmp, "epoch"), device, progress=progress)
+        for name, content in (extra_json or {}).items():
+            write_json(tmp / name, content)
+    return dest
+
+
+class TuneObjective:
+    """The ``mmagent tune`` objective: suggest the space's parameters, train the trial's config
+    into ``TUNE_DIR/trials/<n>`` (no final report), return its best validation score."""
+
+    def __init__(self, base_raw: dict[str, Any], spec: TuneSpec, metric: str, tune_dir: Path, study_name: str, store: "FeatureCacheStore | None") -> None:
+        self.base_raw, self.spec, self.metric, self.tune_dir, self.study_name, self.store = base_raw, spec, metric, tune_dir, study_name, store
+
+    def __call__(self, trial: "optuna.Trial") -> float:
+        run_dir = trial_dir(self.tune_dir, self.study_name, trial.number)
+        try:
+            params = suggest_params(trial, self.spec.space or {})
+            cfg = trial_config(self.base_raw, params, self.metric)
+        except Exception as e:
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
+            raise
+        if run_dir.exists():  # left by an earlier study of the same name whose storage is gone
+            shutil.rmtree(run_dir)
+        return run_candidate(cfg, run_dir, store=self.store, trial=trial).score
+
+
+def suggest_params(trial: "optuna.Trial", space: dict[str, FloatParam | IntParam | CategoricalParam]) -> dict[str, Any]:
+    """Draw every parameter of ``space`` for ``trial``: dotted path -> value for the config."""
+    return {key: suggest(trial, key, param)[0] for key, param in space.items()}
