@@ -105,7 +105,7 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> Path:
     resuming, ``RUN_DIR`` free of checkpoints otherwise. Returns the checkpoint folder."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / LAST_CHECKPOINT
-    if resume and not (ckpt_dir / "state.pt").is_file():
+    if resume and not (run_dir / CHECKPOINTS_DIR).is_dir():
         raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
     if not resume and (run_dir / CHECKPOINTS_DIR).exists():
         raise FileExistsError(f"{run_dir} already holds a training run; use --resume to continue it or choose another folder")

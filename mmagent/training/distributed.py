@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 
 def strip_num_processes(argv: list[str]) -> list[str]:
@@ -84,3 +85,15 @@ def relaunch(num_processes: int, argv: list[str]) -> int:
         return subprocess.run(cmd, env=env, check=False).returncode
     except KeyboardInterrupt:  # the launcher forwards the signal to its children
         return 130
+
+
+def any_process(accelerator: Any, flag: bool) -> bool:
+    """True when ``flag`` is True in any process (a collective: every process must call it). Used
+    for decisions taken from local state, e.g. a time budget: all processes must leave the training
+    loop at the same step, or DDP waits forever for the missing ones."""
+    if accelerator.num_processes == 1:
+        return flag
+    import torch
+
+    votes = accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum")
+    return bool(votes.item() > 0)

@@ -30,14 +30,18 @@ from mmagent.data.validation import Problem, validate_table
 from mmagent.inference import make_loader, to_device
 from mmagent.io import write_json, write_text
 from mmagent.model import MultimodalModel
-from mmagent.runs import CONFIG_FILE, METRICS_LOG, SKIPPED_ROWS_FILE, check_run_dir
+from mmagent.runs import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_LOG, SKIPPED_ROWS_FILE, check_run_dir
 from mmagent.specs import ModelSpec
-from mmagent.training.checkpoint import checkpoint_spec, load_checkpoint, save_checkpoint
+from mmagent.training.checkpoint import checkpoint_spec, load_checkpoint, prepare_resume, save_checkpoint, truncate_log
+from mmagent.training.distributed import any_process
 from mmagent.training.evaluate import evaluate
 from mmagent.training.metrics import main_metric
+from mmagent.training.sampling import SeededItems
 
 # Called after each epoch with (epoch, validation score); returning True stops training (Optuna pruning).
 EpochCallback = Callable[[int, float], bool]
+# Asked after every optimizer step; returning True ends the run cleanly (validation, best model, report).
+StopHook = Callable[[], bool]
 
 
 @dataclass
@@ -56,6 +60,7 @@ class TrainResult:
     global_step: int
     stopped_early: bool
     metrics: dict[str, Any] = field(default_factory=dict)
+    stopped_by_request: bool = False  # ``stop_requested`` ended the run
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -151,8 +156,14 @@ def mixed_precision(config: ExperimentConfig) -> str:
 
 
 # -- 3..6. the loop -----------------------------------------------------------------------------
-def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, progress: bool = True, on_epoch_end: EpochCallback | None = None, train_data: Any = None, finalize: bool = True, feature_cache_store: Any = None, stop_requested: Callable[[], bool] | None = None) -> TrainResult:
+def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, progress: bool = True, on_epoch_end: EpochCallback | None = None, train_data: Any = None, finalize: bool = True, feature_cache_store: Any = None, stop_requested: StopHook | None = None) -> TrainResult:
     """Train, select the best epoch on validation, write the run folder. See module docstring.
+
+    ``resume``: continue from ``RUN_DIR/checkpoints/last`` (the config must match the checkpoint's,
+    see ``checkpoint.RESUME_MAY_CHANGE``); a run stopped before its first checkpoint starts over.
+    ``stop_requested``: asked after every optimizer step (e.g. a time budget); True stops the run
+    mid-epoch: it is validated, the best model kept, a checkpoint written (``--resume`` continues
+    from there) and the run folder finalized as usual.
 
     ``feature_cache_store``: optional object whose ``get(model, table, names, keep_tokens, batch_size,
     device, num_workers, progress) -> FeatureCache`` returns frozen encoders' outputs, computed once
@@ -181,10 +192,13 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
 
     # Everything is checked before anything is written: policy, then every row of every table.
     config = config.model_copy(update={"agent": resolve_agent_config(config.agent, config.base_dir)})
+    config_json = config.model_dump(mode="json")
+    load_from, changed = prepare_resume(run_dir, ckpt_dir, config_json, main, accelerator.wait_for_everyone) if resume else (None, {})
     splits = load_splits(config, train_data)
-    model = build_model(config, splits.train, checkpoint_spec(ckpt_dir) if resume else None)
+    model = build_model(config, splits.train, checkpoint_spec(load_from) if load_from else None)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CHECKPOINTS_DIR).mkdir(exist_ok=True)  # from now on the folder is a run --resume can take
         write_text(run_dir / CONFIG_FILE, config.model_dump_json(indent=2))
         if splits.skipped:
             _write_skipped(run_dir / SKIPPED_ROWS_FILE, splits.skipped)
@@ -207,7 +221,8 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
     # Its own generator: starting an iterator must not draw from the global RNG, or a resumed run's
     # dropout masks would differ from the uninterrupted run's.
     loader_rng = torch.Generator().manual_seed(t.seed)
-    train_loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, num_workers=config.loader_workers, collate_fn=Collator(model, caches["train"]), generator=loader_rng)
+    train_items = SeededItems(train_ds, t.seed)
+    train_loader = DataLoader(train_items, batch_size=t.batch_size, sampler=sampler, num_workers=config.loader_workers, collate_fn=Collator(model, caches["train"]), generator=loader_rng)
     val_loader = make_loader(model, splits.validation, t.batch_size, num_workers=config.loader_workers, cache=caches["validation"])
 
     optimizer = torch.optim.AdamW(param_groups(model, config))
@@ -217,20 +232,25 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
     scheduler = get_scheduler(t.scheduler if t.scheduler != "constant" else "constant_with_warmup", optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps), num_training_steps=total_steps)
 
     state = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_score": None, "best_epoch": -1, "bad_epochs": 0, "history": []}
-    if resume:
-        state = load_checkpoint(ckpt_dir, model, optimizer, scheduler)
+    if load_from is not None:
+        state = load_checkpoint(load_from, model, optimizer, scheduler, accelerator.scaler)
         if main:
+            truncate_log(run_dir / METRICS_LOG, state.get("log_bytes"))  # drop lines logged after the checkpoint
             print(f"resuming from {ckpt_dir}: epoch {state['epoch'] + 1}, step {state['global_step']}")
-    # DDP wraps a module whose forward returns only the loss (see _LossOnly); ``model`` stays the bare model
-    wrapped, optimizer, prepared_loader, scheduler = accelerator.prepare(_LossOnly(model), optimizer, train_loader, scheduler)
+    # DDP wraps a module whose forward returns only the loss (see _LossOnly); ``model`` stays the bare
+    # model. The scheduler is not prepared: Accelerate would step it once per process per step.
+    wrapped, optimizer, prepared_loader = accelerator.prepare(_LossOnly(model), optimizer, train_loader)
 
     metric_target, metric_name, larger_better = _selection_metric(config, model)
     log = _MetricsLog(run_dir / METRICS_LOG, enabled=main)
-    stopped_early = stop_now = False
+    if changed:
+        log.write({"event": "resume", "step": state["global_step"], "changed": {k: list(v) for k, v in changed.items()}})
+    stopped_early = stopped_by_request = False
 
     def checkpoint() -> None:
         if main:
-            save_checkpoint(ckpt_dir, model, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, scheduler.scheduler if hasattr(scheduler, "scheduler") else scheduler, state)
+            state["log_bytes"] = log.size()
+            save_checkpoint(ckpt_dir, model, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, scheduler, state, accelerator.scaler, config_json)
         accelerator.wait_for_everyone()
 
     while state["epoch"] < t.epochs and state["global_step"] < total_steps:
@@ -238,6 +258,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
         # Accelerate's loader re-sets the sampler's epoch from its own counter on every pass;
         # setting it here keeps data order a function of (seed, epoch) even after --resume.
         prepared_loader.set_epoch(epoch)
+        train_items.epoch = epoch
         wrapped.train()
         batches = accelerator.skip_first_batches(prepared_loader, state["batches_done"]) if state["batches_done"] else prepared_loader
         bar = tqdm(batches, total=micro_per_epoch, initial=state["batches_done"], desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (progress and main), leave=False)
@@ -253,7 +274,9 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
                 if accelerator.sync_gradients and t.max_grad_norm:
                     accelerator.clip_grad_norm_(wrapped.parameters(), t.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                # one schedule step per optimizer step, whatever the number of processes
+                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             state["batches_done"] += 1
             if accelerator.sync_gradients:
@@ -264,8 +287,8 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
                     checkpoint()
                 if state["global_step"] >= total_steps:
                     break
-                if stop_requested is not None and stop_requested():
-                    stop_now = True
+                if stop_requested is not None and any_process(accelerator, stop_requested()):
+                    stopped_by_request = True
                     break
         bar.close()
         if seen is not None:
@@ -285,14 +308,17 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
         else:
             state["bad_epochs"] += 1
         entry = {"epoch": epoch + 1, "step": state["global_step"], "seconds": round(time.perf_counter() - start, 2), "train_seconds": round(train_seconds, 2), "validation": _compact(metrics)}
+        partial = stopped_by_request and state["batches_done"] < micro_per_epoch
+        if partial:  # the checkpoint keeps the position in the epoch: --resume finishes it
+            entry["partial"] = True
         state["history"].append(entry)
         log.write(entry)
         if main and progress:
-            print(f"epoch {epoch + 1}: validation {metric_target}/{metric_name} = {score:.4f}" + (" (best)" if improved else ""))
-        state.update(epoch=epoch + 1, batches_done=0)
+            print(f"epoch {epoch + 1}{' (stopped)' if partial else ''}: validation {metric_target}/{metric_name} = {score:.4f}" + (" (best)" if improved else ""))
+        if not partial:
+            state.update(epoch=epoch + 1, batches_done=0)
         checkpoint()
-        if stop_now:
-            stopped_early = True
+        if stopped_by_request:
             break
         if t.early_stopping_patience and state["bad_epochs"] >= t.early_stopping_patience:
             stopped_early = True
@@ -301,7 +327,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
             stopped_early = True
             break
 
-    result = TrainResult(run_dir, float(state["best_score"]), state["best_epoch"], state["global_step"], stopped_early)
+    result = TrainResult(run_dir, float(state["best_score"]), state["best_epoch"], state["global_step"], stopped_early, stopped_by_request=stopped_by_request)
     accelerator.wait_for_everyone()
     if main and finalize:
         from mmagent.training.report import finalize_run
@@ -399,6 +425,10 @@ class _MetricsLog:
                 self.tb = SummaryWriter(str(path.parent / "tensorboard"))
             except Exception:  # tensorboard not installed: JSONL only
                 self.tb = None
+
+    def size(self) -> int:
+        """Bytes written so far (a checkpoint records it; a resume cuts the log back to it)."""
+        return self.path.stat().st_size if self.path.is_file() else 0
 
     def write(self, entry: dict[str, Any]) -> None:
         if not self.enabled:
