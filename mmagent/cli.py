@@ -1,7 +1,8 @@
 """The ``mmagent`` command line (typer). Every command has ``--help``.
 
-User errors (bad config, bad rows, missing files) print a clear message and exit with status 2,
-never a traceback.
+Expected errors print one ``error: ...`` message, never a traceback (``error_message`` maps them):
+status 2 for a wrong config, data, option or run folder; 1 for a failing system (read-only
+folder, full disk).
 """
 
 from __future__ import annotations
@@ -20,21 +21,74 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="mmagent: fin
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def error_message(err: BaseException) -> tuple[str, int] | None:
+    """The one place that maps the package's errors to what the CLI prints and its exit status:
+    (message, status), or None for a bug (which keeps its traceback). Status 2: the input (config,
+    data, run folder, option) is wrong; 1: the system failed (a read-only folder, a full disk)."""
+    from mmagent.config import ConfigError
+    from mmagent.data.validation import DataError
+
+    if isinstance(err, (ConfigError, DataError, FileExistsError)):
+        return str(err), 2
+    if isinstance(err, OSError):
+        if err.filename and err.strerror:  # "[Errno 28] ...: 'path'" -> "path: No space left on device"
+            return f"{err.filename}: {err.strerror}", 1 if not isinstance(err, FileNotFoundError) else 2
+        return str(err), 2 if isinstance(err, FileNotFoundError) else 1
+    if isinstance(err, (ValueError, ImportError)):  # incl. EncoderError, MediaError, pydantic errors
+        return str(err), 2
+    return None
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn expected user errors into a message + exit 2."""
+    """Turn expected errors into ``error: MESSAGE`` on stderr and a non-zero exit, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from mmagent.config import ConfigError
-        from mmagent.data.validation import DataError
-
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
+        except Exception as e:
+            mapped = error_message(e)
+            if mapped is None:
+                raise
+            typer.secho(f"error: {mapped[0]}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(mapped[1]) from None
 
     return wrapper
+
+
+def resolve_device(choice: str) -> str:
+    """``cpu`` | ``cuda`` | ``auto`` (a GPU when one is visible) -> a torch device string."""
+    import torch
+
+    if choice not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"--device {choice!r}: use cpu, cuda or auto")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
+    return choice
+
+
+def _model_folder(run_dir: Path) -> Path:
+    folder = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
+    if not (folder / "model.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no model/model.json)")
+    return folder
+
+
+def _loading(run_dir: Path, load: Callable[[], Any]) -> Any:
+    """Run a model loader; a damaged saved model (truncated weights, an unknown encoder or a bad
+    model.json) becomes one error line that names the folder and the file."""
+    from safetensors import SafetensorError
+
+    folder = _model_folder(run_dir)
+    try:
+        return load()
+    except SafetensorError as e:
+        raise ValueError(f"{folder / 'model.safetensors'}: cannot read the weights ({e}); the file is truncated or damaged, re-export or re-train") from None
+    except (ValueError, KeyError, TypeError) as e:  # model.json: unknown encoder, bad or edited spec
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{folder / 'model.json'}: cannot build the saved model: {first}") from None
 
 
 @app.command()
@@ -55,8 +109,12 @@ def train(
     from mmagent.config import load_config
     from mmagent.training.trainer import train as run_training
 
+    from mmagent.io import removed_on_failure
+
     cfg = load_config(config, set_)
-    result = run_training(cfg, output, resume=resume, progress=not quiet)
+    # A run that fails before its first checkpoint leaves no folder behind to block a re-run.
+    with removed_on_failure(output, keep=lambda p: (p / "checkpoints").exists()):
+        result = run_training(cfg, output, resume=resume, progress=not quiet)
     if result.metrics:
         typer.echo(json.dumps(_headline(result.metrics), indent=2))
 
@@ -72,6 +130,7 @@ def evaluate(
     data: Path = typer.Argument(..., help="a table with the same columns (and the targets)"),
     drop_input: List[str] = typer.Option([], "--drop-input", help="treat this input as missing in every row (repeatable)"),
     batch_size: int = typer.Option(32, help="batch size"),
+    device: str = typer.Option("auto", "--device", help="cpu | cuda | auto (a GPU when one is visible)"),
 ) -> None:
     """Metrics of a trained run on a labelled table, printed as JSON."""
     from mmagent.data.tables import read_table
@@ -80,12 +139,13 @@ def evaluate(
     from mmagent.inference import make_loader
     from mmagent.training.evaluate import evaluate as run_eval
 
-    model = MultimodalModel.load(run_dir / "model" if (run_dir / "model").is_dir() else run_dir)
+    where = resolve_device(device)
+    model = _loading(run_dir, lambda: MultimodalModel.load(_model_folder(run_dir), map_location=where)).to(where)
     unknown = [d for d in drop_input if d not in model.input_names]
     if unknown:
         raise ValueError(f"--drop-input {unknown}: not an input of this model; inputs: {model.input_names}")
     table, _ = validate_table(read_table(data), model.spec.inputs, model.spec.targets, "error")
-    metrics, _ = run_eval(model, make_loader(model, table, batch_size), "cpu", drop=drop_input)
+    metrics, _ = run_eval(model, make_loader(model, table, batch_size), where, drop=drop_input)
     typer.echo(json.dumps(metrics, indent=2))
 
 
@@ -96,14 +156,17 @@ def predict(
     data: Optional[Path] = typer.Argument(None, help="a table to predict (CSV/JSONL/Parquet)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="write predictions as CSV here (default: print JSON)"),
     record: Optional[str] = typer.Option(None, "--record", help='one record as JSON, e.g. \'{"text": "hello"}\''),
-    act: bool = typer.Option(False, "--act", help="also apply the agent's policy (action, reply, escalation)"),
+    act: bool = typer.Option(False, "--act", help="also apply the agent's policy: action, reply, escalation, reason, confidence per row"),
+    device: str = typer.Option("auto", "--device", help="cpu | cuda | auto (a GPU when one is visible)"),
 ) -> None:
-    """Predict labels and calibrated probabilities for a table or one --record."""
+    """Predict labels and calibrated probabilities for a table or one --record; with --act, the
+    agent's decisions."""
     from mmagent.agent import Agent
 
     if (data is None) == (record is None):
         raise ValueError("give either a DATA file or --record JSON (not both)")
-    agent = Agent.load(run_dir)
+    where = resolve_device(device)
+    agent = _loading(run_dir, lambda: Agent.load(run_dir, device=where))
     if record is not None:
         try:
             rec = json.loads(record)
@@ -117,29 +180,41 @@ def predict(
     from mmagent.data.tables import read_table
 
     table = read_table(data)  # type: ignore[arg-type]
-    results = agent.predict(table)
+    # act_many takes records; a Table passes through as_table with its folder for media paths
+    results = [d.model_dump() for d in agent.act_many(table)] if act else agent.predict(table)  # type: ignore[arg-type]
     if output is None:
         typer.echo(json.dumps(results, indent=2))
         return
+    rows = [_decision_row(r) for r in results] if act else [_prediction_row(r) for r in results]
     import pandas as pd
 
     from mmagent.io import atomic_path
 
-    rows = []
-    for r in results:
-        flat: dict[str, Any] = {}
-        for target, res in r.items():
-            for k, v in res.items():
-                if k == "probabilities":
-                    flat.update({f"{target}:p({lab})": p for lab, p in v.items()})
-                else:
-                    flat[f"{target}:{k}"] = "|".join(v) if isinstance(v, list) else v
-        rows.append(flat)
     frame = pd.concat([table.frame.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
     with atomic_path(output) as tmp:
         frame.to_csv(tmp, index=False)
-    typer.echo(f"wrote {len(rows)} predictions to {output}")
+    typer.echo(f"wrote {len(rows)} {'decisions' if act else 'predictions'} to {output}")
 
+
+# Decision fields a table of decisions carries, in this order (the rest is in --record / the API).
+DECISION_COLUMNS = ("target", "label", "labels", "value", "confidence", "action", "reply", "escalated", "reason", "transcript")
+
+
+def _decision_row(decision: dict[str, Any]) -> dict[str, Any]:
+    row = {k: decision.get(k) for k in DECISION_COLUMNS}
+    row["labels"] = "|".join(row["labels"] or [])
+    return row
+
+
+def _prediction_row(result: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for target, res in result.items():
+        for k, v in res.items():
+            if k == "probabilities":
+                flat.update({f"{target}:p({lab})": p for lab, p in v.items()})
+            else:
+                flat[f"{target}:{k}"] = "|".join(v) if isinstance(v, list) else v
+    return flat
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -9,17 +10,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mmagent.data.errors import DataError, Problem, table_error
+
+# Numbers beyond this are refused: the model computes in float32 (max ~3.4e38) and standardizing
+# squares values, so 1e300 or even 1e20 turns into inf and every loss into NaN.
+MAX_ABS_NUMBER = 1e15
+
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
 
 class Table:
     """Rows as dicts plus where they came from (for error messages and relative media paths)."""
 
-    def __init__(self, frame: pd.DataFrame, source: str = "<dataframe>", base_dir: str | Path = ".") -> None:
+    def __init__(self, frame: pd.DataFrame, source: str = "<dataframe>", base_dir: str | Path = ".", rows: list[int] | None = None) -> None:
+        dupes = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+        if dupes:  # records keep only one of them: a silently lost column
+            raise table_error(source, f"duplicate column header(s) {dupes}; every column needs its own name", dupes[0])
         self.frame = frame.reset_index(drop=True)
         self.source = source
         self.base_dir = Path(base_dir)
         self.records: list[dict[str, Any]] = self.frame.to_dict("records")
+        # Row numbers in the original file, so a subset (a validation split) still names file rows.
+        self.rows = list(rows) if rows is not None else list(range(len(self.records)))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -29,11 +41,13 @@ class Table:
         return [str(c) for c in self.frame.columns]
 
     def subset(self, rows: list[int] | np.ndarray) -> "Table":
-        return Table(self.frame.iloc[list(rows)], self.source, self.base_dir)
+        rows = list(rows)
+        return Table(self.frame.iloc[rows], self.source, self.base_dir, [self.rows[i] for i in rows])
 
     def where(self, row: int) -> str:
-        """Human location of a row: CSV rows are 1-based data rows; line = row + 1 (header)."""
-        return f"row {row + 1}" + (f" (line {row + 2})" if self.source.endswith((".csv", ".tsv")) else "")
+        """Human location of a row in its file: 1-based data rows; CSV line = row + 1 (header)."""
+        n = self.rows[row] if 0 <= row < len(self.rows) else row
+        return f"row {n + 1}" + (f" (line {n + 2})" if self.source.endswith((".csv", ".tsv")) else "")
 
 
 def read_table(path: str | Path, base_dir: str | Path | None = None) -> Table:
@@ -44,17 +58,70 @@ def read_table(path: str | Path, base_dir: str | Path | None = None) -> Table:
     kind = TABLE_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise ValueError(f"{path}: unsupported table format {path.suffix!r}; use one of {sorted(TABLE_FORMATS)}")
-    try:
-        if kind in ("csv", "tsv"):
-            # Strings stay strings ("007" is a label, not 7); numeric columns are parsed when used.
-            frame = pd.read_csv(path, sep="," if kind == "csv" else "\t", dtype=str, keep_default_na=False, na_values=[""])
-        elif kind == "jsonl":
-            frame = pd.read_json(path, lines=True, dtype=False)
-        else:
-            frame = pd.read_parquet(path)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read table: {e}") from e
+    if kind == "jsonl":
+        frame = _read_jsonl(path)
+    else:
+        try:
+            if kind in ("csv", "tsv"):
+                sep = "," if kind == "csv" else "\t"
+                # pandas renames a repeated header to "name.1": read the header as written first.
+                header = pd.read_csv(path, sep=sep, dtype=str, header=None, nrows=1, keep_default_na=False)
+                _refuse_duplicates(str(path), [str(c) for c in header.iloc[0]] if len(header) else [])
+                # Strings stay strings ("007" is a label, not 7); numeric columns are parsed when used.
+                frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+            else:
+                frame = pd.read_parquet(path)
+        except DataError:
+            raise
+        except Exception as e:
+            raise ValueError(f"{path}: cannot read table: {e}") from e
     return Table(frame, str(path), base_dir if base_dir is not None else path.parent)
+
+
+def _refuse_duplicates(source: str, names: list[str]) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise table_error(source, f"duplicate column header(s) {dupes}; every column needs its own name", dupes[0])
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """One JSON object per line (a ``.json`` file may also hold one array of objects). Errors name
+    the line; a key repeated inside one object is an error (JSON keeps only the last)."""
+    problems: list[Problem] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ValueError(f"duplicate key(s) {dupes}")
+        return dict(items)
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: cannot read table: not UTF-8 text ({e})") from None
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            records = json.loads(text, object_pairs_hook=pairs)
+        except ValueError as e:
+            raise ValueError(f"{path}: cannot read table: {e}") from None
+        lines = list(range(1, len(records) + 1))
+    else:
+        records, lines = [], []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line, object_pairs_hook=pairs))
+                lines.append(number)
+            except ValueError as e:
+                problems.append(Problem(str(path), -1, "", f"not a JSON object: {e}", where=f"line {number}"))
+    for number, rec in zip(lines, records):
+        if not isinstance(rec, dict) and len(problems) < 50:
+            problems.append(Problem(str(path), -1, "", f"expected a JSON object of column -> value, got {type(rec).__name__}", where=f"line {number}"))
+    if problems:
+        raise DataError(problems, header=f"{path}: cannot read table:", hint=False)
+    return pd.DataFrame.from_records(records)
 
 
 def as_table(data: Any, base_dir: str | Path = ".") -> Table:
@@ -99,15 +166,20 @@ def split_labels(value: Any, separator: str) -> list[str]:
 
 
 def parse_number(value: Any) -> float:
-    """float(value), also for '1,5'-free strings; raises ValueError with the offending text."""
+    """float(value) for a number or numeric text; an empty cell is NaN (missing). Raises
+    ValueError, quoting the cell, for text that is not a number and for inf / NaN text / numbers
+    beyond ±:data:`MAX_ABS_NUMBER` (they overflow the model's float32 arithmetic)."""
     if is_empty(value):
         return float("nan")
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-        return float(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating, str)):
+        raise ValueError(f"not a number: {type(value).__name__} {str(value)[:40]!r}")
     try:
-        return float(str(value).strip())
-    except ValueError:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (ValueError, OverflowError):  # OverflowError: an int with thousands of digits
         raise ValueError(f"not a number: {str(value)[:40]!r}") from None
+    if not math.isfinite(number) or abs(number) > MAX_ABS_NUMBER:
+        raise ValueError(f"not a finite number within ±{MAX_ABS_NUMBER:g}: {str(value)[:40]!r}")
+    return number
 
 
 def resolve_media(value: Any, base_dir: Path) -> Any:

@@ -1,89 +1,104 @@
-"""Cheap up-front checks of every row, reported all at once with file, row and column.
+"""Up-front checks of every row, reported all at once with file, row and column.
 
 Run before training starts (and before anything is written), so a bad row fails fast instead of
-crashing a DataLoader worker an hour in.
+crashing a DataLoader worker an hour in. Media are decoded in full here (in a thread pool):
+a PNG whose pixel data is corrupt or a WAV full of NaN only shows itself when decoded.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Protocol, TypeVar
 
-from mmagent.data.tables import Table, is_empty, parse_number, resolve_media
-from mmagent.encoders.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
+from mmagent.data.errors import DataError, Problem, table_error
+from mmagent.data.tables import Table, is_empty, label_text, parse_number, resolve_media, split_labels
+from mmagent.encoders.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, MediaError, load_audio, load_image
 from mmagent.specs import InputSpec, TargetSpec
 
-MAX_LISTED = 50
+__all__ = ["DataError", "Problem", "check_columns", "check_rows", "check_training_data", "validate_table", "METRICS", "MIN_TRAIN_ROWS"]
 
-
-@dataclass
-class Problem:
-    source: str
-    row: int  # 0-based data row
-    column: str
-    message: str
-    where: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.source}, {self.where or f'row {self.row + 1}'}, column {self.column!r}: {self.message}"
-
-
-class DataError(ValueError):
-    """Bad rows or columns; ``problems`` holds each one."""
-
-    def __init__(self, problems: list[Problem], header: str | None = None) -> None:
-        self.problems = problems
-        shown = "\n".join(f"  - {p}" for p in problems[:MAX_LISTED])
-        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        hint = "\nFix these rows, or set data.on_bad_row: skip to leave them out (they are listed in the run folder)."
-        super().__init__((header or f"{len(problems)} problem(s) in the data:") + "\n" + shown + more + hint)
+# Validation metrics each target type reports (training/metrics.py computes them; a test keeps the
+# two in step). train.metric must name one of these.
+METRICS = {
+    "classification": ("accuracy", "macro_f1", "auroc"),
+    "multilabel": ("subset_accuracy", "micro_f1", "macro_f1", "auroc"),
+    "regression": ("rmse", "mae", "r2"),
+}
+# Fewer training rows cannot fit anything, and a 1-row batch breaks BatchNorm layers.
+MIN_TRAIN_ROWS = 4
+DECODE_THREADS = 4  # media decoding releases the GIL; more threads mostly add memory
 
 
 def check_columns(table: Table, inputs: list[InputSpec], targets: list[TargetSpec], need_targets: bool = True) -> None:
-    """Every column the config names must exist in the table."""
+    """Every column the config names must exist in the table; the error lists close matches."""
     named = [(f"inputs[{i}].column", c) for i, inp in enumerate(inputs) for c in inp.columns]
     if need_targets:
         named += [(f"targets[{i}].column", t.column) for i, t in enumerate(targets)]
     missing = [(key, c) for key, c in named if c not in table.columns]
     if missing:
-        listed = ", ".join(f"{key} = {c!r}" for key, c in missing)
+        listed = "; ".join(f"{key} = {c!r}{_close(c, table.columns)}" for key, c in missing)
         raise DataError(
             [Problem(table.source, -1, c, f"the config names column {c!r} ({key}), which the table does not have", where="header") for key, c in missing],
             header=f"{table.source}: unknown column(s): {listed}. Columns in the file: {table.columns}",
+            one_line=True,
         )
 
 
+def _close(name: str, columns: list[str]) -> str:
+    near = difflib.get_close_matches(name, columns, n=3, cutoff=0.6) or [c for c in columns if c.lower() == name.lower()]
+    return f" (did you mean {', '.join(repr(c) for c in near)}?)" if near else ""
+
+
 def _check_media(path: Path, modality: str) -> str | None:
+    """None, or why this media file cannot be used. Decodes it in full."""
     if not path.is_file():
         return f"{modality} file not found: {path}"
     if modality == "image":
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            return f"unsupported image format {path.suffix!r} (use {sorted(IMAGE_EXTENSIONS)})"
-        from PIL import Image
-
-        try:
-            with Image.open(path) as img:
-                img.verify()  # reads the whole file's structure without decoding pixels
-        except Exception as e:
-            return f"corrupt or unreadable image {path.name}: {e}"
-        return None
+        return _check_image(path)
     if path.suffix.lower() not in AUDIO_EXTENSIONS:
         return f"unsupported audio format {path.suffix!r} (use {sorted(AUDIO_EXTENSIONS)})"
-    if path.suffix.lower() == ".mp3":
-        return None if path.stat().st_size > 0 else f"empty audio file {path.name}"
-    import soundfile as sf
-
-    try:
-        info = sf.info(str(path))
-    except Exception as e:
-        return f"corrupt or unsupported audio {path.name}: {e}"
-    if info.frames <= 0:
-        return f"audio {path.name} has no samples (truncated?)"
+    if path.stat().st_size == 0:
+        return f"empty audio file {path.name}"
     if path.suffix.lower() == ".wav":
         expected = _wav_data_bytes(path)
         if expected is not None and expected[0] > expected[1]:
             return f"audio {path.name} is truncated: header promises {expected[0]} data bytes, file holds {expected[1]}"
+    import soundfile as sf
+
+    try:
+        rate = int(sf.info(str(path)).samplerate)
+    except Exception:  # a codec soundfile lacks: the loader falls back to librosa
+        rate = 16000
+    try:
+        load_audio(path, target_sr=rate)  # native rate: no resampling work, only the decode
+    except MediaError as e:
+        return f"corrupt or unreadable audio {path.name}: {e}"
+    except Exception as e:  # decoders raise many types for garbage bytes
+        return f"corrupt or unreadable audio {path.name}: {type(e).__name__}: {e}"
+    return None
+
+
+def _check_image(path: Path) -> str | None:
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"unsupported image format {path.suffix!r} (use {sorted(IMAGE_EXTENSIONS)})"
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:  # reads the header only: the size, before any decoding
+            width, height = img.size
+    except Image.DecompressionBombError:
+        return f"image {path.name} is over the {MAX_IMAGE_PIXELS:,}-pixel limit"
+    except Exception as e:
+        return f"corrupt or unreadable image {path.name}: {e}"
+    if width * height > MAX_IMAGE_PIXELS:
+        return f"image {path.name} is {width} x {height} = {width * height:,} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit; downscale it"
+    try:
+        load_image(path)
+    except MediaError as e:
+        return f"corrupt or unreadable image {path.name}: {e}"
     return None
 
 
@@ -106,10 +121,12 @@ def _wav_data_bytes(path: Path) -> tuple[int, int] | None:
 
 
 def check_rows(table: Table, inputs: list[InputSpec], targets: list[TargetSpec], need_targets: bool = True) -> list[Problem]:
-    """Every problem in the table: missing/corrupt media, empty required text, non-numeric values,
-    missing labels, rows with no input at all."""
+    """Every problem in the table, sorted by row: missing or undecodable media, empty required
+    inputs, text that is not a string, non-numeric or non-finite numbers, missing labels, rows
+    with no input at all."""
     check_columns(table, inputs, targets, need_targets)
     problems: list[Problem] = []
+    media: list[tuple[int, str, Path, str]] = []  # (row, column, path, modality): decoded below, in threads
 
     def add(row: int, column: str, message: str) -> None:
         problems.append(Problem(table.source, row, column, message, table.where(row)))
@@ -129,15 +146,30 @@ def check_rows(table: Table, inputs: list[InputSpec], targets: list[TargetSpec],
                         parse_number(v)
                     except ValueError as e:
                         add(row, c, str(e))
+            elif inp.modality == "text" and not isinstance(values[0], str):
+                # str(["a", "b"]) would train on "['a', 'b']": refuse rather than guess
+                add(row, inp.columns[0], f"text must be a string, got {type(values[0]).__name__} {str(values[0])[:40]!r}")
             elif inp.modality in ("image", "audio") and isinstance(values[0], (str, Path)):
-                message = _check_media(resolve_media(str(values[0]).strip(), table.base_dir), inp.modality)
-                if message:
-                    add(row, inp.columns[0], message)
+                media.append((row, inp.columns[0], resolve_media(str(values[0]).strip(), table.base_dir), inp.modality))
         if not any_input:
             add(row, ", ".join(c for i in inputs for c in i.columns), "every input is empty")
         if need_targets:
             problems.extend(_check_targets(table, row, record, targets))
-    return problems
+    for (row, column, _, _), message in zip(media, _decode_all(media)):
+        if message:
+            add(row, column, message)
+    return sorted(problems, key=lambda p: p.row)
+
+
+def _decode_all(media: list[tuple[int, str, Path, str]]) -> list[str | None]:
+    """Decode each distinct file once (a table may name the same file in many rows)."""
+    unique = sorted({(path, modality) for _, _, path, modality in media}, key=str)
+    if not unique:
+        return []
+    threads = max(1, min(DECODE_THREADS, os.cpu_count() or 1, len(unique)))
+    with ThreadPoolExecutor(threads) as pool:
+        verdicts = dict(zip(unique, pool.map(lambda item: _check_media(*item), unique)))
+    return [verdicts[(path, modality)] for _, _, path, modality in media]
 
 
 def _check_targets(table: Table, row: int, record: dict, targets: list[TargetSpec]) -> Iterable[Problem]:
@@ -147,16 +179,24 @@ def _check_targets(table: Table, row: int, record: dict, targets: list[TargetSpe
         for t in missing:
             yield Problem(table.source, row, t.column, "missing label", table.where(row))
     for t in targets:
-        if t.type == "regression" and not is_empty(record.get(t.column)):
+        value = record.get(t.column)
+        if is_empty(value):
+            continue
+        if t.type == "regression":
             try:
-                parse_number(record.get(t.column))
+                parse_number(value)
             except ValueError as e:
                 yield Problem(table.source, row, t.column, str(e), table.where(row))
+        elif t.type == "classification" and isinstance(value, (dict, list, tuple, set)):
+            yield Problem(table.source, row, t.column, f"a label must be one value, got {type(value).__name__} {str(value)[:40]!r}", table.where(row))
 
 
 def validate_table(table: Table, inputs: list[InputSpec], targets: list[TargetSpec], on_bad_row: str = "error", need_targets: bool = True) -> tuple[Table, list[Problem]]:
     """Check all rows. ``error``: raise :class:`DataError` listing every problem. ``skip``: return
-    the table without the bad rows, and the problems (for the run folder's skipped_rows.csv)."""
+    the table without the bad rows, and the problems (for the run folder's skipped_rows.csv).
+    A labelled table (``need_targets``) without data rows is an error."""
+    if need_targets and len(table) == 0:
+        raise table_error(table.source, "the table has no data rows (only a header?)")
     problems = check_rows(table, inputs, targets, need_targets)
     if not problems:
         return table, []
@@ -167,3 +207,50 @@ def validate_table(table: Table, inputs: list[InputSpec], targets: list[TargetSp
     if not keep:
         raise DataError(problems, header=f"every row of {table.source} has a problem:")
     return table.subset(keep), problems
+
+
+class _Splits(Protocol):
+    train: Table
+    validation: Table
+    test: Table | None
+
+
+S = TypeVar("S", bound=_Splits)
+
+
+def check_training_data(config: Any, splits: S) -> S:
+    """What training needs beyond good rows, checked before any training work: enough rows, at
+    least two classes per classification target, every input column filled somewhere, and a
+    ``train.metric`` that names a metric the validation reports. Raises :class:`DataError` or
+    ``ValueError`` (the metric) with the file and column; returns ``splits`` unchanged."""
+    _check_metric_name(config)
+    train, validation = splits.train, splits.validation
+    if len(train) < MIN_TRAIN_ROWS:
+        split = "" if config.data.validation else f" after data.validation_fraction {config.data.validation_fraction:g} went to validation"
+        raise table_error(train.source, f"too few rows: need at least {MIN_TRAIN_ROWS} training rows, have {len(train)}{split} ({len(train) + (0 if config.data.validation else len(validation))} usable data rows)")
+    for inp in config.inputs:
+        for column in inp.columns:
+            if all(is_empty(r.get(column)) for r in train.records):
+                raise table_error(train.source, f"column {column!r} ({inp.modality} input) is empty in every training row; fill it or remove the input from the config", column)
+    for t in config.targets:
+        values = [r.get(t.column) for r in train.records]
+        if t.type == "classification":
+            labels = sorted({label_text(v) for v in values if not is_empty(v)})
+            if len(labels) < 2:
+                raise table_error(train.source, f"label column {t.column!r} has a single class {labels} in the training rows; a classifier needs at least 2 classes", t.column)
+        elif t.type == "multilabel" and not any(split_labels(v, t.separator) for v in values):
+            raise table_error(train.source, f"label column {t.column!r} has no labels in any training row", t.column)
+    return splits
+
+
+def _check_metric_name(config: Any) -> None:
+    if not config.train.metric:
+        return
+    target, _, name = config.train.metric.partition("/")
+    types = {t.column: t.type for t in config.targets}
+    if target not in types:
+        raise ValueError(f"train.metric {config.train.metric!r}: unknown target {target!r}{_close(target, list(types))}; targets: {list(types)}")
+    allowed = METRICS[types[target]]
+    if name not in allowed:
+        choices = ", ".join(f"{target}/{m}" for m in allowed)
+        raise ValueError(f"train.metric {config.train.metric!r}: unknown metric {name!r}{_close(name, list(allowed))} for a {types[target]} target; allowed: {choices}")

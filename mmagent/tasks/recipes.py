@@ -80,13 +80,25 @@ def _merge(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def refine_encoder(default: dict[str, Any], given: Any) -> Any:
+    """The recipe's encoder refined by the config's partial settings (``--set
+    inputs.0.encoder.freeze=all`` keeps the recipe's model and freezes it). A config that names
+    another model (a different source or name) keeps none of the recipe's encoder settings."""
+    if given is None:
+        return copy.deepcopy(default)
+    if not isinstance(given, dict):
+        return given  # let validation name the problem
+    same_model = all(given.get(k, default.get(k)) == default.get(k) for k in ("source", "name"))
+    return _merge(default, given) if same_model else given
+
+
 def apply_recipe(raw: dict[str, Any]) -> dict[str, Any]:
     """Fill a raw config dict from its recipe (``raw["recipe"]``)."""
     recipe = get_recipe(raw["recipe"])
     raw = copy.deepcopy(raw)
     for inp in raw.get("inputs") or []:
-        if isinstance(inp, dict) and inp.get("encoder") is None and inp.get("modality") in recipe.encoders:
-            inp["encoder"] = copy.deepcopy(recipe.encoders[inp["modality"]])
+        if isinstance(inp, dict) and inp.get("modality") in recipe.encoders:
+            inp["encoder"] = refine_encoder(recipe.encoders[inp["modality"]], inp.get("encoder"))
     raw["fusion"] = _merge(recipe.fusion, raw.get("fusion") or {})
     raw["train"] = _merge(recipe.train, raw.get("train") or {})
     given_agent = raw.get("agent") or {}

@@ -26,7 +26,7 @@ from mmagent.agent.spec import resolve_agent_config
 from mmagent.config import ExperimentConfig
 from mmagent.data.dataset import Collator, FeatureCache, MultimodalDataset, fit_targets
 from mmagent.data.tables import Table, as_table, read_table
-from mmagent.data.validation import Problem, validate_table
+from mmagent.data.validation import Problem, check_training_data, validate_table
 from mmagent.inference import make_loader, to_device
 from mmagent.io import write_json, write_text
 from mmagent.model import MultimodalModel
@@ -95,7 +95,7 @@ def load_splits(config: ExperimentConfig, train_data: Any = None) -> Splits:
     if config.data.test:
         test, bad = validate_table(read_table(config.resolve(config.data.test)), inputs, targets, policy)  # type: ignore[arg-type]
         skipped += bad
-    return Splits(train, validation, test, skipped)
+    return check_training_data(config, Splits(train, validation, test, skipped))
 
 
 def split_validation(table: Table, config: ExperimentConfig) -> tuple[Table, Table]:
