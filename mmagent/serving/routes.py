@@ -1,0 +1,167 @@
+"""The endpoints. Auth, the loaded agent and the micro-batchers come in through FastAPI
+dependencies (``Depends``), so each route says what it needs and nothing is a closure over the app.
+
+    POST /v1/predict   labels + calibrated probabilities per target
+    POST /v1/act       the policy's decision (action, reply, escalation, contributions)
+    GET  /v1/schema    inputs (column, modality), targets (type, labels), limits
+    GET  /healthz      the process is up
+    GET  /readyz       the model is loaded (503 until then)
+    GET  /metrics      Prometheus: requests by endpoint and status, latency, batch sizes
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from fastapi import APIRouter, Depends, Request, Security
+from fastapi.responses import Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from mmagent.specs import InputSpec, ModelSpec
+from mmagent.serving.batching import MicroBatcher, QueueFull
+from mmagent.serving.decoding import decode_records, raw_records
+from mmagent.serving.metrics import Metrics
+from mmagent.serving.schemas import ERRORS, ActResponse, ApiError, Health, PredictResponse, SchemaResponse, openapi_body, request_models
+from mmagent.serving.security import API_KEY_HEADER, key_matches
+from mmagent.serving.settings import ServeSettings
+
+
+@dataclass(eq=False)
+class ServingState:
+    """Everything the routes use, kept on ``app.state.mmagent``."""
+
+    spec: ModelSpec
+    settings: ServeSettings
+    keys: list[str]
+    metrics: Metrics
+    columns: dict[str, InputSpec] = field(default_factory=dict)
+    agent: Any = None
+    error: str | None = None
+    batchers: dict[str, MicroBatcher] = field(default_factory=dict)
+    executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def __post_init__(self) -> None:
+        self.columns = {c: inp for inp in self.spec.inputs for c in inp.columns}
+
+
+# -- dependencies ---------------------------------------------------------------------------------
+_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="an API key (when the server has keys)")
+_bearer = HTTPBearer(auto_error=False, description="the same API key as a bearer token")
+
+
+def get_state(request: Request) -> ServingState:
+    return request.app.state.mmagent
+
+
+def require_key(
+    state: ServingState = Depends(get_state),
+    header_key: Optional[str] = Security(_key_header),
+    bearer: Optional[HTTPAuthorizationCredentials] = Security(_bearer),
+) -> None:
+    """401 unless the request presents a configured key (no-op when the server has no keys)."""
+    if not state.keys:
+        return
+    given = (header_key or "").strip() or (bearer.credentials.strip() if bearer is not None else None)
+    if not key_matches(given, state.keys):
+        raise ApiError(401, "invalid API key" if given else f"missing API key: send header {API_KEY_HEADER} or Authorization: Bearer", API_KEY_HEADER)
+
+
+def ready_agent(state: ServingState = Depends(get_state)) -> Any:
+    """The loaded agent, or 503 while it loads (or when loading failed)."""
+    if state.agent is None:
+        raise ApiError(503, "model failed to load: " + state.error if state.error else "model is still loading; retry when /readyz says ready", "model")
+    return state.agent
+
+
+def _batcher(kind: str):
+    def get(state: ServingState = Depends(get_state), _agent: Any = Depends(ready_agent)) -> MicroBatcher:
+        return state.batchers[kind]
+
+    return get
+
+
+# -- routes ---------------------------------------------------------------------------------------
+def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
+    """The API's routes; the request-body documentation is built from ``spec``."""
+    router = APIRouter()
+    extra = openapi_body(*request_models(spec, settings.max_records))
+    keyed = [Depends(require_key)]
+
+    @router.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True, responses=ERRORS, openapi_extra=extra, tags=["agent"], summary="Labels and calibrated probabilities", dependencies=keyed)
+    async def predict(request: Request, state: ServingState = Depends(get_state), batcher: MicroBatcher = Depends(_batcher("predict"))) -> Any:
+        return {"predictions": await _run(request, state, batcher)}
+
+    @router.post("/v1/act", response_model=ActResponse, responses=ERRORS, openapi_extra=extra, tags=["agent"], summary="The policy's decision for each record", dependencies=keyed)
+    async def act(request: Request, state: ServingState = Depends(get_state), batcher: MicroBatcher = Depends(_batcher("act"))) -> Any:
+        return {"decisions": await _run(request, state, batcher)}
+
+    @router.get("/v1/schema", response_model=SchemaResponse, responses={401: ERRORS[401]}, tags=["agent"], summary="Inputs, targets and limits", dependencies=keyed)
+    async def schema(state: ServingState = Depends(get_state)) -> Any:
+        return _schema(state)
+
+    @router.get("/healthz", response_model=Health, tags=["ops"], summary="The process is up")
+    async def healthz() -> Any:
+        return {"status": "ok"}
+
+    @router.get("/readyz", response_model=Health, responses={503: ERRORS[503]}, tags=["ops"], summary="The model is loaded", dependencies=[Depends(ready_agent)])
+    async def readyz() -> Any:
+        return {"status": "ready"}
+
+    @router.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response, dependencies=keyed)
+    async def prometheus(state: ServingState = Depends(get_state)) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+async def _run(request: Request, state: ServingState, batcher: MicroBatcher) -> list[Any]:
+    settings, columns = state.settings, state.columns
+    raw, multipart = await raw_records(request, settings, columns)
+    needs_thread = multipart or any(isinstance(r, dict) and any(columns.get(c) is not None and columns[c].modality in ("image", "audio") and v is not None for c, v in r.items()) for r in raw)
+    records = await run_in_threadpool(decode_records, raw, columns, settings, multipart) if needs_thread else decode_records(raw, columns, settings, multipart)
+    try:
+        return await batcher.submit(records)
+    except QueueFull as e:
+        raise ApiError(503, str(e), "queue") from None
+    except Exception as e:
+        raise model_error(e) from e
+
+
+def _schema(state: ServingState) -> dict[str, Any]:
+    settings, loaded = state.settings, state.agent
+    encoding = {"text": "string", "numeric": "number", "image": "base64 string (JSON) or file upload (multipart)", "audio": "base64 string (JSON) or file upload (multipart)"}
+    return {
+        "inputs": [{"name": inp.key, "columns": inp.columns, "modality": inp.modality, "required": inp.required, "encoding": encoding[inp.modality]} for inp in state.spec.inputs],
+        "targets": [{"name": t.column, "type": t.type, "labels": list(t.labels or [])} for t in state.spec.targets],
+        "agent_target": getattr(loaded, "target", None),
+        "policy": getattr(getattr(loaded, "policy", None), "name", None) or (type(loaded.policy).__name__ if loaded is not None else None),
+        "limits": {
+            "max_body_bytes": settings.max_body_bytes,
+            "max_records": settings.max_records,
+            "max_image_pixels": settings.max_image_pixels,
+            "max_audio_seconds": settings.max_audio_seconds,
+            "max_text_chars": settings.max_text_chars,
+        },
+        "batching": {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms},
+    }
+
+
+def model_error(e: Exception) -> Exception:
+    """Errors of the model call: bad rows (DataError, MediaError) are the client's -> 422."""
+    from mmagent.data.validation import DataError
+    from mmagent.encoders.media import MediaError
+
+    if isinstance(e, ApiError):
+        return e
+    if isinstance(e, DataError):
+        problems = [{"field": p.column, "record": p.row if p.row >= 0 else None, "error": p.message} for p in e.problems]
+        first = problems[0] if problems else {"field": None, "record": None, "error": str(e)}
+        return ApiError(422, first["error"], first["field"], first["record"], problems if len(problems) > 1 else None)
+    if isinstance(e, MediaError):
+        return ApiError(422, str(e), None)
+    return e

@@ -1,0 +1,145 @@
+"""Request and response schemas of the HTTP API, and the error every client mistake becomes.
+
+The request models are built from the model's inputs (:func:`request_models`) and used for the
+OpenAPI document only: bodies are read and checked by :mod:`mmagent.serving.decoding`, which
+names the exact field at fault.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from mmagent.agent.policies import Decision
+from mmagent.specs import ModelSpec
+
+MULTIPART = "multipart/form-data"
+
+
+# -- errors ---------------------------------------------------------------------------------------
+class ApiError(Exception):
+    """A client error: status + message + the field (column, header or body part) at fault."""
+
+    def __init__(self, status: int, error: str, field: str | None = None, record: int | None = None, problems: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.field, self.record, self.problems = status, error, field, record, problems
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.error, "field": self.field}
+        if self.record is not None:
+            out["record"] = self.record
+        if self.problems:
+            out["problems"] = self.problems
+        return out
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="what is wrong")
+    field: Optional[str] = Field(None, description="the column, header or body part at fault")
+    record: Optional[int] = Field(None, description="index of the record (in `records`) at fault")
+    problems: Optional[list[dict[str, Any]]] = Field(None, description="every problem, when there are several")
+
+
+# -- response models ------------------------------------------------------------------------------
+class TargetPrediction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: Optional[str] = Field(None, description="classification: the most probable label")
+    labels: Optional[list[str]] = Field(None, description="multilabel: labels with probability >= 0.5")
+    probabilities: Optional[dict[str, float]] = Field(None, description="calibrated probability per label")
+    value: Optional[float] = Field(None, description="regression: the predicted value")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[dict[str, TargetPrediction]] = Field(description="one entry per record, in order: target -> prediction")
+
+
+class ActResponse(BaseModel):
+    decisions: list[Decision] = Field(description="one decision per record, in order")
+
+
+class InputInfo(BaseModel):
+    name: str
+    columns: list[str]
+    modality: Literal["text", "image", "audio", "numeric"]
+    required: bool
+    encoding: str = Field(description="how to send it in JSON")
+
+
+class TargetInfo(BaseModel):
+    name: str
+    type: str
+    labels: list[str]
+
+
+class SchemaResponse(BaseModel):
+    inputs: list[InputInfo]
+    targets: list[TargetInfo]
+    agent_target: Optional[str] = None
+    policy: Optional[str] = None
+    limits: dict[str, int | float]
+    batching: dict[str, int | float]
+
+
+class Health(BaseModel):
+    status: str
+
+
+ERRORS = {
+    400: {"model": ErrorResponse, "description": "malformed body (not JSON, empty, neither `record` nor `records`)"},
+    401: {"model": ErrorResponse, "description": "missing or wrong API key"},
+    413: {"model": ErrorResponse, "description": "body larger than max_body_bytes"},
+    415: {"model": ErrorResponse, "description": "content type is not application/json or multipart/form-data"},
+    422: {"model": ErrorResponse, "description": "a bad value (unknown column, wrong type, bad base64, undecodable or oversized media)"},
+    503: {"model": ErrorResponse, "description": "model not loaded yet, or overloaded"},
+}
+
+
+# -- OpenAPI request schemas -----------------------------------------------------------------------
+def _safe(name: str) -> str:
+    return re.sub(r"\W", "_", name)
+
+
+def record_model(spec: ModelSpec) -> type[BaseModel]:
+    """A pydantic model of one JSON record for this model's inputs (for the docs)."""
+    fields: dict[str, Any] = {}
+    for inp in spec.inputs:
+        for col in inp.columns:
+            if inp.modality == "text":
+                typ, desc, extra = Optional[str], "text", {}
+            elif inp.modality == "numeric":
+                typ, desc, extra = Optional[float], "a number", {}
+            else:
+                typ, desc, extra = Optional[str], f"the {inp.modality} file's bytes, base64-encoded", {"json_schema_extra": {"contentEncoding": "base64"}}
+            req = " (required)" if inp.required else " (optional: a missing input is allowed)"
+            fields[f"f_{_safe(col)}_{len(fields)}"] = (typ, Field(None, alias=col, description=f"{inp.modality} input {inp.key!r}: {desc}{req}", **extra))
+    return create_model("Record", __config__=ConfigDict(extra="forbid", populate_by_name=False), **fields)
+
+
+def request_models(spec: ModelSpec, max_records: int) -> tuple[type[BaseModel], dict[str, Any]]:
+    """The JSON body model and the multipart form schema of /v1/predict and /v1/act."""
+    record = record_model(spec)
+    body = create_model(
+        "RecordsRequest",
+        __config__=ConfigDict(extra="forbid"),
+        record=(Optional[record], Field(None, description="one record")),
+        records=(Optional[list[record]], Field(None, description=f"several records (at most {max_records})", max_length=max_records)),
+    )
+    multipart: dict[str, Any] = {"type": "object", "properties": {}}
+    for inp in spec.inputs:
+        for col in inp.columns:
+            if inp.modality in ("image", "audio"):
+                multipart["properties"][col] = {"type": "string", "format": "binary", "description": f"{inp.modality} file upload"}
+            else:
+                multipart["properties"][col] = {"type": "string", "description": f"{inp.modality} value"}
+    return body, multipart
+
+
+def openapi_body(body: type[BaseModel], multipart: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` of a route that takes records as JSON or multipart."""
+    schema = body.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}, MULTIPART: {"schema": multipart}}}}
+
+
