@@ -183,6 +183,9 @@ class _Search:
             study.optimize(self._objective, n_trials=n_trials, timeout=max(1.0, self.clock.left() - self.reserve), catch=(RuntimeError, ValueError))
         except KeyboardInterrupt:
             self.clock.say("interrupted: stopping the search and keeping the best candidate so far")
+            for row in self.leaderboard.rows:
+                if row.status == "running":
+                    row.status = "interrupted"
             return True
         finally:
             if previous is not None:
