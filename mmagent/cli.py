@@ -119,6 +119,28 @@ def train(
         typer.echo(json.dumps(_headline(result.metrics), indent=2))
 
 
+@app.command()
+@user_errors
+def fit(
+    train: Path = typer.Argument(..., help="training table (CSV/JSONL/Parquet): one row per example"),
+    label: str = typer.Option(..., "--label", help="the column to predict"),
+    output: Path = typer.Option(..., "-o", "--output", help="run folder to create (the chosen model, leaderboard, report)"),
+    validation: Optional[Path] = typer.Option(None, "--validation", help="validation table (default: a stratified 10 % of TRAIN)"),
+    test: Optional[Path] = typer.Option(None, "--test", help="test table, scored once on the chosen model"),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="e.g. 90s, 20m, 1h30m (default: the preset's: fast 5m, balanced 30m, best 2h)"),
+    preset: str = typer.Option("balanced", "--preset", help="fast | balanced | best"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="domain policy and encoders: customer_service | medical_imaging | finance"),
+    column_type: List[str] = typer.Option([], "--column-type", help="override one column's kind: COL=text|categorical|numeric|image|audio|ignore (repeatable)"),
+    seed: int = typer.Option(0, "--seed", help="random seed of every candidate and of the search"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
+) -> None:
+    """Infer the columns, search encoders / freezing / hyperparameters within a time budget, and
+    keep the best model as the run (loadable with Agent.load; config.yaml reproduces it)."""
+    from mmagent.search.fit import fit as run_fit
+
+    run_fit(train, label, output, validation=validation, test=test, time_budget=time_budget, preset=preset, recipe=recipe, column_types=column_type, seed=seed, progress=not quiet)
+
+
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     return {split: {t: {k: v for k, v in m.items() if isinstance(v, (int, float))} for t, m in ms.items()} for split, ms in metrics.items() if split in ("validation", "test")}
 

@@ -1,113 +1,104 @@
-"""``mmagent demo``: build a small built-in dataset, fine-tune with the offline zoo encoders,
-evaluate, save the run, and show the agent deciding on a few inputs."""
+"""``mmagent demo``: the main job, done the way a user would — a table goes into ``mmagent fit``,
+which infers the columns and searches within a small budget (leaderboard on screen); the agent it
+returns then decides on typed and spoken requests with calibrated confidence.
+
+Every dataset here is built offline by this project (``requests.py``, ``datasets.py``); speech is
+rendered with the bundled espeak-ng library (``tts.py``), no system package needed.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
+import pandas as pd
 
 from mmagent.demo import datasets as ds
 
 
 @dataclass
 class DemoPlan:
-    config: dict[str, Any]
+    """Tables written to the data folder, what to predict, and what the agent is shown after."""
+
+    tables: dict[str, str]  # split -> file name in the data folder
+    label: str
+    recipe: str
+    budget: str
+    preset: str
     examples: list[tuple[str, dict[str, Any]]]  # (what it is, record) for the agent to decide on
-    notes: list[str]
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    agent: dict[str, Any] = field(default_factory=dict)  # merged into the recipe's agent block
 
 
-def _split(frame: Any, folder: Path, seed: int = 0) -> dict[str, str]:
-    """Seeded 70/15/15 split, written as CSV next to the media folders."""
-    frame = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    n = len(frame)
-    parts = {"train": frame[: int(0.7 * n)], "validation": frame[int(0.7 * n) : int(0.85 * n)], "test": frame[int(0.85 * n) :]}
+def _write_splits(frame: pd.DataFrame, folder: Path, seed: int = 0) -> dict[str, str]:
+    """Write train / validation / test CSVs: by the frame's ``split`` column when it has one
+    (held-out templates), else a seeded 70/15/15 split."""
+    if "split" in frame:
+        parts = {name: frame[frame["split"] == name].drop(columns="split") for name in ("train", "validation", "test")}
+    else:
+        frame = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+        n = len(frame)
+        parts = {"train": frame[: int(0.7 * n)], "validation": frame[int(0.7 * n) : int(0.85 * n)], "test": frame[int(0.85 * n) :]}
     for name, part in parts.items():
         part.to_csv(folder / f"{name}.csv", index=False)
     return {name: f"{name}.csv" for name in parts}
 
 
 def plan_customer_service(folder: Path, quick: bool) -> DemoPlan:
-    notes = []
-    frame = ds.customer_service_utterances(12 if quick else 40, seed=0)
-    inputs: list[dict[str, Any]] = [{"column": "text", "modality": "text"}]
-    speech = ds.espeak_available()
-    if speech:
-        print(f"rendering speech for {len(frame)} utterances with espeak-ng ...")
-        frame = ds.add_speech(frame, folder / "audio", seed=0, fraction=0.6)
-        inputs.append({"column": "audio", "modality": "audio"})
-        # Spoken-only rows: the model must cope when the text is missing.
-        spoken_only = frame.sample(frac=0.25, random_state=1).index
-        frame.loc[spoken_only.intersection(frame.index[frame["audio"].notna()]), "text"] = None
-    else:
-        notes.append("espeak-ng is not installed, so the demo is text-only (install it, e.g. `apt-get install espeak-ng`, for spoken input).")
-    playbook = folder / "playbook.yaml"
-    playbook.write_text(yaml.safe_dump(ds.PLAYBOOK, sort_keys=False))
-    config = {
-        "recipe": "customer_service",
-        "data": _split(frame, folder),
-        "inputs": inputs,
-        "targets": [{"column": "intent", "type": "classification"}],
-        "agent": {"type": "customer_service", "playbook": "playbook.yaml", "escalation": {"target_precision": 0.95}},
-        "train": {"epochs": 2 if quick else 4, "batch_size": 16, "lr": 8e-5},
-    }
+    from mmagent.demo.requests import customer_requests, playbook
+    from mmagent.demo.tts import add_speech, speak
+
+    frame = customer_requests(2 if quick else 5, seed=0)
+    print(f"rendering {int(0.6 * len(frame))} of {len(frame)} requests to speech (bundled espeak-ng) ...")
+    frame = add_speech(frame, folder / "audio", seed=0, fraction=0.6)
+    # Spoken-only rows: the model must cope when the text is missing.
+    spoken_only = frame[frame["audio"].notna()].sample(frac=0.3, random_state=1).index
+    frame.loc[spoken_only, "text"] = None
+    (folder / "playbook.json").write_text(json.dumps(playbook(), indent=2))
     examples: list[tuple[str, dict[str, Any]]] = [
         ("typed", {"text": "hello, my new debit card still hasn't come"}),
-        ("typed", {"text": "someone stole my wallet and my visa card"}),
-        ("typed", {"text": "can you recommend a good pizza place nearby"}),
+        ("typed, with typos", {"text": "somone stole my walet and my visa card"}),
+        ("typed, ambiguous", {"text": "my transfer failed and i want my money back"}),
+        ("typed, out of scope", {"text": "can you recommend a good pizza place nearby"}),
     ]
-    if speech:
-        for i, sentence in enumerate(["my transfer to my sister failed yesterday", "i want to talk to a real person"]):
-            path = folder / f"spoken_{i}.wav"
-            ds.speak(sentence, path, "en-us", 140)
-            examples.append((f'spoken: "{sentence}"', {"audio": str(path)}))
-    return DemoPlan(config, examples, notes)
+    for i, sentence in enumerate(["my transfer to my sister failed yesterday", "i want to talk to a real person"]):
+        path = folder / f"spoken_{i}.wav"
+        speak(sentence, path, "en-us", 140)
+        examples.append((f'spoken: "{sentence}"', {"audio": str(path)}))
+    agent = {"type": "customer_service", "playbook": str(folder / "playbook.json"), "escalation": {"target_precision": 0.9}}
+    return DemoPlan(_write_splits(frame, folder), "intent", "customer_service", "75s" if quick else "4m", "fast" if quick else "balanced", examples, agent=agent)
 
 
 def plan_medical(folder: Path, quick: bool) -> DemoPlan:
     frame = ds.medical_cases(120 if quick else 360, seed=0, folder=folder / "images")
-    config = {
-        "recipe": "medical_imaging",
-        "data": _split(frame, folder),
-        "inputs": [{"column": "image", "modality": "image", "encoder": {"source": "zoo", "name": "efficientnet-lite0", "image_size": 128, "freeze": 3}}, {"column": "note", "modality": "text"}],
-        "targets": [{"column": "finding", "type": "classification"}],
-        "train": {"epochs": 2 if quick else 5, "batch_size": 16, "lr": 2e-4},
-    }
     test = frame.sample(3, random_state=5)
     examples = [(f"case ({row.finding})", {"image": str(folder / row.image), "note": row.note}) for row in test.itertuples()]
     examples.append(("image only, no notes", {"image": str(folder / test.iloc[0]["image"])}))
-    return DemoPlan(config, examples, [])
+    small_images = {"image": {"source": "zoo", "name": "efficientnet-lite0", "image_size": 128}}
+    return DemoPlan(_write_splits(frame, folder), "finding", "medical_imaging", "60s" if quick else "3m", "fast", examples, small_images)
 
 
 def plan_finance(folder: Path, quick: bool) -> DemoPlan:
     frame = ds.finance_news(240 if quick else 600, seed=0)
-    config = {
-        "recipe": "finance",
-        "data": _split(frame, folder),
-        "inputs": [{"column": "headline", "modality": "text"}, {"column": ["return_1d", "return_5d", "volume_change"], "modality": "numeric"}],
-        "targets": [{"column": "sentiment", "type": "classification"}],
-        "train": {"epochs": 2 if quick else 4, "batch_size": 16, "lr": 8e-5},
-    }
     examples = [
         ("headline + prices", {"headline": "Globex shares slump after profit warning", "return_1d": -2.1, "return_5d": -4.0, "volume_change": 0.9}),
         ("headline only", {"headline": "Hooli raises full-year guidance"}),
         ("prices only", {"return_1d": 1.6, "return_5d": 3.5, "volume_change": 0.4}),
     ]
-    return DemoPlan(config, examples, [])
+    return DemoPlan(_write_splits(frame, folder), "sentiment", "finance", "60s" if quick else "3m", "fast", examples)
 
 
 DEMOS: dict[str, Callable[[Path, bool], DemoPlan]] = {"customer-service": plan_customer_service, "medical": plan_medical, "finance": plan_finance}
 
 
 def run_demo(name: str, out_dir: Path, quick: bool = False) -> Path:
-    """Build the dataset and config in ``out_dir``, train into ``out_dir/run``, show the agent."""
+    """Build the dataset in ``out_dir/data``, fit into ``out_dir/run``, show the agent deciding."""
     from mmagent.agent import Agent
-    from mmagent.config import load_config
-    from mmagent.training.trainer import train
+    from mmagent.search.fit import fit
 
     if name not in DEMOS:
         raise ValueError(f"unknown demo {name!r}; available: {sorted(DEMOS)}")
@@ -117,18 +108,11 @@ def run_demo(name: str, out_dir: Path, quick: bool = False) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
     print(f"== mmagent demo: {name} ==\nbuilding the built-in dataset in {data_dir} ...")
     plan = DEMOS[name](data_dir, quick)
-    for note in plan.notes:
-        print(f"note: {note}")
-    config_path = data_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(plan.config, sort_keys=False))
-    config = load_config(config_path)
     run_dir = out_dir / "run"
-    if run_dir.exists():
-        import shutil
-
+    if run_dir.exists():  # the demo's own previous run (fit refuses folders it did not create)
         shutil.rmtree(run_dir)
-    print(f"fine-tuning {', '.join(f'{i.key} ({i.encoder.source}:{i.encoder.name})' for i in config.inputs)} with {config.fusion.type} fusion ...")
-    result = train(config, run_dir)
+    print(f"\n== mmagent fit {plan.tables['train']} --label {plan.label} --recipe {plan.recipe} --preset {plan.preset} --time-budget {plan.budget} ==")
+    result = fit(data_dir / plan.tables["train"], plan.label, run_dir, validation=data_dir / plan.tables["validation"], test=data_dir / plan.tables["test"], time_budget=plan.budget, preset=plan.preset, recipe=plan.recipe, agent=plan.agent or None, encoders=plan.encoders)
 
     agent = Agent.load(run_dir)
     print("\n== the agent decides ==")
@@ -143,14 +127,18 @@ def run_demo(name: str, out_dir: Path, quick: bool = False) -> Path:
             print(f"  reply: {decision.reply}")
         if decision.contributions:
             print("  contributions: " + ", ".join(f"{k} {v:+.2f}" for k, v in decision.contributions.items()))
-
-    test = result.metrics.get("test", {})
-    print("\n== summary ==")
-    for target, m in test.items():
-        print(f"test {target}: accuracy {m.get('accuracy', float('nan')):.3f}, macro-F1 {m.get('macro_f1', float('nan')):.3f} on {m.get('n')} examples")
-    calib = json.loads((run_dir / "calibration.json").read_text())
-    for target, c in calib.items():
-        if "temperature" in c:
-            print(f"calibration {target}: ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f} (temperature {c['temperature']:.2f})")
-    print(f"run folder: {run_dir}\nreport: {run_dir / 'report.md'}\ntook {time.perf_counter() - start:.0f} s")
+    _summary(run_dir)
+    print(f"fit took {result.seconds:.0f} s of a {result.budget_seconds:.0f} s budget; the demo {time.perf_counter() - start:.0f} s in all")
     return run_dir
+
+
+def _summary(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    print("\n== summary (test split: phrasings held out from training) ==")
+    for target, m in metrics.get("test", {}).items():
+        print(f"test {target}: accuracy {m.get('accuracy', float('nan')):.3f}, macro-F1 {m.get('macro_f1', float('nan')):.3f} on {m.get('n')} examples")
+    calibration = json.loads((run_dir / "calibration.json").read_text())
+    for target, c in calibration.items():
+        if isinstance(c, dict) and "temperature" in c:
+            print(f"calibration {target}: temperature {c['temperature']:.2f}; " + ", ".join(f"{k} {v:.3f}" for k, v in c.items() if k.startswith("ece") and isinstance(v, float)))
+    print(f"run folder: {run_dir}\nleaderboard: {run_dir / 'leaderboard.md'}\nreport: {run_dir / 'report.md'}")

@@ -1,0 +1,292 @@
+"""``mmagent fit``: from a bare table and the column to predict to a trained agent, within a budget.
+
+Read top to bottom, one fit is:
+
+1. infer the schema (``columns.py``): each column's kind with its reason; the label's task;
+2. build the base config from it (encoders from the recipe, or the offline zoo) and check every
+   row of every table before any training;
+3. measure what one training sample costs on the real model (``ladder.py``);
+4. climb the ladder in one Optuna study: a frozen probe on cached features, then partial, LoRA
+   and full fine-tuning as the budget allows; then, with time left, a search (TPE sampler,
+   successive-halving pruning) over strategy, learning rates, fusion, modality dropout and epochs.
+   Every candidate shares the frozen-feature cache and stops at the deadline;
+5. the best candidate on validation becomes the run: evaluated on test, calibrated, reported,
+   with its leaderboard and a ``config.yaml`` that ``mmagent train`` reproduces it from.
+
+Ctrl-C (or SIGTERM) during the search stops it and still promotes the best finished candidate.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmagent.data.tables import Table, as_table, read_table
+from mmagent.search.columns import Schema, infer_schema, parse_column_types
+from mmagent.search.ladder import ENCODER_LR, HEAD_LR, PRESETS, Preset, SampleCost, apply_strategy, encoder_blocks, measure_cost
+from mmagent.search.leaderboard import Leaderboard, Progress
+
+# What each kind of column becomes when no recipe names encoders: offline zoo weights.
+DEFAULT_ENCODERS: dict[str, dict[str, Any]] = {
+    "text": {"source": "zoo", "name": "minilm-l6", "max_length": 64},
+    "image": {"source": "zoo", "name": "efficientnet-lite0"},
+    "audio": {"source": "zoo", "name": "whisper-tiny.en", "max_seconds": 5.0, "freeze": "all"},
+    "numeric": {"source": "builtin", "name": "mlp"},
+    "categorical": {"source": "builtin", "name": "hash-embedding"},
+}
+
+
+@dataclass
+class FitResult:
+    """The run folder (load it with ``Agent.load``), the schema, the leaderboard and timings."""
+
+    run_dir: Path
+    schema: Schema
+    leaderboard: Leaderboard
+    best: str
+    seconds: float
+    budget_seconds: float
+    interrupted: bool = False
+
+
+def parse_duration(value: str | float | int | None) -> float | None:
+    """``"30m"``, ``"1h30m"``, ``"90s"``, ``"2h"`` or a number of seconds -> seconds."""
+    if value is None or isinstance(value, (int, float)):
+        return None if value is None else float(value)
+    text = value.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|m|s)", text)
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != re.sub(r"\s+", "", text):
+        raise ValueError(f"time budget {value!r}: use e.g. 90s, 20m, 1h30m or a number of seconds")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def base_config(schema: Schema, data: dict[str, str | None], recipe: str | None = None, encoders: dict[str, dict[str, Any]] | None = None, seed: int = 0) -> dict[str, Any]:
+    """The raw config the schema implies (before any strategy): one input per used column, numeric
+    columns together in one input, encoders from ``encoders`` / the recipe / the zoo."""
+    from mmagent.tasks.recipes import get_recipe
+
+    chosen = {**DEFAULT_ENCODERS, **(get_recipe(recipe).encoders if recipe else {}), **(encoders or {})}
+    inputs: list[dict[str, Any]] = []
+    for kind in ("text", "image", "audio", "categorical"):
+        inputs += [{"column": c, "modality": kind, "encoder": copy.deepcopy(chosen[kind])} for c in schema.of_kind(kind)]
+    numeric = schema.of_kind("numeric")
+    if numeric:
+        inputs.append({"column": numeric, "modality": "numeric", "encoder": copy.deepcopy(chosen["numeric"])})
+    if not inputs:
+        raise ValueError(f"no usable input column: every column but {schema.label!r} was ignored (see the schema above); set kinds with --column-type")
+    several = len(inputs) > 1
+    raw: dict[str, Any] = {
+        "data": {k: v for k, v in data.items() if v},
+        "inputs": inputs,
+        "targets": [{"column": schema.label, "type": schema.task}],
+        "fusion": {"type": "gated" if several else "concat", "hidden_dim": 256, "modality_dropout": 0.2 if several else 0.0},
+        "train": {"batch_size": 32, "seed": seed},
+    }
+    if recipe:
+        raw["recipe"] = recipe
+    return raw
+
+
+def fit(train: str | Path | Any, label: str, output: str | Path, *, validation: str | Path | None = None, test: str | Path | None = None, time_budget: str | float | None = None, preset: str = "balanced", recipe: str | None = None, column_types: list[str] | dict[str, str] | None = None, agent: dict[str, Any] | None = None, encoders: dict[str, dict[str, Any]] | None = None, seed: int = 0, progress: bool = True) -> FitResult:
+    """Fit an agent to ``train`` (a CSV / JSONL / Parquet file or a DataFrame) that predicts
+    ``label``, within ``time_budget`` (default: the preset's). ``agent``: the agent block (policy,
+    playbook, escalation; relative paths from the training table's folder), else the recipe's.
+    ``encoders``: modality -> encoder spec, to use instead of the recipe's / the zoo's. See the
+    module docstring."""
+    from mmagent.runs import claim_run_dir
+
+    if preset not in PRESETS:
+        raise ValueError(f"--preset {preset!r}: use one of {', '.join(PRESETS)}")
+    plan = PRESETS[preset]
+    budget = parse_duration(time_budget) or plan.budget_seconds
+    clock = Progress(budget, enabled=progress)
+    run_dir = claim_run_dir(Path(output))
+    data = {"train": _materialize(train, run_dir), "validation": _absolute(validation), "test": _absolute(test)}
+
+    table = read_table(data["train"])
+    schema = infer_schema(table, label, parse_column_types(column_types))
+    clock.say(f"schema of {table.source} ({len(table)} rows):\n{schema.table()}")
+    raw = base_config(schema, data, recipe, encoders, seed)
+    if agent:
+        raw["agent"] = copy.deepcopy(agent)
+    search = _Search(raw, run_dir, plan, clock, seed)
+    interrupted = search.run()
+    board = search.leaderboard
+    best = board.best()
+    if best is None:
+        raise RuntimeError(f"no candidate finished within the budget ({budget:.0f} s): give a larger --time-budget\n{board.table()}")
+    _promote(best.run_dir, run_dir, search.final_raw(best), clock)
+    board.write(run_dir)
+    (run_dir / "schema.md").write_text(f"# Inferred schema\n\n```\n{schema.table()}\n```\n")
+    for other in board.rows:  # keep every candidate's metrics, drop the weights nobody will load
+        if other is not best and other.run_dir is not None:
+            shutil.rmtree(other.run_dir / "model", ignore_errors=True)
+    clock.say(f"leaderboard (validation {board.metric}):\n{board.table()}")
+    clock.say(f"chosen: {best.name} ({best.describe()}); run folder: {run_dir}; reproduce: mmagent train {run_dir / 'config.yaml'} -o NEW_RUN")
+    return FitResult(run_dir, schema, board, best.name, clock.elapsed(), budget, interrupted)
+
+
+class _Search:
+    """The ladder and the search, as one Optuna study whose first trials are the ladder's rungs."""
+
+    def __init__(self, raw: dict[str, Any], run_dir: Path, plan: Preset, clock: Progress, seed: int) -> None:
+        from mmagent.config import config_from_dict
+        from mmagent.data.feature_store import FeatureCacheStore
+        from mmagent.inference import make_loader
+        from mmagent.training.trainer import build_model, load_splits
+
+        self.raw, self.run_dir, self.plan, self.clock, self.seed = raw, run_dir, plan, clock, seed
+        config = config_from_dict(copy.deepcopy(raw))  # every key checked before any work
+        self.splits = load_splits(config)  # every row of every table checked, all problems at once
+        self.n_train, self.n_val = len(self.splits.train), len(self.splits.validation)
+        model = build_model(config, self.splits.train)
+        self.blocks = encoder_blocks(model, raw)
+        bs = config.train.batch_size
+        sample = self.splits.train.subset(list(range(min(len(self.splits.train), 3 * bs))))
+        self.cost: SampleCost = measure_cost(model, make_loader(model, sample, bs))
+        del model
+        clock.say(f"one training sample costs {1000 * self.cost.forward:.1f} ms forward, {1000 * self.cost.forward_backward:.1f} ms forward + backward; {self.n_train} training rows, {self.n_val} validation rows")
+        self.store = FeatureCacheStore(run_dir / "feature_cache")
+        self.several = len(raw["inputs"]) > 1
+        self.leaderboard = Leaderboard(metric="", larger_better=self._larger_better())
+        # Time kept back for promoting the winner: validation, test, ablation and calibration passes.
+        n_test = len(self.splits.test) if self.splits.test is not None else 0
+        self.reserve = 10.0 + 1.5 * self.cost.forward * (self.n_val + n_test * (len(raw["inputs"]) + 1))
+
+    def run(self) -> bool:
+        """Run the study until the budget (less the reserve) is spent. True when interrupted."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=len(self.plan.strategies))
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        storage = f"sqlite:///{self.run_dir / 'search.db'}"
+        study = optuna.create_study(study_name="fit", storage=storage, direction="maximize" if self._larger_better() else "minimize", sampler=sampler, pruner=pruner)
+        for strategy in self.plan.strategies:  # the ladder, cheapest first
+            params: dict[str, Any] = {"strategy": strategy, "head_lr": HEAD_LR[strategy]}
+            if strategy != "probe":
+                params |= {"lr": ENCODER_LR[strategy], "epochs": self.plan.finetune_epochs}
+            study.enqueue_trial(params)
+        n_trials = None if self.plan.search else len(self.plan.strategies)
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+        try:
+            study.optimize(self._objective, n_trials=n_trials, timeout=max(1.0, self.clock.left() - self.reserve), catch=(RuntimeError, ValueError))
+        except KeyboardInterrupt:
+            self.clock.say("interrupted: stopping the search and keeping the best candidate so far")
+            for row in self.leaderboard.rows:
+                if row.status == "running":
+                    row.status = "interrupted"
+            return True
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        return False
+
+    def _larger_better(self) -> bool:
+        return self.raw["targets"][0]["type"] != "regression"
+
+    def _objective(self, trial: Any) -> float:
+        from mmagent.search.objective import CandidatePruned, run_candidate
+
+        strategy = trial.suggest_categorical("strategy", self.plan.strategies)
+        head_lr = trial.suggest_float("head_lr", 3e-4, 1e-2, log=True)
+        lr = trial.suggest_float("lr", 1e-5, 1e-3, log=True) if strategy != "probe" else None
+        wanted = self.plan.probe_epochs if strategy == "probe" else trial.suggest_int("epochs", 1, 2 * self.plan.finetune_epochs)
+        raw = apply_strategy(self.raw, strategy, self.blocks, wanted, lr, head_lr)
+        if self.several and trial.number >= len(self.plan.strategies):  # the ladder keeps the base fusion
+            raw["fusion"]["type"] = trial.suggest_categorical("fusion", ["concat", "gated", "cross_attention"])
+            raw["fusion"]["modality_dropout"] = trial.suggest_float("modality_dropout", 0.0, 0.4)
+        name = f"{trial.number:02d}-{strategy}"
+        row = self.leaderboard.add(name, strategy, trial.params, wanted)
+        seconds_left = self.clock.left() - self.reserve
+        epochs = self.cost.affordable_epochs(strategy, wanted, seconds_left, self.n_train, self.n_val)
+        if epochs == 0:
+            need = self.cost.setup_seconds(strategy, self.n_train, self.n_val) + self.cost.epoch_seconds(strategy, self.n_train, self.n_val)
+            row.skip(f"one epoch needs ~{need:.0f} s, {max(0.0, seconds_left):.0f} s left")
+            import optuna
+
+            raise optuna.TrialPruned(row.status)
+        raw["train"]["epochs"] = epochs
+        self.clock.say(f"candidate {name}: {row.describe()}, {epochs} epoch(s)" + (f" (of {wanted}: budget)" if epochs < wanted else ""))
+        try:
+            result = run_candidate(raw, self.run_dir / "candidates" / name, store=self.store, trial=None if strategy == "probe" else trial, deadline=time.monotonic() + seconds_left)
+        except CandidatePruned as e:
+            row.finish(e.result, "pruned")
+            self.clock.say(f"candidate {name}: pruned ({row.status_text()})")
+            raise
+        except Exception as e:
+            row.fail(e)
+            self.clock.say(f"candidate {name}: failed: {e}")
+            raise
+        self.leaderboard.metric = result.metric
+        row.finish(result, "cut by budget" if result.cut_short else "done")
+        row.raw = raw
+        self.clock.say(f"candidate {name}: validation {result.metric} = {result.score:.4f} in {result.seconds:.0f} s ({row.status})")
+        return result.score
+
+    def final_raw(self, best: Any) -> dict[str, Any]:
+        """The winner's config with the test table and, when the budget cut it, the steps it ran."""
+        raw = copy.deepcopy(best.raw)
+        if best.status == "cut by budget":
+            raw["train"]["max_steps"] = best.steps
+        return raw
+
+
+def _promote(candidate: Path, run_dir: Path, raw: dict[str, Any], clock: Progress) -> None:
+    """Make the winner the run: copy it in, evaluate on validation + test, calibrate, report, and
+    write the config that reproduces it."""
+    from mmagent.search.objective import finalize_candidate
+
+    clock.say("evaluating the chosen model on validation and test, calibrating, writing the report ...")
+    staged = run_dir / ".promoted"
+    finalize_candidate(candidate, staged)
+    for item in staged.iterdir():
+        target = run_dir / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        item.replace(target)
+    staged.rmdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def _materialize(train: Any, run_dir: Path) -> str:
+    """A file path for the training table: DataFrames are written into the run folder, so the
+    config that reproduces the run can name them."""
+    if isinstance(train, (str, Path)):
+        return _absolute(train)  # type: ignore[return-value]
+    table = train if isinstance(train, Table) else as_table(train)
+    path = run_dir / "data" / "train.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.frame.to_parquet(path, index=False)
+    return str(path)
+
+
+def _absolute(path: str | Path | None) -> str | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    return str(p)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+

@@ -1,0 +1,110 @@
+"""Column inference on generated tables with every column kind, including the tricky ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from mmagent.data.tables import Table, read_table
+from mmagent.search.columns import infer_schema, infer_task, parse_column_types
+
+N = 40
+
+
+@pytest.fixture()
+def table(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "wav").mkdir()
+    for i in range(N):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        sf.write(tmp_path / "wav" / f"{i}.wav", rng.normal(0, 0.1, 1600).astype("float32"), 16000)
+        (tmp_path / "img" / f"broken{i}.jpg").write_bytes(b"not a jpeg at all")
+    words = ["card", "transfer", "refund", "balance", "pin", "rate", "loan", "fee"]
+    labels = [["a", "b", "c"][i % 3] for i in range(N)]
+    frame = pd.DataFrame(
+        {
+            "row_id": [str(1000 + i) for i in range(N)],  # numeric-looking id, stored as text
+            "customer_id": [f"C{rng.integers(10**6)}x{i}" for i in range(N)],  # string id
+            "message": [" ".join(rng.choice(words, size=6)) + f" {i}" for i in range(N)],
+            "colour": [["red", "green", "blue"][i % 3] if i % 4 else ["green", "red", "blue"][i % 3] for i in range(N)],
+            "amount": [f"{rng.normal(50, 10):.2f}" for _ in range(N)],  # numbers stored as text
+            "age": [str(int(rng.integers(18, 90))) if i % 5 else "" for i in range(N)],  # mixed empty cells
+            "photo": [f"img/{i}.png" for i in range(N)],
+            "scan": [f"img/broken{i}.jpg" for i in range(N)],  # image paths that do not decode
+            "voice": [f"wav/{i}.wav" if i % 3 else "" for i in range(N)],
+            "empty": ["" for _ in range(N)],
+            "source": ["web" for _ in range(N)],
+            "label_code": [{"a": "1", "b": "2", "c": "3"}[v] for v in labels],  # the label in disguise
+            "label": labels,
+        }
+    )
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    return read_table(tmp_path / "train.csv")
+
+
+def test_every_kind_is_recognised_with_a_reason(table):
+    schema = infer_schema(table, "label")
+    kinds = {c.column: c.kind for c in schema.columns}
+    assert kinds == {
+        "row_id": "ignore", "customer_id": "ignore", "message": "text", "colour": "categorical", "amount": "numeric",
+        "age": "numeric", "photo": "image", "scan": "ignore", "voice": "audio", "empty": "ignore", "source": "ignore",
+        "label_code": "ignore",
+    }
+    reasons = {c.column: c.reason for c in schema.columns}
+    assert "id-like" in reasons["row_id"] and "id-like" in reasons["customer_id"]
+    assert "stored as text" in reasons["amount"]
+    assert "empty in 8 rows" in reasons["age"]
+    assert "none of" in reasons["scan"] and "decode" in reasons["scan"]
+    assert "copy of the label" in reasons["label_code"]
+    assert "constant" in reasons["source"] and "empty in every row" in reasons["empty"]
+    assert schema.task == "classification" and "3 classes" in schema.task_reason
+    printed = schema.table()
+    assert "photo" in printed and "image file paths" in printed and "label: classification" in printed
+
+
+def test_column_type_overrides_one_column(table):
+    schema = infer_schema(table, "label", parse_column_types(["colour=text", "row_id=numeric"]))
+    decided = {c.column: (c.kind, c.overridden) for c in schema.columns}
+    assert decided["colour"] == ("text", True) and decided["row_id"] == ("numeric", True)
+    assert decided["message"] == ("text", False)
+
+
+@pytest.mark.parametrize("bad", [["colour=video"], ["colour"], ["nope=text"]])
+def test_bad_overrides_and_label_are_named(table, bad):
+    with pytest.raises(ValueError, match="colour|nope"):
+        infer_schema(table, "label", parse_column_types(bad))
+
+
+def test_unknown_label_lists_the_columns(table):
+    with pytest.raises(ValueError, match="label column 'target' is not in .*message"):
+        infer_schema(table, "target")
+
+
+@pytest.mark.parametrize(
+    ("values", "task"),
+    [
+        (["a|b", "b", "c|a", "a"] * 5, "multilabel"),
+        ([f"{x:.3f}" for x in np.linspace(0, 1, 30)], "regression"),
+        (["0", "1", "1", "0"] * 5, "classification"),
+        ([str(i) for i in range(50)], "regression"),
+        (["pos", "neg"] * 10, "classification"),
+    ],
+)
+def test_task_from_the_label(values, task):
+    assert infer_task(pd.Series(values))[0] == task
+
+
+def test_single_class_label_is_an_error():
+    with pytest.raises(ValueError, match="single value"):
+        infer_task(pd.Series(["x"] * 10))
+
+
+def test_dataframe_with_real_numbers_and_a_counter():
+    frame = pd.DataFrame({"n": range(30), "x": np.linspace(0, 1, 30), "y": ["u", "v"] * 15})
+    schema = infer_schema(Table(frame), "y")
+    kinds = {c.column: c.kind for c in schema.columns}
+    assert kinds == {"n": "ignore", "x": "numeric"}
