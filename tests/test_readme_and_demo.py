@@ -77,7 +77,6 @@ def test_demo_datasets_are_seeded_and_labelled(tmp_path: Path) -> None:
     assert mal > ben
 
 
-@pytest.mark.skipif(not __import__("shutil").which("espeak-ng"), reason="espeak-ng is not installed: no speech rendering")
 def test_speech_rendering(tmp_path: Path) -> None:
     import soundfile as sf
 

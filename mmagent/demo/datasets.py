@@ -11,13 +11,13 @@ Every generator is seeded; nothing here comes from a third-party dataset.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from mmagent.demo import tts
 
 # -- customer service ---------------------------------------------------------------------------
 INTENTS: dict[str, list[str]] = {
@@ -106,15 +106,15 @@ def customer_service_utterances(n_per_intent: int, seed: int) -> pd.DataFrame:
 
 
 def espeak_available() -> bool:
-    return shutil.which("espeak-ng") is not None
+    return tts.available()  # eSpeak NG bundled by the espeakng-loader wheel: no system package
 
 
 VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp"]
 
 
 def speak(text: str, path: Path, voice: str = "en-us", speed: int = 160, pitch: int = 50) -> None:
-    """Render ``text`` to a WAV file with espeak-ng (22.05 kHz mono)."""
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(path), text], check=True, capture_output=True, timeout=60)
+    """Render ``text`` to a WAV file with espeak-ng (22.05 kHz mono), see :mod:`mmagent.demo.tts`."""
+    tts.speak(text, path, rate=speed, voice=voice, pitch=pitch)
 
 
 def add_speech(frame: pd.DataFrame, folder: Path, seed: int, fraction: float = 1.0) -> pd.DataFrame:
