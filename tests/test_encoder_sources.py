@@ -300,3 +300,80 @@ def test_timm_pretrained_from_a_local_file(tmp_path: Path) -> None:
     enc = build_encoder(spec, "image")
     torch.testing.assert_close(enc.model.blocks[1].attn.qkv.weight, source.blocks[1].attn.qkv.weight)
     assert not any(k.startswith("head.") for k in enc.state_dict() if enc.state_dict()[k].numel() > 0)
+
+
+TINY_HF_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1], "layer_type": "basic"}
+CNNS = {
+    "timm": {"source": "timm", "name": "resnet18", "pretrained": False, "image_size": 32},
+    "torchvision": {"source": "torchvision", "name": "resnet18", "pretrained": False, "image_size": 32},
+    "hf": {"source": "hf", "name": "resnet", "pretrained": False, "config": TINY_HF_RESNET, "image_size": 32},
+}
+
+
+@pytest.mark.parametrize("source", list(CNNS))
+def test_freeze_n_freezes_batchnorm_statistics(source: str) -> None:
+    """``freeze: 1``: BatchNorm layers of the stem keep their running statistics through a training
+    step (even after ``train()`` on a parent module); those of the last stage keep learning them."""
+    torch.manual_seed(0)
+    enc = build_encoder({**CNNS[source], "freeze": 1}, "image")
+    norms = [(n, m) for n, m in enc.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    (stem_name, stem), (last_name, last) = norms[0], norms[-1]
+    assert not any(p.requires_grad for p in stem.parameters()) and all(p.requires_grad for p in last.parameters())
+    torch.nn.ModuleDict({"encoder": enc}).train()  # as the trainer does, through the whole model
+    assert enc.training and not stem.training and last.training, (stem_name, last_name)
+    before = {n: copy.deepcopy(m.state_dict()) for n, m in ((stem_name, stem), (last_name, last))}
+    optimizer = torch.optim.SGD([p for p in enc.parameters() if p.requires_grad], lr=0.1)
+    out = enc({"pixel_values": torch.randn(4, 3, 32, 32)})
+    out.pooled.pow(2).mean().backward()
+    optimizer.step()
+    for key in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(stem.state_dict()[key], before[stem_name][key]), (stem_name, key)
+        assert not torch.equal(last.state_dict()[key], before[last_name][key]), (last_name, key)
+    enc.eval()
+    enc.train()  # still frozen after a round trip
+    assert not stem.training and last.training
+
+
+def test_freeze_none_keeps_batchnorm_training() -> None:
+    enc = build_encoder(CNNS["torchvision"], "image").train()
+    assert all(m.training for m in enc.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize(
+    ("spec", "modality", "match"),
+    [
+        ({"source": "timm", "name": "resnet19", "pretrained": False}, "image", r"encoder\.name: unknown timm model name 'resnet19'; did you mean 'resnet18'"),
+        ({"source": "torchvision", "name": "resnet181", "pretrained": False}, "image", r"encoder\.name: unknown torchvision model name 'resnet181'; did you mean 'resnet18'"),
+        ({"source": "hf", "name": "bertt", "pretrained": False}, "text", r"encoder\.name: unknown hf model 'bertt'; did you mean 'bert'"),
+        ({"source": "tim", "name": "resnet18"}, "image", r"encoder\.source: unknown encoder source 'tim'; did you mean 'timm'\? \(available: builtin, hf"),
+        ({"source": "builtin", "name": "mlpp"}, "numeric", r"encoder\.name: unknown builtin encoder name 'mlpp'; did you mean 'mlp'\? \(available: mel-cnn, mlp\)"),
+    ],
+)
+def test_unknown_names_are_clear_errors(spec: dict[str, Any], modality: str, match: str) -> None:
+    from mmagent.encoders import EncoderError
+
+    with pytest.raises(EncoderError, match=match) as info:
+        build_encoder(spec, modality)
+    assert isinstance(info.value, ValueError)  # the CLI reports ValueErrors without a traceback
+
+
+def test_saved_model_naming_an_unknown_encoder_is_a_clear_error(tmp_path: Path) -> None:
+    import json
+
+    from mmagent.encoders import EncoderError
+    from mmagent.model import ModelSpec, MultimodalModel
+
+    spec = ModelSpec.model_validate({
+        "inputs": [{"column": ["x1", "x2"], "modality": "numeric", "encoder": {"source": "builtin", "name": "mlp", "config": {"num_features": 2}}}],
+        "targets": [{"column": "y", "labels": ["a", "b"]}],
+    })  # fmt: skip
+    MultimodalModel(spec).save(tmp_path / "model")
+    saved = json.loads((tmp_path / "model" / "model.json").read_text())
+    saved["inputs"][0]["encoder"]["name"] = "mpl"
+    (tmp_path / "model" / "model.json").write_text(json.dumps(saved))
+    with pytest.raises(EncoderError, match=r"unknown builtin encoder name 'mpl'; did you mean 'mlp'"):
+        MultimodalModel.load(tmp_path / "model")
+    saved["inputs"][0]["encoder"].update(source="no-such-source", name="mlp")
+    (tmp_path / "model" / "model.json").write_text(json.dumps(saved))
+    with pytest.raises(EncoderError, match=r"unknown encoder source 'no-such-source'"):
+        MultimodalModel.load(tmp_path / "model")

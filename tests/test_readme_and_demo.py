@@ -57,10 +57,11 @@ def test_recipe_fills_gaps_but_never_overrides() -> None:
 
 def test_demo_datasets_are_seeded_and_labelled(tmp_path: Path) -> None:
     from mmagent.demo import datasets as ds
+    from mmagent.demo.requests import customer_requests, playbook, request_data
 
-    a, b = ds.customer_service_utterances(10, seed=3), ds.customer_service_utterances(10, seed=3)
+    a, b = customer_requests(2, seed=3), customer_requests(2, seed=3)
     assert a.equals(b)
-    assert set(a["intent"]) == set(ds.INTENTS) == set(ds.PLAYBOOK["intents"])
+    assert set(a["intent"]) == set(request_data()["intents"]) == set(playbook()["intents"])
     med = ds.medical_cases(20, seed=1, folder=tmp_path / "img")
     assert set(med["finding"]) == {"malignant", "benign"}
     assert all((tmp_path / p).is_file() for p in med["image"])
@@ -77,12 +78,31 @@ def test_demo_datasets_are_seeded_and_labelled(tmp_path: Path) -> None:
     assert mal > ben
 
 
-@pytest.mark.skipif(not __import__("shutil").which("espeak-ng"), reason="espeak-ng is not installed: no speech rendering")
 def test_speech_rendering(tmp_path: Path) -> None:
     import soundfile as sf
 
-    from mmagent.demo import datasets as ds
+    from mmagent.demo import tts
 
-    ds.speak("i lost my card", tmp_path / "x.wav")
+    tts.speak("i lost my card", tmp_path / "x.wav")
     wave, sr = sf.read(tmp_path / "x.wav")
     assert sr > 8000 and len(wave) / sr > 0.5
+
+
+def test_customer_requests_hold_out_whole_templates_and_vary_the_surface() -> None:
+    """No phrasing of the test split occurs in training (its score measures generalisation), and
+    typos, greetings and ambiguous two-intent requests (labelled either way) are present."""
+    import numpy as np
+
+    from mmagent.demo.requests import add_typo, customer_requests
+
+    frame = customer_requests(3, seed=0, keep_template=True)
+    plain = frame[~frame["template"].str.startswith("ambiguous")]
+    by_split = {name: set(zip(part["intent"], part["template"])) for name, part in plain.groupby("split")}
+    assert by_split["test"] and by_split["validation"]
+    assert not by_split["test"] & by_split["train"] and not by_split["validation"] & by_split["train"]
+    ambiguous = frame[frame["template"].str.startswith("ambiguous")]
+    assert ambiguous.groupby("template")["intent"].nunique().max() == 2  # the same request, either intent
+    assert (frame["text"] != frame["text"].str.strip()).sum() == 0
+    assert frame["text"].str.match(r"^(hi|hello|hey there|good morning|um|please|excuse me|quick question)\b").any()
+    assert add_typo("please block my card", np.random.default_rng(0)) != "please block my card"
+    assert "template" not in customer_requests(1, seed=0).columns

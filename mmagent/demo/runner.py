@@ -49,8 +49,8 @@ def _write_splits(frame: pd.DataFrame, folder: Path, seed: int = 0) -> dict[str,
 
 
 def plan_customer_service(folder: Path, quick: bool) -> DemoPlan:
-    from mmagent.demo.requests import customer_requests, playbook
-    from mmagent.demo.tts import add_speech, speak
+    from mmagent.demo.requests import add_speech, customer_requests, playbook
+    from mmagent.demo.tts import speak
 
     frame = customer_requests(2 if quick else 5, seed=0)
     print(f"rendering {int(0.6 * len(frame))} of {len(frame)} requests to speech (bundled espeak-ng) ...")
@@ -67,7 +67,7 @@ def plan_customer_service(folder: Path, quick: bool) -> DemoPlan:
     ]
     for i, sentence in enumerate(["my transfer to my sister failed yesterday", "i want to talk to a real person"]):
         path = folder / f"spoken_{i}.wav"
-        speak(sentence, path, "en-us", 140)
+        speak(sentence, path, rate=140, voice="en-us")
         examples.append((f'spoken: "{sentence}"', {"audio": str(path)}))
     agent = {"type": "customer_service", "playbook": str(folder / "playbook.json"), "escalation": {"target_precision": 0.9}}
     return DemoPlan(_write_splits(frame, folder), "intent", "customer_service", "75s" if quick else "4m", "fast" if quick else "balanced", examples, agent=agent)

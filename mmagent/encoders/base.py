@@ -167,8 +167,9 @@ class EncoderError(ValueError):
     validated or a saved model being loaded); the message names it and what is available."""
 
 
-def unknown_name(what: str, name: str, available: Iterable[str], listing: str | None = None) -> EncoderError:
-    """An :class:`EncoderError` for ``what`` ``name``, with the closest of ``available``.
+def unknown_name(what: str, name: str, available: Iterable[str], listing: str | None = None, key: str = "encoder.name") -> EncoderError:
+    """An :class:`EncoderError` for the spec field ``key`` holding an unknown ``what`` ``name``,
+    with the closest of ``available``.
 
     ``listing`` replaces the list of everything available (for catalogues too long to print,
     e.g. timm's ~1000 models: say how to list them instead).
@@ -177,7 +178,7 @@ def unknown_name(what: str, name: str, available: Iterable[str], listing: str | 
     close = difflib.get_close_matches(name, choices, n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     rest = listing if listing is not None else f"available: {', '.join(choices)}"
-    return EncoderError(f"unknown {what} {name!r}{hint} ({rest})")
+    return EncoderError(f"{key}: unknown {what} {name!r}{hint} ({rest})")
 
 
 SourceBuilder = Callable[[EncoderSpec], Encoder]
@@ -233,7 +234,7 @@ def build_encoder(spec: EncoderSpec | dict[str, Any], modality: str | None = Non
         spec.modality = modality  # type: ignore[assignment]
     _load_entry_points()
     if spec.source not in _SOURCES:
-        raise unknown_name("encoder source", spec.source, available_sources())
+        raise unknown_name("encoder source", spec.source, available_sources(), key="encoder.source")
     encoder = _SOURCES[spec.source](spec)
     if spec.lora is not None:
         apply_lora(encoder, spec.lora, f"{spec.source}:{spec.name}")

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mmagent.encoders.audio import MaskedGroupNorm, WhisperFeaturesPreprocessor, conv_output_lengths, trim_whisper_positions, use_masked_group_norm
-from mmagent.encoders.base import Encoder, EncoderOutput, pool, register_source
+from mmagent.encoders.base import Encoder, EncoderError, EncoderOutput, pool, register_source, unknown_name
 from mmagent.encoders.preprocessors import ByteTokenizer, ImagePreprocessor, TextPreprocessor, WaveformPreprocessor
 from mmagent.specs import EncoderSpec
 
@@ -28,18 +28,30 @@ def is_model_type(name: str) -> bool:
     return name in CONFIG_MAPPING
 
 
+def not_found(spec: EncoderSpec, error: Exception) -> EncoderError:
+    """The name is no local folder, model type or reachable hub model: say so, with close model types."""
+    from transformers import CONFIG_MAPPING
+
+    cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    base = unknown_name("hf model", spec.name, CONFIG_MAPPING.keys(), listing="not a local folder, a model type or a hub model that can be loaded")
+    return EncoderError(f"{base}: {cause}")
+
+
 def load_hf_backbone(spec: EncoderSpec) -> nn.Module:
     """AutoModel from the hub/folder (pretrained) or from a config (random init)."""
     from transformers import AutoConfig, AutoModel
 
-    if spec.pretrained:
-        model = AutoModel.from_pretrained(spec.name, trust_remote_code=False, **spec.config)
-    else:
-        if is_model_type(spec.name):
-            config = AutoConfig.for_model(spec.name, **spec.config)
+    try:
+        if spec.pretrained:
+            model = AutoModel.from_pretrained(spec.name, trust_remote_code=False, **spec.config)
         else:
-            config = AutoConfig.from_pretrained(spec.name, trust_remote_code=False, **spec.config)
-        model = AutoModel.from_config(config)
+            if is_model_type(spec.name):
+                config = AutoConfig.for_model(spec.name, **spec.config)
+            else:
+                config = AutoConfig.from_pretrained(spec.name, trust_remote_code=False, **spec.config)
+            model = AutoModel.from_config(config)
+    except OSError as e:  # transformers' "not a local folder and not a valid model identifier"
+        raise not_found(spec, e) from e
     if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
         model = model.get_encoder()  # T5 / Whisper / BART: the encoder half is what we need
     return model

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmagent.encoders.base import Encoder, EncoderOutput, pool, register_source
+from mmagent.encoders.base import Encoder, EncoderOutput, pool, register_source, unknown_name
 from mmagent.encoders.preprocessors import ImagePreprocessor
 from mmagent.specs import EncoderSpec
 
@@ -41,6 +41,9 @@ class TimmEncoder(Encoder):
         super().__init__(spec)
         import timm
 
+        # "hf-hub:..." / "local-dir:..." name a checkpoint timm resolves itself; a plain name must exist
+        if ":" not in spec.name and not timm.is_model(spec.name):
+            raise unknown_name("timm model name", spec.name, timm.list_models(), listing="all names: timm.list_models()")
         self.model = timm.create_model(spec.name, pretrained=spec.pretrained, num_classes=0, **spec.config)
         data = timm.data.resolve_data_config({}, model=self.model)
         side = spec.image_size or _as_side(spec.config.get("img_size")) or _as_side(data.get("input_size")) or 224

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmagent.encoders.base import Encoder, EncoderOutput, pool, register_source
+from mmagent.encoders.base import Encoder, EncoderOutput, pool, register_source, unknown_name
 from mmagent.encoders.preprocessors import ImagePreprocessor
 from mmagent.specs import EncoderSpec
 
@@ -45,8 +45,10 @@ class TorchvisionEncoder(Encoder):
 
     def __init__(self, spec: EncoderSpec) -> None:
         super().__init__(spec)
-        from torchvision.models import VisionTransformer, get_model, get_model_weights
+        from torchvision.models import VisionTransformer, get_model, get_model_weights, list_models
 
+        if spec.name not in list_models():
+            raise unknown_name("torchvision model name", spec.name, list_models(), listing="all names: torchvision.models.list_models()")
         config = dict(spec.config)
         mean, std, side = IMAGENET_MEAN, IMAGENET_STD, None
         if spec.pretrained:
