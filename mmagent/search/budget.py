@@ -1,0 +1,110 @@
+"""A small Optuna search within a time limit: the search step of ``mmagent fit``.
+
+Every trial trains one candidate (:func:`~mmagent.search.objective.run_candidate`) into
+``OUT/trials/<n>``; the search's deadline is also each candidate's, so the last one is cut short
+(keeping its best epoch) instead of running past the budget. Successive halving or Hyperband prune
+candidates that fall behind after a few epochs, and frozen encoders' outputs are computed once for
+all candidates (a shared :class:`~mmagent.data.feature_store.FeatureCacheStore`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import monotonic
+from typing import Any
+
+import optuna
+
+from mmagent.config import config_from_dict
+from mmagent.data.feature_store import FeatureCacheStore
+from mmagent.search.objective import CandidatePruned, CandidateResult, run_candidate, suggest_params, trial_config
+from mmagent.search.space import CategoricalParam, IntParam, PrunerSpec, TuneSpec, base_config_dict, choice_label, objective_metric, parse_space
+from mmagent.search.study import best_trial, make_pruner, trial_errors
+
+
+@dataclass
+class SearchResult:
+    """Every candidate trained (complete, cut short or pruned; by trial number) and the best one."""
+
+    study: optuna.Study
+    metric: str  # TARGET/METRIC on validation
+    direction: str
+    candidates: dict[int, CandidateResult]
+    best: CandidateResult | None
+    seconds: float
+    errors: dict[int, str] = field(default_factory=dict)  # failed trials: why
+
+    def ranked(self) -> list[CandidateResult]:
+        """Candidates best first (pruned ones after the others, by their best score so far)."""
+        sign = -1.0 if self.direction == "maximize" else 1.0
+        return sorted(self.candidates.values(), key=lambda c: (c.pruned, sign * c.score))
+
+
+def search_within_budget(base_config: dict[str, Any], space: dict[str, Any], out_dir: str | Path, *, time_limit: float, n_trials: int | None = None, pruner: PrunerSpec | dict[str, Any] | None = None, store: FeatureCacheStore | None = None, metric: str | None = None, seed: int = 0, first_params: list[dict[str, Any]] | None = None, train_data: Any = None, base_dir: str | Path = ".", storage: str | None = None, progress: bool = False) -> SearchResult:
+    """Search ``space`` (the ``tune.space`` mapping: dotted config path -> ``{type: float|int|
+    categorical, ...}``) around ``base_config`` (a raw config dict) for at most ``time_limit``
+    seconds and ``n_trials`` trials.
+
+    - ``pruner``: default Hyperband (min 1 epoch, factor 3, up to the largest ``train.epochs`` in
+      the space); ``{"type": "successive_halving"}`` or any :class:`PrunerSpec`.
+    - ``store``: shared frozen-encoder outputs (default: a fresh in-memory store).
+    - ``first_params``: parameter sets (config values) tried first, e.g. a recipe's defaults.
+    - ``storage``: an Optuna storage URL (default: in memory).
+    Each candidate's folder holds its best model (``Agent.load`` works; ``finalize_candidate``
+    makes the full report). A failing candidate is recorded in ``errors``; after three failures in
+    a row with nothing completed the search stops."""
+    start = monotonic()
+    deadline = start + time_limit
+    config = config_from_dict(dict(base_config), base_dir=base_dir)
+    base = base_config_dict(config)
+    params_space = parse_space(space, base)
+    metric, direction = objective_metric(config, TuneSpec(metric=metric))
+    out_dir = Path(out_dir)
+    trials_dir = out_dir / "trials"
+    if trials_dir.exists() and any(trials_dir.iterdir()):
+        raise FileExistsError(f"{trials_dir} already holds candidates: give a new output folder")
+    spec = pruner if isinstance(pruner, PrunerSpec) else PrunerSpec.model_validate(pruner or {"type": "hyperband"})
+    if spec.type == "hyperband" and spec.max_resource is None:
+        epochs = params_space.get("train.epochs")
+        spec = spec.model_copy(update={"max_resource": epochs.high if isinstance(epochs, IntParam) else config.train.epochs})
+    store = store if store is not None else FeatureCacheStore()
+
+
+    candidates: dict[int, CandidateResult] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest_params(trial, params_space)
+        cfg = trial_config(base, params, metric)
+        try:
+            result = run_candidate(cfg, trials_dir / str(trial.number), store=store, trial=trial, deadline=deadline, train_data=train_data)
+        except CandidatePruned as pruned:
+            pruned.result.params = params
+            candidates[trial.number] = pruned.result
+            raise
+        result.params = params
+        candidates[trial.number] = result
+        return result.score
+
+    failures = [0]
+
+    def watch(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        failures[0] = failures[0] + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
+        if failures[0] >= 3 and best_trial(study) is None:
+            study.stop()  # the same error every time (bad data, missing files): no point going on
+        if progress:
+            used = monotonic() - start
+            value = "" if trial.value is None else f" {metric} {trial.value:.4f}"
+            print(f"candidate {trial.number}: {trial.state.name.lower()}{value}; budget used {used:.0f}s of {time_limit:.0f}s", flush=True)
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress lines come from watch()
+    try:
+        study = optuna.create_study(storage=storage, direction=direction, sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, (n_trials or 12) // 4))), pruner=make_pruner(spec))
+        for params in first_params or []:
+            study.enqueue_trial({k: choice_label(v) if isinstance(params_space.get(k), CategoricalParam) else v for k, v in params.items()})
+        study.optimize(objective, n_trials=n_trials, timeout=max(0.0, deadline - monotonic()), catch=(Exception,), callbacks=[watch], gc_after_trial=True)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    best = best_trial(study)
+    return SearchResult(study, metric, direction, candidates, candidates.get(best.number) if best is not None else None, monotonic() - start, trial_errors(study))
