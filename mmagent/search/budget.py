@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 
@@ -34,6 +34,7 @@ class SearchResult:
     best: CandidateResult | None
     seconds: float
     errors: dict[int, str] = field(default_factory=dict)  # failed trials: why
+    interrupted: bool = False  # Ctrl-C / SIGTERM stopped the search; the candidates so far stand
 
     def ranked(self) -> list[CandidateResult]:
         """Candidates best first (pruned ones after the others, by their best score so far)."""
@@ -41,7 +42,7 @@ class SearchResult:
         return sorted(self.candidates.values(), key=lambda c: (c.pruned, sign * c.score))
 
 
-def search_within_budget(base_config: dict[str, Any], space: dict[str, Any], out_dir: str | Path, *, time_limit: float, n_trials: int | None = None, pruner: PrunerSpec | dict[str, Any] | None = None, store: FeatureCacheStore | None = None, metric: str | None = None, seed: int = 0, first_params: list[dict[str, Any]] | None = None, train_data: Any = None, base_dir: str | Path = ".", storage: str | None = None, progress: bool = False) -> SearchResult:
+def search_within_budget(base_config: dict[str, Any], space: dict[str, Any], out_dir: str | Path, *, time_limit: float, n_trials: int | None = None, pruner: PrunerSpec | dict[str, Any] | None = None, store: FeatureCacheStore | None = None, metric: str | None = None, seed: int = 0, first_params: list[dict[str, Any]] | None = None, train_data: Any = None, base_dir: str | Path = ".", storage: str | None = None, progress: bool = False, on_trial: Callable[[str], None] | None = None) -> SearchResult:
     """Search ``space`` (the ``tune.space`` mapping: dotted config path -> ``{type: float|int|
     categorical, ...}``) around ``base_config`` (a raw config dict) for at most ``time_limit``
     seconds and ``n_trials`` trials.
@@ -51,6 +52,8 @@ def search_within_budget(base_config: dict[str, Any], space: dict[str, Any], out
     - ``store``: shared frozen-encoder outputs (default: a fresh in-memory store).
     - ``first_params``: parameter sets (config values) tried first, e.g. a recipe's defaults.
     - ``storage``: an Optuna storage URL (default: in memory).
+    - ``on_trial``: called with a one-line summary after each trial (``progress`` prints it).
+    A KeyboardInterrupt (Ctrl-C) ends the search; the result then holds the candidates so far.
     Each candidate's folder holds its best model (``Agent.load`` works; ``finalize_candidate``
     makes the full report). A failing candidate is recorded in ``errors``; after three failures in
     a row with nothing completed the search stops."""
@@ -92,19 +95,25 @@ def search_within_budget(base_config: dict[str, Any], space: dict[str, Any], out
         failures[0] = failures[0] + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
         if failures[0] >= 3 and best_trial(study) is None:
             study.stop()  # the same error every time (bad data, missing files): no point going on
-        if progress:
+        if progress or on_trial is not None:
             used = monotonic() - start
-            value = "" if trial.value is None else f" {metric} {trial.value:.4f}"
-            print(f"candidate {trial.number}: {trial.state.name.lower()}{value}; budget used {used:.0f}s of {time_limit:.0f}s", flush=True)
+            done = candidates.get(trial.number)
+            value = "" if done is None else f" {metric} {done.score:.4f} after {done.epochs_run} epoch(s) in {done.seconds:.0f}s" + (" (cut by the deadline)" if done.cut_short else "")
+            line = f"candidate {trial.number}: {trial.state.name.lower()}{value}; search time used {used:.0f}s of {time_limit:.0f}s"
+            (on_trial or print)(line)
 
+    interrupted = False
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress lines come from watch()
     try:
         study = optuna.create_study(storage=storage, direction=direction, sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, (n_trials or 12) // 4))), pruner=make_pruner(spec))
         for params in first_params or []:
             study.enqueue_trial({k: choice_label(v) if isinstance(params_space.get(k), CategoricalParam) else v for k, v in params.items()})
-        study.optimize(objective, n_trials=n_trials, timeout=max(0.0, deadline - monotonic()), catch=(Exception,), callbacks=[watch], gc_after_trial=True)
+        try:
+            study.optimize(objective, n_trials=n_trials, timeout=max(0.0, deadline - monotonic()), catch=(Exception,), callbacks=[watch], gc_after_trial=True)
+        except KeyboardInterrupt:
+            interrupted = True
     finally:
         optuna.logging.set_verbosity(verbosity)
     best = best_trial(study)
-    return SearchResult(study, metric, direction, candidates, candidates.get(best.number) if best is not None else None, monotonic() - start, trial_errors(study))
+    return SearchResult(study, metric, direction, candidates, candidates.get(best.number) if best is not None else None, monotonic() - start, trial_errors(study), interrupted)

@@ -19,6 +19,7 @@ Ctrl-C (or SIGTERM) during the search stops it and still promotes the best finis
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 import signal
@@ -31,7 +32,7 @@ import yaml
 
 from mmagent.data.tables import Table, as_table, read_table
 from mmagent.search.columns import Schema, infer_schema, parse_column_types
-from mmagent.search.ladder import ENCODER_LR, HEAD_LR, PRESETS, Preset, SampleCost, apply_strategy, encoder_blocks, measure_cost
+from mmagent.search.ladder import PRESETS, Preset, SampleCost, encoder_blocks, measure_cost, rung_params, search_space, tunable_inputs
 from mmagent.search.leaderboard import Leaderboard, Progress
 
 # What each kind of column becomes when no recipe names encoders: offline zoo weights.
@@ -103,23 +104,24 @@ def fit(train: str | Path | Any, label: str, output: str | Path, *, validation: 
     playbook, escalation; relative paths from the training table's folder), else the recipe's.
     ``encoders``: modality -> encoder spec, to use instead of the recipe's / the zoo's. See the
     module docstring."""
-    from mmagent.runs import claim_run_dir
-
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset!r}: use one of {', '.join(PRESETS)}")
     plan = PRESETS[preset]
     budget = parse_duration(time_budget) or plan.budget_seconds
     clock = Progress(budget, enabled=progress)
-    run_dir = claim_run_dir(Path(output))
-    data = {"train": _materialize(train, run_dir), "validation": _absolute(validation), "test": _absolute(test)}
-
-    table = read_table(data["train"])
-    schema = infer_schema(table, label, parse_column_types(column_types))
-    clock.say(f"schema of {table.source} ({len(table)} rows):\n{schema.table()}")
-    raw = base_config(schema, data, recipe, encoders, seed)
-    if agent:
-        raw["agent"] = copy.deepcopy(agent)
-    search = _Search(raw, run_dir, plan, clock, seed)
+    run_dir = _new_run_dir(Path(output))
+    try:  # nothing is left behind when the table or the settings are refused
+        data = {"train": _materialize(train, run_dir), "validation": _absolute(validation), "test": _absolute(test)}
+        table = read_table(data["train"])
+        schema = infer_schema(table, label, parse_column_types(column_types))
+        clock.say(f"schema of {table.source} ({len(table)} rows):\n{schema.table()}")
+        raw = base_config(schema, data, recipe, encoders, seed)
+        if agent:
+            raw["agent"] = copy.deepcopy(agent)
+        search = _Search(raw, run_dir, plan, clock, seed)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     interrupted = search.run()
     board = search.leaderboard
     best = board.best()
@@ -137,106 +139,83 @@ def fit(train: str | Path | Any, label: str, output: str | Path, *, validation: 
 
 
 class _Search:
-    """The ladder and the search, as one Optuna study whose first trials are the ladder's rungs."""
+    """The ladder and the search: one study whose first trials are the ladder's affordable rungs."""
 
     def __init__(self, raw: dict[str, Any], run_dir: Path, plan: Preset, clock: Progress, seed: int) -> None:
         from mmagent.config import config_from_dict
-        from mmagent.data.feature_store import FeatureCacheStore
         from mmagent.inference import make_loader
         from mmagent.training.trainer import build_model, load_splits
 
         self.raw, self.run_dir, self.plan, self.clock, self.seed = raw, run_dir, plan, clock, seed
         config = config_from_dict(copy.deepcopy(raw))  # every key checked before any work
-        self.splits = load_splits(config)  # every row of every table checked, all problems at once
-        self.n_train, self.n_val = len(self.splits.train), len(self.splits.validation)
-        model = build_model(config, self.splits.train)
+        splits = load_splits(config)  # every row of every table checked, all problems at once
+        self.n_train, self.n_val = len(splits.train), len(splits.validation)
+        model = build_model(config, splits.train)
         self.blocks = encoder_blocks(model, raw)
         bs = config.train.batch_size
-        sample = self.splits.train.subset(list(range(min(len(self.splits.train), 3 * bs))))
+        sample = splits.train.subset(list(range(min(len(splits.train), 3 * bs))))
         self.cost: SampleCost = measure_cost(model, make_loader(model, sample, bs))
         del model
         clock.say(f"one training sample costs {1000 * self.cost.forward:.1f} ms forward, {1000 * self.cost.forward_backward:.1f} ms forward + backward; {self.n_train} training rows, {self.n_val} validation rows")
-        self.store = FeatureCacheStore(run_dir / "feature_cache")
-        self.several = len(raw["inputs"]) > 1
-        self.leaderboard = Leaderboard(metric="", larger_better=self._larger_better())
+        # With no pretrained encoder to fine-tune, every rung would be the same model.
+        self.strategies = list(plan.strategies) if tunable_inputs(raw) else ["full"]
+        self.leaderboard = Leaderboard(metric="", larger_better=raw["targets"][0]["type"] != "regression")
         # Time kept back for promoting the winner: validation, test, ablation and calibration passes.
-        n_test = len(self.splits.test) if self.splits.test is not None else 0
+        n_test = len(splits.test) if splits.test is not None else 0
         self.reserve = 10.0 + 1.5 * self.cost.forward * (self.n_val + n_test * (len(raw["inputs"]) + 1))
 
-    def run(self) -> bool:
-        """Run the study until the budget (less the reserve) is spent. True when interrupted."""
-        import optuna
+    def _ladder(self, seconds: float) -> list[dict[str, Any]]:
+        """The rungs that can finish at least one epoch, cheapest first, each with as many epochs
+        as the time allows; the others go on the leaderboard as skipped, with the reason."""
+        rungs = []
+        for strategy in self.strategies:
+            wanted = self.plan.probe_epochs if strategy == "probe" else self.plan.finetune_epochs
+            epochs = self.cost.affordable_epochs(strategy, wanted, seconds, self.n_train, self.n_val)
+            if epochs == 0:
+                need = self.cost.setup_seconds(strategy, self.n_train, self.n_val) + self.cost.epoch_seconds(strategy, self.n_train, self.n_val)
+                self.leaderboard.skipped(strategy, f"one epoch needs ~{need:.0f} s, {max(0.0, seconds):.0f} s left")
+                continue
+            rungs.append(rung_params(self.raw, strategy, self.blocks, epochs))
+            seconds -= self.cost.setup_seconds(strategy, self.n_train, self.n_val) + epochs * self.cost.epoch_seconds(strategy, self.n_train, self.n_val)
+        return rungs
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=len(self.plan.strategies))
-        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-        storage = f"sqlite:///{self.run_dir / 'search.db'}"
-        study = optuna.create_study(study_name="fit", storage=storage, direction="maximize" if self._larger_better() else "minimize", sampler=sampler, pruner=pruner)
-        for strategy in self.plan.strategies:  # the ladder, cheapest first
-            params: dict[str, Any] = {"strategy": strategy, "head_lr": HEAD_LR[strategy]}
-            if strategy != "probe":
-                params |= {"lr": ENCODER_LR[strategy], "epochs": self.plan.finetune_epochs}
-            study.enqueue_trial(params)
-        n_trials = None if self.plan.search else len(self.plan.strategies)
+    def run(self) -> bool:
+        """Run until the budget (less the reserve) is spent. True when interrupted (Ctrl-C, SIGTERM)."""
+        from mmagent.data.feature_store import FeatureCacheStore
+        from mmagent.search.budget import search_within_budget
+
+        seconds = self.clock.left() - self.reserve
+        rungs = self._ladder(seconds)
+        if not rungs:
+            raise RuntimeError(f"the budget leaves {seconds:.0f} s for training, not enough for one epoch of any candidate:\n{self.leaderboard.table()}")
+        max_epochs = max(self.plan.probe_epochs, 2 * self.plan.finetune_epochs)
+        space = search_space(self.raw, self.strategies, self.blocks, max_epochs)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
         try:
-            study.optimize(self._objective, n_trials=n_trials, timeout=max(1.0, self.clock.left() - self.reserve), catch=(RuntimeError, ValueError))
-        except KeyboardInterrupt:
-            self.clock.say("interrupted: stopping the search and keeping the best candidate so far")
-            for row in self.leaderboard.rows:
-                if row.status == "running":
-                    row.status = "interrupted"
-            return True
+            result = search_within_budget(
+                self.raw, space, self.run_dir, time_limit=seconds, n_trials=None if self.plan.search else len(rungs),
+                pruner={"type": "successive_halving", "min_resource": 1, "reduction_factor": 3},
+                store=FeatureCacheStore(), seed=self.seed, first_params=rungs,
+                storage=f"sqlite:///{self.run_dir / 'search.db'}", on_trial=self._report,
+            )
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-        return False
-
-    def _larger_better(self) -> bool:
-        return self.raw["targets"][0]["type"] != "regression"
-
-    def _objective(self, trial: Any) -> float:
-        from mmagent.search.objective import CandidatePruned, run_candidate
-
-        strategy = trial.suggest_categorical("strategy", self.plan.strategies)
-        head_lr = trial.suggest_float("head_lr", 3e-4, 1e-2, log=True)
-        lr = trial.suggest_float("lr", 1e-5, 1e-3, log=True) if strategy != "probe" else None
-        wanted = self.plan.probe_epochs if strategy == "probe" else trial.suggest_int("epochs", 1, 2 * self.plan.finetune_epochs)
-        raw = apply_strategy(self.raw, strategy, self.blocks, wanted, lr, head_lr)
-        if self.several and trial.number >= len(self.plan.strategies):  # the ladder keeps the base fusion
-            raw["fusion"]["type"] = trial.suggest_categorical("fusion", ["concat", "gated", "cross_attention"])
-            raw["fusion"]["modality_dropout"] = trial.suggest_float("modality_dropout", 0.0, 0.4)
-        name = f"{trial.number:02d}-{strategy}"
-        row = self.leaderboard.add(name, strategy, trial.params, wanted)
-        seconds_left = self.clock.left() - self.reserve
-        epochs = self.cost.affordable_epochs(strategy, wanted, seconds_left, self.n_train, self.n_val)
-        if epochs == 0:
-            need = self.cost.setup_seconds(strategy, self.n_train, self.n_val) + self.cost.epoch_seconds(strategy, self.n_train, self.n_val)
-            row.skip(f"one epoch needs ~{need:.0f} s, {max(0.0, seconds_left):.0f} s left")
-            import optuna
-
-            raise optuna.TrialPruned(row.status)
-        raw["train"]["epochs"] = epochs
-        self.clock.say(f"candidate {name}: {row.describe()}, {epochs} epoch(s)" + (f" (of {wanted}: budget)" if epochs < wanted else ""))
-        try:
-            result = run_candidate(raw, self.run_dir / "candidates" / name, store=self.store, trial=None if strategy == "probe" else trial, deadline=time.monotonic() + seconds_left)
-        except CandidatePruned as e:
-            row.finish(e.result, "pruned")
-            self.clock.say(f"candidate {name}: pruned ({row.status_text()})")
-            raise
-        except Exception as e:
-            row.fail(e)
-            self.clock.say(f"candidate {name}: failed: {e}")
-            raise
         self.leaderboard.metric = result.metric
-        row.finish(result, "cut by budget" if result.cut_short else "done")
-        row.raw = raw
-        self.clock.say(f"candidate {name}: validation {result.metric} = {result.score:.4f} in {result.seconds:.0f} s ({row.status})")
-        return result.score
+        self.leaderboard.fill(result)
+        if result.interrupted:
+            self.clock.say("interrupted: the search stopped; keeping the best candidate so far")
+        return result.interrupted
+
+    def _report(self, line: str) -> None:
+        self.clock.say(line)
 
     def final_raw(self, best: Any) -> dict[str, Any]:
-        """The winner's config with the test table and, when the budget cut it, the steps it ran."""
-        raw = copy.deepcopy(best.raw)
+        """The winner's complete config (as trained, with the test table); when the budget cut it
+        short, the optimizer steps it ran, so ``mmagent train`` retraces it exactly."""
+        raw = json.loads((best.run_dir / "config.json").read_text())
+        raw.pop("base_dir", None)
+        raw["data"] = {k: v for k, v in raw["data"].items() if v is not None}
         if best.status == "cut by budget":
             raw["train"]["max_steps"] = best.steps
         return raw
@@ -257,6 +236,15 @@ def _promote(candidate: Path, run_dir: Path, raw: dict[str, Any], clock: Progres
         item.replace(target)
     staged.rmdir()
     (run_dir / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def _new_run_dir(output: Path) -> Path:
+    """Create the run folder; refuse one that exists with anything in it (fit never mixes runs
+    or overwrites files it did not write)."""
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise FileExistsError(f"{output} already exists and is not empty: fit writes a new run folder; choose another -o")
+    output.mkdir(parents=True, exist_ok=True)
+    return output
 
 
 def _materialize(train: Any, run_dir: Path) -> str:

@@ -84,28 +84,49 @@ def tunable_inputs(raw: dict[str, Any]) -> list[int]:
     ]
 
 
-def apply_strategy(raw: dict[str, Any], strategy: Strategy, blocks: dict[int, int], epochs: int, lr: float | None = None, head_lr: float | None = None) -> dict[str, Any]:
-    """A copy of ``raw`` set up for ``strategy``. ``blocks[i]``: trainable blocks of input i's
-    encoder (for ``partial``, which freezes the lower half)."""
-    raw = copy.deepcopy(raw)
-    for i in tunable_inputs(raw):
-        encoder = raw["inputs"][i]["encoder"]
-        encoder.pop("lora", None)
-        if strategy == "probe":
-            encoder["freeze"] = "all"
-        elif strategy == "partial":
-            encoder["freeze"] = max(1, blocks.get(i, 2) // 2)
-        elif strategy == "lora":
-            encoder["freeze"] = "none"
-            encoder["lora"] = {"r": 8, "alpha": 16}
-        else:
-            encoder["freeze"] = "none"
-    train = raw.setdefault("train", {})
-    train["epochs"] = int(epochs)
-    train["lr"] = float(lr if lr is not None else ENCODER_LR[strategy] or 1e-4)
-    train["head_lr"] = float(head_lr if head_lr is not None else HEAD_LR[strategy])
-    train["early_stopping_patience"] = 3 if strategy == "probe" else 2
-    return raw
+def strategy_encoder(encoder: dict[str, Any], strategy: Strategy, blocks: int) -> dict[str, Any]:
+    """A copy of an encoder spec set up for ``strategy`` (``blocks``: its blocks above the
+    embeddings; ``partial`` freezes the lower half)."""
+    encoder = copy.deepcopy(encoder)
+    encoder.pop("lora", None)
+    encoder["freeze"] = {"probe": "all", "partial": max(1, blocks // 2), "lora": "none", "full": "none"}[strategy]
+    if strategy == "lora":
+        encoder["lora"] = {"r": 8, "alpha": 16}
+    return encoder
+
+
+def strategy_of(encoder: dict[str, Any]) -> str:
+    """The strategy an encoder spec stands for (the inverse of :func:`strategy_encoder`)."""
+    if encoder.get("lora"):
+        return "lora"
+    freeze = encoder.get("freeze", "none")
+    return "probe" if freeze == "all" else "full" if freeze in ("none", 0) else "partial"
+
+
+def search_space(raw: dict[str, Any], strategies: list[Strategy], blocks: dict[int, int], max_epochs: int) -> dict[str, Any]:
+    """The ``tune.space`` ``fit`` searches: each tunable encoder's strategy, the learning rates,
+    epochs and, with several inputs, the fusion and its modality dropout."""
+    space: dict[str, Any] = {
+        f"inputs.{i}.encoder": {"type": "categorical", "choices": [strategy_encoder(raw["inputs"][i]["encoder"], s, blocks.get(i, 2)) for s in strategies]}
+        for i in tunable_inputs(raw)
+    }
+    space["train.lr"] = {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}
+    space["train.head_lr"] = {"type": "float", "low": 3e-4, "high": 1e-2, "log": True}
+    space["train.epochs"] = {"type": "int", "low": 1, "high": max_epochs}
+    if len(raw["inputs"]) > 1:
+        space["fusion.type"] = {"type": "categorical", "choices": ["concat", "gated", "cross_attention"]}
+        space["fusion.modality_dropout"] = {"type": "float", "low": 0.0, "high": 0.4}
+    return space
+
+
+def rung_params(raw: dict[str, Any], strategy: Strategy, blocks: dict[int, int], epochs: int) -> dict[str, Any]:
+    """One rung of the ladder as search parameters: every tunable encoder on ``strategy``, the
+    strategy's usual learning rates, the base fusion."""
+    params: dict[str, Any] = {f"inputs.{i}.encoder": strategy_encoder(raw["inputs"][i]["encoder"], strategy, blocks.get(i, 2)) for i in tunable_inputs(raw)}
+    params |= {"train.lr": ENCODER_LR[strategy] or 1e-4, "train.head_lr": HEAD_LR[strategy], "train.epochs": int(epochs)}
+    if len(raw["inputs"]) > 1:
+        params |= {"fusion.type": raw["fusion"]["type"], "fusion.modality_dropout": raw["fusion"]["modality_dropout"]}
+    return params
 
 
 def encoder_blocks(model: Any, raw: dict[str, Any]) -> dict[int, int]:

@@ -40,50 +40,43 @@ def _clock(seconds: float) -> str:
 
 @dataclass
 class Candidate:
-    """One leaderboard row."""
+    """One leaderboard row: a trained candidate, or a rung skipped / a trial that failed."""
 
     name: str
     strategy: str
-    params: dict[str, Any]
-    wanted_epochs: int
-    status: str = "running"
+    params: dict[str, Any] = field(default_factory=dict)
+    status: str = "done"
     score: float = math.nan
     seconds: float = 0.0
     epochs_run: int = 0
-    best_epoch: int = 0
+    planned_epochs: int = 0
     steps: int = 0
     run_dir: Path | None = None
-    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_result(cls, number: int, result: Any) -> "Candidate":
+        """A row from a :class:`~mmagent.search.objective.CandidateResult`."""
+        from mmagent.runs import read_metrics_log
+        from mmagent.search.ladder import strategy_of
+
+        strategies = sorted({strategy_of(v) for k, v in result.params.items() if k.endswith(".encoder")}) or ["train"]
+        status = "pruned" if result.pruned else "cut by budget" if result.cut_short else "done"
+        epochs = read_metrics_log(result.run_dir, "epoch")
+        return cls(f"{number:02d}-{'+'.join(strategies)}", "+".join(strategies), dict(result.params), status, float(result.score), float(result.seconds), result.epochs_run, result.planned_epochs, int(epochs[-1]["step"]) if epochs else 0, Path(result.run_dir))
 
     def describe(self) -> str:
         """What this candidate changes: strategy and its hyperparameters, briefly."""
         p = self.params
         parts = [self.strategy]
-        if "lr" in p:
-            parts.append(f"lr {p['lr']:.1e}")
-        parts.append(f"head lr {p.get('head_lr', float('nan')):.1e}")
-        if "fusion" in p:
-            parts.append(f"{p['fusion']} fusion")
-        if "modality_dropout" in p:
-            parts.append(f"modality dropout {p['modality_dropout']:.2f}")
+        if "train.lr" in p and self.strategy != "probe":
+            parts.append(f"lr {p['train.lr']:.1e}")
+        if "train.head_lr" in p:
+            parts.append(f"head lr {p['train.head_lr']:.1e}")
+        if "fusion.type" in p:
+            parts.append(f"{p['fusion.type']} fusion")
+        if "fusion.modality_dropout" in p:
+            parts.append(f"modality dropout {p['fusion.modality_dropout']:.2f}")
         return ", ".join(parts)
-
-    def finish(self, result: Any, status: str) -> None:
-        from mmagent.runs import read_metrics_log
-
-        self.status, self.score, self.seconds = status, float(result.score), float(result.seconds)
-        self.epochs_run, self.best_epoch, self.run_dir = result.epochs_run, result.best_epoch, Path(result.run_dir)
-        epochs = read_metrics_log(self.run_dir, "epoch")
-        self.steps = int(epochs[-1]["step"]) if epochs else 0
-
-    def skip(self, reason: str) -> None:
-        self.status = f"skipped: {reason}"
-
-    def fail(self, error: BaseException) -> None:
-        self.status = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
-
-    def status_text(self) -> str:
-        return self.status if math.isnan(self.score) else f"{self.status}, best {self.score:.4f}"
 
 
 @dataclass
@@ -95,10 +88,16 @@ class Leaderboard:
     larger_better: bool = True
     rows: list[Candidate] = field(default_factory=list)
 
-    def add(self, name: str, strategy: str, params: dict[str, Any], wanted_epochs: int) -> Candidate:
-        row = Candidate(name, strategy, dict(params), wanted_epochs)
-        self.rows.append(row)
-        return row
+    def skipped(self, strategy: str, reason: str) -> None:
+        self.rows.append(Candidate(f"--{strategy}", strategy, status=f"skipped: {reason}"))
+
+    def fill(self, result: Any) -> None:
+        """Rows for every trial of a :class:`~mmagent.search.budget.SearchResult`."""
+        for number in sorted(set(result.candidates) | set(result.errors)):
+            if number in result.candidates:
+                self.rows.append(Candidate.from_result(number, result.candidates[number]))
+            else:
+                self.rows.append(Candidate(f"{number:02d}", "?", status=f"failed: {result.errors[number].splitlines()[0][:120]}"))
 
     def best(self) -> Candidate | None:
         usable = [r for r in self.rows if r.status in ("done", "cut by budget") and not math.isnan(r.score) and r.run_dir is not None]
@@ -110,12 +109,12 @@ class Leaderboard:
         best = self.best()
         return [
             {
-                "rank": "*" if r is best else "",
+                "": "*" if r is best else "",
                 "candidate": r.name,
                 "what differs": r.describe(),
                 f"validation {self.metric or 'score'}": "" if math.isnan(r.score) else f"{r.score:.4f}",
-                "epochs": f"{r.epochs_run}/{r.wanted_epochs}",
-                "seconds": f"{r.seconds:.0f}",
+                "epochs": f"{r.epochs_run}/{r.planned_epochs}" if r.planned_epochs else "",
+                "seconds": f"{r.seconds:.0f}" if r.seconds else "",
                 "status": r.status,
             }
             for r in self.rows
