@@ -159,12 +159,15 @@ def test_schema_health_and_docs(served: dict) -> None:
     schema = httpx.get(url + "/v1/schema", headers=H()).json()
     assert [(i["name"], i["modality"]) for i in schema["inputs"]] == [("text", "text"), ("image", "image"), ("audio", "audio"), ("x", "numeric")]
     assert schema["targets"] == [{"name": "label", "type": "classification", "labels": ["a", "b", "c"]}]
-    spec = httpx.get(url + "/openapi.json").json()
+    assert httpx.get(url + "/openapi.json").status_code == 401  # with keys set, the docs need one too
+    assert httpx.get(url + "/docs").status_code == 401
+    spec = httpx.get(url + "/openapi.json", headers=H()).json()
     body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(body)
     assert body["multipart/form-data"]["schema"]["properties"]["image"]["format"] == "binary"
     assert "PredictResponse" in spec["components"]["schemas"]
-    assert httpx.get(url + "/docs").status_code == 200
+    docs = httpx.get(url + "/docs", headers=H())
+    assert docs.status_code == 200 and "/v1/predict" in docs.text  # the spec is embedded in the page
 
 
 # -- keys -----------------------------------------------------------------------------------------
