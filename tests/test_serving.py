@@ -1,5 +1,5 @@
-"""`mmagent serve` against a real server process on loopback: JSON and multipart, API keys, bad
-input -> 4xx naming the field, 413, 64 concurrent requests, metrics, redacted logs."""
+"""`mmagent serve` on loopback: JSON and multipart, API keys, bad input -> 4xx naming the field, 413,
+64 concurrent requests, metrics, redacted logs (hostile input: test_serving_hardening.py)."""
 
 from __future__ import annotations
 
@@ -159,8 +159,7 @@ def test_schema_health_and_docs(served: dict) -> None:
     schema = httpx.get(url + "/v1/schema", headers=H()).json()
     assert [(i["name"], i["modality"]) for i in schema["inputs"]] == [("text", "text"), ("image", "image"), ("audio", "audio"), ("x", "numeric")]
     assert schema["targets"] == [{"name": "label", "type": "classification", "labels": ["a", "b", "c"]}]
-    assert httpx.get(url + "/openapi.json").status_code == 401  # with keys set, the docs need one too
-    assert httpx.get(url + "/docs").status_code == 401
+    assert [httpx.get(url + p).status_code for p in ("/openapi.json", "/docs")] == [401, 401]  # keys set: docs need one too
     spec = httpx.get(url + "/openapi.json", headers=H()).json()
     body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(body)
