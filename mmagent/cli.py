@@ -253,6 +253,7 @@ def serve(
     max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help="pixel limit per image (default 40 M)"),
     max_audio_seconds: Optional[float] = typer.Option(None, "--max-audio-seconds", help="duration limit per audio clip (default 60 s)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads per worker (default: torch's choice; 1 suits small models on shared CPUs)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N | auto (cuda when available); default cpu"),
     log_level: str = typer.Option("info", "--log-level", help="critical | error | warning | info | debug"),
 ) -> None:
     """Serve the agent over HTTP: POST /v1/predict and /v1/act, /v1/schema, /healthz, /readyz,
@@ -263,8 +264,13 @@ def serve(
         raise FileNotFoundError(f"{run_dir} is not a run folder (no model/model.json)")
     settings = ServeSettings.from_env(
         host=host, port=port, workers=workers, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, api_key_file=api_key_file,
-        max_body_bytes=max_body_bytes, max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, log_level=log_level, torch_threads=threads,
+        max_body_bytes=max_body_bytes, max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, log_level=log_level, torch_threads=threads, device=device,
     )
+    if settings.torch_device().startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {settings.device}: torch sees no CUDA GPU here; use --device cpu or auto")
     keys = settings.load_keys()
     if not settings.loopback and not keys:
         typer.secho(
@@ -280,7 +286,7 @@ def serve(
     # Worker processes rebuild the app from the environment (keys stay in MMAGENT_API_KEYS / the file).
     os.environ[ENV_RUN_DIR] = str(run_dir.resolve())
     os.environ[ENV_SETTINGS] = settings.model_dump_json()
-    typer.echo(f"serving {run_dir} on http://{settings.host}:{settings.port} ({settings.workers} worker(s), batches of up to {settings.max_batch_size} / {settings.max_wait_ms:g} ms, API key {'required' if keys else 'not required'})", err=True)
+    typer.echo(f"serving {run_dir} on http://{settings.host}:{settings.port} on {settings.torch_device()} ({settings.workers} worker(s), batches of up to {settings.max_batch_size} / {settings.max_wait_ms:g} ms, API key {'required' if keys else 'not required'})", err=True)
     uvicorn.run(
         "mmagent.serving.app:app_from_env", factory=True, host=settings.host, port=settings.port, workers=settings.workers,
         log_config=log_config(settings.log_level), log_level=settings.log_level, access_log=settings.access_log,

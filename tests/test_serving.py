@@ -1,5 +1,5 @@
-"""`mmagent serve` against a real server process on loopback: JSON and multipart, API keys, bad
-input -> 4xx naming the field, 413, 64 concurrent requests, metrics, redacted logs."""
+"""`mmagent serve` on loopback: JSON and multipart, API keys, bad input -> 4xx naming the field, 413,
+64 concurrent requests, metrics, redacted logs (hostile input: test_serving_hardening.py)."""
 
 from __future__ import annotations
 
@@ -159,12 +159,14 @@ def test_schema_health_and_docs(served: dict) -> None:
     schema = httpx.get(url + "/v1/schema", headers=H()).json()
     assert [(i["name"], i["modality"]) for i in schema["inputs"]] == [("text", "text"), ("image", "image"), ("audio", "audio"), ("x", "numeric")]
     assert schema["targets"] == [{"name": "label", "type": "classification", "labels": ["a", "b", "c"]}]
-    spec = httpx.get(url + "/openapi.json").json()
+    assert [httpx.get(url + p).status_code for p in ("/openapi.json", "/docs")] == [401, 401]  # keys set: docs need one too
+    spec = httpx.get(url + "/openapi.json", headers=H()).json()
     body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(body)
     assert body["multipart/form-data"]["schema"]["properties"]["image"]["format"] == "binary"
     assert "PredictResponse" in spec["components"]["schemas"]
-    assert httpx.get(url + "/docs").status_code == 200
+    docs = httpx.get(url + "/docs", headers=H())
+    assert docs.status_code == 200 and "/v1/predict" in docs.text  # the spec is embedded in the page
 
 
 # -- keys -----------------------------------------------------------------------------------------

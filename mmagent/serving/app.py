@@ -1,6 +1,7 @@
 """The HTTP API of an agent (FastAPI): the app factory.
 
-Endpoints are in :mod:`mmagent.serving.routes`; OpenAPI UI at /docs (/openapi.json).
+Endpoints are in :mod:`mmagent.serving.routes`; OpenAPI UI at /docs (/openapi.json), which need
+the API key like every /v1 endpoint when keys are set.
 
 Request bodies (``POST /v1/predict`` and ``/v1/act``):
 
@@ -12,8 +13,9 @@ Request bodies (``POST /v1/predict`` and ``/v1/act``):
   image / audio columns.
 
 Errors are JSON ``{"error": message, "field": column-or-part, "record": index}`` with a 4xx status
-(400 malformed body, 401 missing/wrong API key, 413 body too large, 415 content type, 422 a bad
-value); a client error never becomes a 500 and never stops the server.
+(400 malformed body, 401 missing/wrong API key, 408 body not sent in time, 413 body or decoded
+media too large, 415 content type, 422 a bad value, 503 loading or overloaded); a client error
+never becomes a 500, never costs the client its kept-alive connection and never stops the server.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmagent.serving.batching import MicroBatcher
 from mmagent.serving.metrics import Instrument, Metrics
-from mmagent.serving.routes import ServingState, build_router
+from mmagent.serving.middleware import Guard
+from mmagent.serving.routes import ServingState, blame_rows, build_router
 from mmagent.serving.schemas import ApiError
 from mmagent.serving.security import API_KEY_HEADER, install_redaction
 from mmagent.specs import ModelSpec
@@ -95,10 +98,15 @@ def create_app(source: "str | Path | Any", settings: ServeSettings | None = None
             + (f"Every /v1 endpoint and /metrics needs an API key: header `{API_KEY_HEADER}: KEY` or `Authorization: Bearer KEY`." if keys else "No API key is configured (loopback only).")
         ),
         lifespan=lifespan,
+        docs_url=None,  # /docs and /openapi.json are routes of their own, behind the API key
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.mmagent = state
     app.state.settings = settings
     app.state.metrics = metrics
+    # Added last = outermost: Instrument sees the status Guard answers with (408, 500).
+    app.add_middleware(Guard, body_timeout_s=settings.body_timeout_s)
     app.add_middleware(Instrument, metrics=metrics)
     _install_error_handlers(app)
     app.include_router(build_router(spec, settings))
@@ -115,7 +123,7 @@ def _on_loaded(state: ServingState, loaded: Any) -> None:
         return [d.model_dump(mode="json") for d in loaded.act_many(recs, explain=settings.explain)]
 
     for kind, fn in (("predict", loaded.predict), ("act", act)):
-        batcher = MicroBatcher(fn, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, ex, metrics.batch_observer(kind), kind)
+        batcher = MicroBatcher(fn, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, ex, metrics.batch_observer(kind), kind, blame_rows)
         batcher.start()
         state.batchers[kind] = batcher
         metrics.queue.labels(kind).set_function(lambda b=batcher: b.pending)
@@ -128,7 +136,7 @@ async def _load_in_background(state: ServingState, run_dir: Path) -> None:
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     try:
-        loaded = await loop.run_in_executor(state.executor, lambda: Agent.load(run_dir, device=settings.device))
+        loaded = await loop.run_in_executor(state.executor, lambda: Agent.load(run_dir, device=settings.torch_device()))
     except Exception as e:  # noqa: BLE001 - /readyz reports it; the process stays up for /healthz
         state.error = f"{type(e).__name__}: {e}"
         log.error("could not load %s: %s", run_dir, state.error)
@@ -142,8 +150,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         log.info("%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.field, exc.error)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        if exc.status == 413:  # the rest of the body was not read: do not reuse the connection
+        if exc.status == 413 and exc.field == "body":  # the rest of the body was not read: do not reuse the connection
             headers = {"Connection": "close"}
+        if exc.status == 503:
+            headers = {"Retry-After": "1"}
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
@@ -158,10 +168,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "header"))
         return JSONResponse({"error": first.get("msg", "invalid request"), "field": field or None}, status_code=422)
 
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "internal server error", "field": None}, status_code=500)
 
 
 def app_from_env() -> FastAPI:

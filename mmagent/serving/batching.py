@@ -2,13 +2,19 @@
 
 Each request puts its records on an asyncio queue and awaits a future. One collector task takes
 the first waiting request, then keeps adding requests until the batch holds ``max_batch_size``
-records or ``max_wait_ms`` has passed since the first one arrived, and runs the model on the whole
-batch in a worker thread (so the event loop keeps accepting connections meanwhile). While the model
-runs, new requests queue up and form the next batch: under load, batches fill without waiting.
+records or ``max_wait_ms`` has passed since that first request *arrived* (not since the collector
+woke: a request that waited while the model ran is not made to wait again), and runs the model on
+the whole batch in a worker thread (so the event loop keeps accepting connections meanwhile).
+While the model runs, new requests queue up and form the next batch: under load, batches fill
+without waiting.
 
-A request larger than ``max_batch_size`` runs alone (it is never split). If a batched call fails,
-each request of the batch is retried on its own, so one bad request cannot fail the others.
-``max_batch_size = 1`` turns batching off (one request per model call).
+A request larger than ``max_batch_size`` runs alone (it is never split). Records are meant to be
+checked before they are submitted; if a batched call fails anyway, the failing requests are found
+without a call per request: ``blame`` (when given) names the bad records from the error, and the
+others run again in one call; otherwise the batch is halved until the failure is isolated (about
+``2 log2(n)`` calls for one bad request among ``n``). ``max_batch_size = 1`` turns batching off.
+On :meth:`stop`, every request not yet answered (queued, carried over or in a running batch) is
+failed with :class:`ShuttingDown`, so none is left waiting.
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ log = logging.getLogger("mmagent.serving")
 
 class QueueFull(RuntimeError):
     """More records are waiting than ``max_queue``: the server is overloaded (503)."""
+
+
+class ShuttingDown(RuntimeError):
+    """The batcher stopped before this request was answered (503)."""
 
 
 @dataclass(eq=False)  # compared by identity: records may hold arrays
@@ -47,6 +57,7 @@ class MicroBatcher:
         executor: concurrent.futures.Executor | None = None,
         on_batch: Callable[[int, int, float], None] | None = None,
         name: str = "model",
+        blame: Callable[[Exception], set[int] | None] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -56,12 +67,14 @@ class MicroBatcher:
         self.max_queue = max_queue
         self.on_batch = on_batch  # (records, requests, seconds) after each model call
         self.name = name
+        self.blame = blame  # error of a batched call -> indices of the bad records (None: unknown)
         self._own_executor = executor is None
         self.executor = executor or concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mmagent-{name}")
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
         self._pending_records = 0
         self._carry: _Job | None = None  # a request that did not fit the previous batch
+        self._taken: list[_Job] = []  # taken off the queue, not answered yet
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -70,6 +83,8 @@ class MicroBatcher:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mmagent-batcher-{self.name}")
 
     async def stop(self) -> None:
+        """Stop collecting and fail every request not answered yet."""
+        taken = self._taken  # the list itself: cancelling the collector rebinds self._taken
         if self._task is not None:
             self._task.cancel()
             try:
@@ -77,11 +92,14 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        if self._queue is not None:  # fail whatever is still waiting
+        waiting = list(taken) + ([self._carry] if self._carry is not None else [])
+        if self._queue is not None:
             while not self._queue.empty():
-                job = self._queue.get_nowait()
-                if not job.future.done():
-                    job.future.set_exception(RuntimeError("server shutting down"))
+                waiting.append(self._queue.get_nowait())
+        for job in waiting:
+            if not job.future.done():
+                job.future.set_exception(ShuttingDown("the server is shutting down; retry"))
+        self._taken, self._carry, self._pending_records = [], None, 0
         if self._own_executor:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -109,7 +127,8 @@ class MicroBatcher:
         first = self._carry or await self._queue.get()
         self._carry = None
         batch, size = [first], len(first.records)
-        deadline = time.perf_counter() + self.max_wait
+        self._taken = batch  # from here on, stop() fails them instead of dropping them
+        deadline = first.queued_at + self.max_wait  # the wait counts from the request's arrival
         while size < self.max_batch_size:
             try:
                 job = self._queue.get_nowait()
@@ -142,21 +161,47 @@ class MicroBatcher:
                         job.future.set_exception(e)
 
     async def _process(self, batch: list[_Job]) -> None:
-        loop = asyncio.get_running_loop()
         live = [j for j in batch if not j.future.done()]  # a client that went away: skip it
-        records = [r for j in live for r in j.records]
         try:
-            if not live:
-                return
-            start = time.perf_counter()
-            try:
-                results = await loop.run_in_executor(self.executor, self._call, records)
-            except Exception:  # noqa: BLE001 - isolate the failing request(s)
-                await self._one_by_one(live, loop)
-            else:
-                self._deliver(live, results, len(records), time.perf_counter() - start)
+            if live:
+                await self._settle(live)
         finally:
             self._pending_records -= sum(len(j.records) for j in batch)
+            self._taken = []
+
+    async def _settle(self, jobs: list[_Job]) -> None:
+        """Answer ``jobs`` in one call; when it fails, isolate the failing jobs without a call
+        per job (see the module's docstring)."""
+        records = [r for j in jobs for r in j.records]
+        start = time.perf_counter()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self.executor, self._call, records)
+        except Exception as e:  # noqa: BLE001 - handed to the request(s) that caused it
+            if len(jobs) == 1:
+                if not jobs[0].future.done():
+                    jobs[0].future.set_exception(e)
+                return
+            bad = self._bad_jobs(jobs, e)
+            if bad:
+                good = [j for j in jobs if j not in bad]
+                groups = ([good] if good else []) + [[j] for j in bad]  # each bad one alone: its error names its own rows
+            else:
+                groups = [jobs[: len(jobs) // 2], jobs[len(jobs) // 2 :]]
+            for group in groups:
+                await self._settle(group)
+        else:
+            self._deliver(jobs, results, len(records), time.perf_counter() - start)
+
+    def _bad_jobs(self, jobs: list[_Job], error: Exception) -> list[_Job]:
+        rows = self.blame(error) if self.blame is not None else None
+        if not rows:
+            return []
+        bad, first = [], 0
+        for job in jobs:
+            if any(first <= r < first + len(job.records) for r in rows):
+                bad.append(job)
+            first += len(job.records)
+        return bad
 
     def _call(self, records: list[Any]) -> list[Any]:
         results = list(self.fn(records))
@@ -173,14 +218,3 @@ class MicroBatcher:
             i += len(job.records)
             if not job.future.done():
                 job.future.set_result(part)
-
-    async def _one_by_one(self, jobs: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
-        for job in jobs:
-            start = time.perf_counter()
-            try:
-                results = await loop.run_in_executor(self.executor, self._call, job.records)
-            except Exception as e:  # noqa: BLE001 - handed to the request that caused it
-                if not job.future.done():
-                    job.future.set_exception(e)
-            else:
-                self._deliver([job], results, len(job.records), time.perf_counter() - start)

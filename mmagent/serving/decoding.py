@@ -6,9 +6,6 @@ Nothing is ever read from a path or fetched from a URL a request names.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import json
 import math
 import re
@@ -18,11 +15,13 @@ from fastapi import Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmagent.specs import InputSpec
-from mmagent.serving.schemas import MULTIPART, ApiError
+from mmagent.serving.media import Cost, Media, Upload, check_request_budget, inspect_media
+from mmagent.serving.schemas import MULTIPART, ApiError, BigInt, type_name
 from mmagent.serving.settings import ServeSettings
 
 JSON_TYPES = ("application/json",)
-IMAGE_FORMATS = {"PNG", "JPEG", "MPO", "GIF", "BMP", "TIFF", "WEBP"}
+FLOAT32_MAX = 3.4028234663852886e38
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -46,13 +45,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def media_type(request: Request) -> str:
+def mediatype_name(request: Request) -> str:
     return (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
 
 
 async def raw_records(request: Request, settings: ServeSettings, columns: dict[str, InputSpec]) -> tuple[list[Any], bool]:
     """Records as sent (not yet checked), and whether they came from multipart."""
-    kind = media_type(request)
+    kind = mediatype_name(request)
     if kind not in JSON_TYPES and kind != MULTIPART:
         shown = kind or "none"
         raise ApiError(415, f"unsupported content type {shown!r}; send application/json or multipart/form-data", "Content-Type")
@@ -61,10 +60,7 @@ async def raw_records(request: Request, settings: ServeSettings, columns: dict[s
         raise ApiError(400, "empty request body; send {\"record\": {...}} or {\"records\": [...]}", "body")
     if kind == MULTIPART:
         return [await _multipart_record(request, settings, columns)], True
-    try:
-        parsed = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ApiError(400, f"body is not valid JSON: {str(e)[:200]}", "body") from None
+    parsed = parse_json(body)
     if not isinstance(parsed, dict):
         raise ApiError(400, 'the body must be a JSON object: {"record": {...}} or {"records": [...]}', "body")
     extra = sorted(set(parsed) - {"record", "records"})
@@ -74,16 +70,32 @@ async def raw_records(request: Request, settings: ServeSettings, columns: dict[s
         raise ApiError(400, 'give exactly one of "record" (an object) or "records" (a list of objects)', "body")
     if "record" in parsed:
         if not isinstance(parsed["record"], dict):
-            raise ApiError(422, f'"record" must be an object of column -> value, got {_type(parsed["record"])}', "record")
+            raise ApiError(422, f'"record" must be an object of column -> value, got {type_name(parsed["record"])}', "record")
         return [parsed["record"]], False
     records = parsed["records"]
     if not isinstance(records, list):
-        raise ApiError(422, f'"records" must be a list of objects, got {_type(records)}', "records")
+        raise ApiError(422, f'"records" must be a list of objects, got {type_name(records)}', "records")
     if not records:
         raise ApiError(422, '"records" is empty', "records")
     if len(records) > settings.max_records:
         raise ApiError(422, f"{len(records)} records in one request; the limit is {settings.max_records}", "records")
     return records, False
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON body; a number too long or too large for a float is kept as a marker
+    (:class:`BigInt`, ``inf``) so the check of its column can name it instead of failing here."""
+    try:
+        return json.loads(body, parse_int=_parse_int)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ApiError(400, f"body is not valid JSON: {str(e)[:200]}", "body") from None
+    except ValueError as e:  # whatever else the parser refuses
+        raise ApiError(400, f"body is not valid JSON: {str(e)[:200]}", "body") from None
+
+
+def _parse_int(digits: str) -> Any:
+    # Python refuses int() of more than 4300 digits (a CPU-time guard); no model input needs 300.
+    return BigInt(digits) if len(digits.lstrip("-")) > 300 else int(digits)
 
 
 async def _multipart_record(request: Request, settings: ServeSettings, columns: dict[str, InputSpec]) -> dict[str, Any]:
@@ -104,7 +116,7 @@ async def _multipart_record(request: Request, settings: ServeSettings, columns: 
                 raise ApiError(422, f"field {key!r} given {len(values)} times", key)
             value = values[0]
             if isinstance(value, UploadFile):
-                record[key] = _Upload(await value.read(), value.filename or "", value.content_type or "")
+                record[key] = Upload(await value.read(), value.filename or "", value.content_type or "")
             else:
                 record[key] = value
     finally:
@@ -112,133 +124,64 @@ async def _multipart_record(request: Request, settings: ServeSettings, columns: 
     return record
 
 
-class _Upload:
-    """A file part of a multipart body."""
+def check_records(records: list[Any], columns: dict[str, InputSpec], settings: ServeSettings) -> tuple[list[dict[str, Any]], Cost]:
+    """Check every record before it is batched, so a bad one never reaches (and fails) a batch;
+    raise :class:`ApiError` naming the first bad field.
 
-    def __init__(self, data: bytes, filename: str, content_type: str) -> None:
-        self.data, self.filename, self.content_type = data, filename, content_type
-
-
-def _type(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
-
-
-def decode_records(records: list[Any], columns: dict[str, InputSpec], settings: ServeSettings, multipart: bool) -> list[dict[str, Any]]:
-    """Check every value and decode media; raise :class:`ApiError` (422) naming the first bad field.
-
-    Text -> str; numeric -> float (None when empty); image -> RGB PIL image; audio -> (mono float32
-    waveform, sample rate). Nothing is ever read from a path or fetched from a URL."""
-    out = []
+    Text -> str; numeric -> float (None when empty); image / audio -> :class:`Media` checked from
+    its header (decoded later by :func:`~mmagent.serving.media.decode_media`, once admitted).
+    Also returns the decoded size of the request's media, checked against the request budget."""
+    out, cost = [], Cost()
+    inputs = {id(inp): inp for inp in columns.values()}.values()
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
-            raise ApiError(422, f"record {i} must be an object of column -> value, got {_type(rec)}", f"records[{i}]", i)
+            raise ApiError(422, f"record {i} must be an object of column -> value, got {type_name(rec)}", f"records[{i}]", i)
         unknown = [c for c in rec if c not in columns]
         if unknown:
             raise ApiError(422, f"unknown column {unknown[0]!r}; this model's input columns are {list(columns)}", str(unknown[0]), i)
-        decoded: dict[str, Any] = {}
+        checked: dict[str, Any] = {}
         for col, value in rec.items():
-            decoded[col] = _decode_value(col, value, columns[col].modality, settings, i)
-        if all(v is None for v in decoded.values()):
+            checked[col] = _check_value(col, value, columns[col].modality, settings, i)
+            if isinstance(checked[col], Media):
+                cost.add(checked[col])
+        if all(v is None for v in checked.values()):
             raise ApiError(422, f"record {i} has no input value; give at least one of {list(columns)}", ", ".join(columns) if not rec else ", ".join(rec), i)
-        out.append(decoded)
-    return out
+        for inp in inputs:  # the agent's own row check, per record: required inputs
+            if inp.required and all(checked.get(c) is None for c in inp.columns):
+                raise ApiError(422, f"record {i}: the {inp.modality} input {inp.columns[0]!r} is required", inp.columns[0], i)
+        out.append(checked)
+    check_request_budget(cost, settings)
+    return out, cost
 
 
-def _decode_value(col: str, value: Any, modality: str, settings: ServeSettings, i: int) -> Any:
+def _check_value(col: str, value: Any, modality: str, settings: ServeSettings, i: int) -> Any:
     if value is None or (isinstance(value, str) and not value.strip() and modality != "text"):
         return None
     if modality == "text":
         if not isinstance(value, str):
-            raise ApiError(422, f"column {col!r} is text: expected a string, got {_type(value)}", col, i)
+            raise ApiError(422, f"column {col!r} is text: expected a string, got {type_name(value)}", col, i)
         if len(value) > settings.max_text_chars:
             raise ApiError(422, f"column {col!r}: text of {len(value)} characters is over the limit of {settings.max_text_chars}", col, i)
+        if _SURROGATE.search(value):  # a lone UTF-16 surrogate: valid JSON escape, not valid text
+            raise ApiError(422, f"column {col!r}: text holds an unpaired surrogate (\\ud800-\\udfff), which is not valid Unicode", col, i)
         return value if value.strip() else None
     if modality == "numeric":
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ApiError(422, f"column {col!r} is numeric: expected a number, got {_type(value)}", col, i)
-        try:
-            number = float(value.strip()) if isinstance(value, str) else float(value)
-        except (ValueError, OverflowError):
-            raise ApiError(422, f"column {col!r} is numeric: {str(value)[:40]!r} is not a (finite) number", col, i) from None
-        if math.isinf(number):
-            raise ApiError(422, f"column {col!r}: infinite values are not allowed", col, i)
-        return None if math.isnan(number) else number
-    data = _media_bytes(col, value, modality, i)
-    if modality == "image":
-        return _decode_image(col, data, settings, i)
-    return _decode_audio(col, data, settings, i)
+        return _number(col, value, i)
+    return inspect_media(col, value, modality, settings, i)
 
 
-_DATA_URL = re.compile(r"^data:[\w.+\-]+/[\w.+\-]+(?:;[\w.+\-]+=[\w.+\-]+)*;base64,", re.IGNORECASE)
-
-
-def _media_bytes(col: str, value: Any, modality: str, i: int) -> bytes:
-    if isinstance(value, _Upload):
-        if not value.data:
-            raise ApiError(422, f"column {col!r}: the uploaded {modality} file is empty", col, i)
-        return value.data
-    if not isinstance(value, str):
-        raise ApiError(422, f"column {col!r} is {modality}: expected the file's bytes as a base64 string, got {_type(value)}", col, i)
-    text = value.strip()
-    if re.match(r"^[a-z][a-z0-9+.\-]*://", text, re.IGNORECASE):
-        raise ApiError(422, f"column {col!r}: URLs are not fetched; send the {modality} file's bytes as base64", col, i)
-    text = _DATA_URL.sub("", text, count=1)
+def _number(col: str, value: Any, i: int) -> float | None:
+    if isinstance(value, BigInt):
+        raise ApiError(422, f"column {col!r}: an integer of {len(value.digits)} digits is out of range", col, i)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ApiError(422, f"column {col!r} is numeric: expected a number, got {type_name(value)}", col, i)
     try:
-        data = base64.b64decode(re.sub(r"\s+", "", text), validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(422, f"column {col!r}: not valid base64 (send the {modality} file's bytes base64-encoded; file paths are not read)", col, i) from None
-    if not data:
-        raise ApiError(422, f"column {col!r}: the {modality} is empty", col, i)
-    return data
-
-
-def _decode_image(col: str, data: bytes, settings: ServeSettings, i: int) -> Any:
-    import warnings
-
-    from PIL import Image
-
-    limit = settings.max_image_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))  # reads the header only
-            w, h = img.size
-            if w * h > limit:
-                raise ApiError(422, f"column {col!r}: image of {w}x{h} = {w * h} pixels is over the limit of {limit}", col, i)
-            if img.format not in IMAGE_FORMATS:
-                raise ApiError(422, f"column {col!r}: unsupported image format {img.format}; use one of {sorted(IMAGE_FORMATS)}", col, i)
-            img.load()
-            return img.convert("RGB")
-    except ApiError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ApiError(422, f"column {col!r}: image is over the pixel limit of {limit}", col, i) from None
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt data
-        raise ApiError(422, f"column {col!r}: cannot decode image ({type(e).__name__}: {str(e)[:120]})", col, i) from None
-
-
-def _decode_audio(col: str, data: bytes, settings: ServeSettings, i: int) -> Any:
-    import numpy as np
-    import soundfile as sf
-
-    try:
-        info = sf.info(io.BytesIO(data))
-    except Exception as e:  # noqa: BLE001
-        raise ApiError(422, f"column {col!r}: cannot decode audio (WAV, FLAC, OGG or MP3 bytes expected): {str(e)[:120]}", col, i) from None
-    if info.samplerate <= 0 or info.frames <= 0:
-        raise ApiError(422, f"column {col!r}: audio has no samples", col, i)
-    seconds = info.frames / info.samplerate
-    if seconds > settings.max_audio_seconds:
-        raise ApiError(422, f"column {col!r}: audio of {seconds:.1f} s is over the limit of {settings.max_audio_seconds:g} s", col, i)
-    try:
-        wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as e:  # noqa: BLE001
-        raise ApiError(422, f"column {col!r}: cannot decode audio: {str(e)[:120]}", col, i) from None
-    wave = wave.mean(1)
-    if wave.size == 0:
-        raise ApiError(422, f"column {col!r}: audio has no samples (truncated?)", col, i)
-    if not np.isfinite(wave).all():
-        raise ApiError(422, f"column {col!r}: audio contains NaN or infinite samples", col, i)
-    return (np.ascontiguousarray(wave), int(sr))
-
-
+        number = float(value.strip()) if isinstance(value, str) else float(value)
+    except (ValueError, OverflowError):
+        raise ApiError(422, f"column {col!r} is numeric: {str(value)[:40]!r} is not a (finite) number", col, i) from None
+    if math.isnan(number):
+        return None
+    # The model computes in float32: a larger value becomes infinite and the answer NaN.
+    if abs(number) > FLOAT32_MAX:
+        raise ApiError(422, f"column {col!r}: {number:g} is out of range (the model's numbers are 32-bit floats, at most {FLOAT32_MAX:.3g})", col, i)
+    return number

@@ -7,22 +7,26 @@ dependencies (``Depends``), so each route says what it needs and nothing is a cl
     GET  /healthz      the process is up
     GET  /readyz       the model is loaded (503 until then)
     GET  /metrics      Prometheus: requests by endpoint and status, latency, batch sizes
+    GET  /docs         OpenAPI UI (/openapi.json); with API keys set, both need a key
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, Request, Security
-from fastapi.responses import Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from mmagent.specs import InputSpec, ModelSpec
-from mmagent.serving.batching import MicroBatcher, QueueFull
-from mmagent.serving.decoding import decode_records, raw_records
+from mmagent.serving.batching import MicroBatcher, QueueFull, ShuttingDown
+from mmagent.serving.decoding import check_records, raw_records
+from mmagent.serving.media import MediaBudget, decode_media
 from mmagent.serving.metrics import Metrics
 from mmagent.serving.schemas import ERRORS, ActResponse, ApiError, Health, PredictResponse, SchemaResponse, openapi_body, request_models
 from mmagent.serving.security import API_KEY_HEADER, key_matches
@@ -42,9 +46,11 @@ class ServingState:
     error: str | None = None
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     executor: concurrent.futures.ThreadPoolExecutor | None = None
+    budget: MediaBudget = field(init=False)
 
     def __post_init__(self) -> None:
         self.columns = {c: inp for inp in self.spec.inputs for c in inp.columns}
+        self.budget = MediaBudget(self.settings.max_queue_pixels, self.settings.max_queue_audio_samples)
 
 
 # -- dependencies ---------------------------------------------------------------------------------
@@ -116,20 +122,61 @@ def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
 
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    @router.get("/openapi.json", include_in_schema=False, dependencies=keyed)
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(request.app.openapi())
+
+    @router.get("/docs", include_in_schema=False, dependencies=keyed)
+    async def docs(request: Request, state: ServingState = Depends(get_state)) -> HTMLResponse:
+        if not state.keys:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="mmagent - docs")
+        # With keys, the page's own fetch of /openapi.json would carry no key: embed the spec.
+        return get_swagger_ui_html(openapi_url="", title="mmagent - docs", swagger_ui_parameters={"spec": request.app.openapi()})
+
     return router
 
 
 async def _run(request: Request, state: ServingState, batcher: MicroBatcher) -> list[Any]:
     settings, columns = state.settings, state.columns
     raw, multipart = await raw_records(request, settings, columns)
-    needs_thread = multipart or any(isinstance(r, dict) and any(columns.get(c) is not None and columns[c].modality in ("image", "audio") and v is not None for c, v in r.items()) for r in raw)
-    records = await run_in_threadpool(decode_records, raw, columns, settings, multipart) if needs_thread else decode_records(raw, columns, settings, multipart)
-    try:
-        return await batcher.submit(records)
-    except QueueFull as e:
-        raise ApiError(503, str(e), "queue") from None
-    except Exception as e:
-        raise model_error(e) from e
+    has_media = multipart or any(isinstance(r, dict) and any(c in columns and columns[c].modality in ("image", "audio") and v is not None for c, v in r.items()) for r in raw)
+    # Header checks (base64, sizes) may take a while on a big body: off the event loop.
+    checked, cost = await run_in_threadpool(check_records, raw, columns, settings) if has_media else check_records(raw, columns, settings)
+    with state.budget.hold(cost):  # admission before decoding; held until the answer
+        records = await run_in_threadpool(decode_media, checked) if cost.pixels or cost.samples else checked
+        try:
+            results = await batcher.submit(records)
+        except QueueFull as e:
+            raise ApiError(503, str(e), "queue") from None
+        except ShuttingDown as e:
+            raise ApiError(503, str(e), "server") from None
+        except Exception as e:
+            raise model_error(e) from e
+    for i, result in enumerate(results):
+        if not _finite(result):  # JSON has no NaN: say which record, instead of failing the reply
+            numeric = [c for c, inp in columns.items() if inp.modality == "numeric" and checked[i].get(c) is not None]
+            raise ApiError(422, f"record {i}: the model's answer is not a finite number (are its numeric values far outside what it was trained on?)", ", ".join(numeric) or None, i)
+    return results
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def blame_rows(error: Exception) -> set[int] | None:
+    """The records of a batch that a model-call error names (the agent's row checks)."""
+    from mmagent.data.validation import DataError
+
+    if isinstance(error, DataError):
+        rows = {p.row for p in error.problems if p.row >= 0}
+        return rows or None
+    return None
 
 
 def _schema(state: ServingState) -> dict[str, Any]:

@@ -23,6 +23,8 @@ class ApiError(Exception):
     """A client error: status + message + the field (column, header or body part) at fault."""
 
     def __init__(self, status: int, error: str, field: str | None = None, record: int | None = None, problems: list[dict[str, Any]] | None = None) -> None:
+        error, field = clean_text(error), clean_text(field) if field is not None else None
+        problems = [{k: clean_text(v) if isinstance(v, str) else v for k, v in p.items()} for p in problems] if problems else problems
         super().__init__(error)
         self.status, self.error, self.field, self.record, self.problems = status, error, field, record, problems
 
@@ -33,6 +35,25 @@ class ApiError(Exception):
         if self.problems:
             out["problems"] = self.problems
         return out
+
+
+def type_name(value: Any) -> str:
+    """How a JSON value's type reads in an error message."""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null", int: "a number", float: "a number"}.get(type(value), "a number" if isinstance(value, BigInt) else type(value).__name__)
+
+
+class BigInt:
+    """A JSON integer too long to be a number here (kept as its digits, so the error can name
+    the field instead of failing the whole body)."""
+
+    def __init__(self, digits: str) -> None:
+        self.digits = digits
+
+
+def clean_text(text: str) -> str:
+    """``text`` with lone surrogates (valid in JSON escapes, not in UTF-8) written as ``\\udXXX``,
+    so an error message that quotes a client's bad key can still be encoded and logged."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ErrorResponse(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,18 @@ class ServeSettings(BaseModel):
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="request body limit (413 beyond)")
     max_image_pixels: int = Field(40_000_000, ge=1, description="width x height limit per image (decompression bombs)")
     max_audio_seconds: float = Field(60.0, gt=0, description="duration limit per audio clip")
+    max_audio_sample_rate: int = Field(48_000, ge=1, description="sample-rate limit per audio clip (Hz)")
+    max_audio_channels: int = Field(2, ge=1, description="channel limit per audio clip")
+    # Decoded sizes, known from the headers before anything is decoded: a few KB of solid-colour
+    # PNG decode to hundreds of MB, so the body limit alone does not bound memory.
+    max_request_pixels: int = Field(50_000_000, ge=1, description="decoded pixels per request, all its images together (413 beyond)")
+    max_request_audio_samples: int = Field(20_000_000, ge=1, description="decoded audio samples (frames x channels) per request (413 beyond)")
+    max_queue_pixels: int = Field(200_000_000, ge=1, description="decoded pixels held by all requests in progress (503 beyond)")
+    max_queue_audio_samples: int = Field(100_000_000, ge=1, description="decoded audio samples held by all requests in progress (503 beyond)")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this many seconds of the request (408 and close beyond)")
     max_text_chars: int = Field(100_000, ge=1, description="characters per text field")
     explain: bool = Field(True, description="/v1/act: per-input contributions (costs one extra forward pass per input)")
-    device: str = Field("cpu", description="torch device for the model")
+    device: str = Field("cpu", description="torch device for the model: cpu, cuda, cuda:N or auto (cuda when available)")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice); 1 is often fastest for small models on busy or shared CPUs")
     api_key_file: Path | None = Field(None, description="file with one API key per line")
     api_keys: list[SecretStr] = Field(default_factory=list, exclude=True, description="accepted API keys (not serialized)")
@@ -51,6 +61,22 @@ class ServeSettings(BaseModel):
         if v not in ("critical", "error", "warning", "info", "debug", "trace"):
             raise ValueError(f"unknown log level {v!r}")
         return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", v):
+            raise ValueError(f"unknown device {v!r}; use cpu, cuda, cuda:N or auto")
+        return v
+
+    def torch_device(self) -> str:
+        """The device to load the model on: ``auto`` is cuda when torch sees a GPU, else cpu."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     # -- keys ---------------------------------------------------------------------------------
     def load_keys(self) -> list[str]:
