@@ -361,7 +361,8 @@ def test_saved_model_naming_an_unknown_encoder_is_a_clear_error(tmp_path: Path) 
     import json
 
     from mmagent.encoders import EncoderError
-    from mmagent.model import ModelSpec, MultimodalModel
+    from mmagent.model import MultimodalModel
+    from mmagent.specs import ModelSpec
 
     spec = ModelSpec.model_validate({
         "inputs": [{"column": ["x1", "x2"], "modality": "numeric", "encoder": {"source": "builtin", "name": "mlp", "config": {"num_features": 2}}}],
