@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Modality = Literal["text", "image", "audio", "numeric"]
-MODALITIES: tuple[str, ...] = ("text", "image", "audio", "numeric")
+Modality = Literal["text", "image", "audio", "numeric", "categorical"]
+MODALITIES: tuple[str, ...] = ("text", "image", "audio", "numeric", "categorical")
 TaskType = Literal["classification", "multilabel", "regression"]
 IGNORE_INDEX = -100  # classification label of a sample without this target
 FORMAT_VERSION = 1
@@ -24,6 +24,7 @@ DEFAULT_ENCODERS: dict[str, dict[str, Any]] = {
     "image": {"source": "zoo", "name": "efficientnet-lite0"},
     "audio": {"source": "zoo", "name": "whisper-tiny.en"},
     "numeric": {"source": "builtin", "name": "mlp"},
+    "categorical": {"source": "builtin", "name": "hash-embedding"},
 }
 
 

@@ -149,6 +149,8 @@ def check_rows(table: Table, inputs: list[InputSpec], targets: list[TargetSpec],
             elif inp.modality == "text" and not isinstance(values[0], str):
                 # str(["a", "b"]) would train on "['a', 'b']": refuse rather than guess
                 add(row, inp.columns[0], f"text must be a string, got {type(values[0]).__name__} {str(values[0])[:40]!r}")
+            elif inp.modality == "categorical" and isinstance(values[0], (list, tuple, dict)):
+                add(row, inp.columns[0], f"a category must be a single value, got {type(values[0]).__name__} {str(values[0])[:40]!r}")
             elif inp.modality in ("image", "audio") and isinstance(values[0], (str, Path)):
                 media.append((row, inp.columns[0], resolve_media(str(values[0]).strip(), table.base_dir), inp.modality))
         if not any_input:

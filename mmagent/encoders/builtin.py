@@ -4,6 +4,9 @@
                                     training data (stored in the weights file, so they travel
                                     with the model). Options in ``config``: ``num_features``,
                                     ``width`` (default 64).
+``source: builtin, name: hash-embedding``  categorical columns: each value's (stable) hash bucket
+                                    gets a learned embedding. Options: ``buckets`` (1024),
+                                    ``width`` (32).
 ``source: builtin, name: mel-cnn``  log-mel spectrogram + a small 2-D CNN; each time frame becomes
                                     a token. Options in ``config``: ``n_mels`` (64), ``width`` (128),
                                     ``channels`` (32); ``sample_rate`` (16 kHz) and ``max_seconds``.
@@ -11,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -92,6 +96,46 @@ class NumericMLPEncoder(Encoder):
         return EncoderOutput(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=x.device), pooled)
 
 
+# -- categorical ----------------------------------------------------------------------------
+class CategoricalPreprocessor(Preprocessor):
+    """A category (any scalar; ``"7"`` and ``7`` are the same) -> its hash bucket. Hashing needs no
+    vocabulary to store or keep in sync; with buckets well above the number of categories,
+    collisions are rare, and a category unseen in training lands on a bucket that has learned
+    little, much like an ``<unknown>`` token."""
+
+    def __init__(self, buckets: int) -> None:
+        self.buckets = buckets
+
+    def __call__(self, item: Any) -> dict[str, Tensor]:
+        if isinstance(item, (list, tuple, dict)):
+            raise ValueError(f"a category must be a single value, got {type(item).__name__}")
+        text = str(int(item)) if isinstance(item, float) and item.is_integer() else str(item).strip()
+        # blake2b, not hash(): Python salts str hashes per process, and buckets must be stable.
+        bucket = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") % self.buckets
+        return {"ids": torch.tensor([bucket], dtype=torch.long)}
+
+    def placeholder(self) -> dict[str, Tensor]:
+        return {"ids": torch.zeros(1, dtype=torch.long)}
+
+
+class HashEmbeddingEncoder(Encoder):
+    """A categorical column -> a learned embedding of its hash bucket (one token)."""
+
+    modality = "categorical"
+
+    def __init__(self, spec: EncoderSpec) -> None:
+        super().__init__(spec)
+        cfg = _config(spec, {"buckets": 1024, "width": 32})
+        self.output_dim = int(cfg["width"])
+        self.preprocessor = CategoricalPreprocessor(int(cfg["buckets"]))
+        self.embedding = nn.Embedding(int(cfg["buckets"]), self.output_dim)
+
+    def forward(self, batch: dict[str, Tensor]) -> EncoderOutput:
+        tokens = self.embedding(batch["ids"])  # (B, 1, D)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return EncoderOutput(tokens, mask, tokens[:, 0])
+
+
 # -- log-mel CNN ----------------------------------------------------------------------------
 class MelPreprocessor(Preprocessor):
     pad_values = {"mel": 0.0}
@@ -159,7 +203,7 @@ class MelCNNEncoder(Encoder):
         return EncoderOutput(tokens, mask, pool(tokens, mask, self.spec.pooling))
 
 
-_BUILTINS = {"mlp": NumericMLPEncoder, "mel-cnn": MelCNNEncoder}
+_BUILTINS = {"mlp": NumericMLPEncoder, "mel-cnn": MelCNNEncoder, "hash-embedding": HashEmbeddingEncoder}
 
 
 @register_source("builtin")

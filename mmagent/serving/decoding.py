@@ -167,7 +167,21 @@ def _check_value(col: str, value: Any, modality: str, settings: ServeSettings, i
         return value if value.strip() else None
     if modality == "numeric":
         return _number(col, value, i)
+    if modality == "categorical":
+        return _category(col, value, settings, i)
     return inspect_media(col, value, modality, settings, i)
+
+
+def _category(col: str, value: Any, settings: ServeSettings, i: int) -> str | int | float:
+    """A category is one short string or number (the training table's cells were such values)."""
+    if isinstance(value, BigInt) or isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ApiError(422, f"column {col!r} is categorical: expected a string or a number, got {type_name(value)}", col, i)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ApiError(422, f"column {col!r} is categorical: {value} is not a category", col, i)
+    if isinstance(value, str):
+        if len(value) > settings.max_text_chars or _SURROGATE.search(value):
+            raise ApiError(422, f"column {col!r} is categorical: not a valid short value", col, i)
+    return value
 
 
 def _number(col: str, value: Any, i: int) -> float | None:

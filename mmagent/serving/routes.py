@@ -181,7 +181,7 @@ def blame_rows(error: Exception) -> set[int] | None:
 
 def _schema(state: ServingState) -> dict[str, Any]:
     settings, loaded = state.settings, state.agent
-    encoding = {"text": "string", "numeric": "number", "image": "base64 string (JSON) or file upload (multipart)", "audio": "base64 string (JSON) or file upload (multipart)"}
+    encoding = {"text": "string", "numeric": "number", "categorical": "string or number", "image": "base64 string (JSON) or file upload (multipart)", "audio": "base64 string (JSON) or file upload (multipart)"}
     return {
         "inputs": [{"name": inp.key, "columns": inp.columns, "modality": inp.modality, "required": inp.required, "encoding": encoding[inp.modality]} for inp in state.spec.inputs],
         "targets": [{"name": t.column, "type": t.type, "labels": list(t.labels or [])} for t in state.spec.targets],

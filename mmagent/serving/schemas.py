@@ -8,7 +8,7 @@ names the exact field at fault.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -83,7 +83,7 @@ class ActResponse(BaseModel):
 class InputInfo(BaseModel):
     name: str
     columns: list[str]
-    modality: Literal["text", "image", "audio", "numeric"]
+    modality: Literal["text", "image", "audio", "numeric", "categorical"]
     required: bool
     encoding: str = Field(description="how to send it in JSON")
 
@@ -131,6 +131,8 @@ def record_model(spec: ModelSpec) -> type[BaseModel]:
                 typ, desc, extra = Optional[str], "text", {}
             elif inp.modality == "numeric":
                 typ, desc, extra = Optional[float], "a number", {}
+            elif inp.modality == "categorical":
+                typ, desc, extra = Optional[Union[str, float]], "one category (a string or a number)", {}
             else:
                 typ, desc, extra = Optional[str], f"the {inp.modality} file's bytes, base64-encoded", {"json_schema_extra": {"contentEncoding": "base64"}}
             req = " (required)" if inp.required else " (optional: a missing input is allowed)"

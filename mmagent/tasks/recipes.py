@@ -29,6 +29,7 @@ _ZOO = {
     "image": {"source": "zoo", "name": "efficientnet-lite0"},
     "audio": {"source": "zoo", "name": "whisper-tiny.en", "max_seconds": 5.0, "freeze": "all"},
     "numeric": {"source": "builtin", "name": "mlp"},
+    "categorical": {"source": "builtin", "name": "hash-embedding"},
 }
 
 RECIPES: dict[str, Recipe] = {

@@ -1,0 +1,113 @@
+"""``mmagent fit`` end to end on the tiny generated task: budget, leaderboard, a loadable agent, a
+config that ``mmagent train`` reproduces, and an interrupted search that keeps its best candidate."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmagent.demo.toy import tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def _tiny_encoders(train: Path) -> dict[str, dict]:
+    """modality -> the toy config's tiny random encoders (no zoo weights in tests)."""
+    return {i["modality"]: i["encoder"] for i in tiny_config(train)["inputs"] if "encoder" in i}
+
+
+@pytest.fixture(scope="module")
+def fitted(mm_tables, tmp_path_factory):
+    from mmagent.search.fit import fit
+
+    out = tmp_path_factory.mktemp("fit") / "run"
+    start = time.monotonic()
+    result = fit(mm_tables["train"], "label", out, test=mm_tables["test"], time_budget=45, preset="balanced", encoders=_tiny_encoders(mm_tables["train"]), progress=False)
+    return result, time.monotonic() - start
+
+
+def test_fit_honours_the_budget_and_ranks_candidates(fitted):
+    result, wall = fitted
+    assert wall <= 1.1 * 45 + 5, f"fit took {wall:.0f} s for a 45 s budget"
+    rows = result.leaderboard.rows
+    assert [r.strategy for r in rows[:2]] == ["probe", "partial"]  # the ladder climbs cheapest first
+    done = [r for r in rows if r.status in ("done", "cut by budget")]
+    assert len(done) >= 2
+    best = result.leaderboard.best()
+    assert best is not None and best.name == result.best
+    assert best.score == max(r.score for r in done)
+    board = (result.run_dir / "leaderboard.md").read_text()
+    assert best.name in board and "*" in board and "what differs" in board
+
+
+def test_fit_writes_a_loadable_agent_with_test_metrics(fitted):
+    from mmagent import Agent
+
+    result, _ = fitted
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert "test" in metrics and metrics["test"]["label"]["accuracy"] > 0.5  # the tone always tells the label
+    agent = Agent.load(result.run_dir)
+    decision = agent.act({"text": "the bravo case", "x": 0.1})
+    assert decision.label in {"a", "b", "c"}
+    assert "label: classification" in (result.run_dir / "schema.md").read_text()
+
+
+def test_config_yaml_reproduces_the_chosen_model(fitted, tmp_path):
+    from mmagent.config import load_config
+    from mmagent.training.trainer import train
+
+    result, _ = fitted
+    raw = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert raw["targets"] == [{"column": "label", "type": "classification"}]
+    again = train(load_config(result.run_dir / "config.yaml"), tmp_path / "again", progress=False)
+    chosen = json.loads((result.run_dir / "metrics.json").read_text())
+    assert again.metrics["validation"]["label"]["accuracy"] == pytest.approx(chosen["validation"]["label"]["accuracy"], abs=1e-9)
+    assert again.metrics["test"]["label"]["accuracy"] == pytest.approx(chosen["test"]["label"]["accuracy"], abs=1e-9)
+
+
+def test_interrupted_fit_keeps_its_best_candidate(mm_tables, tmp_path, monkeypatch):
+    from mmagent import Agent
+    from mmagent.search import objective
+    from mmagent.search.fit import fit
+
+    real = objective.run_candidate
+    calls = {"n": 0}
+
+    def interrupt_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the second candidate trains
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "run_candidate", interrupt_second)
+    result = fit(mm_tables["train"], "label", tmp_path / "run", time_budget=60, preset="balanced", encoders=_tiny_encoders(mm_tables["train"]), progress=False)
+    assert result.interrupted and result.best.endswith("probe")
+    assert Agent.load(result.run_dir).predict({"text": "the alpha case"})[0]["label"]["label"] in {"a", "b", "c"}
+
+
+def test_fit_refuses_a_folder_it_did_not_create(mm_tables, tmp_path):
+    from mmagent.search.fit import fit
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        fit(mm_tables["train"], "label", tmp_path / "mine", time_budget=30, encoders=_tiny_encoders(mm_tables["train"]), progress=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("20m", 1200), ("1h30m", 5400), ("45", 45)])
+def test_time_budget_forms(text, seconds):
+    from mmagent.search.fit import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+def test_bad_time_budget_is_named():
+    from mmagent.search.fit import parse_duration
+
+    with pytest.raises(ValueError, match="time budget '20 minutes'"):
+        parse_duration("20 minutes")
