@@ -154,15 +154,18 @@ class _Search:
         self.blocks = encoder_blocks(model, raw)
         bs = config.train.batch_size
         sample = splits.train.subset(list(range(min(len(splits.train), 3 * bs))))
-        self.cost: SampleCost = measure_cost(model, make_loader(model, sample, bs))
+        self.cost: SampleCost = measure_cost(model, make_loader(model, sample, bs, num_workers=config.loader_workers), raw, self.blocks)
         del model
-        clock.say(f"one training sample costs {1000 * self.cost.forward:.1f} ms forward, {1000 * self.cost.forward_backward:.1f} ms forward + backward; {self.n_train} training rows, {self.n_val} validation rows")
+        c = self.cost
+        clock.say(f"cost per sample: loading {1000 * c.load:.1f} ms, evaluation {1000 * c.forward:.1f} ms, a training step " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in c.train.items()) + f"; {self.n_train} training rows, {self.n_val} validation rows")
         # With no pretrained encoder to fine-tune, every rung would be the same model.
         self.strategies = list(plan.strategies) if tunable_inputs(raw) else ["full"]
         self.leaderboard = Leaderboard(metric="", larger_better=raw["targets"][0]["type"] != "regression")
         # Time kept back for promoting the winner: validation, test, ablation and calibration passes.
         n_test = len(splits.test) if splits.test is not None else 0
-        self.reserve = 10.0 + 1.5 * self.cost.forward * (self.n_val + n_test * (len(raw["inputs"]) + 1))
+        # (plus a fixed allowance for the report's plots and files).
+        # Capped, so a slow measurement (a busy machine) cannot leave no time to train.
+        self.reserve = min(0.3 * clock.budget, 15.0 + 1.5 * (c.load + c.forward) * (self.n_val + n_test * (len(raw["inputs"]) + 2)))
 
     def _ladder(self, seconds: float) -> list[dict[str, Any]]:
         """The rungs that can finish at least one epoch, cheapest first, each with as many epochs
@@ -171,7 +174,9 @@ class _Search:
         for strategy in self.strategies:
             wanted = self.plan.probe_epochs if strategy == "probe" else self.plan.finetune_epochs
             epochs = self.cost.affordable_epochs(strategy, wanted, seconds, self.n_train, self.n_val)
-            if epochs == 0:
+            if epochs == 0 and not rungs:
+                epochs = 1  # the cheapest rung always runs: the deadline cuts it mid-epoch if need be
+            elif epochs == 0:
                 need = self.cost.setup_seconds(strategy, self.n_train, self.n_val) + self.cost.epoch_seconds(strategy, self.n_train, self.n_val)
                 self.leaderboard.skipped(strategy, f"one epoch needs ~{need:.0f} s, {max(0.0, seconds):.0f} s left")
                 continue
@@ -186,14 +191,12 @@ class _Search:
 
         seconds = self.clock.left() - self.reserve
         rungs = self._ladder(seconds)
-        if not rungs:
-            raise RuntimeError(f"the budget leaves {seconds:.0f} s for training, not enough for one epoch of any candidate:\n{self.leaderboard.table()}")
         max_epochs = max(self.plan.probe_epochs, 2 * self.plan.finetune_epochs)
         space = search_space(self.raw, self.strategies, self.blocks, max_epochs)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
         try:
             result = search_within_budget(
-                self.raw, space, self.run_dir, time_limit=seconds, n_trials=None if self.plan.search else len(rungs),
+                self.raw, space, self.run_dir, time_limit=max(seconds, 1.0), n_trials=None if self.plan.search else len(rungs),
                 pruner={"type": "successive_halving", "min_resource": 1, "reduction_factor": 3},
                 store=FeatureCacheStore(), seed=self.seed, first_params=rungs,
                 storage=f"sqlite:///{self.run_dir / 'search.db'}", on_trial=self._report,

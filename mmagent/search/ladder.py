@@ -30,8 +30,6 @@ TUNABLE_MODALITIES = {"text", "image"}  # speech encoders stay as configured (Wh
 # Learning rates that work for each strategy on these encoders (the search moves around them).
 ENCODER_LR: dict[str, float] = {"probe": 0.0, "partial": 1e-4, "lora": 5e-4, "full": 5e-5}
 HEAD_LR: dict[str, float] = {"probe": 3e-3, "partial": 1e-3, "lora": 1e-3, "full": 1e-3}
-# Share of the full backward pass each strategy pays (frozen layers need no weight gradients).
-BACKWARD_SHARE: dict[str, float] = {"probe": 0.0, "partial": 0.5, "lora": 0.7, "full": 1.0}
 
 
 class Preset(BaseModel):
@@ -52,22 +50,23 @@ PRESETS: dict[str, Preset] = {
 
 
 class SampleCost(BaseModel):
-    """Seconds per training sample, measured on the real model: forward only (frozen encoders,
-    evaluation) and forward + backward with every encoder training."""
+    """Seconds per sample, measured on the real model and data: loading (decoding + collation),
+    evaluation (forward only), one training step per strategy (forward + backward with that
+    strategy's layers frozen), and the forward of the encoders the probe caches."""
 
+    load: float
     forward: float
-    forward_backward: float
+    train: dict[str, float]
+    cached_forward: float
 
     def epoch_seconds(self, strategy: str, n_train: int, n_validation: int) -> float:
         """One epoch of ``strategy``: training on n_train rows plus evaluating n_validation."""
-        if strategy == "probe":
-            return 0.02 * self.forward * (n_train + n_validation)  # cached features: heads only
-        backward = self.forward_backward - self.forward
-        return n_train * (self.forward + BACKWARD_SHARE[strategy] * backward) + n_validation * self.forward
+        step = self.train[strategy] - (self.cached_forward if strategy == "probe" else 0.0)
+        return n_train * (self.load + max(step, 0.0)) + n_validation * (self.load + self.forward)
 
     def setup_seconds(self, strategy: str, n_train: int, n_validation: int) -> float:
         """One-off work before the first epoch: the probe's feature cache."""
-        return self.forward * (n_train + n_validation) if strategy == "probe" else 0.0
+        return (self.load + self.cached_forward) * (n_train + n_validation) if strategy == "probe" else 0.0
 
     def affordable_epochs(self, strategy: str, wanted: int, seconds_left: float, n_train: int, n_validation: int) -> int:
         """As many of ``wanted`` epochs as fit in ``seconds_left`` (0: not even one)."""
@@ -135,42 +134,68 @@ def encoder_blocks(model: Any, raw: dict[str, Any]) -> dict[int, int]:
     return {i: max(1, len(model.encoders[keys[i]].layer_groups()) - 1) for i in tunable_inputs(raw)}
 
 
-def measure_cost(model: Any, loader: Any, device: Any = "cpu", batches: int = 2) -> SampleCost:
-    """Time forward and forward + backward on a few real batches (the first one warms up)."""
+def measure_cost(model: Any, loader: Any, raw: dict[str, Any], blocks: dict[int, int], device: Any = "cpu", batches: int = 2) -> SampleCost:
+    """Time loading, evaluation and a training step of each strategy on a few real batches (the
+    first batch only warms up: tokenizer start, allocations)."""
     import torch
 
     from mmagent.inference import to_device
 
-    samples = {"forward": 0, "forward_backward": 0}
-    seconds = {"forward": 0.0, "forward_backward": 0.0}
-    params = [p for p in model.parameters()]
-    saved = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(True)  # the full-fine-tuning cost, whatever the candidate freezes
-    try:
-        for i, batch in enumerate(loader):
-            if i > batches:
-                break
-            batch = to_device(batch, device)
-            n = int(batch["present"].shape[0])
-            for kind in ("forward", "forward_backward"):
-                start = time.perf_counter()
-                if kind == "forward":
-                    model.eval()
-                    with torch.no_grad():
-                        model(batch["inputs"], batch["present"])
-                else:
-                    model.train()
-                    loss, _ = model.loss(model(batch["inputs"], batch["present"]), batch["targets"])
-                    loss.backward()
-                    model.zero_grad(set_to_none=True)
-                if i > 0:  # batch 0 pays one-off costs (tokenizer warm-up, allocations)
-                    seconds[kind] += time.perf_counter() - start
-                    samples[kind] += n
-    finally:
-        for p, flag in zip(params, saved):
-            p.requires_grad_(flag)
-        model.eval()
-    if not samples["forward"]:
+    start, loaded, load_seconds = time.perf_counter(), [], 0.0
+    for i, batch in enumerate(loader):
+        if i > 0:
+            load_seconds += time.perf_counter() - start
+        loaded.append(to_device(batch, device))
+        if i >= batches:
+            break
+        start = time.perf_counter()
+    if len(loaded) < 2:
         raise ValueError("too few training rows to measure the cost of a sample (need at least two batches)")
-    return SampleCost(forward=seconds["forward"] / samples["forward"], forward_backward=seconds["forward_backward"] / samples["forward_backward"])
+    timed = loaded[1:]
+    samples = sum(int(b["present"].shape[0]) for b in timed)
+    keys = list(model.encoders)
+    tunable = [keys[i] for i in tunable_inputs(raw)]
+    saved = {id(p): p.requires_grad for p in model.parameters()}
+
+    def seconds(fn: Any) -> float:
+        fn(loaded[0])  # warm-up
+        t = time.perf_counter()
+        for b in timed:
+            fn(b)
+        return (time.perf_counter() - t) / samples
+
+    def step(b: dict[str, Any]) -> None:
+        model.train()
+        loss, _ = model.loss(model(b["inputs"], b["present"]), b["targets"])
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    def evaluate(b: dict[str, Any]) -> None:
+        model.eval()
+        with torch.no_grad():
+            model(b["inputs"], b["present"])
+
+    def cached(b: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for k in tunable:
+                model.encoders[k](b["inputs"][k])
+
+    try:
+        train = {}
+        for strategy in ("probe", "partial", "full"):
+            for k in tunable:
+                groups = model.encoders[k].layer_groups()
+                frozen = {"probe": len(groups), "partial": 1 + max(1, blocks.get(keys.index(k), 2) // 2), "full": 0}[strategy]
+                for n, group in enumerate(groups):
+                    for p in group.parameters():
+                        p.requires_grad_(n >= frozen)
+            train[strategy] = seconds(step)
+        # LoRA's backward still runs through every layer, without the frozen weights' gradients.
+        train["lora"] = 0.5 * (train["partial"] + train["full"])
+        forward = seconds(evaluate)
+        cached_forward = seconds(cached) if tunable else 0.0
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(saved[id(p)])
+        model.eval()
+    return SampleCost(load=load_seconds / samples, forward=forward, train=train, cached_forward=cached_forward)
