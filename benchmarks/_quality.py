@@ -284,7 +284,7 @@ def mcc(outcome: Outcome, target: str | None = None) -> float:
 
 
 def main_guard(run: Callable[[Any], int], parser_factory: Callable[[], Any], argv: Sequence[str] | None = None) -> int:
-    """Parse, set threads, run; a missing dataset is a clean skip (exit status 0, message)."""
+    """Parse, set threads, run; a missing dataset fails (exit status 2) with a message naming it."""
     p = parser_factory()
     args = p.parse_args(argv)
     args.thread_info = set_threads(args.threads)
@@ -294,8 +294,8 @@ def main_guard(run: Callable[[Any], int], parser_factory: Callable[[], Any], arg
     try:
         return run(args)
     except (DataAbsent, DataMissing) as e:
-        print(f"[bench] skipped: {e}", flush=True)
-        return 0
+        print(f"[bench] error: {e}", file=sys.stderr, flush=True)
+        return 2
 
 
 def elapsed(start: float) -> float:
