@@ -191,9 +191,10 @@ def _fmt(v: Any) -> str:
 
 
 def _published(data: dict[str, Any]) -> bool:
-    """A result file that may enter the main table: not smoke, not draft, from a clean commit."""
+    """A result file that may enter the main table: not smoke, not draft, from a clean commit, and
+    written under these rules (it records the machine load; older files did not)."""
     label = str(data.get("commit", ""))
-    return not data.get("smoke") and not data.get("draft") and not label.endswith("+dirty") and label not in ("", "unknown")
+    return not data.get("smoke") and not data.get("draft") and not label.endswith("+dirty") and label not in ("", "unknown") and "load_start" in data
 
 
 def _load_text(data: dict[str, Any]) -> str:
@@ -236,14 +237,15 @@ def update_results_md(results_dir: Path | None = None, out: Path | None = None) 
         *published,
     ]
     if not published:
-        lines.append("| (none yet: every earlier result was recorded from a dirty tree and is being measured again) |  |  |  |  |  |  |  |  |  |  |")
+        lines.append("| (none yet: the earlier results below are to be measured again from a clean commit) |  |  |  |  |  |  |  |  |  |  |")
     if unverified:
         lines += [
             "",
             "## Earlier, unverified (dirty tree)",
             "",
-            "Recorded from a working tree with uncommitted changes, so the code measured cannot be named; some predate the code",
-            "they describe. Kept for context only, to be replaced by clean re-runs; do not quote them.",
+            "Recorded from a working tree with uncommitted changes (so the code measured cannot be named), or before results had",
+            "to come from a clean commit and state their model and machine load; some predate the code they describe. Kept for",
+            "context only, to be replaced by clean re-runs; do not quote them.",
             "",
             HEADER,
             "|---|---|---|---|---|---|---|---|---|---|---|",
