@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,11 +18,11 @@ def available(data_root: Path) -> bool:
 
 
 def require(data_root: Path) -> None:
-    """Banking77 absent: a clean skip, as every benchmark does (``[bench] skipped:`` on stdout,
-    exit status 0; ``benchmarks.run_all`` reports it as skipped)."""
+    """Banking77 absent: the benchmark fails (exit status 2) with a message naming the folder; a run
+    that measured nothing must never look like a pass."""
     if not available(data_root):
-        print(f"[bench] skipped: Banking77 not found under {Path(data_root) / 'banking77'} (pass --data-root or set MMAGENT_DATA_ROOT)", flush=True)
-        raise SystemExit(0)
+        print(f"[bench] error: Banking77 not found under {Path(data_root) / 'banking77'} (pass --data-root or set MMAGENT_DATA_ROOT)", file=sys.stderr, flush=True)
+        raise SystemExit(2)
 
 
 def prepare(data_root: Path, out_dir: Path, limit: int | None, test_limit: int | None = None) -> dict[str, Path]:

@@ -1,17 +1,21 @@
 """Lockstep timing for speed benchmarks on a shared, noisy machine.
 
-A speed ratio is only trustworthy when baseline and candidate see the same machine load. Each
-variant runs in its **own worker process** (so its peak RSS is its own) and the two workers take
-**turns, one step at a time**: a token travels between them over two pipes, and a worker computes
-only while it holds the token. Everything a worker does after its first step (steps, validation,
-checkpoints) happens while it holds the token, so the variants never run at the same time and
-each step of one is next in time to a step of the other.
+A speed ratio is only trustworthy when the variants see the same machine load. Each variant runs
+in its **own worker process** (so its peak RSS is its own) and the workers take **turns, one step
+at a time**: the driver (:func:`run_lockstep`) hands a token to each worker in a fixed round-robin
+order over a pair of pipes per worker, and a worker computes only while it holds the token. So
+the variants never run at the same time and each step of one is next in time to a step of the
+others. Once a worker has no more steps to time (:meth:`Baton.finish`) it keeps the token until
+it exits, so its remaining work (validation, test evaluation, saving) never overlaps another
+worker's timed steps either. Setup (imports, model loading) runs in parallel before the first
+turn.
 
 Per step a worker records ``fetch_s`` (getting the batch: dataset + collation) and ``body_s``
 (forward, backward, optimizer, logging...). mmagent's own loops are timed without touching their
 code: ``timed_tqdm()`` swaps ``tqdm.auto.tqdm`` (which the trainer and the feature cache import at
 call time) for a subclass whose iteration does the timing and the token passing; a plain loop uses
-``StepClock.iterate`` the same way.
+``StepClock.iterate`` the same way; a loop run by another library records its steps with
+:meth:`StepClock.record` from that library's callbacks.
 
 Nothing here is imported by mmagent itself.
 """
@@ -22,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import shutil
 import statistics
 import subprocess
@@ -32,56 +37,66 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from benchmarks.common import ROOT, peak_rss_mb
 
-BATON_ENV = "MMAGENT_BENCH_BATON"  # "READ_FD,WRITE_FD,READY_FD" inherited from run_lockstep
+BATON_ENV = "MMAGENT_BENCH_BATON"  # "READ_FD,WRITE_FD" inherited from run_lockstep
+READY, TOKEN = b"r", b"t"
 
 
 class Baton:
-    """The token of a two-process lockstep; all no-ops when the process was not started by
+    """A worker's side of the lockstep token; all no-ops when the process was not started by
     :func:`run_lockstep` (a worker run by hand just runs freely)."""
 
     def __init__(self) -> None:
         raw = os.environ.get(BATON_ENV)
-        self.rfd, self.wfd, self.ready_fd = (int(x) for x in raw.split(",")) if raw else (-1, -1, -1)
+        self.rfd, self.wfd = (int(x) for x in raw.split(",")) if raw else (-1, -1)
         self.held = False
-        self.free = not raw  # True: no partner (or it has finished): never wait again
+        self.free = not raw  # True: no driver, or this worker keeps the token until it exits
+        self.started = False
         self.waited_s = 0.0
 
     def take(self) -> None:
+        """Wait for this worker's turn (the first call also tells the driver its setup is done)."""
         if self.free or self.held:
             return
-        if self.ready_fd >= 0:  # first turn: tell run_lockstep this worker's setup is done
-            os.write(self.ready_fd, b"r")
-            os.close(self.ready_fd)
-            self.ready_fd = -1
+        if not self.started:
+            self.started = True
+            self._send(READY)
         t = time.perf_counter()
         data = os.read(self.rfd, 1)
         self.waited_s += time.perf_counter() - t
-        if not data:  # the partner closed its end: it is done
+        if not data:  # the driver is gone: run freely
             self.free = True
         self.held = True
 
     def give(self) -> None:
         if self.free or not self.held:
             return
-        try:
-            os.write(self.wfd, b"t")
-        except BrokenPipeError:  # partner exited
-            self.free = True
         self.held = False
+        self._send(TOKEN)
 
     def turn(self) -> None:
-        """End of a step: let the partner do one step, then continue."""
+        """End of a step: let the other workers do one step each, then continue."""
         self.give()
         self.take()
 
     def finish(self) -> None:
-        """This worker has no more steps to time: let the partner run freely from now on."""
-        if self.free:
-            return
-        self.free = True
-        for fd in (self.wfd, self.rfd, self.ready_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        """No more steps to time: keep the token until this process exits (the driver then hands it
+        on), so the rest of this worker's work runs alone."""
+        if not self.free:
+            self.take()
+            self.free = True
+
+    def _send(self, byte: bytes) -> None:
+        try:
+            os.write(self.wfd, byte)
+        except BrokenPipeError:  # the driver is gone
+            self.free = True
+
+
+def sync_device() -> None:
+    """Wait for queued GPU work, so a step's time includes it (nothing to do on CPU)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 class StepClock:
@@ -90,6 +105,7 @@ class StepClock:
     def __init__(self) -> None:
         self.baton = Baton()
         self.steps: list[dict[str, Any]] = []
+        self._mark: float | None = None
 
     def iterate(self, iterable: Iterable[Any], phase: str) -> Iterator[Any]:
         """Yield the items of ``iterable``; time getting each one and the loop body after it.
@@ -106,9 +122,30 @@ class StepClock:
             try:
                 yield item
             finally:  # also runs when the loop breaks (GeneratorExit)
+                sync_device()
                 t2 = time.perf_counter()
                 self.steps.append({"phase": phase, "fetch_s": t1 - t0, "body_s": t2 - t1})
                 self.baton.turn()
+
+    def start(self) -> None:
+        """Wait for this worker's turn and start timing a step (for :meth:`record`)."""
+        self.baton.take()
+        self._mark = time.perf_counter()
+
+    def record(self, phase: str, last: bool = False) -> None:
+        """End a step that began at the previous :meth:`start` / :meth:`record` (batch fetching
+        included, as ``body_s``: another library's loop does not tell them apart); pass the token
+        on, or with ``last`` keep it (:meth:`Baton.finish`)."""
+        if self._mark is None:
+            self.start()
+        sync_device()
+        now = time.perf_counter()
+        self.steps.append({"phase": phase, "fetch_s": 0.0, "body_s": now - (self._mark or now)})
+        if last:
+            self.baton.finish()
+        else:
+            self.baton.turn()
+        self._mark = time.perf_counter()
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         import torch
@@ -164,26 +201,19 @@ def write_worker_result(path: str | Path, payload: dict[str, Any]) -> None:
 
 
 def run_lockstep(commands: list[list[str]], timeout_s: float, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Run two worker commands (each gets ``--result FILE`` appended) in lockstep; return their
-    result dicts (plus ``wall_s``: the whole lockstep run). Setup (imports, model loading) runs
-    in parallel; the first measured step starts once both workers are ready, with worker 0.
-    A worker that fails raises RuntimeError with the tail of its output."""
-    import select
+    """Run worker commands (each gets ``--result FILE`` appended) in lockstep, in the given order
+    (worker 0 takes the first step); return their result dicts (plus ``wall_s``: the whole
+    lockstep run). A worker that fails raises RuntimeError with the tail of its output."""
     import tempfile
 
-    assert len(commands) == 2
-    go = [os.pipe(), os.pipe()]  # go[i]: worker i reads its turn from go[i][0]
-    ready_r, ready_w = os.pipe()
-    open_fds = {ready_r, ready_w, *go[0], *go[1]}
-
-    def close(fd: int) -> None:
-        if fd in open_fds:
-            open_fds.discard(fd)
-            os.close(fd)
-
+    n = len(commands)
+    if n < 2:
+        raise ValueError("a lockstep run needs at least two workers")
     tmp = Path(tempfile.mkdtemp(prefix="mmagent-bench-"))
     procs: list[subprocess.Popen] = []
-    logs = []
+    logs: list[Any] = []
+    to_worker: list[int] = []  # the driver writes the token here
+    from_worker: list[int] = []  # the worker writes READY / TOKEN here; EOF when it exits
     start = time.perf_counter()
     deadline = start + timeout_s
 
@@ -195,31 +225,48 @@ def run_lockstep(commands: list[list[str]], timeout_s: float, env: dict[str, str
         logs[i].seek(0)
         return RuntimeError(f"worker {' '.join(commands[i][2:6])} {why}:\n{logs[i].read()[-4000:]}")
 
+    def receive(i: int, what: str) -> bytes:
+        """One byte from worker ``i`` (b"" when it exited); fails on a crash or the deadline."""
+        while True:
+            readable, _, _ = select.select([from_worker[i]], [], [], 1.0)
+            if readable:
+                return os.read(from_worker[i], 1)
+            if procs[i].poll() is not None:  # exited; a child may still hold the pipe open
+                if procs[i].returncode != 0:
+                    raise fail(i, f"failed {what} (exit {procs[i].returncode})")
+                return b""
+            if time.perf_counter() > deadline:
+                raise fail(i, f"timed out after {timeout_s:.0f} s {what}")
+
     try:
         for i, cmd in enumerate(commands):
-            rfd, wfd = go[i][0], go[1 - i][1]
+            down_r, down_w = os.pipe()
+            up_r, up_w = os.pipe()
             log = open(tmp / f"worker{i}.log", "w+")
             logs.append(log)
-            e = {**os.environ, **(env or {}), BATON_ENV: f"{rfd},{wfd},{ready_w}", "PYTHONUNBUFFERED": "1"}
-            procs.append(subprocess.Popen([*cmd, "--result", str(tmp / f"worker{i}.json")], cwd=ROOT, env=e, pass_fds=(rfd, wfd, ready_w), stdout=log, stderr=subprocess.STDOUT))
-        for fd in (go[0][0], go[1][0], go[1][1], ready_w):  # now only the workers hold these (EOF when one exits)
-            close(fd)
-        ready = 0
-        while ready < 2:  # barrier: both workers finished their setup
-            readable, _, _ = select.select([ready_r], [], [], 1.0)
-            if readable:
-                got = os.read(ready_r, 2)
-                ready += len(got)
-                if not got:
-                    break  # every worker exited or finished without a first step
-            for i, p in enumerate(procs):
-                if p.poll() not in (None, 0):
-                    raise fail(i, f"failed during setup (exit {p.returncode})")
-            if time.perf_counter() > deadline:
-                raise fail(0, "setup timed out")
-        with contextlib.suppress(BrokenPipeError):  # worker 0 takes the first step
-            os.write(go[0][1], b"t")
-        close(go[0][1])  # now only worker 1 can wake worker 0 (EOF when it exits)
+            e = {**os.environ, **(env or {}), BATON_ENV: f"{down_r},{up_w}", "PYTHONUNBUFFERED": "1"}
+            procs.append(subprocess.Popen([*cmd, "--result", str(tmp / f"worker{i}.json")], cwd=ROOT, env=e, pass_fds=(down_r, up_w), stdout=log, stderr=subprocess.STDOUT))
+            os.close(down_r)  # now only the worker holds its ends (EOF when it exits)
+            os.close(up_w)
+            to_worker.append(down_w)
+            from_worker.append(up_r)
+        active = []
+        for i in range(n):  # barrier: every worker finished its setup (or exited without a step)
+            if receive(i, "during setup") == READY:
+                active.append(i)
+        k = 0
+        while active:  # round robin: worker i does one step, hands the token back, the next goes
+            k %= len(active)
+            i = active[k]
+            try:
+                os.write(to_worker[i], TOKEN)
+                got = receive(i, "during its steps")
+            except BrokenPipeError:
+                got = b""
+            if got == TOKEN:
+                k += 1
+            else:  # exited (after Baton.finish, the token goes with it)
+                active.pop(k)
         for i, p in enumerate(procs):
             try:
                 p.wait(timeout=max(1.0, deadline - time.perf_counter()))
@@ -235,8 +282,9 @@ def run_lockstep(commands: list[list[str]], timeout_s: float, env: dict[str, str
             res["wall_s"] = round(wall, 1)
             results.append(res)
     finally:
-        for fd in list(open_fds):
-            close(fd)
+        for fd in to_worker + from_worker:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         for log in logs:
             log.close()
     shutil.rmtree(tmp, ignore_errors=True)

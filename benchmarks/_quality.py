@@ -130,6 +130,7 @@ class Outcome:
     train_seconds: float  # train(): model build, frozen-feature caching, epochs, validation
     wall_s: float  # train + test evaluation
     frozen: list[str] = field(default_factory=list)
+    model: str = ""  # what was trained, from the config (describe_model)
 
     @property
     def train_samples_per_s(self) -> float:
@@ -235,11 +236,26 @@ def fit(raw_config: dict[str, Any], base_dir: Path, run_dir: Path, store: Shared
         test=test, predictions=preds, missing=missing, best_validation=float(result.best_score), best_epoch=result.best_epoch,
         epochs_run=len(history), steps=result.global_step, n_train=len(splits.train), n_validation=len(splits.validation),
         n_test=len(splits.test), loop_seconds=loop_seconds, train_seconds=train_seconds, wall_s=wall, frozen=frozen,
+        model=describe_model(raw_config),
     )
     first = next(iter(test))
     summary = "  ".join(f"{k}={v:.4f}" for k, v in test[first].items() if isinstance(v, float))
     print(f"[bench] {label or run_dir.name}: {out.epochs_run} epochs, {out.steps} steps, wall {wall:.1f} s; test {summary}", flush=True)
     return out
+
+
+def describe_model(raw_config: dict[str, Any]) -> str:
+    """The model a config trains, for the result rows: each input's encoder (source, name, the
+    options that change it, frozen or not), then the fusion when there are several inputs."""
+    parts = []
+    for inp in raw_config["inputs"]:
+        enc = dict(inp.get("encoder") or {})
+        options = ", ".join(f"{k} {v}" for k, v in enc.items() if k not in ("source", "name", "freeze", "config"))
+        frozen = {"all": ", frozen", None: ""}.get(enc.get("freeze"), f", freeze {enc.get('freeze')}")
+        name = f"{enc.get('source', 'default')} {enc.get('name', inp['modality'] + ' default')}"
+        parts.append(f"{inp.get('name') or inp['column']}: {name}" + (f" ({options})" if options else "") + frozen)
+    fusion = (raw_config.get("fusion") or {}).get("type", "concat")
+    return "; ".join(parts) + (f"; {fusion} fusion" if len(parts) > 1 else "")
 
 
 class Variant(NamedTuple):
@@ -266,7 +282,7 @@ def row(benchmark: str, variant: str, metric: str, value: float, wall_s: float, 
 
 def metric_rows(benchmark: str, variant: str, outcome: Outcome, metrics: Sequence[tuple[str, str, Any]]) -> list[dict[str, Any]]:
     """One row per ``(metric text, Outcome.metric name, reference or None)``, with ``n_test``."""
-    return [row(benchmark, variant, text, outcome.metric(key), outcome.wall_s, reference, n_test=outcome.n_test) for text, key, reference in metrics]
+    return [row(benchmark, variant, text, outcome.metric(key), outcome.wall_s, reference, n_test=outcome.n_test, model=outcome.model) for text, key, reference in metrics]
 
 
 def _round(v: Any) -> Any:
@@ -285,7 +301,7 @@ def mcc(outcome: Outcome, target: str | None = None) -> float:
 
 
 def main_guard(run: Callable[[Any], int], parser_factory: Callable[[], Any], argv: Sequence[str] | None = None) -> int:
-    """Parse, set threads, run; a missing dataset is a clean skip (exit status 0, message)."""
+    """Parse, set threads, run; a missing dataset fails (exit status 2) with a message naming it."""
     p = parser_factory()
     args = p.parse_args(argv)
     args.thread_info = set_threads(args.threads)
@@ -295,8 +311,8 @@ def main_guard(run: Callable[[Any], int], parser_factory: Callable[[], Any], arg
     try:
         return run(args)
     except (DataAbsent, DataMissing) as e:
-        print(f"[bench] skipped: {e}", flush=True)
-        return 0
+        print(f"[bench] error: {e}", file=sys.stderr, flush=True)
+        return 2
 
 
 def elapsed(start: float) -> float:

@@ -173,16 +173,16 @@ def run_variant(args: Any, variant: str, folder: Path, degradation: dict[str, fl
     rows: list[dict[str, Any]] = []
     for name in ("image", "audio"):
         o = fit(config(paths, [name], "concat", args.smoke), base, folder / variant / "runs" / f"{name}_only", store, progress=args.progress, label=f"{variant} {name} only")
-        rows.append(row(NAME, f"{desc}: {name} only ({ENCODER_TEXT[name]}, frozen+cached), {subset}", "test accuracy", o.metric("accuracy"), o.wall_s, n_test=o.n_test, epochs=o.epochs_run))
+        rows.append(row(NAME, f"{desc}: {name} only ({ENCODER_TEXT[name]}, frozen+cached), {subset}", "test accuracy", o.metric("accuracy"), o.wall_s, n_test=o.n_test, epochs=o.epochs_run, model=o.model))
     if args.only == "unimodal":
         return rows
     for fusion in FUSIONS:
         o = fit(config(paths, ["image", "audio"], fusion, args.smoke), base, folder / variant / "runs" / fusion, store, drop_each=True, progress=args.progress, label=f"{variant} {fusion}")
         v = f"{desc}: fused {fusion} ({ENCODERS_TEXT}, modality dropout {MODALITY_DROPOUT}), {subset}"
-        rows.append(row(NAME, v, "test accuracy", o.metric("accuracy"), o.wall_s, n_test=o.n_test, epochs=o.epochs_run))
+        rows.append(row(NAME, v, "test accuracy", o.metric("accuracy"), o.wall_s, n_test=o.n_test, epochs=o.epochs_run, model=o.model))
         for dropped in ("image", "audio"):
             acc = float(o.missing[dropped]["digit"]["accuracy"])
-            rows.append(row(NAME, v, f"test accuracy, {dropped} missing", acc, o.wall_s, n_test=o.n_test))
+            rows.append(row(NAME, v, f"test accuracy, {dropped} missing", acc, o.wall_s, n_test=o.n_test, model=o.model))
     print(f"[bench] {variant}: done in {elapsed(start)} s (feature passes: {store.builds}, shared: {store.hits})", flush=True)
     return rows
 

@@ -62,7 +62,7 @@ def run(args: Any) -> int:
         t = cfg["train"]
         v = f"MiniLM-L6 (zoo) fine-tune, {o.epochs_run} ep, bs {t['batch_size']}, lr {t['lr']:g}, len 64, {subset}"
         rows += metric_rows(NAME, v, o, METRICS)
-        rows.append(row(NAME, v, "train samples/s", o.train_samples_per_s, o.wall_s, REF_SPEED, threads=args.thread_info["threads"], loop_seconds=round(o.loop_seconds, 1)))
+        rows.append(row(NAME, v, "train samples/s", o.train_samples_per_s, o.wall_s, REF_SPEED, model=o.model, threads=args.thread_info["threads"], loop_seconds=round(o.loop_seconds, 1)))
     write_quality_result(NAME, rows, args, start, prep_s)
     return 0
 

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append({"benchmark": NAME, "variant": f"{size}, driver process", "metric": "peak RSS MB", "value": round(peak_rss_mb(), 1), "wall_s": wall})
     extra = {"table": table, "device": dev, "parameters": n_params, "nonembedding_parameters": params, "tokens_per_sample": tokens, "peak_tflops": args.peak_tflops,
              "flops_method": "torch.utils.flop_counter.FlopCounterMode over one forward+backward (optimizer not counted); analytic 6*N*T alongside"}
-    write_result(NAME, rows, args.smoke, extra)
+    write_result(NAME, rows, args.smoke, extra, model=f"{size} (random init, from configs), concat fusion, {N_CLASSES}-way head")
     print(f"\n{size}; {n_params / 1e6:.1f} M parameters; tokens/sample {tokens}; device {dev}")
     print(f"{'batch':>6} {'ms/step':>9} {'samples/s':>10} {'TFLOP/step':>11} {'6NT est.':>9} {'TFLOP/s':>8} {'MFU %':>6} {'GPU GB':>7}")
     for r in table:

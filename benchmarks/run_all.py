@@ -4,9 +4,11 @@
     python -m benchmarks.run_all --only banking77 fsdd
 
 Each benchmark is ``python -m benchmarks.<name>`` and writes ``benchmarks/results/<name>.json``
-(``<name>.smoke.json`` in smoke mode). When the data root (``../shared/data`` or ``--data-root`` /
-``$MMAGENT_DATA_ROOT``) is absent, nothing runs and the command says so and exits 0; a benchmark
-whose own dataset folder is absent skips itself the same way. Exit status 1 if any benchmark failed.
+(``<name>.smoke.json`` in smoke mode, ``<name>.draft.json`` with ``--draft``). Missing data is a
+failure, never a silent pass: when the data root (``../shared/data`` or ``--data-root`` /
+``$MMAGENT_DATA_ROOT``) is absent nothing runs and the exit status is 1; a benchmark whose own
+dataset folder is absent fails with a message naming it. A full run from a dirty git tree is
+refused up front unless ``--draft`` (see ``benchmarks/common.py``). Exit status 1 if any benchmark failed.
 
 To add a benchmark, add its module name to :data:`BENCHMARKS` (the quality ones, then the speed ones).
 """
@@ -20,22 +22,22 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, default_data_root
+from benchmarks.common import DRAFT_ENV, ROOT, default_data_root, refuse_dirty_tree, tree_state
 
 #: Section 1 of issue 7: quality on real data.
 QUALITY: list[str] = ["banking77", "fsdd", "av_digits", "breastmnist", "financial_phrasebank", "stocknet"]
-#: Section 2: speed (framework overhead, naive loop, frozen cache, memory); extend this list.
-SPEED: list[str] = ["overhead", "naive_vs_mmagent", "frozen_cache", "tune_cache", "serve_load", "gpu_throughput"]
+#: Section 2: speed (framework overhead, vs the Hugging Face Trainer, frozen cache, memory); extend this list.
+SPEED: list[str] = ["overhead", "vs_hf_trainer", "frozen_cache", "tune_cache", "serve_load", "gpu_throughput"]
 #: Benchmarks that generate their own data (no --data-root).
 GENERATED_DATA: set[str] = {"tune_cache", "serve_load"}
 BENCHMARKS: list[str] = QUALITY + SPEED
 
-SKIP_MARKER = "[bench] skipped:"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.strip().splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="each benchmark's smoke mode (tiny subset, a few steps; results in *.smoke.json)")
+    p.add_argument("--draft", action="store_true", help="allow a dirty git tree; results go to *.draft.json, never to RESULTS.md")
     p.add_argument("--data-root", type=Path, default=None, help="folder with the shared datasets (default: $MMAGENT_DATA_ROOT or ../shared/data)")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=None, help="run only these benchmarks")
     p.add_argument("--skip", nargs="+", choices=BENCHMARKS, default=[], help="leave these out")
@@ -45,11 +47,16 @@ def main(argv: list[str] | None = None) -> int:
 
     data_root = (args.data_root or default_data_root()).expanduser().resolve()
     if not data_root.is_dir():
-        print(f"[run_all] skipped: data root {data_root} not found (pass --data-root or set MMAGENT_DATA_ROOT); no benchmark ran")
-        return 0
+        print(f"[run_all] error: data root {data_root} not found (pass --data-root or set MMAGENT_DATA_ROOT); no benchmark ran", flush=True)
+        return 1
+    if not (args.smoke or args.draft):
+        state = tree_state()
+        if state.dirty:
+            print(f"[run_all] error: {refuse_dirty_tree(state)}", flush=True)
+            return 1
     timeout = args.timeout or (300.0 if args.smoke else None)
     names = [n for n in (args.only or BENCHMARKS) if n not in args.skip]
-    env = {**os.environ, "MMAGENT_DATA_ROOT": str(data_root), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "MMAGENT_DATA_ROOT": str(data_root), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **({DRAFT_ENV: "1"} if args.draft else {})}
 
     summary: list[tuple[str, str, float]] = []
     for name in names:
@@ -69,12 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         seconds = time.perf_counter() - start
         lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-        skip = next((ln for ln in lines if ln.startswith(SKIP_MARKER)), None)
         if proc.returncode != 0:
             print(proc.stdout[-3000:] + proc.stderr[-3000:])
-            status = f"failed (exit {proc.returncode})"
-        elif skip:
-            status = "skipped: " + skip[len(SKIP_MARKER):].strip()
+            why = next((ln for ln in reversed((proc.stdout + proc.stderr).splitlines()) if "error:" in ln), "")
+            status = f"failed (exit {proc.returncode})" + (f": {why.strip()[:300]}" if why else "")
         else:
             status = "ok"
             print("\n".join(ln for ln in lines if " | " in ln))  # the result rows

@@ -58,7 +58,8 @@ def majority_rows(paths: dict[str, Path], label: str, subset: str) -> list[dict[
     majority = train[label].value_counts().idxmax()
     acc = float((test[label] == majority).mean())
     v = f"majority class of train ('{majority}'), {subset}"
-    return [row(NAME, v, "test accuracy", acc, 0.0, REF_ACC, n_test=len(test)), row(NAME, v, "test MCC", 0.0, 0.0, REF_MCC, n_test=len(test))]
+    baseline = "no model: the majority class of train"
+    return [row(NAME, v, "test accuracy", acc, 0.0, REF_ACC, n_test=len(test), model=baseline), row(NAME, v, "test MCC", 0.0, 0.0, REF_MCC, n_test=len(test), model=baseline)]
 
 
 NO_TWEETS = "(no tweets)"
@@ -98,8 +99,8 @@ def run(args: Any) -> int:
         o = fit(config(tables, which, args.smoke), Path(tables["train"]).parent, folder / "runs" / which, store, progress=args.progress, label=which)
         v = f"{labels[which]}, {o.epochs_run} ep, {subset}"
         rows += [
-            row(NAME, v, "test accuracy", o.metric("accuracy"), o.wall_s, REF_ACC, n_test=o.n_test, n_train=o.n_train),
-            row(NAME, v, "test MCC", mcc(o), o.wall_s, REF_MCC, n_test=o.n_test),
+            row(NAME, v, "test accuracy", o.metric("accuracy"), o.wall_s, REF_ACC, n_test=o.n_test, n_train=o.n_train, model=o.model),
+            row(NAME, v, "test MCC", mcc(o), o.wall_s, REF_MCC, n_test=o.n_test, model=o.model),
         ]
     rows += majority_rows(paths, ex.LABEL, subset)
     write_quality_result(NAME, rows, args, start, prep_s, rows_without_tweets=empty)

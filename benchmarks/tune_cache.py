@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         {"benchmark": "tune_cache", "variant": f"{trials} trials each", "metric": "speed-up (off/on)", "value": round(ratio, 3)},
         {"benchmark": "tune_cache", "variant": f"{trials} trials each, trials 2..{trials}", "metric": "speed-up warm (off/on)", "value": round(warm, 3)},
     ]
-    write_result("tune_cache", rows_out, args.smoke, extra={
+    write_result("tune_cache", rows_out, args.smoke, model="zoo minilm-l6 (max_length 32), frozen; concat/gated fusion (tuned), 3-way head", extra={
         "rows_in_table": rows, "trials": trials, "epochs": epochs, "same_validation_scores": same,
         "without_cache": without, "with_cache": with_cache, "ratio_mean": ratio, "ratio_warm": warm, "peak_rss_mb": round(peak_rss_mb(), 1),
         "threads": torch.get_num_threads(),

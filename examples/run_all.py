@@ -4,8 +4,9 @@
     python -m examples.run_all --only banking77 stocknet --epochs 1
 
 Smoke runs write runs/<name>-smoke (replaced each time); full runs write runs/<name> and replace
-a previous run there (--overwrite). An example whose dataset folder is absent is skipped with the reason. Exit status 0 only if every
-example whose data is present ran and wrote its metrics; 1 otherwise.
+a previous run there (--overwrite). An example whose dataset folder is absent fails with the reason
+(a run that trained nothing must not look like a pass). Exit status 0 only if every example ran and
+wrote its metrics; 1 otherwise.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"examples.{name}")
         missing = missing_files(data_root, module.DATA_DIR, module.REQUIRED)
         if missing:
-            print(f"[{name}] SKIPPED: dataset not found: {', '.join(missing)} (pass --data-root or set MMAGENT_DATA_ROOT)", flush=True)
-            results.append({"name": name, "status": "skipped", "reason": f"missing {', '.join(missing)}"})
+            print(f"[{name}] FAILED: dataset not found: {', '.join(missing)} (pass --data-root or set MMAGENT_DATA_ROOT)", flush=True)
+            results.append({"name": name, "status": "failed", "reason": f"dataset not found: {', '.join(missing)}"})
             continue
         cmd = [sys.executable, "-m", f"examples.{name}", "--data-root", str(data_root), "--quiet"]
         cmd += ["--smoke"] if args.smoke else ["--overwrite"]
@@ -75,9 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         detail = _metrics_text(r["test"]) if r["status"] == "ok" else r.get("reason", "")
         print(f"| {r['name']} | {r['status']} | {r.get('seconds', 0):.0f} | {detail} |")
     failed = [r["name"] for r in results if r["status"] == "failed"]
-    skipped = [r["name"] for r in results if r["status"] == "skipped"]
-    if skipped:
-        print(f"\nskipped (data absent): {', '.join(skipped)}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1

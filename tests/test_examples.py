@@ -194,11 +194,13 @@ def test_smoke_training_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "RESULT " in out and "test finding" in out
 
 
-def test_missing_data_is_a_clear_skip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_data_fails_with_a_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No data is a failure (a smoke run that trained nothing must not pass), naming what is missing."""
     from examples import run_all
 
     assert banking77.main(["--data-root", str(tmp_path), "--prepare-only", "--out", str(tmp_path / "p")]) == 2
     assert "banking77: not found" in capsys.readouterr().err
-    assert run_all.main(["--smoke", "--data-root", str(tmp_path)]) == 0
+    assert run_all.main(["--smoke", "--data-root", str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert out.count("SKIPPED: dataset not found") == len(EXAMPLES)
+    assert out.count("FAILED: dataset not found") == len(EXAMPLES)
+    assert all(f"| {name} | failed |" in out for name in EXAMPLES)
