@@ -1,0 +1,98 @@
+"""``mmagent fit`` on the real data sets, full official splits, within a stated time budget.
+
+For each data set the example module prepares the tables (nothing is copied into the repository);
+``fit`` gets the bare training table, the label column, validation and test tables, the recipe and
+the budget, and decides everything else. One result row per data set: the test metric next to the
+published reference, the budget, the wall time, the chosen candidate and peak memory.
+
+    python -m benchmarks.fit_quality banking77            # full run, the data set's budget (40m)
+    python -m benchmarks.fit_quality breastmnist --budget 10m --draft
+    python -m benchmarks.fit_quality --smoke              # every data set, a tiny subset, 20 s each
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks._quality import ensure_examples_importable, quality_parser, set_threads
+from benchmarks.common import peak_rss_mb, write_result
+
+
+@dataclass(frozen=True)
+class FitBenchmark:
+    example: str  # module under examples/
+    label: str
+    recipe: str | None
+    budget: str
+    metric: str  # test metric to report
+    reference: float | None
+    reference_name: str
+
+
+BENCHMARKS: dict[str, FitBenchmark] = {
+    "banking77": FitBenchmark("banking77", "intent", "customer_service", "40m", "accuracy", 0.9162, "Ludwig 0.17, same MiniLM (goal 0.92)"),
+    "breastmnist": FitBenchmark("breastmnist", "finding", "medical_imaging", "20m", "auroc", 0.901, "MedMNIST v2 ResNet-18 (28)"),
+    "financial_phrasebank": FitBenchmark("financial_phrasebank", "sentiment", "finance", "30m", "accuracy", 0.86, "FinBERT, 50Agree"),
+    "fsdd": FitBenchmark("fsdd_speech", "digit", None, "20m", "accuracy", 0.995, "goal 0.995"),
+    "stocknet": FitBenchmark("stocknet", "movement", "finance", "20m", "mcc", 0.0, "majority class (MCC 0)"),
+}
+
+
+def run_one(name: str, data_root: Path, work_dir: Path, budget: str | None, preset: str, smoke: bool, progress: bool) -> dict:
+    """Prepare the tables, fit within the budget, and return the result row."""
+    from mmagent.search.fit import fit
+
+    bench = BENCHMARKS[name]
+    ensure_examples_importable()
+    module = importlib.import_module(f"examples.{bench.example}")
+    tables = module.prepare(data_root, work_dir / name / "tables", module.SMOKE_LIMIT if smoke else None)
+    run_dir = work_dir / name / f"run-{int(time.time())}"
+    budget = budget or ("20s" if smoke else bench.budget)
+    start = time.perf_counter()
+    result = fit(tables["train"], bench.label, run_dir, validation=tables["validation"], test=tables["test"], time_budget=budget, preset=preset, recipe=bench.recipe, progress=progress)
+    wall = time.perf_counter() - start
+    test = json.loads((run_dir / "metrics.json").read_text())["test"][bench.label]
+    best = result.leaderboard.best()
+    return {
+        "benchmark": f"fit {name}",
+        "variant": f"fit --preset {preset} --time-budget {budget}",
+        "metric": f"test {bench.metric}",
+        "value": test.get(bench.metric),
+        "reference": bench.reference,
+        "reference_name": bench.reference_name,
+        "model": f"chosen: {best.name} ({best.describe()})" if best else "none",
+        "wall_s": round(wall, 1),
+        "budget_s": result.budget_seconds,
+        "test_accuracy": test.get("accuracy"),
+        "test_macro_f1": test.get("macro_f1"),
+        "candidates": len(result.leaderboard.rows),
+        "peak_rss_mb": round(peak_rss_mb(), 0),
+        "run_dir": str(run_dir),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = quality_parser("mmagent fit on the shared data sets, within a time budget")
+    p.add_argument("datasets", nargs="*", help=f"data sets: {', '.join(BENCHMARKS)} (default: all)")
+    p.add_argument("--budget", default=None, help="time budget per data set (default: each data set's own; 20s with --smoke)")
+    p.add_argument("--preset", default="balanced", help="fast | balanced | best")
+    args = p.parse_args(argv)
+    unknown = [d for d in args.datasets if d not in BENCHMARKS]
+    if unknown:
+        p.error(f"unknown data set(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
+    threads = set_threads(args.threads)
+    rows = []
+    for name in args.datasets or list(BENCHMARKS):
+        rows.append(run_one(name, args.data_root, args.work_dir / "fit", args.budget, args.preset, args.smoke, args.progress))
+    suffix = "" if len(args.datasets) != 1 else f"_{args.datasets[0]}"
+    write_result(f"fit_quality{suffix}", rows, args.smoke, extra=threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
