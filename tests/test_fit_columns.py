@@ -38,6 +38,7 @@ def table(tmp_path):
             "voice": [f"wav/{i}.wav" if i % 3 else "" for i in range(N)],
             "empty": ["" for _ in range(N)],
             "source": ["web" for _ in range(N)],
+            "when": [f"2015-01-{1 + i % 28:02d}" for i in range(N)],
             "label_code": [{"a": "1", "b": "2", "c": "3"}[v] for v in labels],  # the label in disguise
             "label": labels,
         }
@@ -51,7 +52,7 @@ def test_every_kind_is_recognised_with_a_reason(table):
     kinds = {c.column: c.kind for c in schema.columns}
     assert kinds == {
         "row_id": "ignore", "customer_id": "ignore", "message": "text", "colour": "categorical", "amount": "numeric",
-        "age": "numeric", "photo": "image", "scan": "ignore", "voice": "audio", "empty": "ignore", "source": "ignore",
+        "age": "numeric", "photo": "image", "scan": "ignore", "voice": "audio", "empty": "ignore", "source": "ignore", "when": "ignore",
         "label_code": "ignore",
     }
     reasons = {c.column: c.reason for c in schema.columns}
@@ -60,6 +61,7 @@ def test_every_kind_is_recognised_with_a_reason(table):
     assert "empty in 8 rows" in reasons["age"]
     assert "none of" in reasons["scan"] and "decode" in reasons["scan"]
     assert "copy of the label" in reasons["label_code"]
+    assert "dates" in reasons["when"]
     assert "constant" in reasons["source"] and "empty in every row" in reasons["empty"]
     assert schema.task == "classification" and "3 classes" in schema.task_reason
     printed = schema.table()

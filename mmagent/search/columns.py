@@ -157,6 +157,8 @@ def infer_column(table: Table, column: str, labels: Any) -> tuple[ColumnKind, st
         return "numeric", f"numbers{stored}, {distinct} distinct values{missing}"
 
     texts = [str(v) for v in present]
+    if _are_dates(texts):
+        return "ignore", "dates / times: not used as a feature (fit does not model time)"
     words = float(np.mean([len(t.split()) for t in texts]))
     if distinct == len(present) and words < 1.5 and len(present) >= 20:
         return "ignore", "id-like: a different single token in every row"
@@ -174,6 +176,20 @@ def _numbers(values: list[Any]) -> np.ndarray | None:
     except (ValueError, TypeError, OverflowError):
         return None
     return out if np.isfinite(out).all() else None
+
+
+DATE = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2})?)?|^\d{1,2}/\d{1,2}/\d{2,4}$")
+
+
+def _are_dates(texts: list[str]) -> bool:
+    """Most cells look like and parse as dates (2015-01-02, 1/2/2015, 2015-01-02 09:30)."""
+    import pandas as pd
+
+    looks = [t for t in texts if DATE.match(t.strip())]
+    if len(looks) < 0.95 * len(texts):
+        return False
+    parsed = pd.to_datetime(pd.Series(looks), errors="coerce", format="mixed")
+    return bool(parsed.notna().mean() >= 0.95)
 
 
 def _is_sequence(numbers: np.ndarray) -> bool:
