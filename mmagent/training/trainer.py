@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from mmagent.agent.spec import resolve_agent_config
+from mmagent.agent.spec import check_agent_labels, resolve_agent_config
 from mmagent.config import ExperimentConfig
 from mmagent.data.dataset import Collator, FeatureCache, MultimodalDataset, fit_targets
 from mmagent.data.tables import Table, as_table, read_table
@@ -30,7 +30,7 @@ from mmagent.data.validation import Problem, validate_table
 from mmagent.inference import make_loader, to_device
 from mmagent.io import write_json, write_text
 from mmagent.model import MultimodalModel
-from mmagent.runs import CONFIG_FILE, METRICS_LOG, SKIPPED_ROWS_FILE, check_run_dir
+from mmagent.runs import CONFIG_FILE, METRICS_LOG, SKIPPED_ROWS_FILE, check_run_dir, create_run_dir
 from mmagent.specs import ModelSpec
 from mmagent.training.checkpoint import checkpoint_spec, load_checkpoint, save_checkpoint
 from mmagent.training.evaluate import evaluate
@@ -181,8 +181,9 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
     config = config.model_copy(update={"agent": resolve_agent_config(config.agent, config.base_dir)})
     splits = load_splits(config, train_data)
     model = build_model(config, splits.train, checkpoint_spec(ckpt_dir) if resume else None)
+    check_agent_labels(config.agent, model.spec.targets)
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        create_run_dir(run_dir, resume)
         write_text(run_dir / CONFIG_FILE, config.model_dump_json(indent=2))
         if splits.skipped:
             _write_skipped(run_dir / SKIPPED_ROWS_FILE, splits.skipped)
