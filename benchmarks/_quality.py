@@ -197,8 +197,8 @@ def fit(raw_config: dict[str, Any], base_dir: Path, run_dir: Path, store: Shared
 
     import mmagent.training.trainer as trainer_mod
     from mmagent.config import config_from_dict
-    from mmagent.model import MultimodalModel
     from mmagent.inference import make_loader
+    from mmagent.model import MultimodalModel
     from mmagent.runs import read_metrics_log
     from mmagent.training.evaluate import evaluate
 

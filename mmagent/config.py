@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mmagent.agent.spec import AgentSpec
 from mmagent.specs import FusionSpec, InputSpec, ModelSpec, TargetSpec
 
 
@@ -69,7 +70,7 @@ class ExperimentConfig(BaseModel):
     fusion: FusionSpec = Field(default_factory=FusionSpec)
     head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     train: TrainSpec = Field(default_factory=TrainSpec)
-    agent: dict[str, Any] = Field(default_factory=dict, description="agent policy: {type: ..., ...}")
+    agent: AgentSpec = Field(default_factory=AgentSpec, description="agent: target, escalation, speech_to_text and the policy ({type: ..., ...})")
     tune: dict[str, Any] = Field(default_factory=dict, description="search space for `mmagent tune`")
     base_dir: str = Field(".", description="folder that relative data paths refer to (set to the config's folder)")
 
@@ -77,6 +78,9 @@ class ExperimentConfig(BaseModel):
     def _check_metric(self) -> "ExperimentConfig":
         if self.train.metric and "/" not in self.train.metric:
             raise ValueError(f"train.metric must look like TARGET/METRIC (e.g. {self.targets[0].column}/accuracy), got {self.train.metric!r}")
+        names = [t.column for t in self.targets]
+        if self.agent.target is not None and self.agent.target not in names:
+            raise ValueError(f"agent.target {self.agent.target!r} is not a target; targets: {names}")
         return self
 
     @property
@@ -152,7 +156,8 @@ def config_from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Experim
 
         raw = apply_recipe(raw)
     try:
-        return ExperimentConfig.model_validate(raw)
+        # the context tells the agent block where relative policy files (playbooks) are
+        return ExperimentConfig.model_validate(raw, context={"base_dir": str(raw["base_dir"])})
     except ValidationError as e:
         raise ConfigError("invalid config:\n" + format_validation_error(e)) from None
 

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from mmagent.encoders import EncoderOutput, build_encoder
 from mmagent.fusion import build_fusion
 from mmagent.io import atomic_dir, write_json
+from mmagent.runs import RunFolderError, verify_checksums, write_checksums
 from mmagent.specs import ModelSpec
 from mmagent.tasks.heads import Head
 
@@ -84,12 +86,14 @@ class MultimodalModel(nn.Module):
                 inp.encoder = inp.encoder.model_copy(update=overrides)
             write_json(tmp / "model.json", spec.model_dump(mode="json"))
             save_model(self, str(tmp / "model.safetensors"))
+            write_checksums(tmp)
 
     @classmethod
     def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "MultimodalModel":
         folder = Path(folder)
         if not (folder / "model.json").is_file():
             raise FileNotFoundError(f"{folder} is not a saved mmagent model (no model.json)")
+        verify_checksums(folder)
         spec = ModelSpec.model_validate(json.loads((folder / "model.json").read_text()))
         for inp in spec.inputs:
             assets = (folder / "assets" / _safe(inp.key)).resolve()
@@ -97,7 +101,11 @@ class MultimodalModel(nn.Module):
             # Weights come from model.safetensors: never fetch pretrained ones again.
             inp.encoder = inp.encoder.model_copy(update={"name": name, "pretrained": False})
         model = cls(spec)
-        missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=False, device=str(map_location))
+        weights = folder / "model.safetensors"
+        try:
+            missing, unexpected = load_model(model, str(weights), strict=False, device=str(map_location))
+        except (SafetensorError, OSError, ValueError) as e:  # no checksums to tell: say which file
+            raise RunFolderError(f"{weights}: cannot read the weights ({e})") from None
         if missing or unexpected:
             raise ValueError(f"{folder}: weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
         model.eval()

@@ -11,6 +11,10 @@
       report.md, plots/    the human-readable report
       checkpoints/last/    the latest training checkpoint (for --resume)
       skipped_rows.csv     rows left out by data.on_bad_row: skip
+      .mmagent-run         marks a folder mmagent created: only such a folder is ever written into
+
+A saved model folder carries ``checksums.sha256`` (``sha256sum -c`` format) of its own files,
+written at save and verified at load, so flipped bits or a truncated file are named, not loaded.
 
 Everything that reads a run (the agent, the server, tuning, benchmarks) goes through here, so
 none of them needs to import training.
@@ -18,9 +22,11 @@ none of them needs to import training.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 CONFIG_FILE = "config.json"
 MODEL_DIR = "model"
@@ -35,6 +41,8 @@ SKIPPED_ROWS_FILE = "skipped_rows.csv"
 TENSORBOARD_DIR = "tensorboard"
 # calibration.json: the key of the escalation threshold, next to the per-target entries
 ESCALATION_KEY = "_escalation_threshold"
+MARKER_FILE = ".mmagent-run"
+CHECKSUMS_FILE = "checksums.sha256"
 
 
 class RunFolderError(ValueError):
@@ -101,12 +109,77 @@ def read_metrics_log(run_dir: str | Path, kind: str) -> list[dict[str, Any]]:
 
 
 def check_run_dir(run_dir: str | Path, resume: bool) -> Path:
-    """Refuse to start a run where it would mix with another: the latest checkpoint folder when
-    resuming, ``RUN_DIR`` free of checkpoints otherwise. Returns the checkpoint folder."""
+    """Refuse to start a run where it would overwrite or mix with something else; returns the
+    checkpoint folder. Resuming needs the latest checkpoint. A fresh run needs a new or empty
+    folder, or one mmagent created (``MARKER_FILE``) whose run neither holds a checkpoint nor
+    finished (a model or final metrics, even with checkpoints removed)."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / LAST_CHECKPOINT
-    if resume and not (run_dir / CHECKPOINTS_DIR).is_dir():
-        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
-    if not resume and (run_dir / CHECKPOINTS_DIR).exists():
+    if resume:
+        # the checkpoints folder exists from the run's start; training.checkpoint.prepare_resume
+        # recovers its latest complete state (or restarts a run that died before its first one)
+        if not (run_dir / CHECKPOINTS_DIR).is_dir():
+            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+        return ckpt_dir
+    if not run_dir.exists():
+        return ckpt_dir
+    if not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir} is a file, not a folder; choose a folder for the run")
+    if any(run_dir.iterdir()) and not (run_dir / MARKER_FILE).is_file():
+        raise RunFolderError(f"{run_dir} is not empty and is not an mmagent run folder (no {MARKER_FILE}); refusing to write into it: choose a new or empty folder")
+    if (run_dir / CHECKPOINTS_DIR).exists():
         raise FileExistsError(f"{run_dir} already holds a training run; use --resume to continue it or choose another folder")
+    finished = [name for name in (MODEL_DIR, METRICS_FILE) if (run_dir / name).exists()]
+    if finished:
+        raise FileExistsError(f"{run_dir} holds a finished run ({', '.join(finished)}); choose another folder (nothing in it is overwritten)")
     return ckpt_dir
+
+
+def create_run_dir(run_dir: str | Path, resume: bool = False) -> None:
+    """Create the run folder (after :func:`check_run_dir` passed) and mark it as mmagent's. A
+    fresh start in a marked folder whose run died before its first checkpoint drops that run's
+    training log, so two runs never mix in ``metrics.jsonl``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = run_dir / MARKER_FILE
+    if not marker.is_file():
+        marker.write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+    if not resume:
+        (run_dir / METRICS_LOG).unlink(missing_ok=True)
+
+
+# -- checksums of a saved folder's own files -------------------------------------------------------
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: str | Path, files: Iterable[Path] | None = None) -> None:
+    """Write ``folder/CHECKSUMS_FILE`` for ``files`` (default: every file under ``folder``)."""
+    folder = Path(folder)
+    paths = sorted(files) if files is not None else sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS_FILE)
+    lines = [f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}" for p in paths]
+    (folder / CHECKSUMS_FILE).write_text("\n".join(lines) + "\n")
+
+
+def verify_checksums(folder: str | Path) -> None:
+    """Check every file listed in ``folder/CHECKSUMS_FILE``; a folder without one (saved before
+    checksums existed) is accepted as is. A changed, truncated or missing file is an error naming it."""
+    folder = Path(folder)
+    listing = folder / CHECKSUMS_FILE
+    if not listing.is_file():
+        return
+    for n, line in enumerate(listing.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        expected, _, name = line.partition("  ")
+        path = folder / name
+        if not name or len(expected) != 64 or ".." in Path(name).parts:
+            raise RunFolderError(f"{listing}, line {n}: not a checksum line")
+        if not path.is_file():
+            raise RunFolderError(f"{path} is missing (listed in {listing})")
+        if sha256_file(path) != expected:
+            raise RunFolderError(f"{path} is corrupt: its SHA-256 does not match {listing} (a changed or truncated file); restore it or train again")

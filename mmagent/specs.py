@@ -15,6 +15,7 @@ Modality = Literal["text", "image", "audio", "numeric", "categorical"]
 MODALITIES: tuple[str, ...] = ("text", "image", "audio", "numeric", "categorical")
 TaskType = Literal["classification", "multilabel", "regression"]
 IGNORE_INDEX = -100  # classification label of a sample without this target
+UNSEEN_INDEX = -1  # classification label the model does not know (absent from training): always wrong
 FORMAT_VERSION = 1
 
 # Used when an input names no encoder (and no recipe supplies one): real pretrained weights that

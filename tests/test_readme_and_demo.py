@@ -50,7 +50,7 @@ def test_recipe_fills_gaps_but_never_overrides() -> None:
     assert cfg.inputs[1].encoder.name == "mel-cnn"  # kept
     assert cfg.fusion.type == "concat" and cfg.fusion.modality_dropout == 0.3  # kept + filled
     assert cfg.train.epochs == 9 and cfg.train.early_stopping_patience == 2
-    assert cfg.agent["type"] == "customer_service"
+    assert cfg.agent.policy["type"] == "customer_service"
     with pytest.raises(ValueError, match="unknown recipe 'retail'"):
         config_from_dict({**raw, "recipe": "retail"})
 

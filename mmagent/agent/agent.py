@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,7 +18,7 @@ from mmagent import runs
 from mmagent.agent.policies import Decision, Policy, build_policy
 from mmagent.agent.spec import split_agent_config
 from mmagent.data.tables import Table, as_table, is_empty, resolve_media
-from mmagent.data.validation import DataError, check_rows
+from mmagent.data.validation import DataError, Problem, check_rows
 from mmagent.inference import make_loader, run_model
 from mmagent.model import MultimodalModel
 
@@ -58,25 +59,36 @@ class Agent:
         model = MultimodalModel.load(runs.model_dir(run_dir))
         calibration = runs.read_calibration(run_dir)
         agent_cfg = dict(runs.read_config(run_dir).get("agent") or {})
-        spec: Any = policy if policy is not None else split_agent_config(agent_cfg)[1] or None
         chosen = calibration.get(runs.ESCALATION_KEY)
-        if chosen is not None and isinstance(spec, dict):
-            key = "refer_below" if spec.get("type") == "medical" else "threshold"
-            spec = {**spec, key: chosen["threshold"]}
+        if policy is not None:  # the caller's policy is used as given: no threshold from the run
+            spec: Any = policy
+        else:
+            spec = split_agent_config(agent_cfg)[1] or None
+            if chosen is not None and isinstance(spec, dict):
+                key = "refer_below" if spec.get("type") == "medical" else "threshold"
+                spec = {**spec, key: chosen["threshold"]}
+                if not chosen.get("reached", True):
+                    warnings.warn(f"{run_dir}: the escalation target was not reached on validation ({chosen.get('note')}); the agent escalates below {chosen['threshold']:.3f}, the threshold with the best precision", UserWarning, stacklevel=2)
         return cls(model, build_policy(spec, base_dir=run_dir), runs.temperatures(calibration), agent_cfg.get("target"), device, speech_to_text=agent_cfg.get("speech_to_text"))
 
     # -- predict ------------------------------------------------------------------------------
     def prepare(self, data: Any, base_dir: str | Path = ".") -> tuple[Table, dict[int, str]]:
         """Records / table -> a checked :class:`Table`, plus transcripts of spoken requests that
         came without text (row -> transcript)."""
-        table = as_table(data, base_dir)
+        records = [data] if isinstance(data, dict) else data
+        if isinstance(records, list) and any(isinstance(r, dict) and not r for r in records):
+            columns = ", ".join(c for inp in self.model.spec.inputs for c in inp.columns)
+            raise DataError([Problem("<records>", i, columns, f"the record is empty: it has none of the model's inputs ({columns})") for i, r in enumerate(records) if isinstance(r, dict) and not r])
+        table = as_table(records, base_dir)
+        if len(table) == 0:
+            raise ValueError("no records given: pass at least one record")
         absent = [c for inp in self.model.spec.inputs for c in inp.columns if c not in table.columns]
         if absent:  # a record that leaves an input out simply lacks that modality
             frame = table.frame.copy()
             for c in absent:
                 frame[c] = None
             table = Table(frame, table.source, table.base_dir)
-        problems = check_rows(table, self.model.spec.inputs, [], need_targets=False)
+        problems = check_rows(table, self.model.spec.inputs, [], need_targets=False) + self._empty_records(table)
         if problems:
             raise DataError(problems)
         transcripts = self._transcribe_missing_text(table)
@@ -86,6 +98,14 @@ class Agent:
                 frame.loc[frame.index[row], self.speech_to_text["text"]] = text  # type: ignore[index]
             table = Table(frame, table.source, table.base_dir)
         return table, transcripts
+
+    def _empty_records(self, table: Table) -> list[Problem]:
+        """A record with none of the model's inputs has nothing to predict from."""
+        columns = [c for inp in self.model.spec.inputs for c in inp.columns]
+        return [
+            Problem(table.source, i, ", ".join(columns), f"the record has none of the model's inputs ({', '.join(columns)})", table.where(i))
+            for i, r in enumerate(table.records) if all(is_empty(r.get(c)) for c in columns)
+        ]
 
     def _transcribe_missing_text(self, table: Table) -> dict[int, str]:
         if self.speech_to_text is None:

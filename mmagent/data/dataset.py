@@ -19,7 +19,7 @@ from mmagent.data.tables import Table, is_empty, label_text, parse_number, resol
 from mmagent.data.validation import DataError, Problem
 from mmagent.encoders.base import EncoderOutput, pad_stack
 from mmagent.encoders.media import MediaError
-from mmagent.specs import IGNORE_INDEX, InputSpec, ModelSpec, TargetSpec
+from mmagent.specs import IGNORE_INDEX, UNSEEN_INDEX, InputSpec, ModelSpec, TargetSpec
 
 
 class ModelLike(Protocol):
@@ -64,12 +64,13 @@ def _natural(label: str) -> tuple:
 
 
 def encode_target(spec: TargetSpec, value: Any) -> Tensor:
-    """One cell -> the head's training target. Unseen or missing labels become 'ignore'."""
+    """One cell -> the head's training target. A missing label becomes 'ignore'; a label the
+    model does not know becomes 'unseen' (ignored by the loss, counted wrong by the metrics)."""
     if spec.type == "classification":
         if is_empty(value):
             return torch.tensor(IGNORE_INDEX)
         label = label_text(value)
-        return torch.tensor(spec.labels.index(label) if label in spec.labels else IGNORE_INDEX)
+        return torch.tensor(spec.labels.index(label) if label in spec.labels else UNSEEN_INDEX)
     if spec.type == "multilabel":
         out = torch.zeros(len(spec.labels))  # an empty cell: no label applies
         for label in split_labels(value, spec.separator):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmagent.specs import IGNORE_INDEX, TargetSpec
+from mmagent.specs import IGNORE_INDEX, UNSEEN_INDEX, TargetSpec
 
 
 class Head(nn.Module):
@@ -30,6 +30,8 @@ class Head(nn.Module):
         """Mean loss over samples that have this target (missing: -100 / NaN rows)."""
         logits = logits.float()
         if self.spec.type == "classification":
+            # a label the model does not know cannot be learned: the loss ignores it too
+            target = target.masked_fill(target == UNSEEN_INDEX, IGNORE_INDEX)
             if (target != IGNORE_INDEX).sum() == 0:
                 return logits.sum() * 0.0
             return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, label_smoothing=self.spec.label_smoothing)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from mmagent.specs import IGNORE_INDEX, TargetSpec
+from mmagent.specs import IGNORE_INDEX, UNSEEN_INDEX, TargetSpec
 
 # Main metric per task type and whether larger is better: used for early stopping and ablations.
 MAIN_METRIC = {"classification": ("accuracy", True), "multilabel": ("macro_f1", True), "regression": ("rmse", False)}
@@ -18,20 +18,26 @@ def main_metric(spec: TargetSpec) -> tuple[str, bool]:
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], detailed: bool = True) -> dict[str, Any]:
+    """scikit-learn's definitions over the labels that occur. A row whose label the model never
+    saw in training (``UNSEEN_INDEX``) is a wrong answer in accuracy and macro-F1 (all such labels
+    together count as one class there, with F1 0: the model cannot predict them); ``unseen_labels``
+    counts those rows. Rows without a label (``IGNORE_INDEX``) are left out."""
     known = y != IGNORE_INDEX
-    out: dict[str, Any] = {"n": int(known.sum()), "unseen_labels": int((~known).sum())}
+    out: dict[str, Any] = {"n": int(known.sum()), "unseen_labels": int((y == UNSEEN_INDEX).sum())}
     if not known.any():
         return out
     probs, y = probs[known], y[known]
     pred = probs.argmax(1)
     idx = list(range(len(labels)))
     out["accuracy"] = float(skm.accuracy_score(y, pred))
-    out["macro_f1"] = float(skm.f1_score(y, pred, labels=idx, average="macro", zero_division=0))
+    occurring = sorted(set(np.unique(y).tolist()) | set(np.unique(pred).tolist()))
+    out["macro_f1"] = float(skm.f1_score(y, pred, labels=occurring, average="macro", zero_division=0))
+    seen = y != UNSEEN_INDEX  # class probabilities only exist for labels the model knows
     try:
         if len(labels) == 2:
-            out["auroc"] = float(skm.roc_auc_score(y, probs[:, 1]))
-        elif len(np.unique(y)) == len(labels):
-            out["auroc"] = float(skm.roc_auc_score(y, probs, multi_class="ovr", labels=idx))
+            out["auroc"] = float(skm.roc_auc_score(y[seen], probs[seen, 1]))
+        elif len(np.unique(y[seen])) == len(labels):
+            out["auroc"] = float(skm.roc_auc_score(y[seen], probs[seen], multi_class="ovr", labels=idx))
     except ValueError:
         pass  # a single class present: AUROC undefined
     if detailed:

@@ -20,27 +20,32 @@ if TYPE_CHECKING:
     from mmagent.config import ExperimentConfig
     from mmagent.training.trainer import Splits
 
+
 def finalize_run(run_dir: Path, config: "ExperimentConfig", splits: "Splits", history: list[dict[str, Any]], device: torch.device, progress: bool = True) -> dict[str, Any]:
+    """Evaluate the saved best model on validation (and test), calibrate it, and write
+    calibration.json, metrics.json, plots and report.md."""
     model = MultimodalModel.load(run_dir / runs.MODEL_DIR).to(device)
     bs = config.train.batch_size
     metrics: dict[str, Any] = {}
     val_loader = make_loader(model, splits.validation, bs, num_workers=config.loader_workers)
     metrics["validation"], val_preds = evaluate(model, val_loader, device)
-    calibration = calibrate(model, val_preds)
+    eval_loader, test_preds = val_loader, None
+    if splits.test is not None:
+        eval_loader = make_loader(model, splits.test, bs, num_workers=config.loader_workers)
+        metrics["test"], test_preds = evaluate(model, eval_loader, device)
+    calibration: dict[str, Any] = calibrate(model, val_preds, test_preds)
     escalation = escalation_threshold(model, val_preds, calibration, config.agent)
     if escalation:
         calibration[runs.ESCALATION_KEY] = escalation
     write_json(run_dir / runs.CALIBRATION_FILE, calibration)
-    eval_loader = val_loader
-    if splits.test is not None:
-        eval_loader = make_loader(model, splits.test, bs, num_workers=config.loader_workers)
-        metrics["test"], _ = evaluate(model, eval_loader, device)
     ablation = ablation_table(model, eval_loader, device, metrics.get("test", metrics["validation"]))
     write_json(run_dir / runs.METRICS_FILE, {**metrics, "ablation": ablation, "calibration": calibration})
-    plots = write_plots(run_dir, model, metrics, history)
+    plots = write_plots(run_dir, model, metrics, history, calibration)
     write_report(run_dir, config, model, metrics, ablation, calibration, history, plots, n=(len(splits.train), len(splits.validation), len(splits.test) if splits.test else 0))
     if progress:
-        print(f"run saved to {run_dir} (report: {run_dir / 'report.md'})")
+        print(f"run saved to {run_dir} (report: {run_dir / runs.REPORT_FILE})")
+        if escalation and not escalation.get("reached", True):
+            print(f"warning: escalation target not reached: {escalation.get('note')}")
     return metrics
 
 
@@ -72,11 +77,7 @@ def write_report(run_dir: Path, config: "ExperimentConfig", model: MultimodalMod
     lines += ["| inputs | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     lines += [f"| {name} | " + " | ".join(_fmt(row.get(c)) for c in cols) + " |" for name, row in ablation.items()]
     if calibration:
-        lines += ["", "## Calibration (temperature scaling on validation)", "", "| target | temperature | ECE before | ECE after |", "|---|---|---|---|"]
-        lines += [f"| {t} | {c['temperature']:.3f} | {c['ece_before']:.4f} | {c['ece_after']:.4f} |" for t, c in calibration.items() if "temperature" in c]
-        if runs.ESCALATION_KEY in calibration:
-            c = calibration[runs.ESCALATION_KEY]
-            lines += ["", f"Escalation threshold chosen on validation: {c['threshold']:.3f} (precision {c['precision']:.3f}, coverage {c['coverage']:.3f})."]
+        lines += _calibration_lines(calibration)
     if history:
         lines += ["", "## Training history", "", "| epoch | step | seconds | validation |", "|---|---|---|---|"]
         lines += [f"| {h['epoch']} | {h['step']} | {h['seconds']} | " + "; ".join(f"{t}/{k}={_fmt(v)}" for t, d in h["validation"].items() for k, v in d.items() if k in ("accuracy", "macro_f1", "rmse", "auroc")) + " |" for h in history]
@@ -85,7 +86,21 @@ def write_report(run_dir: Path, config: "ExperimentConfig", model: MultimodalMod
     write_text(run_dir / runs.REPORT_FILE, "\n".join(lines) + "\n")
 
 
-def write_plots(run_dir: Path, model: MultimodalModel, metrics: dict[str, Any], history: list[dict[str, Any]]) -> list[str]:
+def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
+    lines = ["", "## Calibration", "", "Temperature scaling fitted on validation; ECE measured on data the temperature was not fitted on.", ""]
+    lines += ["| target | temperature | ECE before | ECE after | measured on | rows |", "|---|---|---|---|---|---|"]
+    entries = {t: c for t, c in calibration.items() if isinstance(c, dict) and "temperature" in c}
+    lines += [f"| {t} | {c['temperature']:.3f} | {c['ece_before']:.4f} | {c['ece_after']:.4f} | {c.get('measured_on', 'validation')} | {c.get('n_measured', '')} |" for t, c in entries.items()]
+    lines += [f"\nNote ({t}): {c['note']}." for t, c in entries.items() if c.get("note")]
+    c = calibration.get(runs.ESCALATION_KEY)
+    if c:
+        lines += ["", f"Escalation threshold chosen on validation: {c['threshold']:.3f} (precision {c['precision']:.3f}, coverage {c['coverage']:.3f})."]
+        if not c.get("reached", True):
+            lines += ["", f"**Warning: the escalation target was not reached.** {c.get('note') or ''} The agent uses the threshold with the best precision."]
+    return lines
+
+
+def write_plots(run_dir: Path, model: MultimodalModel, metrics: dict[str, Any], history: list[dict[str, Any]], calibration: dict[str, Any] | None = None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,10 +137,35 @@ def write_plots(run_dir: Path, model: MultimodalModel, metrics: dict[str, Any], 
             for j, v in enumerate(row):
                 if v:
                     ax.text(j, i, v, ha="center", va="center", fontsize=6)
-        name = f"plots/confusion_{''.join(c if c.isalnum() else '_' for c in target)}.png"
+        name = f"plots/confusion_{_file_safe(target)}.png"
         _save(fig, run_dir / name)
         made.append(name)
+    for target, c in (calibration or {}).items():
+        if isinstance(c, dict) and c.get("reliability"):
+            made.append(_reliability_plot(run_dir, target, c))
     return made
+
+
+def _reliability_plot(run_dir: Path, target: str, c: dict[str, Any]) -> str:
+    """Reliability diagram: accuracy against confidence per bin, before and after temperature
+    scaling, on the data the ECE was measured on; the diagonal is perfect calibration."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    for when, style in (("before", "o-"), ("after", "s-")):
+        bins = c["reliability"].get(when) or []
+        ece = c.get(f"ece_{when}", float("nan"))
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], style, ms=4, label=f"{when} (ECE {ece:.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=f"{target}: T={c['temperature']:.2f}, on {c.get('measured_on', 'validation').split(',')[0]}")
+    ax.legend(fontsize=7, loc="upper left")
+    name = f"plots/reliability_{_file_safe(target)}.png"
+    _save(fig, run_dir / name)
+    return name
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 def _save(fig: Any, path: Path) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from mmagent.agent.spec import resolve_agent_config
+from mmagent.agent.spec import check_agent_labels, resolve_agent_config
 from mmagent.config import ExperimentConfig
 from mmagent.data.dataset import Collator, FeatureCache, MultimodalDataset, fit_targets
 from mmagent.data.tables import Table, as_table, read_table
@@ -30,7 +30,7 @@ from mmagent.data.validation import Problem, check_training_data, validate_table
 from mmagent.inference import make_loader, to_device
 from mmagent.io import write_json, write_text
 from mmagent.model import MultimodalModel
-from mmagent.runs import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_LOG, SKIPPED_ROWS_FILE, check_run_dir
+from mmagent.runs import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_LOG, SKIPPED_ROWS_FILE, check_run_dir, create_run_dir
 from mmagent.specs import ModelSpec
 from mmagent.training.checkpoint import checkpoint_spec, load_checkpoint, prepare_resume, save_checkpoint, truncate_log
 from mmagent.training.distributed import any_process
@@ -196,8 +196,9 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
     load_from, changed = prepare_resume(run_dir, ckpt_dir, config_json, main, accelerator.wait_for_everyone) if resume else (None, {})
     splits = load_splits(config, train_data)
     model = build_model(config, splits.train, checkpoint_spec(load_from) if load_from else None)
+    check_agent_labels(config.agent, model.spec.targets)
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        create_run_dir(run_dir, resume)
         (run_dir / CHECKPOINTS_DIR).mkdir(exist_ok=True)  # from now on the folder is a run --resume can take
         write_text(run_dir / CONFIG_FILE, config.model_dump_json(indent=2))
         if splits.skipped:
