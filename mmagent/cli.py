@@ -78,7 +78,7 @@ def _model_folder(run_dir: Path) -> Path:
 
 def _loading(run_dir: Path, load: Callable[[], Any]) -> Any:
     """Run a model loader; a damaged saved model (truncated weights, an unknown encoder or a bad
-    model.json) becomes one error line that names the folder and the file."""
+    model.json) becomes one error line that names the run folder (and the weights file)."""
     from safetensors import SafetensorError
 
     folder = _model_folder(run_dir)
@@ -86,9 +86,9 @@ def _loading(run_dir: Path, load: Callable[[], Any]) -> Any:
         return load()
     except SafetensorError as e:
         raise ValueError(f"{folder / 'model.safetensors'}: cannot read the weights ({e}); the file is truncated or damaged, re-export or re-train") from None
-    except (ValueError, KeyError, TypeError) as e:  # model.json: unknown encoder, bad or edited spec
+    except ValueError as e:  # an unknown encoder or an edited spec in model.json, a bad policy, bad JSON
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{folder / 'model.json'}: cannot build the saved model: {first}") from None
+        raise ValueError(f"{run_dir}: cannot load the saved model: {first}") from None
 
 
 @app.command()

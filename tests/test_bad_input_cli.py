@@ -126,7 +126,7 @@ def test_predict_with_an_unknown_encoder_in_the_saved_model(run_dir: Path, tmp_p
     spec_file.write_text(json.dumps(spec))
     result = CliRunner().invoke(app, ["predict", str(run_dir), str(_table(tmp_path))])
     line = _one_line_error(result)
-    assert result.exit_code == 2 and str(spec_file) in line and "'no-such-encoder'" in line
+    assert result.exit_code == 2 and str(run_dir) in line and "'no-such-encoder'" in line
 
 
 def test_predict_act_writes_decisions_for_a_table(run_dir: Path, tmp_path: Path) -> None:
