@@ -191,3 +191,12 @@ def test_one_mapping_of_errors_to_exit_codes(tmp_path: Path) -> None:
     assert error_message(DataError([], header="bad rows"))[1] == 2
     assert error_message(FileNotFoundError("no such run"))[1] == 2
     assert error_message(RuntimeError("a bug")) is None, "bugs keep their traceback"
+
+
+def test_train_never_writes_into_a_folder_it_did_not_create(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": true}')
+    line = _one_line_error(CliRunner().invoke(app, ["train", str(_config_file(tmp_path)), "-o", str(out), "--quiet"]))
+    assert str(out) in line and "not empty" in line
+    assert (out / "config.json").read_text() == '{"mine": true}' and len(list(out.iterdir())) == 1
