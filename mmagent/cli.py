@@ -7,6 +7,7 @@ folder, full disk).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -78,7 +79,7 @@ def _model_folder(run_dir: Path) -> Path:
 
 def _loading(run_dir: Path, load: Callable[[], Any]) -> Any:
     """Run a model loader; a damaged saved model (truncated weights, an unknown encoder or a bad
-    model.json) becomes one error line that names the folder and the file."""
+    model.json) becomes one error line that names the run folder (and the weights file)."""
     from safetensors import SafetensorError
 
     folder = _model_folder(run_dir)
@@ -86,9 +87,9 @@ def _loading(run_dir: Path, load: Callable[[], Any]) -> Any:
         return load()
     except SafetensorError as e:
         raise ValueError(f"{folder / 'model.safetensors'}: cannot read the weights ({e}); the file is truncated or damaged, re-export or re-train") from None
-    except (ValueError, KeyError, TypeError) as e:  # model.json: unknown encoder, bad or edited spec
+    except ValueError as e:  # an unknown encoder or an edited spec in model.json, a bad policy, bad JSON
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{folder / 'model.json'}: cannot build the saved model: {first}") from None
+        raise ValueError(f"{run_dir}: cannot load the saved model: {first}") from None
 
 
 @app.command()
@@ -102,18 +103,25 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Fine-tune a model from a config and write the run folder."""
-    if num_processes > 1 and "LOCAL_RANK" not in os.environ:
+    launched = "LOCAL_RANK" in os.environ  # a worker of a multi-process run: the launcher checked
+    # (a folder with checkpoints is the trainer's to refuse: it names --resume)
+    if not resume and not launched and output.is_dir() and any(output.iterdir()) and not (output / "checkpoints").exists():
+        # A fresh run never writes into a folder it did not create: a finished run (its model,
+        # metrics) or the user's own files there would be overwritten or mixed with the new run.
+        raise FileExistsError(f"{output} already exists and is not empty; choose a new folder for -o (or --resume a run in it)")
+    if num_processes > 1 and not launched:
         from mmagent.training.distributed import relaunch
 
         raise typer.Exit(relaunch(num_processes, sys.argv[1:]))
     from mmagent.config import load_config
+    from mmagent.io import removed_on_failure
     from mmagent.training.trainer import train as run_training
 
-    from mmagent.io import removed_on_failure
-
     cfg = load_config(config, set_)
-    # A run that fails before its first checkpoint leaves no folder behind to block a re-run.
-    with removed_on_failure(output, keep=lambda p: (p / "checkpoints").exists()):
+    # A run that fails before its first checkpoint leaves no folder behind to block a re-run
+    # (in a multi-process run other workers may still be writing it: leave it to them).
+    guard = removed_on_failure(output, keep=lambda p: (p / "checkpoints").exists()) if not launched else contextlib.nullcontext()
+    with guard:
         result = run_training(cfg, output, resume=resume, progress=not quiet)
     if result.metrics:
         typer.echo(json.dumps(_headline(result.metrics), indent=2))

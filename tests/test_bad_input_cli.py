@@ -127,7 +127,7 @@ def test_predict_with_an_unknown_encoder_in_the_saved_model(run_dir: Path, tmp_p
     spec_file.write_text(json.dumps(spec))
     result = CliRunner().invoke(app, ["predict", str(run_dir), str(_table(tmp_path))])
     line = _one_line_error(result)
-    assert result.exit_code == 2 and str(spec_file) in line and "'no-such-encoder'" in line
+    assert result.exit_code == 2 and str(run_dir) in line and "'no-such-encoder'" in line
 
 
 def test_predict_act_writes_decisions_for_a_table(run_dir: Path, tmp_path: Path) -> None:
@@ -192,3 +192,12 @@ def test_one_mapping_of_errors_to_exit_codes(tmp_path: Path) -> None:
     assert error_message(DataError([], header="bad rows"))[1] == 2
     assert error_message(FileNotFoundError("no such run"))[1] == 2
     assert error_message(RuntimeError("a bug")) is None, "bugs keep their traceback"
+
+
+def test_train_never_writes_into_a_folder_it_did_not_create(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": true}')
+    line = _one_line_error(CliRunner().invoke(app, ["train", str(_config_file(tmp_path)), "-o", str(out), "--quiet"]))
+    assert str(out) in line and "not empty" in line
+    assert (out / "config.json").read_text() == '{"mine": true}' and len(list(out.iterdir())) == 1

@@ -203,3 +203,18 @@ def test_every_allowed_metric_is_reported() -> None:
     }
     for kind, names in METRICS.items():
         assert set(names) <= set(produced[kind]), (kind, sorted(produced[kind]))
+
+
+
+def test_python_api_cells_missing_values_and_huge_numbers(tmp_path: Path) -> None:
+    """Nullable pandas / NumPy missing values are missing, not errors; a 5000-digit integer or a
+    bool in a numeric column is an error naming row and column, not a crash."""
+    cfg = config_from_dict(config(tmp_path / "unused.csv"))
+    frame = pd.DataFrame({"text": ["a", "b", "c", "d"], "x": pd.array([1, None, 3, 4], dtype="Int64"), "label": ["a", "b", "a", "b"]})
+    assert validate_table(as_table(frame), cfg.inputs, cfg.targets)[1] == []
+    records = [{"text": "a", "x": np.float32("nan"), "label": "a"}, {"text": "b", "x": 10**5000, "label": "b"}, {"text": 10**5000, "x": True, "label": "a"}]
+    with pytest.raises(DataError) as info:
+        validate_table(as_table(records), cfg.inputs, cfg.targets)
+    found = {(p.row + 1, p.column): p.message for p in info.value.problems}
+    assert set(found) == {(2, "x"), (3, "text"), (3, "x")}, found
+    assert "integer of about 5000 digits" in found[(2, "x")] and "bool" in found[(3, "x")]

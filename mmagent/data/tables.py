@@ -138,9 +138,9 @@ def as_table(data: Any, base_dir: str | Path = ".") -> Table:
 
 
 def is_empty(value: Any) -> bool:
-    if value is None:
+    if value is None or value is pd.NA or value is pd.NaT:  # nullable Parquet / pandas columns
         return True
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, (float, np.floating)) and math.isnan(value):
         return True
     if isinstance(value, str) and not value.strip():
         return True
@@ -172,14 +172,21 @@ def parse_number(value: Any) -> float:
     if is_empty(value):
         return float("nan")
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating, str)):
-        raise ValueError(f"not a number: {type(value).__name__} {str(value)[:40]!r}")
+        raise ValueError(f"not a number: {type(value).__name__} {show_cell(value)}")
     try:
         number = float(value.strip() if isinstance(value, str) else value)
     except (ValueError, OverflowError):  # OverflowError: an int with thousands of digits
-        raise ValueError(f"not a number: {str(value)[:40]!r}") from None
+        raise ValueError(f"not a number: {show_cell(value)}") from None
     if not math.isfinite(number) or abs(number) > MAX_ABS_NUMBER:
-        raise ValueError(f"not a finite number within ±{MAX_ABS_NUMBER:g}: {str(value)[:40]!r}")
+        raise ValueError(f"not a finite number within ±{MAX_ABS_NUMBER:g}: {show_cell(value)}")
     return number
+
+
+def show_cell(value: Any) -> str:
+    """A cell, quoted and cut short, for a message (str() of a huge int itself raises)."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    return repr(str(value)[:40])
 
 
 def resolve_media(value: Any, base_dir: Path) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Protocol, TypeVar
 
 from mmagent.data.errors import DataError, Problem, table_error
-from mmagent.data.tables import Table, is_empty, label_text, parse_number, resolve_media, split_labels
+from mmagent.data.tables import Table, is_empty, label_text, parse_number, resolve_media, show_cell, split_labels
 from mmagent.encoders.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, MediaError, load_audio, load_image
 from mmagent.specs import InputSpec, TargetSpec
 
@@ -148,9 +148,9 @@ def check_rows(table: Table, inputs: list[InputSpec], targets: list[TargetSpec],
                         add(row, c, str(e))
             elif inp.modality == "text" and not isinstance(values[0], str):
                 # str(["a", "b"]) would train on "['a', 'b']": refuse rather than guess
-                add(row, inp.columns[0], f"text must be a string, got {type(values[0]).__name__} {str(values[0])[:40]!r}")
+                add(row, inp.columns[0], f"text must be a string, got {type(values[0]).__name__} {show_cell(values[0])}")
             elif inp.modality == "categorical" and isinstance(values[0], (list, tuple, dict)):
-                add(row, inp.columns[0], f"a category must be a single value, got {type(values[0]).__name__} {str(values[0])[:40]!r}")
+                add(row, inp.columns[0], f"a category must be a single value, got {type(values[0]).__name__} {show_cell(values[0])}")
             elif inp.modality in ("image", "audio") and isinstance(values[0], (str, Path)):
                 media.append((row, inp.columns[0], resolve_media(str(values[0]).strip(), table.base_dir), inp.modality))
         if not any_input:
