@@ -62,7 +62,7 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
         "inputs": [{"column": ["x0", "x1"], "modality": "numeric", "name": "num", "encoder": {"source": "builtin", "name": "mlp", "config": {"width": 16}}}],
         "targets": [{"column": "label", "type": "classification"}],
         "fusion": {"type": "concat", "hidden_dim": 16},
-        "train": {"epochs": 2, "batch_size": BATCH, "lr": 3e-3, "head_lr": 3e-2, "seed": 0},
+        "train": {"epochs": 2, "batch_size": BATCH, "lr": 3e-2, "head_lr": 3e-2, "seed": 0},
     }))
     run = tmp_path / "run"
     env = {**os.environ, "MMAGENT_RECORD_SHARDS": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
@@ -81,6 +81,16 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     steps = [e for e in log if "loss" in e]
     assert [e["step"] for e in steps] == list(range(1, N_TRAIN // BATCH // WORLD + 1)), "metrics written once, by the main process"
     assert sum("validation" in e for e in log) == 1
+    # The learning rate at every optimizer step equals a 1-process run's with the same global batch
+    # (Accelerate would step a prepared scheduler once per process: the schedule ran twice as fast).
+    from mmagent.config import load_config
+    from mmagent.training.trainer import train
+
+    one = tmp_path / "one_process"
+    train(load_config(cfg, ["train.epochs=1", f"train.batch_size={BATCH * WORLD}"]), one, progress=False, finalize=False)
+    lr_one = [e["lr"] for e in _log(one) if "loss" in e]
+    assert len(set(lr_one)) == len(steps) and lr_one[-1] == 0.0, "a cosine decay that reaches 0 at the last step"
+    assert [e["lr"] for e in steps] == lr_one
 
     # 2. A hand-written `accelerate launch` (no ACCELERATE_USE_CPU: the trainer picks gloo on its own) resumes for epoch 2.
     env.pop("ACCELERATE_USE_CPU", None)
