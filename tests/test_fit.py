@@ -96,7 +96,7 @@ def test_fit_refuses_a_folder_it_did_not_create(mm_tables, tmp_path):
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError):
+    with pytest.raises((FileExistsError, ValueError), match="not an mmagent run folder|already holds"):
         fit(mm_tables["train"], "label", tmp_path / "mine", time_budget=30, encoders=_tiny_encoders(mm_tables["train"]), progress=False)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 

@@ -242,11 +242,14 @@ def _promote(candidate: Path, run_dir: Path, raw: dict[str, Any], clock: Progres
 
 
 def _new_run_dir(output: Path) -> Path:
-    """Create the run folder; refuse one that exists with anything in it (fit never mixes runs
-    or overwrites files it did not write)."""
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise FileExistsError(f"{output} already exists and is not empty: fit writes a new run folder; choose another -o")
-    output.mkdir(parents=True, exist_ok=True)
+    """Create the run folder (marked as mmagent's); refuse a folder that holds anything but an
+    unfinished mmagent run (fit never mixes runs or overwrites files it did not write)."""
+    from mmagent.runs import MARKER_FILE, check_run_dir, create_run_dir
+
+    check_run_dir(output, resume=False)
+    if output.is_dir() and any(p.name != MARKER_FILE for p in output.iterdir()):
+        raise FileExistsError(f"{output} already holds files: fit writes a new run folder; choose another -o")
+    create_run_dir(output)
     return output
 
 
