@@ -3,14 +3,10 @@
     from mmagent.speech import get_transcriber
     texts = get_transcriber().transcribe(["call.wav", (stereo_44k, 44100), mono_16k_array])
 
-The package ships Whisper tiny.en as a CTranslate2 ``model.bin``. :func:`convert_whisper_decoder`
-maps its decoder onto transformers' ``WhisperDecoder``; the encoder comes from
-:func:`mmagent.encoders.zoo.convert_whisper_encoder`. Both conversions go through
-:func:`mmagent.encoders.zoo.cached_convert`: the package file is checked against the pinned SHA-256
-before it is read, converted once and cached as safetensors (atomic write) under
-``$MMAGENT_CACHE/zoo`` (``whisper-tiny.en-<hash>`` for the encoder, shared with ``source: zoo``
-audio encoders, and ``whisper-tiny.en-decoder-<hash>``). The package's ``tokenizer.json`` and
-``config.json`` (suppressed tokens) are pinned by SHA-256 too.
+The package ships Whisper tiny.en as a CTranslate2 ``model.bin``;
+:func:`mmagent.encoders.zoo.whisper_asr.build_whisper` maps it onto transformers'
+``WhisperForConditionalGeneration`` (verified against pinned SHA-256s, converted once, cached under
+``$MMAGENT_CACHE/zoo``), and transformers' own Whisper generation decodes.
 
 Decoding is greedy, English, without timestamps: the prompt is ``<|startoftranscript|>
 <|notimestamps|>``; Whisper's non-speech tokens, every special token but ``<|endoftext|>`` and all
@@ -22,9 +18,8 @@ hallucinated words.
 Speed: Whisper was trained on 30 s windows, but the encoder is a plain transformer, so a batch of
 short clips runs on a window trimmed to the longest clip plus ``pad_seconds`` (2 s) of silence (the
 sinusoidal positions are sliced); with less padding Whisper tends to loop, and a clip that loops
-is decoded again on the full window. Clips are sorted by length before batching; finished rows
-leave the batch; the decoder runs a lean loop over transformers' weights with its own key/value
-cache (same maths as ``WhisperDecoder``). Sample rates known up front (``(array, sr)``, dicts,
+is decoded again on the full window (the encoder is transformers' own, on a view of its position
+table). Clips are sorted by length before batching. Sample rates known up front (``(array, sr)``, dicts,
 soundfile-readable files) are resampled with a polyphase filter. ``bf16_encoder=True`` runs the
 encoder under bfloat16 autocast (opt-in: it pays off only on CPUs with native bf16). Clips over
 30 s are cropped to their first 30 s (a warning says so): there is no long-form chunking.
@@ -35,7 +30,7 @@ silence); the no-speech rule above catches noise.
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
 import math
 import re
@@ -52,144 +47,28 @@ from torch import Tensor, nn
 
 from mmagent.encoders import zoo
 from mmagent.encoders.media import MediaError, load_audio
+from mmagent.encoders.zoo.whisper_asr import (  # noqa: F401  (public names of mmagent.speech)
+    ASSET_SHA256,
+    BLANK,
+    EOT,
+    NO_SPEECH,
+    NO_TIMESTAMPS,
+    PROMPT,
+    SOT,
+    ZOO_NAME,
+    SpeechError,
+    build_whisper,
+    convert_whisper_decoder,
+    load_tokenizer,
+    suppressed_tokens,
+    verified_asset,
+)
 
 log = logging.getLogger(__name__)
 
-ZOO_NAME = "whisper-tiny.en"
 SAMPLE_RATE = zoo.WHISPER_SAMPLE_RATE  # 16 kHz
 SAMPLES_PER_POSITION = 2 * zoo.WHISPER_HOP_LENGTH  # 320: two 10 ms mel frames per encoder position
 MAX_SECONDS = 30.0  # Whisper's window (1500 positions)
-
-#: pinned SHA-256 of the package's other files (the weight file's hash is zoo.SHA256[ZOO_NAME])
-ASSET_SHA256: dict[str, str] = {
-    "model/tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
-    "model/config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
-}
-
-# Special tokens of the English-only Whisper vocabulary.
-EOT = 50256  # <|endoftext|>
-SOT = 50257  # <|startoftranscript|>
-NO_SPEECH = 50361  # <|nocaptions|>
-NO_TIMESTAMPS = 50362  # <|notimestamps|>
-BLANK = 220  # "Ġ": a lone space
-PROMPT = (SOT, NO_TIMESTAMPS)
-
-_CT2_DECODER_SCALARS = {  # CTranslate2 decoder settings that transformers' WhisperDecoder hard-codes
-    "decoder/num_heads": zoo.WHISPER_CONFIG["decoder_attention_heads"],
-    "decoder/pre_norm": 1,
-    "decoder/activation": 3,  # GELU
-    "decoder/alibi": 0,
-    "decoder/scale_embeddings": 0,
-    "decoder/start_from_zero_embedding": 0,
-}
-
-
-class SpeechError(zoo.ZooError):
-    """The speech model cannot be loaded (package missing, checksum mismatch, bad conversion)."""
-
-
-# -- assets ---------------------------------------------------------------------------------
-def verified_asset(relative: str) -> Path:
-    """A non-weight file of the Whisper package (tokenizer / config), checked against its pinned SHA-256."""
-    path = zoo.package_dir(ZOO_NAME) / relative
-    if not path.is_file():
-        raise SpeechError(f"zoo:{ZOO_NAME}: {path} is missing (a broken install?); reinstall: {zoo.install_hint(ZOO_NAME)}")
-    actual, expected = zoo.sha256_file(path), ASSET_SHA256[relative]
-    if actual != expected:
-        raise SpeechError(
-            f"zoo:{ZOO_NAME}: SHA-256 mismatch for {path}\n  expected {expected}\n  found    {actual}\n"
-            f"refusing to use it; reinstall: {zoo.install_hint(ZOO_NAME)}"
-        )
-    return path
-
-
-def load_tokenizer() -> Any:
-    from transformers import PreTrainedTokenizerFast
-
-    tok = PreTrainedTokenizerFast(
-        tokenizer_file=str(verified_asset("model/tokenizer.json")),
-        bos_token="<|startoftranscript|>",
-        eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-    )
-    for token_id, text in ((EOT, "<|endoftext|>"), (SOT, "<|startoftranscript|>"), (NO_SPEECH, "<|nocaptions|>"), (NO_TIMESTAMPS, "<|notimestamps|>")):
-        if tok.convert_ids_to_tokens(token_id) != text:
-            raise SpeechError(f"zoo:{ZOO_NAME}: tokenizer.json maps id {token_id} to {tok.convert_ids_to_tokens(token_id)!r}, expected {text!r}")
-    return tok
-
-
-def suppressed_tokens(vocab_size: int = zoo.WHISPER_CONFIG["vocab_size"]) -> tuple[Tensor, Tensor]:
-    """Boolean masks over the vocabulary: tokens never generated, and tokens not generated first."""
-    cfg = json.loads(verified_asset("model/config.json").read_text(encoding="utf-8"))
-    never = torch.zeros(vocab_size, dtype=torch.bool)
-    never[[int(i) for i in cfg.get("suppress_ids", [])]] = True
-    never[SOT:] = True  # every special token but <|endoftext|>, and all timestamp tokens
-    first = never.clone()
-    first[[int(i) for i in cfg.get("suppress_ids_begin", [BLANK, EOT])]] = True
-    return never, first
-
-
-# -- conversion -----------------------------------------------------------------------------
-def convert_whisper_decoder(path: Path) -> dict[str, Tensor]:
-    """CTranslate2 Whisper decoder variables -> transformers ``WhisperDecoder`` state dict.
-
-    Tensors keep the file's precision (float16: exact, half the cache size); loading casts them to
-    the model's dtype. The output projection is an alias of the token embeddings in the file and
-    is tied to them in transformers, so it is not stored.
-    """
-    variables, aliases = zoo.read_ctranslate2_model(path, "decoder/")
-    ct = zoo.CT2Weights(variables, "decoder/", path, SpeechError, keep_dtype=True)
-    for key, expected in _CT2_DECODER_SCALARS.items():
-        if key in variables and int(variables[key]) != expected:
-            raise SpeechError(f"zoo:{ZOO_NAME}: {key} = {int(variables[key])}, but transformers' Whisper decoder needs {expected}")
-        ct.used.add(key)
-    projection = "decoder/projection/weight"
-    if projection in variables or aliases.get(projection) != "decoder/embeddings/weight":
-        raise SpeechError(f"zoo:{ZOO_NAME}: the output projection is not tied to the token embeddings in {path}; cannot map it")
-
-    sd: dict[str, Tensor] = {
-        "embed_tokens.weight": ct.get("embeddings/weight"),
-        "embed_positions.weight": ct.get("position_encodings/encodings"),
-    }
-    for i in range(zoo.WHISPER_CONFIG["decoder_layers"]):
-        src, dst = f"layer_{i}/", f"layers.{i}."
-        sd.update(zoo.whisper_layer_state(ct, i))
-        (ck_w, cv_w), (_, cv_b) = ct.split(src + "attention/linear_1", 2, i)
-        sd.update({
-            dst + "encoder_attn.q_proj.weight": ct.get(src + "attention/linear_0/weight"),
-            dst + "encoder_attn.q_proj.bias": ct.get(src + "attention/linear_0/bias"),
-            dst + "encoder_attn.k_proj.weight": ck_w,
-            dst + "encoder_attn.v_proj.weight": cv_w, dst + "encoder_attn.v_proj.bias": cv_b,
-            dst + "encoder_attn.out_proj.weight": ct.get(src + "attention/linear_2/weight"),
-            dst + "encoder_attn.out_proj.bias": ct.get(src + "attention/linear_2/bias"),
-            dst + "encoder_attn_layer_norm.weight": ct.get(src + "attention/layer_norm/gamma"),
-            dst + "encoder_attn_layer_norm.bias": ct.get(src + "attention/layer_norm/beta"),
-        })  # fmt: skip
-    sd["layer_norm.weight"], sd["layer_norm.bias"] = ct.get("layer_norm/gamma"), ct.get("layer_norm/beta")
-    ct.check_all_used()
-    return sd
-
-
-def build_whisper(pretrained: bool = True) -> nn.Module:
-    """transformers ``WhisperForConditionalGeneration`` for Whisper tiny.en (all 1500 encoder
-    positions), with the zoo weights (verified, converted once, cached) when ``pretrained``."""
-    from transformers import WhisperForConditionalGeneration
-
-    model = WhisperForConditionalGeneration(zoo.whisper_encoder_config())
-    if pretrained:
-        encoder = zoo.cached_convert(ZOO_NAME, zoo.convert_whisper_encoder)
-        decoder = zoo.cached_convert(ZOO_NAME, convert_whisper_decoder, variant="decoder")
-        state = {f"model.encoder.{k}": v for k, v in encoder.items()}
-        state.update({f"model.decoder.{k}": v for k, v in decoder.items()})
-        state["proj_out.weight"] = decoder["embed_tokens.weight"]
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise SpeechError(f"zoo:{ZOO_NAME}: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
-    if model.proj_out.weight is not model.model.decoder.embed_tokens.weight:
-        model.proj_out.weight = model.model.decoder.embed_tokens.weight
-    return model.eval()
-
 
 # -- transcription --------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -200,6 +79,7 @@ class Transcription:
     num_tokens: int
     truncated: bool  # stopped at max_new_tokens before <|endoftext|>
     window_seconds: float  # the encoder window it was decoded from
+    tokens: tuple[int, ...] = ()  # the text tokens generated (without prompt and <|endoftext|>)
 
 
 def normalize_whitespace(text: str) -> str:
@@ -269,9 +149,10 @@ class Transcriber:
         self.bf16_encoder = bool(bf16_encoder)
         self.silence_peak = float(silence_peak)
         never, first = suppressed_tokens(model.config.vocab_size)
-        self._never = never.to(self.device)
-        self._first = first.to(self.device)
+        self._never = never
+        self._begin_suppress = (first & ~never).nonzero()[:, 0].tolist()  # also suppressed at the first step
         self.max_positions = int(self.model.config.max_source_positions)
+        self._windows: dict[int, nn.Module] = {}  # encoder views per trimmed window size
         self._lock = threading.Lock()
 
     @classmethod
@@ -351,99 +232,67 @@ class Transcriber:
         return torch.from_numpy(np.ascontiguousarray(feats)).to(self.device, self.model.dtype)
 
     def encode(self, feats: Tensor) -> Tensor:
-        """Whisper encoder on a trimmed window: transformers' modules, with the sinusoidal
-        positions sliced to the window (its forward insists on 30 s)."""
+        """Whisper encoder output (B, positions, 384) of features on a trimmed window."""
+        encoder = self._window_encoder(feats.shape[-1] // 2)
         if self.bf16_encoder:
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return self._encode(feats).to(self.model.dtype)
-        return self._encode(feats)
+                return encoder(input_features=feats).last_hidden_state.to(self.model.dtype)
+        return encoder(input_features=feats).last_hidden_state
 
-    def _encode(self, feats: Tensor) -> Tensor:
-        enc = self.model.model.encoder
-        x = nn.functional.gelu(enc.conv1(feats))
-        x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
-        x = x + enc.embed_positions.weight[: x.shape[1]]
-        for layer in enc.layers:
-            out = layer(x, None)
-            x = out[0] if isinstance(out, tuple) else out
-        return enc.layer_norm(x)
+    def _window_encoder(self, positions: int) -> nn.Module:
+        """transformers' ``WhisperEncoder`` for a window of ``positions``: a shallow copy sharing
+        every weight, whose position table is a view of the first rows (its forward insists on
+        ``max_source_positions``, i.e. 30 s, otherwise)."""
+        encoder = self.model.model.encoder
+        if positions >= encoder.embed_positions.num_embeddings:
+            return encoder
+        if positions not in self._windows:
+            view = copy.copy(encoder)
+            view._modules = dict(encoder._modules)  # own submodule table: the swap below stays local
+            view.config = copy.copy(encoder.config)
+            view.config.max_source_positions = positions
+            view.embed_positions = nn.Embedding.from_pretrained(encoder.embed_positions.weight[:positions], freeze=True)
+            self._windows[positions] = view
+        return self._windows[positions]
 
-    # -- decoding: transformers' decoder weights, a lean loop with its own key/value cache -----
-    def _heads(self, x: Tensor) -> Tensor:  # (B, T, D) -> (B, H, T, Dh)
-        h = self.model.config.decoder_attention_heads
-        return x.view(x.shape[0], x.shape[1], h, -1).transpose(1, 2)
+    # -- decoding: transformers' Whisper generation (greedy) -------------------------------
+    def generation_config(self, max_new_tokens: int) -> Any:
+        """Greedy, English, no timestamps; never / first-step suppressed tokens from the package."""
+        from transformers import GenerationConfig
 
-    def cross_kv(self, encoded: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Per decoder layer, the cross-attention keys and values of the encoder output (computed once)."""
-        return [(self._heads(l.encoder_attn.k_proj(encoded)), self._heads(l.encoder_attn.v_proj(encoded))) for l in self.model.model.decoder.layers]
+        return GenerationConfig(
+            decoder_start_token_id=SOT, eos_token_id=EOT, pad_token_id=EOT, no_timestamps_token_id=NO_TIMESTAMPS,
+            suppress_tokens=self._never.nonzero()[:, 0].tolist(), begin_suppress_tokens=self._begin_suppress,
+            is_multilingual=False, return_timestamps=False, do_sample=False, num_beams=1,
+            max_length=self.model.config.max_target_positions, max_new_tokens=max_new_tokens, return_dict_in_generate=True, output_scores=True,
+        )  # fmt: skip
 
-    def decoder_forward(self, ids: Tensor, cache: list[tuple[Tensor, Tensor]] | None, cross: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """Hidden states (B, T, D) of ``ids`` following the tokens in ``cache``; same maths as
-        ``WhisperDecoder.forward`` (pre-norm layers, causal self-attention, cross-attention)."""
-        F = nn.functional
-        dec = self.model.model.decoder
-        past = 0 if cache is None else cache[0][0].shape[2]
-        x = dec.embed_tokens(ids) + dec.embed_positions.weight[past : past + ids.shape[1]]
-        new_cache = []
-        for i, layer in enumerate(dec.layers):
-            sa = layer.self_attn
-            h = layer.self_attn_layer_norm(x)
-            q, k, v = self._heads(sa.q_proj(h)), self._heads(sa.k_proj(h)), self._heads(sa.v_proj(h))
-            if cache is not None:
-                k, v = torch.cat([cache[i][0], k], 2), torch.cat([cache[i][1], v], 2)
-            new_cache.append((k, v))
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None and ids.shape[1] > 1)
-            x = x + sa.out_proj(a.transpose(1, 2).flatten(2))
-            ca = layer.encoder_attn
-            h = layer.encoder_attn_layer_norm(x)
-            a = F.scaled_dot_product_attention(self._heads(ca.q_proj(h)), *cross[i])
-            x = x + ca.out_proj(a.transpose(1, 2).flatten(2))
-            h = layer.final_layer_norm(x)
-            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
-        return dec.layer_norm(x), new_cache
+    def no_speech_probs(self, encoded: Tensor) -> Tensor:
+        """Probability of ``<|nocaptions|>`` right after ``<|startoftranscript|>``, per clip."""
+        ids = torch.full((encoded.shape[0], 1), SOT, dtype=torch.long, device=self.device)
+        hidden = self.model.model.decoder(input_ids=ids, encoder_hidden_states=encoded).last_hidden_state
+        return torch.softmax(self.model.proj_out(hidden[:, 0]).float(), -1)[:, NO_SPEECH].cpu()
 
     def _greedy(self, encoded: Tensor, max_new_tokens: int) -> list[Transcription]:
-        b = encoded.shape[0]
-        proj = self.model.proj_out.weight
-        cross = self.cross_kv(encoded)
-        hidden, cache = self.decoder_forward(torch.tensor([PROMPT] * b, device=self.device), None, cross)
-        no_speech = torch.softmax((hidden[:, 0] @ proj.T).float(), -1)[:, NO_SPEECH]  # after <|startoftranscript|>
-        hidden = hidden[:, -1]
-        out = torch.full((b, max_new_tokens), EOT, dtype=torch.long)
-        sum_logprob = torch.zeros(b)
-        lengths = torch.zeros(b, dtype=torch.long)
-        finished = torch.zeros(b, dtype=torch.bool)
-        alive = torch.arange(b)  # rows still decoding; finished rows leave the batch
-        for step in range(max_new_tokens):
-            logits = (hidden @ proj.T).float().masked_fill(self._first if step == 0 else self._never, float("-inf"))
-            nxt = logits.argmax(-1)
-            logprob = (logits.gather(1, nxt[:, None])[:, 0] - torch.logsumexp(logits, -1)).cpu()
-            nxt_cpu = nxt.cpu()
-            out[alive, step] = nxt_cpu
-            sum_logprob[alive] += logprob
-            ended = nxt_cpu == EOT
-            lengths[alive] += (~ended).long()
-            finished[alive[ended]] = True
-            if bool(ended.all()) or step == max_new_tokens - 1:
-                break
-            if bool(ended.any()):
-                keep = (~ended).nonzero()[:, 0]
-                keep_dev = keep.to(self.device)
-                alive, nxt = alive[keep], nxt[keep_dev]
-                cache = [(k[keep_dev], v[keep_dev]) for k, v in cache]
-                cross = [(k[keep_dev], v[keep_dev]) for k, v in cross]
-            hidden, cache = self.decoder_forward(nxt[:, None], cache, cross)
-            hidden = hidden[:, -1]
+        from transformers.modeling_outputs import BaseModelOutput
+
+        out = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoded), generation_config=self.generation_config(max_new_tokens))
+        tokens = out.sequences[:, -len(out.scores) :].cpu() if out.scores else out.sequences[:, :0].cpu()
+        logprobs = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).cpu() if out.scores else None
+        no_speech = self.no_speech_probs(encoded)
         window = encoded.shape[1] / zoo.WHISPER_TOKENS_PER_SECOND
         results = []
-        for i in range(b):
-            n = int(lengths[i])
-            avg = float(sum_logprob[i]) / (n + 1)
-            text = normalize_whitespace(self.tokenizer.decode(out[i, :n].tolist(), skip_special_tokens=True))
+        for i in range(encoded.shape[0]):
+            ends = (tokens[i] == EOT).nonzero()
+            n = int(ends[0]) if len(ends) else tokens.shape[1]  # text tokens before <|endoftext|>
+            steps = min(n + 1, tokens.shape[1])  # <|endoftext|> counts, as in OpenAI's avg_logprob
+            total = float(logprobs[i, torch.arange(steps), tokens[i, :steps]].sum()) if logprobs is not None else 0.0
+            avg = total / (n + 1)
+            text = normalize_whitespace(self.tokenizer.decode(tokens[i, :n].tolist(), skip_special_tokens=True))
             p = float(no_speech[i])
             if self.no_speech_threshold is not None and p > self.no_speech_threshold and avg < self.logprob_threshold:
                 text = ""
-            results.append(Transcription(text, p, avg, n, not bool(finished[i]), window))
+            results.append(Transcription(text, p, avg, n, not len(ends), window, tuple(tokens[i, :n].tolist())))
         return results
 
     def _transcribe_batch(self, waves: list[np.ndarray], max_new_tokens: int) -> list[Transcription]:
