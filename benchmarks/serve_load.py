@@ -53,14 +53,14 @@ def train_customer_service(folder: Path, per_intent: int) -> Path:
     import yaml
 
     from mmagent.config import config_from_dict
-    from mmagent.demo import datasets as ds
+    from mmagent.demo.requests import customer_requests, playbook
     from mmagent.training.trainer import train
 
-    frame = ds.customer_service_utterances(per_intent, seed=0)
+    frame = customer_requests(max(1, per_intent // 8), seed=0)[["text", "intent"]]
     n_val = max(len(frame) // 5, 8)
     frame[n_val:].to_csv(folder / "train.csv", index=False)
     frame[:n_val].to_csv(folder / "validation.csv", index=False)
-    (folder / "playbook.yaml").write_text(yaml.safe_dump(ds.PLAYBOOK, sort_keys=False))
+    (folder / "playbook.yaml").write_text(yaml.safe_dump(playbook(), sort_keys=False))
     config = {
         "recipe": "customer_service",
         "data": {"train": str(folder / "train.csv"), "validation": str(folder / "validation.csv")},
@@ -78,13 +78,13 @@ def payloads(run_dir: Path, n: int = 64) -> list[dict[str, Any]]:
     """One utterance per request (unseen in training: another seed), in the run's text column."""
     import json
 
-    from mmagent.demo import datasets as ds
+    from mmagent.demo.requests import customer_requests
 
     spec = json.loads(((run_dir / "model" if (run_dir / "model").is_dir() else run_dir) / "model.json").read_text())
     text = [c for inp in spec["inputs"] if inp["modality"] == "text" for c in (inp["column"] if isinstance(inp["column"], list) else [inp["column"]])]
     if not text:
         raise SystemExit(f"{run_dir}: this benchmark sends customer utterances and needs a model with a text input")
-    utterances = ds.customer_service_utterances(max(2, n // 8), seed=1)["text"].tolist()[:n]
+    utterances = customer_requests(max(1, n // 60), seed=1)["text"].tolist()[:n]
     return [{"record": {text[0]: u}} for u in utterances]
 
 
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
     }
-    path = write_result(NAME, rows, args.smoke, extra)
+    path = write_result(NAME, rows, args.smoke, extra, model="customer-service agent: zoo minilm-l6 (frozen) + gated head")
     print("micro-batched / one at a time throughput: " + ", ".join(f"{c} clients {r:.2f}x" for c, r in ratios.items()) + f" -> {path}")
     errors = sum(m["errors"] for per in modes.values() for m in per.values())
     answered = sum(m["answered"] for per in modes.values() for m in per.values())
