@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo bench-smoke examples-smoke clean
+.PHONY: setup test test-fast lint format demo bench-smoke examples-smoke clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +24,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check mmagent tests benchmarks examples
+	$(BIN)/ruff format --check mmagent tests benchmarks examples
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix mmagent tests benchmarks examples
+	$(BIN)/ruff format mmagent tests benchmarks examples
 
 demo: $(STAMP)
 	$(BIN)/mmagent demo customer-service

