@@ -1,6 +1,6 @@
 """mmagent: turn pretrained encoders into task-specific multimodal agents.
 
-``from mmagent import Agent, MultimodalModel, build_encoder, build_fusion, load_config`` — imported
+``from mmagent import fit, Agent, MultimodalModel, build_encoder, build_fusion, load_config`` — imported
 lazily so that ``mmagent --help`` stays fast.
 """
 
@@ -17,6 +17,7 @@ _EXPORTS = {
     "build_fusion": "mmagent.fusion",
     "load_config": "mmagent.config",
     "train": "mmagent.training.trainer",
+    "fit": "mmagent.search.fit",
 }
 
 
