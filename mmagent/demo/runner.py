@@ -70,7 +70,7 @@ def plan_customer_service(folder: Path, quick: bool) -> DemoPlan:
         speak(sentence, path, rate=140, voice="en-us")
         examples.append((f'spoken: "{sentence}"', {"audio": str(path)}))
     agent = {"type": "customer_service", "playbook": str(folder / "playbook.json"), "escalation": {"target_precision": 0.9}}
-    return DemoPlan(_write_splits(frame, folder), "intent", "customer_service", "75s" if quick else "4m", "fast" if quick else "balanced", examples, agent=agent)
+    return DemoPlan(_write_splits(frame, folder), "intent", "customer_service", "2m" if quick else "4m", "fast" if quick else "balanced", examples, agent=agent)
 
 
 def plan_medical(folder: Path, quick: bool) -> DemoPlan:
@@ -79,7 +79,7 @@ def plan_medical(folder: Path, quick: bool) -> DemoPlan:
     examples = [(f"case ({row.finding})", {"image": str(folder / row.image), "note": row.note}) for row in test.itertuples()]
     examples.append(("image only, no notes", {"image": str(folder / test.iloc[0]["image"])}))
     small_images = {"image": {"source": "zoo", "name": "efficientnet-lite0", "image_size": 128}}
-    return DemoPlan(_write_splits(frame, folder), "finding", "medical_imaging", "60s" if quick else "3m", "fast", examples, small_images)
+    return DemoPlan(_write_splits(frame, folder), "finding", "medical_imaging", "90s" if quick else "3m", "fast", examples, small_images)
 
 
 def plan_finance(folder: Path, quick: bool) -> DemoPlan:
@@ -89,7 +89,7 @@ def plan_finance(folder: Path, quick: bool) -> DemoPlan:
         ("headline only", {"headline": "Hooli raises full-year guidance"}),
         ("prices only", {"return_1d": 1.6, "return_5d": 3.5, "volume_change": 0.4}),
     ]
-    return DemoPlan(_write_splits(frame, folder), "sentiment", "finance", "60s" if quick else "3m", "fast", examples)
+    return DemoPlan(_write_splits(frame, folder), "sentiment", "finance", "90s" if quick else "3m", "fast", examples)
 
 
 DEMOS: dict[str, Callable[[Path, bool], DemoPlan]] = {"customer-service": plan_customer_service, "medical": plan_medical, "finance": plan_finance}

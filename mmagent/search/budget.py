@@ -110,7 +110,12 @@ def search_within_budget(base_config: dict[str, Any], space: dict[str, Any], out
         for params in first_params or []:
             study.enqueue_trial({k: choice_label(v) if isinstance(params_space.get(k), CategoricalParam) else v for k, v in params.items()})
         try:
-            study.optimize(objective, n_trials=n_trials, timeout=max(0.0, deadline - monotonic()), catch=(Exception,), callbacks=[watch], gc_after_trial=True)
+            # The first candidate always starts (the deadline cuts it short if need be): a search
+            # whose setup ate the time would otherwise end with nothing at all.
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[watch], gc_after_trial=True)
+            left = deadline - monotonic()
+            if (n_trials is None or n_trials > 1) and left > 0:
+                study.optimize(objective, n_trials=None if n_trials is None else n_trials - 1, timeout=left, catch=(Exception,), callbacks=[watch], gc_after_trial=True)
         except KeyboardInterrupt:
             interrupted = True
     finally:

@@ -153,8 +153,9 @@ class _Search:
         model = build_model(config, splits.train)
         self.blocks = encoder_blocks(model, raw)
         bs = config.train.batch_size
-        sample = splits.train.subset(list(range(min(len(splits.train), 3 * bs))))
-        self.cost: SampleCost = measure_cost(model, make_loader(model, sample, bs, num_workers=config.loader_workers), raw, self.blocks)
+        probe_bs = min(bs, 16)
+        sample = splits.train.subset(list(range(min(len(splits.train), 2 * probe_bs))))
+        self.cost: SampleCost = measure_cost(model, make_loader(model, sample, probe_bs, num_workers=config.loader_workers), raw, self.blocks)
         del model
         c = self.cost
         clock.say(f"cost per sample: loading {1000 * c.load:.1f} ms, evaluation {1000 * c.forward:.1f} ms, a training step " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in c.train.items()) + f"; {self.n_train} training rows, {self.n_val} validation rows")

@@ -134,9 +134,10 @@ def encoder_blocks(model: Any, raw: dict[str, Any]) -> dict[int, int]:
     return {i: max(1, len(model.encoders[keys[i]].layer_groups()) - 1) for i in tunable_inputs(raw)}
 
 
-def measure_cost(model: Any, loader: Any, raw: dict[str, Any], blocks: dict[int, int], device: Any = "cpu", batches: int = 2) -> SampleCost:
-    """Time loading, evaluation and a training step of each strategy on a few real batches (the
-    first batch only warms up: tokenizer start, allocations)."""
+def measure_cost(model: Any, loader: Any, raw: dict[str, Any], blocks: dict[int, int], device: Any = "cpu", batches: int = 1) -> SampleCost:
+    """Time loading, evaluation and a training step of each strategy on ``batches`` real batches
+    after a first one that only warms up (tokenizer start, allocations). Small batches keep the
+    measurement to seconds; per-sample costs hardly depend on the batch size on a CPU."""
     import torch
 
     from mmagent.inference import to_device
