@@ -170,16 +170,19 @@ class _Search:
 
     def _ladder(self, seconds: float) -> list[dict[str, Any]]:
         """The rungs that can finish at least one epoch, cheapest first, each with as many epochs
-        as the time allows; the others go on the leaderboard as skipped, with the reason."""
+        as its share of the time allows (the probe at most a quarter: fine-tuning usually wins);
+        the others go on the leaderboard as skipped, with the reason."""
         rungs = []
+        total = seconds
         for strategy in self.strategies:
             wanted = self.plan.probe_epochs if strategy == "probe" else self.plan.finetune_epochs
-            epochs = self.cost.affordable_epochs(strategy, wanted, seconds, self.n_train, self.n_val)
+            share = min(seconds, 0.25 * total) if strategy == "probe" and len(self.strategies) > 1 else seconds
+            epochs = self.cost.affordable_epochs(strategy, wanted, share, self.n_train, self.n_val)
             if epochs == 0 and not rungs:
                 epochs = 1  # the cheapest rung always runs: the deadline cuts it mid-epoch if need be
             elif epochs == 0:
                 need = self.cost.setup_seconds(strategy, self.n_train, self.n_val) + self.cost.epoch_seconds(strategy, self.n_train, self.n_val)
-                self.leaderboard.skipped(strategy, f"one epoch needs ~{need:.0f} s, {max(0.0, seconds):.0f} s left")
+                self.leaderboard.skipped(strategy, f"one epoch needs ~{need:.0f} s, ~{max(0.0, seconds):.0f} s of the budget left for it")
                 continue
             rungs.append(rung_params(self.raw, strategy, self.blocks, epochs))
             seconds -= self.cost.setup_seconds(strategy, self.n_train, self.n_val) + epochs * self.cost.epoch_seconds(strategy, self.n_train, self.n_val)
