@@ -197,8 +197,8 @@ def test_gradient_accumulation_bf16_and_separate_learning_rates(tmp_path: Path) 
 def test_worker_processes_decode_media_and_unseen_labels_are_reported(mm_tables: dict[str, Path], tmp_path: Path) -> None:
     from mmagent.config import config_from_dict
     from mmagent.data import read_table
-    from mmagent.model import MultimodalModel
     from mmagent.inference import make_loader
+    from mmagent.model import MultimodalModel
     from mmagent.training.evaluate import evaluate
     from mmagent.training.trainer import train
 
@@ -215,4 +215,5 @@ def test_worker_processes_decode_media_and_unseen_labels_are_reported(mm_tables:
 
     table = Table(frame, "test.csv", mm_tables["folder"])
     metrics, _ = evaluate(model, make_loader(model, table, 4, num_workers=2))
-    assert metrics["label"]["unseen_labels"] == 1 and metrics["label"]["n"] == 9
+    # the unseen label is reported and, since the model cannot predict it, counted as a wrong answer
+    assert metrics["label"]["unseen_labels"] == 1 and metrics["label"]["n"] == 10
