@@ -153,12 +153,12 @@ class _Search:
         model = build_model(config, splits.train)
         self.blocks = encoder_blocks(model, raw)
         bs = config.train.batch_size
-        probe_bs = min(bs, 16)
-        sample = splits.train.subset(list(range(min(len(splits.train), 2 * probe_bs))))
-        self.cost: SampleCost = measure_cost(model, make_loader(model, sample, probe_bs, num_workers=config.loader_workers), raw, self.blocks)
+        sample = splits.train.subset(list(range(min(len(splits.train), 2 * min(bs, 16)))))
+        self.cost: SampleCost = measure_cost(model, make_loader(model, sample, bs), raw, self.blocks)
         del model
         c = self.cost
-        clock.say(f"cost per sample: loading {1000 * c.load:.1f} ms, evaluation {1000 * c.forward:.1f} ms, a training step " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in c.train.items()) + f"; {self.n_train} training rows, {self.n_val} validation rows")
+        per_input = ", ".join(f"{k} {1000 * c.load[k]:.1f} + {1000 * c.encode[k]:.1f} ms" for k in c.load)
+        clock.say(f"cost per sample: loading + encoding {per_input}; a training step " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in c.train.items()) + f"; {self.n_train} training rows, {self.n_val} validation rows")
         # With no pretrained encoder to fine-tune, every rung would be the same model.
         self.strategies = list(plan.strategies) if tunable_inputs(raw) else ["full"]
         self.leaderboard = Leaderboard(metric="", larger_better=raw["targets"][0]["type"] != "regression")
@@ -166,26 +166,29 @@ class _Search:
         n_test = len(splits.test) if splits.test is not None else 0
         # (plus a fixed allowance for the report's plots and files).
         # Capped, so a slow measurement (a busy machine) cannot leave no time to train.
-        self.reserve = min(0.3 * clock.budget, 15.0 + 1.5 * (c.load + c.forward) * (self.n_val + n_test * (len(raw["inputs"]) + 2)))
+        per_sample = sum(c.load.values()) + c.forward
+        self.reserve = min(0.3 * clock.budget, 15.0 + 1.5 * per_sample * (self.n_val + n_test * (len(raw["inputs"]) + 2)))
 
     def _ladder(self, seconds: float) -> list[dict[str, Any]]:
         """The rungs that can finish at least one epoch, cheapest first, each with as many epochs
         as its share of the time allows (the probe at most a quarter: fine-tuning usually wins);
         the others go on the leaderboard as skipped, with the reason."""
-        rungs = []
-        total = seconds
+        rungs: list[dict[str, Any]] = []
+        total, cached = seconds, set()
+        n = (self.n_train, self.n_val)
         for strategy in self.strategies:
             wanted = self.plan.probe_epochs if strategy == "probe" else self.plan.finetune_epochs
             share = min(seconds, 0.25 * total) if strategy == "probe" and len(self.strategies) > 1 else seconds
-            epochs = self.cost.affordable_epochs(strategy, wanted, share, self.n_train, self.n_val)
+            epochs = self.cost.affordable_epochs(strategy, wanted, share, *n, done=cached)
             if epochs == 0 and not rungs:
                 epochs = 1  # the cheapest rung always runs: the deadline cuts it mid-epoch if need be
             elif epochs == 0:
-                need = self.cost.setup_seconds(strategy, self.n_train, self.n_val) + self.cost.epoch_seconds(strategy, self.n_train, self.n_val)
+                need = self.cost.setup_seconds(strategy, *n, done=cached) + self.cost.epoch_seconds(strategy, *n)
                 self.leaderboard.skipped(strategy, f"one epoch needs ~{need:.0f} s, ~{max(0.0, seconds):.0f} s of the budget left for it")
                 continue
             rungs.append(rung_params(self.raw, strategy, self.blocks, epochs))
-            seconds -= self.cost.setup_seconds(strategy, self.n_train, self.n_val) + epochs * self.cost.epoch_seconds(strategy, self.n_train, self.n_val)
+            seconds -= self.cost.setup_seconds(strategy, *n, done=cached) + epochs * self.cost.epoch_seconds(strategy, *n)
+            cached |= self.cost.cached(strategy)
         return rungs
 
     def run(self) -> bool:

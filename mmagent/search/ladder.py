@@ -50,28 +50,39 @@ PRESETS: dict[str, Preset] = {
 
 
 class SampleCost(BaseModel):
-    """Seconds per sample, measured on the real model and data: loading (decoding + collation),
-    evaluation (forward only), one training step per strategy (forward + backward with that
-    strategy's layers frozen), and the forward of the encoders the probe caches."""
+    """Seconds per sample, measured on the real model and data. Per input: ``load`` (decoding +
+    preprocessing) and ``encode`` (the encoder's forward). Per strategy: ``train`` (a whole training
+    step, forward + backward with that strategy's layers frozen). ``forward``: the model's
+    evaluation forward. An input whose encoder is frozen under a strategy is cached: it is loaded
+    and encoded once for all epochs (and all candidates), not per step."""
 
-    load: float
-    forward: float
+    load: dict[str, float]
+    encode: dict[str, float]
     train: dict[str, float]
-    cached_forward: float
+    forward: float
+    always_frozen: list[str]  # encoders frozen whatever the strategy (e.g. Whisper)
+    tunable: list[str]
+
+    def cached(self, strategy: str) -> set[str]:
+        return set(self.always_frozen) | (set(self.tunable) if strategy == "probe" else set())
 
     def epoch_seconds(self, strategy: str, n_train: int, n_validation: int) -> float:
         """One epoch of ``strategy``: training on n_train rows plus evaluating n_validation."""
-        step = self.train[strategy] - (self.cached_forward if strategy == "probe" else 0.0)
-        return n_train * (self.load + max(step, 0.0)) + n_validation * (self.load + self.forward)
+        cached = self.cached(strategy)
+        load = sum(v for k, v in self.load.items() if k not in cached)
+        step = max(self.train[strategy] - sum(self.encode[k] for k in cached), 0.0)
+        evaluate = max(self.forward - sum(self.encode[k] for k in cached), 0.0)
+        return n_train * (load + step) + n_validation * (load + evaluate)
 
-    def setup_seconds(self, strategy: str, n_train: int, n_validation: int) -> float:
-        """One-off work before the first epoch: the probe's feature cache."""
-        return (self.load + self.cached_forward) * (n_train + n_validation) if strategy == "probe" else 0.0
+    def setup_seconds(self, strategy: str, n_train: int, n_validation: int, done: set[str] = frozenset()) -> float:  # type: ignore[assignment]
+        """One-off work before the first epoch: caching the frozen encoders' outputs (those in
+        ``done`` are cached already: the cache is shared across candidates)."""
+        return sum(self.load[k] + self.encode[k] for k in self.cached(strategy) - set(done)) * (n_train + n_validation)
 
-    def affordable_epochs(self, strategy: str, wanted: int, seconds_left: float, n_train: int, n_validation: int) -> int:
+    def affordable_epochs(self, strategy: str, wanted: int, seconds_left: float, n_train: int, n_validation: int, done: set[str] = frozenset()) -> int:  # type: ignore[assignment]
         """As many of ``wanted`` epochs as fit in ``seconds_left`` (0: not even one)."""
         per_epoch = max(self.epoch_seconds(strategy, n_train, n_validation), 1e-6)
-        left = seconds_left - self.setup_seconds(strategy, n_train, n_validation)
+        left = seconds_left - self.setup_seconds(strategy, n_train, n_validation, done)
         return max(0, min(wanted, math.floor(left / per_epoch)))
 
 
@@ -134,36 +145,40 @@ def encoder_blocks(model: Any, raw: dict[str, Any]) -> dict[int, int]:
     return {i: max(1, len(model.encoders[keys[i]].layer_groups()) - 1) for i in tunable_inputs(raw)}
 
 
-def measure_cost(model: Any, loader: Any, raw: dict[str, Any], blocks: dict[int, int], device: Any = "cpu", batches: int = 1) -> SampleCost:
-    """Time loading, evaluation and a training step of each strategy on ``batches`` real batches
-    after a first one that only warms up (tokenizer start, allocations). Small batches keep the
-    measurement to seconds; per-sample costs hardly depend on the batch size on a CPU."""
+def measure_cost(model: Any, loader: Any, raw: dict[str, Any], blocks: dict[int, int], device: Any = "cpu") -> SampleCost:
+    """Time, on one real batch after a warm-up batch (tokenizer start, allocations): each input's
+    loading and encoding, the evaluation forward, and a training step of each strategy. Small
+    batches keep this to seconds; per-sample costs hardly depend on the batch size on a CPU."""
     import torch
 
     from mmagent.inference import to_device
 
-    start, loaded, load_seconds = time.perf_counter(), [], 0.0
-    for i, batch in enumerate(loader):
-        if i > 0:
-            load_seconds += time.perf_counter() - start
-        loaded.append(to_device(batch, device))
-        if i >= batches:
-            break
-        start = time.perf_counter()
-    if len(loaded) < 2:
-        raise ValueError("too few training rows to measure the cost of a sample (need at least two batches)")
-    timed = loaded[1:]
-    samples = sum(int(b["present"].shape[0]) for b in timed)
+    dataset = loader.dataset
     keys = list(model.encoders)
+    rows = list(range(len(dataset)))
+    warm, timed = rows[: len(rows) // 2], rows[len(rows) // 2 :]
+    if not warm or not timed:
+        raise ValueError("too few training rows to measure the cost of a sample (need at least two)")
+    load: dict[str, float] = {}
+    for inp in dataset.inputs:
+        pre = dataset.preprocessors[inp.key]
+        for part in (warm, timed):
+            start = time.perf_counter()
+            for i in part:
+                value = dataset.raw_value(i, inp)
+                if value is not None:
+                    pre(value)
+        load[inp.key] = (time.perf_counter() - start) / len(timed)
+    batches = [to_device(loader.collate_fn([dataset[i] for i in part]), device) for part in (warm, timed)]
     tunable = [keys[i] for i in tunable_inputs(raw)]
+    always = [keys[i] for i, inp in enumerate(raw["inputs"]) if (inp.get("encoder") or {}).get("freeze") == "all" and keys[i] not in tunable]
     saved = {id(p): p.requires_grad for p in model.parameters()}
 
     def seconds(fn: Any) -> float:
-        fn(loaded[0])  # warm-up
+        fn(batches[0])  # warm-up
         t = time.perf_counter()
-        for b in timed:
-            fn(b)
-        return (time.perf_counter() - t) / samples
+        fn(batches[1])
+        return (time.perf_counter() - t) / len(timed)
 
     def step(b: dict[str, Any]) -> None:
         model.train()
@@ -176,10 +191,11 @@ def measure_cost(model: Any, loader: Any, raw: dict[str, Any], blocks: dict[int,
         with torch.no_grad():
             model(b["inputs"], b["present"])
 
-    def cached(b: dict[str, Any]) -> None:
-        with torch.no_grad():
-            for k in tunable:
-                model.encoders[k](b["inputs"][k])
+    def encoder(key: str) -> Any:
+        def run(b: dict[str, Any]) -> None:
+            with torch.no_grad():
+                model.encoders[key](b["inputs"][key])
+        return run
 
     try:
         train = {}
@@ -194,9 +210,9 @@ def measure_cost(model: Any, loader: Any, raw: dict[str, Any], blocks: dict[int,
         # LoRA's backward still runs through every layer, without the frozen weights' gradients.
         train["lora"] = 0.5 * (train["partial"] + train["full"])
         forward = seconds(evaluate)
-        cached_forward = seconds(cached) if tunable else 0.0
+        encode = {k: seconds(encoder(k)) if k in tunable or k in always else 0.0 for k in keys}
     finally:
         for p in model.parameters():
             p.requires_grad_(saved[id(p)])
         model.eval()
-    return SampleCost(load=load_seconds / samples, forward=forward, train=train, cached_forward=cached_forward)
+    return SampleCost(load=load, encode=encode, train=train, forward=forward, always_frozen=always, tunable=tunable)
