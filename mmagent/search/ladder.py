@@ -96,8 +96,12 @@ def tunable_inputs(raw: dict[str, Any]) -> list[int]:
 
 def strategy_encoder(encoder: dict[str, Any], strategy: Strategy, blocks: int) -> dict[str, Any]:
     """A copy of an encoder spec set up for ``strategy`` (``blocks``: its blocks above the
-    embeddings; ``partial`` freezes the lower half)."""
+    embeddings, negative when the encoder has no attention layers for LoRA; ``partial`` freezes
+    the lower half, and stands in for ``lora`` on such encoders)."""
     encoder = copy.deepcopy(encoder)
+    if strategy == "lora" and blocks < 0:
+        strategy = "partial"
+    blocks = abs(blocks)
     encoder.pop("lora", None)
     encoder["freeze"] = {"probe": "all", "partial": max(1, blocks // 2), "lora": "none", "full": "none"}[strategy]
     if strategy == "lora":
@@ -140,9 +144,20 @@ def rung_params(raw: dict[str, Any], strategy: Strategy, blocks: dict[int, int],
 
 
 def encoder_blocks(model: Any, raw: dict[str, Any]) -> dict[int, int]:
-    """Blocks above the embeddings of each tunable input's encoder, read off the built model."""
+    """Blocks above the embeddings of each tunable input's encoder, read off the built model;
+    negative for an encoder without attention projections (no LoRA there: a CNN)."""
+    from torch import nn
+
+    from mmagent.encoders.lora import DEFAULT_TARGETS
+
     keys = list(model.encoders)
-    return {i: max(1, len(model.encoders[keys[i]].layer_groups()) - 1) for i in tunable_inputs(raw)}
+    out = {}
+    for i in tunable_inputs(raw):
+        encoder = model.encoders[keys[i]]
+        blocks = max(1, len(encoder.layer_groups()) - 1)
+        lora_ok = any(isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in DEFAULT_TARGETS for name, m in encoder.named_modules())
+        out[i] = blocks if lora_ok else -blocks
+    return out
 
 
 def measure_cost(model: Any, loader: Any, raw: dict[str, Any], blocks: dict[int, int], device: Any = "cpu") -> SampleCost:
@@ -202,7 +217,7 @@ def measure_cost(model: Any, loader: Any, raw: dict[str, Any], blocks: dict[int,
         for strategy in ("probe", "partial", "full"):
             for k in tunable:
                 groups = model.encoders[k].layer_groups()
-                frozen = {"probe": len(groups), "partial": 1 + max(1, blocks.get(keys.index(k), 2) // 2), "full": 0}[strategy]
+                frozen = {"probe": len(groups), "partial": 1 + max(1, abs(blocks.get(keys.index(k), 2)) // 2), "full": 0}[strategy]
                 for n, group in enumerate(groups):
                     for p in group.parameters():
                         p.requires_grad_(n >= frozen)
