@@ -21,7 +21,9 @@ def require(data_root: Path) -> None:
     """Banking77 absent: the benchmark fails (exit status 2) with a message naming the folder; a run
     that measured nothing must never look like a pass."""
     if not available(data_root):
-        print(f"[bench] error: Banking77 not found under {Path(data_root) / 'banking77'} (pass --data-root or set MMAGENT_DATA_ROOT)", file=sys.stderr, flush=True)
+        print(
+            f"[bench] error: Banking77 not found under {Path(data_root) / 'banking77'} (pass --data-root or set MMAGENT_DATA_ROOT)", file=sys.stderr, flush=True
+        )
         raise SystemExit(2)
 
 

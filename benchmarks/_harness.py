@@ -32,8 +32,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from benchmarks.common import ROOT, peak_rss_mb
 
@@ -245,7 +246,11 @@ def run_lockstep(commands: list[list[str]], timeout_s: float, env: dict[str, str
             log = open(tmp / f"worker{i}.log", "w+")
             logs.append(log)
             e = {**os.environ, **(env or {}), BATON_ENV: f"{down_r},{up_w}", "PYTHONUNBUFFERED": "1"}
-            procs.append(subprocess.Popen([*cmd, "--result", str(tmp / f"worker{i}.json")], cwd=ROOT, env=e, pass_fds=(down_r, up_w), stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [*cmd, "--result", str(tmp / f"worker{i}.json")], cwd=ROOT, env=e, pass_fds=(down_r, up_w), stdout=log, stderr=subprocess.STDOUT
+                )
+            )
             os.close(down_r)  # now only the worker holds its ends (EOF when it exits)
             os.close(up_w)
             to_worker.append(down_w)
@@ -343,11 +348,18 @@ def driver_threads(requested: int | None) -> dict[str, Any]:
 
 
 # -- the command line of a lockstep benchmark ---------------------------------------------------
-def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None, workers: Sequence[str], timeout: float, defaults: Sequence[tuple[str, Any, Any]]) -> argparse.Namespace:
+def parse(
+    p: argparse.ArgumentParser, argv: Sequence[str] | None, workers: Sequence[str], timeout: float, defaults: Sequence[tuple[str, Any, Any]]
+) -> argparse.Namespace:
     """Add the flags every lockstep benchmark shares (``--threads``, ``--timeout``; hidden: the
     ones a driver passes to its ``workers``) to ``p``, parse ``argv``, and give each option of
     ``defaults`` (``(dest, full, smoke)``) left unset its value for the mode."""
-    p.add_argument("--threads", type=int, default=None, help="torch threads of each worker (default: $MMAGENT_BENCH_THREADS, else 1 when the machine is busier than its cores, else torch's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of each worker (default: $MMAGENT_BENCH_THREADS, else 1 when the machine is busier than its cores, else torch's)",
+    )
     p.add_argument("--timeout", type=float, default=timeout, help="seconds per lockstep run")
     p.add_argument("--worker", choices=list(workers), help=argparse.SUPPRESS)
     p.add_argument("--table-dir", type=Path, help=argparse.SUPPRESS)

@@ -15,9 +15,10 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -51,7 +52,12 @@ def quality_parser(description: str):
     from benchmarks.common import base_parser
 
     p = base_parser(description)
-    p.add_argument("--threads", type=int, default=None, help=f"torch CPU threads (default: ${THREADS_ENV}, else 1 when the machine is busier than its cores, else torch's default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"torch CPU threads (default: ${THREADS_ENV}, else 1 when the machine is busier than its cores, else torch's default)",
+    )
     p.add_argument("--progress", action="store_true", help="progress bars and per-epoch validation lines")
     return p
 
@@ -167,7 +173,14 @@ SPLITS = ("train", "validation", "test")
 SMOKE_TRAIN = {"epochs": 1, "batch_size": 16}  # plus max_steps: each benchmark's own
 
 
-def experiment_config(paths: dict[str, Path], inputs: list[dict[str, Any]], target: str, train: dict[str, Any], fusion: dict[str, Any] | None = None, smoke_steps: int | None = None) -> dict[str, Any]:
+def experiment_config(
+    paths: dict[str, Path],
+    inputs: list[dict[str, Any]],
+    target: str,
+    train: dict[str, Any],
+    fusion: dict[str, Any] | None = None,
+    smoke_steps: int | None = None,
+) -> dict[str, Any]:
     """A raw config over the three tables in ``paths`` (file names: :func:`fit` resolves them
     against their folder) with one classification ``target``, concat fusion unless ``fusion``
     says otherwise. ``smoke_steps``: a smoke run, one epoch of at most that many steps, batch 16."""
@@ -183,13 +196,30 @@ def experiment_config(paths: dict[str, Path], inputs: list[dict[str, Any]], targ
     }
 
 
-def single_input_config(paths: dict[str, Path], column: str, modality: str, encoder: dict[str, Any], target: str, train: dict[str, Any], smoke_steps: int | None = None, freeze: bool = False) -> dict[str, Any]:
+def single_input_config(
+    paths: dict[str, Path],
+    column: str,
+    modality: str,
+    encoder: dict[str, Any],
+    target: str,
+    train: dict[str, Any],
+    smoke_steps: int | None = None,
+    freeze: bool = False,
+) -> dict[str, Any]:
     """:func:`experiment_config` with one input column; ``freeze``: its encoder frozen whole (a probe)."""
     encoder = {**encoder, "freeze": "all"} if freeze else dict(encoder)
     return experiment_config(paths, [{"column": column, "modality": modality, "encoder": encoder}], target, train, smoke_steps=smoke_steps)
 
 
-def fit(raw_config: dict[str, Any], base_dir: Path, run_dir: Path, store: SharedStore | None = None, drop_each: bool = False, progress: bool = False, label: str = "") -> Outcome:
+def fit(
+    raw_config: dict[str, Any],
+    base_dir: Path,
+    run_dir: Path,
+    store: SharedStore | None = None,
+    drop_each: bool = False,
+    progress: bool = False,
+    label: str = "",
+) -> Outcome:
     """Train ``raw_config`` (data paths relative to ``base_dir``) into ``run_dir``; evaluate the best
     model on the test table (and, with ``drop_each``, with each input missing in turn)."""
 
@@ -233,9 +263,20 @@ def fit(raw_config: dict[str, Any], base_dir: Path, run_dir: Path, store: Shared
             missing[name], _ = evaluate(model, loader, device, drop=[name])
     wall = time.perf_counter() - start
     out = Outcome(
-        test=test, predictions=preds, missing=missing, best_validation=float(result.best_score), best_epoch=result.best_epoch,
-        epochs_run=len(history), steps=result.global_step, n_train=len(splits.train), n_validation=len(splits.validation),
-        n_test=len(splits.test), loop_seconds=loop_seconds, train_seconds=train_seconds, wall_s=wall, frozen=frozen,
+        test=test,
+        predictions=preds,
+        missing=missing,
+        best_validation=float(result.best_score),
+        best_epoch=result.best_epoch,
+        epochs_run=len(history),
+        steps=result.global_step,
+        n_train=len(splits.train),
+        n_validation=len(splits.validation),
+        n_test=len(splits.test),
+        loop_seconds=loop_seconds,
+        train_seconds=train_seconds,
+        wall_s=wall,
+        frozen=frozen,
         model=describe_model(raw_config),
     )
     first = next(iter(test))
@@ -269,7 +310,11 @@ def finetune_and_probe(config: Callable[[bool], dict[str, Any]], base: Path, fol
     ``config(True)`` (a frozen probe, ``runs/probe``); yield each as soon as it is evaluated."""
     for freeze in (False, True):
         cfg = config(freeze)
-        yield Variant(freeze, cfg, fit(cfg, base, folder / "runs" / ("probe" if freeze else "finetune"), progress=progress, label="frozen probe" if freeze else "fine-tune"))
+        yield Variant(
+            freeze,
+            cfg,
+            fit(cfg, base, folder / "runs" / ("probe" if freeze else "finetune"), progress=progress, label="frozen probe" if freeze else "fine-tune"),
+        )
 
 
 def row(benchmark: str, variant: str, metric: str, value: float, wall_s: float, reference: Any = None, **extra: Any) -> dict[str, Any]:
@@ -282,7 +327,10 @@ def row(benchmark: str, variant: str, metric: str, value: float, wall_s: float, 
 
 def metric_rows(benchmark: str, variant: str, outcome: Outcome, metrics: Sequence[tuple[str, str, Any]]) -> list[dict[str, Any]]:
     """One row per ``(metric text, Outcome.metric name, reference or None)``, with ``n_test``."""
-    return [row(benchmark, variant, text, outcome.metric(key), outcome.wall_s, reference, n_test=outcome.n_test, model=outcome.model) for text, key, reference in metrics]
+    return [
+        row(benchmark, variant, text, outcome.metric(key), outcome.wall_s, reference, n_test=outcome.n_test, model=outcome.model)
+        for text, key, reference in metrics
+    ]
 
 
 def _round(v: Any) -> Any:

@@ -27,12 +27,26 @@ so that they learn to cope with a missing input).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from benchmarks._quality import SPLITS, SharedStore, elapsed, ensure_examples_importable, experiment_config, fit, main_guard, quality_parser, require_data, row, run_info, work_dir
+from benchmarks._quality import (
+    SPLITS,
+    SharedStore,
+    elapsed,
+    ensure_examples_importable,
+    experiment_config,
+    fit,
+    main_guard,
+    quality_parser,
+    require_data,
+    row,
+    run_info,
+    work_dir,
+)
 from benchmarks.common import write_result
 
 NAME = "av_digits"
@@ -52,13 +66,24 @@ ENCODER_TEXT = {"image": "effnet-lite0 64px", "audio": "whisper-tiny.en 1 s"}
 ENCODERS_TEXT = "effnet-lite0 64px + whisper-tiny.en 1 s, frozen+cached"
 SMOKE_ROWS = {"train": 40, "validation": 20, "test": 20}
 SMOKE_STEPS = 2
-TRAIN = {"epochs": 25, "batch_size": 32, "lr": 1e-3, "head_lr": 1e-3, "seed": 42, "metric": "digit/accuracy", "early_stopping_patience": 5, "cache_frozen_encoders": True}
+TRAIN = {
+    "epochs": 25,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "head_lr": 1e-3,
+    "seed": 42,
+    "metric": "digit/accuracy",
+    "early_stopping_patience": 5,
+    "cache_frozen_encoders": True,
+}
 
 
 def parser():
     p = quality_parser(__doc__.strip().splitlines()[0])
     p.add_argument("--variants", nargs="+", choices=("clean", "degraded"), default=["clean", "degraded"])
-    p.add_argument("--only", choices=("all", "unimodal"), default="all", help="unimodal: only the image-only and audio-only models (for tuning the degradation)")
+    p.add_argument(
+        "--only", choices=("all", "unimodal"), default="all", help="unimodal: only the image-only and audio-only models (for tuning the degradation)"
+    )
     p.add_argument("--image-noise", type=float, default=DEGRADATION["image_noise"], help="std of the Gaussian pixel noise (pixels in 0..1)")
     p.add_argument("--occlusion", type=float, default=DEGRADATION["occlusion"], help="side of the occluding block as a fraction of the image side")
     p.add_argument("--snr-db", type=float, default=DEGRADATION["snr_db"], help="signal-to-noise ratio of the white noise mixed into the audio")
@@ -169,15 +194,45 @@ def run_variant(args: Any, variant: str, folder: Path, degradation: dict[str, fl
     base = Path(paths["train"]).parent
     store = SharedStore()
     subset = "smoke subset" if args.smoke else ("all 2,400 train pairs" if not args.train_limit else f"{args.train_limit}-pair train subset")
-    desc = variant if variant == "clean" else f"degraded (image noise {degradation['image_noise']:g} + {degradation['occlusion']:.0%} occlusion, audio SNR {degradation['snr_db']:g} dB)"
+    desc = (
+        variant
+        if variant == "clean"
+        else f"degraded (image noise {degradation['image_noise']:g} + {degradation['occlusion']:.0%} occlusion, audio SNR {degradation['snr_db']:g} dB)"
+    )
     rows: list[dict[str, Any]] = []
     for name in ("image", "audio"):
-        o = fit(config(paths, [name], "concat", args.smoke), base, folder / variant / "runs" / f"{name}_only", store, progress=args.progress, label=f"{variant} {name} only")
-        rows.append(row(NAME, f"{desc}: {name} only ({ENCODER_TEXT[name]}, frozen+cached), {subset}", "test accuracy", o.metric("accuracy"), o.wall_s, n_test=o.n_test, epochs=o.epochs_run, model=o.model))
+        o = fit(
+            config(paths, [name], "concat", args.smoke),
+            base,
+            folder / variant / "runs" / f"{name}_only",
+            store,
+            progress=args.progress,
+            label=f"{variant} {name} only",
+        )
+        rows.append(
+            row(
+                NAME,
+                f"{desc}: {name} only ({ENCODER_TEXT[name]}, frozen+cached), {subset}",
+                "test accuracy",
+                o.metric("accuracy"),
+                o.wall_s,
+                n_test=o.n_test,
+                epochs=o.epochs_run,
+                model=o.model,
+            )
+        )
     if args.only == "unimodal":
         return rows
     for fusion in FUSIONS:
-        o = fit(config(paths, ["image", "audio"], fusion, args.smoke), base, folder / variant / "runs" / fusion, store, drop_each=True, progress=args.progress, label=f"{variant} {fusion}")
+        o = fit(
+            config(paths, ["image", "audio"], fusion, args.smoke),
+            base,
+            folder / variant / "runs" / fusion,
+            store,
+            drop_each=True,
+            progress=args.progress,
+            label=f"{variant} {fusion}",
+        )
         v = f"{desc}: fused {fusion} ({ENCODERS_TEXT}, modality dropout {MODALITY_DROPOUT}), {subset}"
         rows.append(row(NAME, v, "test accuracy", o.metric("accuracy"), o.wall_s, n_test=o.n_test, epochs=o.epochs_run, model=o.model))
         for dropped in ("image", "audio"):

@@ -19,10 +19,21 @@ On this 2-core shared machine a full fine-tuning pass over all 9,002 training ro
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from benchmarks._quality import elapsed, finetune_and_probe, main_guard, prepare_example, quality_parser, row, single_input_config, metric_rows, write_quality_result
+from benchmarks._quality import (
+    elapsed,
+    finetune_and_probe,
+    main_guard,
+    metric_rows,
+    prepare_example,
+    quality_parser,
+    row,
+    single_input_config,
+    write_quality_result,
+)
 
 NAME = "banking77"
 DEFAULT_TRAIN_LIMIT = 2500
@@ -62,7 +73,19 @@ def run(args: Any) -> int:
         t = cfg["train"]
         v = f"MiniLM-L6 (zoo) fine-tune, {o.epochs_run} ep, bs {t['batch_size']}, lr {t['lr']:g}, len 64, {subset}"
         rows += metric_rows(NAME, v, o, METRICS)
-        rows.append(row(NAME, v, "train samples/s", o.train_samples_per_s, o.wall_s, REF_SPEED, model=o.model, threads=args.thread_info["threads"], loop_seconds=round(o.loop_seconds, 1)))
+        rows.append(
+            row(
+                NAME,
+                v,
+                "train samples/s",
+                o.train_samples_per_s,
+                o.wall_s,
+                REF_SPEED,
+                model=o.model,
+                threads=args.thread_info["threads"],
+                loop_seconds=round(o.loop_seconds, 1),
+            )
+        )
     write_quality_result(NAME, rows, args, start, prep_s)
     return 0
 

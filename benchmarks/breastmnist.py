@@ -17,10 +17,11 @@ takes about 3 minutes on this 2-core machine, so 128 px keeps the run within bud
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from benchmarks._quality import elapsed, finetune_and_probe, main_guard, prepare_example, quality_parser, single_input_config, metric_rows, write_quality_result
+from benchmarks._quality import elapsed, finetune_and_probe, main_guard, metric_rows, prepare_example, quality_parser, single_input_config, write_quality_result
 
 NAME = "breastmnist"
 REF_AUC = "0.901 (ResNet-18 (28), MedMNIST v2)"

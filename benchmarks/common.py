@@ -22,8 +22,9 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -63,7 +64,9 @@ def tree_state(root: Path | None = None) -> TreeState:
     root = Path(root or ROOT)
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return TreeState("unknown", ["(not a git checkout: the code measured cannot be named)"])
     paths = [line[3:].split(" -> ")[-1].strip('"') for line in status.splitlines() if line.strip()]
@@ -113,7 +116,9 @@ def base_parser(description: str) -> BenchParser:
     p = BenchParser(description=description)
     p.add_argument("--data-root", type=Path, default=default_data_root(), help="folder with the shared datasets")
     p.add_argument("--smoke", action="store_true", help="a few steps on a small subset (CI), results not written to RESULTS.md")
-    p.add_argument("--draft", action="store_true", help=f"allow a dirty git tree; the result goes to results/<name>.draft.json, never to RESULTS.md (also: ${DRAFT_ENV}=1)")
+    p.add_argument(
+        "--draft", action="store_true", help=f"allow a dirty git tree; the result goes to results/<name>.draft.json, never to RESULTS.md (also: ${DRAFT_ENV}=1)"
+    )
     p.add_argument("--work-dir", type=Path, default=ROOT / "prepared" / "bench", help="prepared tables and runs (git-ignored)")
     return p
 
@@ -131,7 +136,7 @@ def peak_rss_mb() -> float:
 
 
 class Timer:
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.start = time.perf_counter()
         return self
 

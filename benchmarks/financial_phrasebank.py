@@ -14,10 +14,11 @@ when the machine is loaded, and the variant text says so). The licence of the da
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from benchmarks._quality import elapsed, fit, main_guard, prepare_example, quality_parser, single_input_config, metric_rows, write_quality_result
+from benchmarks._quality import elapsed, fit, main_guard, metric_rows, prepare_example, quality_parser, single_input_config, write_quality_result
 
 NAME = "financial_phrasebank"
 DEFAULT_TRAIN_LIMIT = 0  # the whole training part

@@ -54,7 +54,17 @@ def run_one(name: str, data_root: Path, work_dir: Path, budget: str | None, pres
     run_dir = work_dir / name / f"run-{int(time.time())}"
     budget = budget or ("20s" if smoke else bench.budget)
     start = time.perf_counter()
-    result = fit(tables["train"], bench.label, run_dir, validation=tables["validation"], test=tables["test"], time_budget=budget, preset=preset, recipe=bench.recipe, progress=progress)
+    result = fit(
+        tables["train"],
+        bench.label,
+        run_dir,
+        validation=tables["validation"],
+        test=tables["test"],
+        time_budget=budget,
+        preset=preset,
+        recipe=bench.recipe,
+        progress=progress,
+    )
     wall = time.perf_counter() - start
     test = json.loads((run_dir / "metrics.json").read_text())["test"][bench.label]
     best = result.leaderboard.best()

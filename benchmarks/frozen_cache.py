@@ -84,16 +84,35 @@ def main(argv: list[str] | None = None) -> int:
         {"benchmark": NAME, "variant": f"cache on ({setting})", "metric": "epoch s (median)", "value": round(on_ep, 3), "wall_s": wall},
         {"benchmark": NAME, "variant": f"cache off ({setting})", "metric": "epoch s (median)", "value": round(off_ep, 3), "wall_s": wall},
         {"benchmark": NAME, "variant": "cache off / cache on, epoch time", "metric": "ratio", "value": round(off_ep / on_ep, 1), "wall_s": wall},
-        {"benchmark": NAME, "variant": "cache on: building the cache (train + validation, once)", "metric": "seconds", "value": round(build, 2), "wall_s": wall},
-        {"benchmark": NAME, "variant": f"cache on: build + {args.epochs} epochs", "metric": "seconds", "value": round(build + sum(on_epochs), 2), "wall_s": wall},
+        {
+            "benchmark": NAME,
+            "variant": "cache on: building the cache (train + validation, once)",
+            "metric": "seconds",
+            "value": round(build, 2),
+            "wall_s": wall,
+        },
+        {
+            "benchmark": NAME,
+            "variant": f"cache on: build + {args.epochs} epochs",
+            "metric": "seconds",
+            "value": round(build + sum(on_epochs), 2),
+            "wall_s": wall,
+        },
         {"benchmark": NAME, "variant": f"cache off: {args.epochs} epochs", "metric": "seconds", "value": round(sum(off_epochs), 2), "wall_s": wall},
         {"benchmark": NAME, "variant": "cache on worker process", "metric": "peak RSS MB", "value": on["peak_rss_mb"], "wall_s": wall},
         {"benchmark": NAME, "variant": "cache off worker process", "metric": "peak RSS MB", "value": off["peak_rss_mb"], "wall_s": wall},
     ]
-    extra = {"epoch_s": {"on": on_epochs, "off": off_epochs}, "best_validation_accuracy": {"on": on["best_validation"], "off": off["best_validation"]}, **thread_info, "threads": on["torch_threads"]}
+    extra = {
+        "epoch_s": {"on": on_epochs, "off": off_epochs},
+        "best_validation_accuracy": {"on": on["best_validation"], "off": off["best_validation"]},
+        **thread_info,
+        "threads": on["torch_threads"],
+    }
     write_result(NAME, rows, args.smoke, extra, model="zoo minilm-l6 (max_length 128), frozen; concat, 77-way head")
-    print(f"frozen_cache: epoch {on_ep:.3f} s (on) vs {off_ep:.3f} s (off) -> {off_ep / on_ep:.1f}x; cache build {build:.2f} s; "
-          f"validation accuracy on {on['best_validation']:.4f} / off {off['best_validation']:.4f}")
+    print(
+        f"frozen_cache: epoch {on_ep:.3f} s (on) vs {off_ep:.3f} s (off) -> {off_ep / on_ep:.1f}x; cache build {build:.2f} s; "
+        f"validation accuracy on {on['best_validation']:.4f} / off {off['best_validation']:.4f}"
+    )
     return 0
 
 

@@ -20,10 +20,11 @@ the budget next to the other variants.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from benchmarks._quality import SharedStore, elapsed, fit, main_guard, prepare_example, quality_parser, single_input_config, metric_rows, write_quality_result
+from benchmarks._quality import SharedStore, elapsed, fit, main_guard, metric_rows, prepare_example, quality_parser, single_input_config, write_quality_result
 
 NAME = "fsdd"
 REFERENCE = "0.9233 (Ludwig default audio encoder)"

@@ -40,14 +40,39 @@ PEAK_TFLOPS = 989.0  # H100 / H200 SXM dense bf16
 FULL = {
     "text": {"name": "bert", "config": {}},
     "image": {"name": "vit", "config": {}},
-    "audio": {"name": "whisper", "config": {"d_model": 512, "encoder_layers": 6, "encoder_attention_heads": 8, "encoder_ffn_dim": 2048,
-                                             "decoder_layers": 1, "decoder_attention_heads": 8, "decoder_ffn_dim": 2048, "num_mel_bins": 80}},
+    "audio": {
+        "name": "whisper",
+        "config": {
+            "d_model": 512,
+            "encoder_layers": 6,
+            "encoder_attention_heads": 8,
+            "encoder_ffn_dim": 2048,
+            "decoder_layers": 1,
+            "decoder_attention_heads": 8,
+            "decoder_ffn_dim": 2048,
+            "num_mel_bins": 80,
+        },
+    },
 }
 TINY = {
     "text": {"name": "bert", "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 300}},
-    "image": {"name": "vit", "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 32, "patch_size": 8}},
-    "audio": {"name": "whisper", "config": {"d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
-                                             "decoder_layers": 1, "decoder_attention_heads": 2, "decoder_ffn_dim": 64, "num_mel_bins": 80}},
+    "image": {
+        "name": "vit",
+        "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 32, "patch_size": 8},
+    },
+    "audio": {
+        "name": "whisper",
+        "config": {
+            "d_model": 32,
+            "encoder_layers": 2,
+            "encoder_attention_heads": 2,
+            "encoder_ffn_dim": 64,
+            "decoder_layers": 1,
+            "decoder_attention_heads": 2,
+            "decoder_ffn_dim": 64,
+            "num_mel_bins": 80,
+        },
+    },
 }
 N_CLASSES = 10
 
@@ -63,7 +88,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs only; default: torch's)")
     a = p.parse_args(argv)
-    for name, full, smoke in (("batch_sizes", [32, 64, 128, 256], [2]), ("steps", 10, 2), ("warmup", 3, 1), ("text_length", 128, 16), ("audio_seconds", 10.0, 1.0)):
+    for name, full, smoke in (
+        ("batch_sizes", [32, 64, 128, 256], [2]),
+        ("steps", 10, 2),
+        ("warmup", 3, 1),
+        ("text_length", 128, 16),
+        ("audio_seconds", 10.0, 1.0),
+    ):
         if getattr(a, name) is None:
             setattr(a, name, smoke if a.smoke else full)
     return a
@@ -102,9 +133,15 @@ def make_batch(model: Any, batch: int, args: argparse.Namespace, device: Any) ->
     g = torch.Generator(device="cpu").manual_seed(0)
     mel = audio.feature_extractor.feature_size
     inputs = {
-        "text": {"input_ids": torch.randint(3, text.vocab_size, (batch, args.text_length), generator=g), "attention_mask": torch.ones(batch, args.text_length, dtype=torch.long)},
+        "text": {
+            "input_ids": torch.randint(3, text.vocab_size, (batch, args.text_length), generator=g),
+            "attention_mask": torch.ones(batch, args.text_length, dtype=torch.long),
+        },
         "image": {"pixel_values": torch.randn(batch, 3, vit.image_size, vit.image_size, generator=g)},
-        "audio": {"input_features": torch.randn(batch, mel, 2 * audio.num_positions, generator=g), "num_frames": torch.full((batch,), audio.num_positions, dtype=torch.long)},
+        "audio": {
+            "input_features": torch.randn(batch, mel, 2 * audio.num_positions, generator=g),
+            "num_frames": torch.full((batch,), audio.num_positions, dtype=torch.long),
+        },
     }
     inputs = {k: {n: t.to(device) for n, t in v.items()} for k, v in inputs.items()}
     return {
@@ -177,8 +214,12 @@ def main(argv: list[str] | None = None) -> int:
                 step_s = times[len(times) // 2]
                 analytic = 6 * sum(params[k] * tokens[k] for k in params) * bs
                 row.update(
-                    step_ms=round(step_s * 1e3, 2), samples_per_s=round(bs / step_s, 1), flops_per_step=flops, analytic_flops_per_step=analytic,
-                    tflops=round(flops / step_s / 1e12, 2), mfu_pct=round(100 * flops / step_s / 1e12 / args.peak_tflops, 2),
+                    step_ms=round(step_s * 1e3, 2),
+                    samples_per_s=round(bs / step_s, 1),
+                    flops_per_step=flops,
+                    analytic_flops_per_step=analytic,
+                    tflops=round(flops / step_s / 1e12, 2),
+                    mfu_pct=round(100 * flops / step_s / 1e12 / args.peak_tflops, 2),
                     gpu_peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if cuda else None,
                 )
                 del batch
@@ -200,11 +241,25 @@ def main(argv: list[str] | None = None) -> int:
         rows += [
             {"benchmark": NAME, "variant": variant, "metric": "train samples/s", "value": r["samples_per_s"], "wall_s": wall},
             {"benchmark": NAME, "variant": variant, "metric": "TFLOP/s (FlopCounterMode)", "value": r["tflops"], "wall_s": wall},
-            {"benchmark": NAME, "variant": variant, "metric": "MFU %", "value": r["mfu_pct"], "reference": f"peak {args.peak_tflops:g} TFLOP/s bf16 dense", "wall_s": wall},
+            {
+                "benchmark": NAME,
+                "variant": variant,
+                "metric": "MFU %",
+                "value": r["mfu_pct"],
+                "reference": f"peak {args.peak_tflops:g} TFLOP/s bf16 dense",
+                "wall_s": wall,
+            },
         ]
     rows.append({"benchmark": NAME, "variant": f"{size}, driver process", "metric": "peak RSS MB", "value": round(peak_rss_mb(), 1), "wall_s": wall})
-    extra = {"table": table, "device": dev, "parameters": n_params, "nonembedding_parameters": params, "tokens_per_sample": tokens, "peak_tflops": args.peak_tflops,
-             "flops_method": "torch.utils.flop_counter.FlopCounterMode over one forward+backward (optimizer not counted); analytic 6*N*T alongside"}
+    extra = {
+        "table": table,
+        "device": dev,
+        "parameters": n_params,
+        "nonembedding_parameters": params,
+        "tokens_per_sample": tokens,
+        "peak_tflops": args.peak_tflops,
+        "flops_method": "torch.utils.flop_counter.FlopCounterMode over one forward+backward (optimizer not counted); analytic 6*N*T alongside",
+    }
     write_result(NAME, rows, args.smoke, extra, model=f"{size} (random init, from configs), concat fusion, {N_CLASSES}-way head")
     print(f"\n{size}; {n_params / 1e6:.1f} M parameters; tokens/sample {tokens}; device {dev}")
     print(f"{'batch':>6} {'ms/step':>9} {'samples/s':>10} {'TFLOP/step':>11} {'6NT est.':>9} {'TFLOP/s':>8} {'MFU %':>6} {'GPU GB':>7}")
@@ -217,8 +272,10 @@ def _line(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"{r['batch']:>6} {r['error']}"
     mem = "-" if r.get("gpu_peak_mem_gb") is None else f"{r['gpu_peak_mem_gb']:.1f}"
-    return (f"{r['batch']:>6} {r['step_ms']:>9.1f} {r['samples_per_s']:>10.1f} {r['flops_per_step'] / 1e12:>11.4g} {r['analytic_flops_per_step'] / 1e12:>9.4g} "
-            f"{r['tflops']:>8.2f} {r['mfu_pct']:>6.2f} {mem:>7}")
+    return (
+        f"{r['batch']:>6} {r['step_ms']:>9.1f} {r['samples_per_s']:>10.1f} {r['flops_per_step'] / 1e12:>11.4g} {r['analytic_flops_per_step'] / 1e12:>9.4g} "
+        f"{r['tflops']:>8.2f} {r['mfu_pct']:>6.2f} {mem:>7}"
+    )
 
 
 if __name__ == "__main__":

@@ -64,7 +64,16 @@ def make_tables(args: argparse.Namespace, out_dir: Path) -> str:
     for _ in range(n_train + args.batch_size):
         picks = [rng.randrange(len(texts)) for _ in range(max(4, args.max_length // 8))]
         text = " ".join(texts[i] for i in picks)  # long enough to fill max_length tokens
-        rows.append({"text": text, "n_words": len(text.split()), "n_chars": len(text), "n_digits": sum(c.isdigit() for c in text), "n_upper": sum(c.isupper() for c in text), "intent": labels[picks[0]]})
+        rows.append(
+            {
+                "text": text,
+                "n_words": len(text.split()),
+                "n_chars": len(text),
+                "n_digits": sum(c.isdigit() for c in text),
+                "n_upper": sum(c.isupper() for c in text),
+                "intent": labels[picks[0]],
+            }
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows[:n_train]).to_csv(out_dir / "train.csv", index=False)
     pd.DataFrame(rows[n_train:]).to_csv(out_dir / "validation.csv", index=False)
@@ -101,7 +110,9 @@ def worker_bare(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from mmagent.data.dataset import Collator, MultimodalDataset
-    from mmagent.training.trainer import EpochShuffleSampler, build_model, load_splits, param_groups
+    from mmagent.training.sampling import EpochShuffleSampler
+    from mmagent.training.splits import load_splits
+    from mmagent.training.trainer import build_model, param_groups
 
     config = experiment(args, args.table_dir)
     torch.manual_seed(config.train.seed)
@@ -161,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             threads = results["mmagent"]["torch_threads"]
             for v in rss:
                 rss[v] = max(rss[v], results[v]["peak_rss_mb"])
-            print(f"repeat {rep + 1}/{args.repeats} ({order[0]} first): mmagent {H.median(mm) * 1e3:.1f} ms/step, bare {H.median(bare) * 1e3:.1f} ms/step, ratio {repeat_ratios[-1]:.3f}", flush=True)
+            print(
+                f"repeat {rep + 1}/{args.repeats} ({order[0]} first): mmagent {H.median(mm) * 1e3:.1f} ms/step, bare {H.median(bare) * 1e3:.1f} ms/step, ratio {repeat_ratios[-1]:.3f}",
+                flush=True,
+            )
     wall = round(total.seconds, 1)
 
     mm_ms, bare_ms = H.median(per["mmagent"]) * 1e3, H.median(per["bare"]) * 1e3
@@ -170,16 +184,44 @@ def main(argv: list[str] | None = None) -> int:
     n = len(per["mmagent"])
     rows = [
         {"benchmark": NAME, "variant": f"mmagent train step ({setting})", "metric": "ms/step (median)", "value": round(mm_ms, 1), "wall_s": wall},
-        {"benchmark": NAME, "variant": f"bare PyTorch step, pre-collated ({setting})", "metric": "ms/step (median)", "value": round(bare_ms, 1), "wall_s": wall},
-        {"benchmark": NAME, "variant": f"mmagent / bare, median of per-step ratios ({n} lockstep pairs, {args.repeats} runs)", "metric": "ratio", "value": round(H.median(pair_ratios), 3), "reference": f"<= {TARGET_RATIO:.2f}", "wall_s": wall},
-        {"benchmark": NAME, "variant": "mmagent / bare, median over runs of each run's median ratio", "metric": "ratio", "value": round(H.median(repeat_ratios), 3), "reference": f"<= {TARGET_RATIO:.2f}", "wall_s": wall},
-        {"benchmark": NAME, "variant": "mmagent: data part of the step (Dataset + Collator + loader)", "metric": "ms/step (median)", "value": round(H.median(fetch) * 1e3, 2), "wall_s": wall},
+        {
+            "benchmark": NAME,
+            "variant": f"bare PyTorch step, pre-collated ({setting})",
+            "metric": "ms/step (median)",
+            "value": round(bare_ms, 1),
+            "wall_s": wall,
+        },
+        {
+            "benchmark": NAME,
+            "variant": f"mmagent / bare, median of per-step ratios ({n} lockstep pairs, {args.repeats} runs)",
+            "metric": "ratio",
+            "value": round(H.median(pair_ratios), 3),
+            "reference": f"<= {TARGET_RATIO:.2f}",
+            "wall_s": wall,
+        },
+        {
+            "benchmark": NAME,
+            "variant": "mmagent / bare, median over runs of each run's median ratio",
+            "metric": "ratio",
+            "value": round(H.median(repeat_ratios), 3),
+            "reference": f"<= {TARGET_RATIO:.2f}",
+            "wall_s": wall,
+        },
+        {
+            "benchmark": NAME,
+            "variant": "mmagent: data part of the step (Dataset + Collator + loader)",
+            "metric": "ms/step (median)",
+            "value": round(H.median(fetch) * 1e3, 2),
+            "wall_s": wall,
+        },
         {"benchmark": NAME, "variant": "mmagent worker process", "metric": "peak RSS MB", "value": rss["mmagent"], "wall_s": wall},
         {"benchmark": NAME, "variant": "bare worker process", "metric": "peak RSS MB", "value": rss["bare"], "wall_s": wall},
     ]
     extra = {"text_source": source, "steps_s": per, "pair_ratios": pair_ratios, "repeat_ratios": repeat_ratios, **thread_info, "threads": threads}
     write_result(NAME, rows, args.smoke, extra, model="zoo minilm-l6 (len 64) + builtin numeric MLP, concat, 77-way head")
-    print(f"overhead: mmagent {mm_ms:.1f} ms/step vs bare {bare_ms:.1f} ms/step; median per-step ratio {ratio:.3f}x (target <= {TARGET_RATIO:.2f}x); per-run ratios {[round(r, 3) for r in repeat_ratios]}")
+    print(
+        f"overhead: mmagent {mm_ms:.1f} ms/step vs bare {bare_ms:.1f} ms/step; median per-step ratio {ratio:.3f}x (target <= {TARGET_RATIO:.2f}x); per-run ratios {[round(r, 3) for r in repeat_ratios]}"
+    )
     return 0
 
 

@@ -33,7 +33,6 @@ GENERATED_DATA: set[str] = {"tune_cache", "serve_load"}
 BENCHMARKS: list[str] = QUALITY + SPEED
 
 
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.strip().splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="each benchmark's smoke mode (tiny subset, a few steps; results in *.smoke.json)")
@@ -56,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     timeout = args.timeout or (300.0 if args.smoke else None)
     names = [n for n in (args.only or BENCHMARKS) if n not in args.skip]
-    env = {**os.environ, "MMAGENT_DATA_ROOT": str(data_root), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **({DRAFT_ENV: "1"} if args.draft else {})}
+    env = {
+        **os.environ,
+        "MMAGENT_DATA_ROOT": str(data_root),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **({DRAFT_ENV: "1"} if args.draft else {}),
+    }
 
     summary: list[tuple[str, str, float]] = []
     for name in names:

@@ -103,7 +103,21 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "MMAGENT_API_KEYS": self.key, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "mmagent", "serve", str(run_dir), "--port", str(self.port), "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms), "--log-level", "warning"] + (["--threads", str(threads)] if threads else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "mmagent",
+            "serve",
+            str(run_dir),
+            "--port",
+            str(self.port),
+            "--max-batch-size",
+            str(max_batch_size),
+            "--max-wait-ms",
+            str(max_wait_ms),
+            "--log-level",
+            "warning",
+        ] + (["--threads", str(threads)] if threads else [])
         self.log = log
         self._log = open(log, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -210,7 +224,10 @@ def run_mode(run_dir: Path, bodies: list[dict[str, Any]], args: argparse.Namespa
             result["mean_batch_size"] = (after["records"] - before["records"]) / calls if calls else float("nan")
             result["max_batch_size"] = max_batch_size
             out[clients] = result
-            print(f"  {clients:>3} clients: {result['throughput_rps']:.1f} req/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, errors {result['errors']} {result['error_kinds'] or ''}, mean batch {result['mean_batch_size']:.1f}", flush=True)
+            print(
+                f"  {clients:>3} clients: {result['throughput_rps']:.1f} req/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, errors {result['errors']} {result['error_kinds'] or ''}, mean batch {result['mean_batch_size']:.1f}",
+                flush=True,
+            )
     finally:
         server.stop()
     return out
@@ -224,7 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch-size", type=int, default=32, help="batch limit of the micro-batched mode")
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--endpoint", default="/v1/act", choices=["/v1/predict", "/v1/act"])
-    p.add_argument("--threads", type=int, default=1, help="server's torch intra-op threads (`mmagent serve --threads`); 0 = torch's default. Default 1: on a small shared machine, intra-op threads mostly wait on each other")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="server's torch intra-op threads (`mmagent serve --threads`); 0 = torch's default. Default 1: on a small shared machine, intra-op threads mostly wait on each other",
+    )
     p.add_argument("--smoke", action="store_true", help="a smaller model and few requests (CI); writes serve_load.smoke.json")
     args = p.parse_args(argv)
     args.clients = args.clients or ([1, 4] if args.smoke else [1, 8, 32])
@@ -253,9 +275,25 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"benchmark": NAME, "variant": f"MiniLM agent, {label}, {clients} clients", "metric": metric, "value": m[metric], "wall_s": wall})
         one = modes["one at a time"][clients]["throughput_rps"]
         ratios[clients] = modes["micro-batched"][clients]["throughput_rps"] / one if one else float("nan")
-        rows.append({"benchmark": NAME, "variant": f"MiniLM agent, batched / one at a time, {clients} clients", "metric": "throughput_ratio", "value": ratios[clients], "wall_s": wall})
+        rows.append(
+            {
+                "benchmark": NAME,
+                "variant": f"MiniLM agent, batched / one at a time, {clients} clients",
+                "metric": "throughput_ratio",
+                "value": ratios[clients],
+                "wall_s": wall,
+            }
+        )
     extra = {
-        "settings": {"clients": args.clients, "requests": args.requests, "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "endpoint": args.endpoint, "torch_threads": args.threads or "torch default", "run_dir": str(args.run_dir) if args.run_dir else "customer-service agent (zoo minilm-l6) trained by the benchmark"},
+        "settings": {
+            "clients": args.clients,
+            "requests": args.requests,
+            "max_batch_size": args.max_batch_size,
+            "max_wait_ms": args.max_wait_ms,
+            "endpoint": args.endpoint,
+            "torch_threads": args.threads or "torch default",
+            "run_dir": str(args.run_dir) if args.run_dir else "customer-service agent (zoo minilm-l6) trained by the benchmark",
+        },
         "modes": {label: {str(c): m for c, m in per.items()} for label, per in modes.items()},
         "throughput_ratio": {str(c): r for c, r in ratios.items()},
         "load_average_before": load_before,

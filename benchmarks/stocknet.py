@@ -20,10 +20,24 @@ them.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from benchmarks._quality import SPLITS, SharedStore, elapsed, ensure_examples_importable, experiment_config, fit, main_guard, mcc, prepare_example, quality_parser, row, write_quality_result
+from benchmarks._quality import (
+    SPLITS,
+    SharedStore,
+    elapsed,
+    ensure_examples_importable,
+    experiment_config,
+    fit,
+    main_guard,
+    mcc,
+    prepare_example,
+    quality_parser,
+    row,
+    write_quality_result,
+)
 
 NAME = "stocknet"
 REF_ACC = "~0.58 (StockNet paper, 88 stocks, not verified)"
@@ -45,7 +59,16 @@ def config(paths: dict[str, Path], which: str, smoke: bool) -> dict[str, Any]:
     if which in ("both", "prices"):
         inputs.append({"column": list(ex.PRICE_FEATURES), "modality": "numeric", "name": "prices", "encoder": {"source": "builtin", "name": "mlp"}})
     fused = len(inputs) > 1
-    train = {"epochs": 30, "batch_size": 32, "lr": 1e-3, "head_lr": 1e-3, "seed": 42, "metric": f"{ex.LABEL}/accuracy", "early_stopping_patience": 8, "cache_frozen_encoders": True}
+    train = {
+        "epochs": 30,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "head_lr": 1e-3,
+        "seed": 42,
+        "metric": f"{ex.LABEL}/accuracy",
+        "early_stopping_patience": 8,
+        "cache_frozen_encoders": True,
+    }
     fusion = {"type": "gated" if fused else "concat", "hidden_dim": 128, "modality_dropout": 0.1 if fused else 0.0}
     return experiment_config(paths, inputs, ex.LABEL, train, fusion, SMOKE_STEPS if smoke else None)
 
@@ -59,7 +82,10 @@ def majority_rows(paths: dict[str, Path], label: str, subset: str) -> list[dict[
     acc = float((test[label] == majority).mean())
     v = f"majority class of train ('{majority}'), {subset}"
     baseline = "no model: the majority class of train"
-    return [row(NAME, v, "test accuracy", acc, 0.0, REF_ACC, n_test=len(test), model=baseline), row(NAME, v, "test MCC", 0.0, 0.0, REF_MCC, n_test=len(test), model=baseline)]
+    return [
+        row(NAME, v, "test accuracy", acc, 0.0, REF_ACC, n_test=len(test), model=baseline),
+        row(NAME, v, "test MCC", 0.0, 0.0, REF_MCC, n_test=len(test), model=baseline),
+    ]
 
 
 NO_TWEETS = "(no tweets)"
@@ -92,8 +118,11 @@ def run(args: Any) -> int:
     store = SharedStore()
     rows: list[dict[str, Any]] = []
     subset = "smoke subset" if args.smoke else "10 stocks, chronological split"
-    labels = {"prices": "prices only (builtin MLP on 9 price features)", "text": f"tweets only (MiniLM-L6 zoo, frozen + cached, 128 tokens; '{NO_TWEETS}' where none)",
-              "both": "tweets + prices, gated fusion (MiniLM frozen + MLP, modality dropout 0.1; no tweets = text missing)"}
+    labels = {
+        "prices": "prices only (builtin MLP on 9 price features)",
+        "text": f"tweets only (MiniLM-L6 zoo, frozen + cached, 128 tokens; '{NO_TWEETS}' where none)",
+        "both": "tweets + prices, gated fusion (MiniLM frozen + MLP, modality dropout 0.1; no tweets = text missing)",
+    }
     for which in ("prices", "text", "both"):
         tables = text_paths if which == "text" else paths
         o = fit(config(tables, which, args.smoke), Path(tables["train"]).parent, folder / "runs" / which, store, progress=args.progress, label=which)

@@ -128,16 +128,41 @@ def main(argv: list[str] | None = None) -> int:
     warm = mean(without["trial_seconds"][1:]) / mean(with_cache["trial_seconds"][1:]) if trials > 1 else float("nan")
     same = bool(np.allclose(without["values"], with_cache["values"], atol=1e-9))
     rows_out = [
-        {"benchmark": "tune_cache", "variant": f"frozen MiniLM, {rows} rows, cache off", "metric": "trial seconds (mean)", "value": round(mean(without["trial_seconds"]), 3), "wall_s": without["wall_s"]},
-        {"benchmark": "tune_cache", "variant": f"frozen MiniLM, {rows} rows, cache on", "metric": "trial seconds (mean)", "value": round(mean(with_cache["trial_seconds"]), 3), "wall_s": with_cache["wall_s"]},
+        {
+            "benchmark": "tune_cache",
+            "variant": f"frozen MiniLM, {rows} rows, cache off",
+            "metric": "trial seconds (mean)",
+            "value": round(mean(without["trial_seconds"]), 3),
+            "wall_s": without["wall_s"],
+        },
+        {
+            "benchmark": "tune_cache",
+            "variant": f"frozen MiniLM, {rows} rows, cache on",
+            "metric": "trial seconds (mean)",
+            "value": round(mean(with_cache["trial_seconds"]), 3),
+            "wall_s": with_cache["wall_s"],
+        },
         {"benchmark": "tune_cache", "variant": f"{trials} trials each", "metric": "speed-up (off/on)", "value": round(ratio, 3)},
         {"benchmark": "tune_cache", "variant": f"{trials} trials each, trials 2..{trials}", "metric": "speed-up warm (off/on)", "value": round(warm, 3)},
     ]
-    write_result("tune_cache", rows_out, args.smoke, model="zoo minilm-l6 (max_length 32), frozen; concat/gated fusion (tuned), 3-way head", extra={
-        "rows_in_table": rows, "trials": trials, "epochs": epochs, "same_validation_scores": same,
-        "without_cache": without, "with_cache": with_cache, "ratio_mean": ratio, "ratio_warm": warm, "peak_rss_mb": round(peak_rss_mb(), 1),
-        "threads": torch.get_num_threads(),
-    })
+    write_result(
+        "tune_cache",
+        rows_out,
+        args.smoke,
+        model="zoo minilm-l6 (max_length 32), frozen; concat/gated fusion (tuned), 3-way head",
+        extra={
+            "rows_in_table": rows,
+            "trials": trials,
+            "epochs": epochs,
+            "same_validation_scores": same,
+            "without_cache": without,
+            "with_cache": with_cache,
+            "ratio_mean": ratio,
+            "ratio_warm": warm,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "threads": torch.get_num_threads(),
+        },
+    )
     print(f"trial seconds without cache: {without['trial_seconds']}  with cache: {with_cache['trial_seconds']}")
     print(f"ratio (mean trial time without / with): {ratio:.2f}x; trials 2..: {warm:.2f}x; same validation scores: {same}")
     if not same:

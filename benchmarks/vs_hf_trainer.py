@@ -58,7 +58,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=None, help="stop every variant after this many optimizer steps (smoke 3)")
     p.add_argument("--lr", type=float, default=5e-5, help="learning rate (mmagent: of the encoder; its head keeps its default 1e-3)")
     p.add_argument("--max-length", type=int, default=128, help="tokens (Banking77's longest query has 98)")
-    p.add_argument("--hf-precision", choices=("match", "default"), default="match", help="match: the Trainer gets mmagent's precision; default: the Trainer's fp32")
+    p.add_argument(
+        "--hf-precision", choices=("match", "default"), default="match", help="match: the Trainer gets mmagent's precision; default: the Trainer's fp32"
+    )
     return H.parse(p, argv, VARIANTS, 6 * 3600, (("limit", 0, SMOKE_LIMIT), ("epochs", 3, 1), ("batch_size", 32, 8), ("max_steps", None, 3)))
 
 
@@ -99,7 +101,15 @@ def worker_mmagent(args: argparse.Namespace) -> dict[str, Any]:
     scores = [h["validation"][B.LABEL]["accuracy"] for h in read_metrics_log(args.run_dir, "epoch")]
     best = 1 + max(range(len(scores)), key=lambda i: (scores[i], -i))
     precision = "bf16" if use_bf16() else "fp32"
-    return H.CLOCK.summary(variant="mmagent", accuracy=test["accuracy"], macro_f1=test["macro_f1"], n_test=test["n"], best_epoch=best, precision=precision, optimizer="torch.optim.AdamW")
+    return H.CLOCK.summary(
+        variant="mmagent",
+        accuracy=test["accuracy"],
+        macro_f1=test["macro_f1"],
+        n_test=test["n"],
+        best_epoch=best,
+        precision=precision,
+        optimizer="torch.optim.AdamW",
+    )
 
 
 # -- Hugging Face Trainer ---------------------------------------------------------------------
@@ -178,8 +188,14 @@ def worker_hf(args: argparse.Namespace) -> dict[str, Any]:
     model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=index)
     targs = training_arguments(args, args.run_dir, grouped)
     trainer = Trainer(
-        model=model, args=targs, train_dataset=data["train"], eval_dataset=data["validation"], processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics, callbacks=[StepTimes()],
+        model=model,
+        args=targs,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
+        callbacks=[StepTimes()],
     )
     trainer.train()
     best_step = trainer.state.best_model_checkpoint
@@ -192,8 +208,16 @@ def worker_hf(args: argparse.Namespace) -> dict[str, Any]:
     precision = "bf16" if targs.bf16 else "fp32"
     H.fresh_dir(args.run_dir)  # checkpoints: hundreds of MB, not needed any more
     return H.CLOCK.summary(
-        variant=args.worker, accuracy=acc, macro_f1=f1, n_test=len(y), best_epoch=best, best_checkpoint=best_step,
-        precision=precision, optimizer=str(getattr(targs.optim, "value", targs.optim)), sampler="length-grouped" if grouped else "random", tokenize_s=round(tok_time.seconds, 2),
+        variant=args.worker,
+        accuracy=acc,
+        macro_f1=f1,
+        n_test=len(y),
+        best_epoch=best,
+        best_checkpoint=best_step,
+        precision=precision,
+        optimizer=str(getattr(targs.optim, "value", targs.optim)),
+        sampler="length-grouped" if grouped else "random",
+        tokenize_s=round(tok_time.seconds, 2),
     )
 
 
@@ -213,7 +237,16 @@ def summarize(results: dict[str, dict[str, Any]], seen: int, subset: str, wall: 
     speed: dict[str, float] = {}
 
     def add(variant: str, metric: str, value: Any, reference: Any = None) -> None:
-        rows.append({"benchmark": NAME, "variant": variant, "metric": metric, "value": value, "wall_s": wall, **({"reference": reference} if reference is not None else {})})
+        rows.append(
+            {
+                "benchmark": NAME,
+                "variant": variant,
+                "metric": metric,
+                "value": value,
+                "wall_s": wall,
+                **({"reference": reference} if reference is not None else {}),
+            }
+        )
 
     for v in VARIANTS:
         res = results[v]
@@ -228,7 +261,12 @@ def summarize(results: dict[str, dict[str, Any]], seen: int, subset: str, wall: 
         add(text, "peak RSS MB", res["peak_rss_mb"])
     threads = results["mmagent"]["torch_threads"]
     for v, what in (("hf", "HF Trainer defaults"), ("hf_grouped", "HF Trainer group_by_length")):
-        add(f"mmagent / {what} ({threads} thread(s))", "samples/s ratio", round(speed["mmagent"] / speed[v], 3), f">= {TARGET_SPEEDUP} (vs defaults)" if v == "hf" else None)
+        add(
+            f"mmagent / {what} ({threads} thread(s))",
+            "samples/s ratio",
+            round(speed["mmagent"] / speed[v], 3),
+            f">= {TARGET_SPEEDUP} (vs defaults)" if v == "hf" else None,
+        )
         add(f"mmagent - {what}", "test accuracy difference", round(results["mmagent"]["accuracy"] - results[v]["accuracy"], 4), ">= 0" if v == "hf" else None)
     return rows
 
@@ -246,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     paths = B.prepare(args.data_root, table_dir, args.limit or None)
     (table_dir / "mmagent.yaml").write_text(yaml.safe_dump(mmagent_config(args), sort_keys=False))
     n_train = len(B.read(paths["train"]))
-    common = H.worker_args(args, table_dir, "epochs", "batch_size", "lr", "max_length", "hf_precision") + (["--max-steps", str(args.max_steps)] if args.max_steps else [])
+    common = H.worker_args(args, table_dir, "epochs", "batch_size", "lr", "max_length", "hf_precision") + (
+        ["--max-steps", str(args.max_steps)] if args.max_steps else []
+    )
     cmds = [H.worker_cmd("benchmarks.vs_hf_trainer", "--worker", v, "--run-dir", str(H.fresh_dir(work / f"{v}-run")), *common) for v in VARIANTS]
     with Timer() as total:
         results = dict(zip(VARIANTS, H.run_lockstep(cmds, args.timeout)))
@@ -256,10 +296,16 @@ def main(argv: list[str] | None = None) -> int:
 
     seen = min(n_train * args.epochs, (args.max_steps or 10**12) * args.batch_size)
     budget = f"{args.max_steps} steps x {args.batch_size}" if args.max_steps else f"{n_train} train rows x {args.epochs} epochs, batch {args.batch_size}"
-    subset = f"{budget}, lr {args.lr:g}, len {args.max_length}, {results['mmagent']['n_test']} test rows" + (", class-balanced subset" if args.limit else ", full train split")
+    subset = f"{budget}, lr {args.lr:g}, len {args.max_length}, {results['mmagent']['n_test']} test rows" + (
+        ", class-balanced subset" if args.limit else ", full train split"
+    )
     rows = summarize(results, seen, subset, round(total.seconds, 1))
     extra = {
-        "n_train": n_train, "epochs": args.epochs, "steps": steps, **thread_info, "threads": results["mmagent"]["torch_threads"],
+        "n_train": n_train,
+        "epochs": args.epochs,
+        "steps": steps,
+        **thread_info,
+        "threads": results["mmagent"]["torch_threads"],
         "hf_tokenize_s": {v: results[v]["tokenize_s"] for v in ("hf", "hf_grouped")},
         "steps_s": {v: H.step_seconds(r, "epoch") for v, r in results.items()},
     }

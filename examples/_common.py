@@ -18,9 +18,10 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -158,7 +159,9 @@ def parser(name: str, description: str, smoke_limit: int) -> argparse.ArgumentPa
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the example's)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many training rows (validation/test get a proportional cap)")
     p.add_argument("--smoke", action="store_true", help=f"tiny subset (--limit {smoke_limit}) and a few steps: checks that everything runs, not quality")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="extra config override, e.g. --set train.lr=1e-4 (repeatable)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="extra config override, e.g. --set train.lr=1e-4 (repeatable)"
+    )
     p.add_argument("--prepare-only", action="store_true", help="write the tables and config.yaml, do not train")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder (smoke runs always replace theirs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -180,7 +183,13 @@ def headline(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
     return {t: {k: round(float(v), 4) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} for t, m in metrics.items()}
 
 
-def run_example(module: ModuleType, argv: Sequence[str] | None = None, smoke_steps: int = 8, smoke_epochs: int = 1, smoke_options: Callable[[argparse.Namespace], None] | None = None) -> int:
+def run_example(
+    module: ModuleType,
+    argv: Sequence[str] | None = None,
+    smoke_steps: int = 8,
+    smoke_epochs: int = 1,
+    smoke_options: Callable[[argparse.Namespace], None] | None = None,
+) -> int:
     """The whole example: parse the command line, prepare, write config.yaml, train, print metrics.
 
     Exit status: 0 done, 2 data missing or training error."""

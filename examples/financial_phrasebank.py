@@ -75,8 +75,12 @@ def make_config(paths: dict[str, Path], args: argparse.Namespace | None = None) 
         targets=[{"column": LABEL, "type": "classification"}],
         fusion={"type": "concat", "modality_dropout": 0.0},
         train={"epochs": 4, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "seed": SEED, "metric": f"{LABEL}/macro_f1"},
-        agent={"type": "finance", "target": LABEL, "threshold": 0.5,
-               "alerts": [{"label": "negative", "above": 0.7, "message": "negative news: review the position"}]},
+        agent={
+            "type": "finance",
+            "target": LABEL,
+            "threshold": 0.5,
+            "alerts": [{"label": "negative", "above": 0.7, "message": "negative news: review the position"}],
+        },
     )
     return with_recipe(config, "finance", Path(paths["train"]).parent)
 

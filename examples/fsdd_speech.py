@@ -80,8 +80,16 @@ def encoder_spec(name: str) -> dict[str, Any]:
 def make_config(paths: dict[str, Path], args: argparse.Namespace | None = None) -> dict[str, Any]:
     name = getattr(args, "encoder", None) or ENCODERS[0]
     frozen = name != "mel-cnn"
-    train = {"epochs": 30 if frozen else 15, "batch_size": 32, "lr": 1e-3, "head_lr": 3e-3 if frozen else 1e-3, "seed": SEED,
-             "cache_frozen_encoders": True, "metric": f"{LABEL}/accuracy", "early_stopping_patience": 5}
+    train = {
+        "epochs": 30 if frozen else 15,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "head_lr": 3e-3 if frozen else 1e-3,
+        "seed": SEED,
+        "cache_frozen_encoders": True,
+        "metric": f"{LABEL}/accuracy",
+        "early_stopping_patience": 5,
+    }
     return base_config(
         paths,
         inputs=[{"column": AUDIO, "modality": "audio", "encoder": encoder_spec(name)}],

@@ -162,11 +162,19 @@ def build_rows(data_root: Path, symbols_: list[str] | None = None, tweet_days: i
                 continue
             history = prices.iloc[:i]  # strictly before the target day
             text, newest, n = tweet_window(tweets, day, tweet_days)
-            rows.append({
-                "symbol": symbol, "date": day.isoformat(), "split": split_of(day), TEXT: text, "n_tweets": n,
-                "tweets_last_date": newest.isoformat() if newest else "", "price_last_date": history["date"].iloc[-1].isoformat(),
-                **price_features(history), LABEL: label,
-            })
+            rows.append(
+                {
+                    "symbol": symbol,
+                    "date": day.isoformat(),
+                    "split": split_of(day),
+                    TEXT: text,
+                    "n_tweets": n,
+                    "tweets_last_date": newest.isoformat() if newest else "",
+                    "price_last_date": history["date"].iloc[-1].isoformat(),
+                    **price_features(history),
+                    LABEL: label,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -198,8 +206,12 @@ def make_config(paths: dict[str, Path], args: argparse.Namespace | None = None) 
         targets=[{"column": LABEL, "type": "classification"}],
         fusion={"type": "gated" if len(inputs) > 1 else "concat", "hidden_dim": 128, "modality_dropout": 0.1 if len(inputs) > 1 else 0.0},
         train={"epochs": 3, "batch_size": 32, "lr": 3e-5, "head_lr": 1e-3, "seed": SEED, "metric": f"{LABEL}/accuracy"},
-        agent={"type": "finance", "target": LABEL, "threshold": 0.55,
-               "alerts": [{"label": "down", "above": 0.65, "action": "alert", "message": "likely down day"}]},
+        agent={
+            "type": "finance",
+            "target": LABEL,
+            "threshold": 0.55,
+            "alerts": [{"label": "down", "above": 0.65, "action": "alert", "message": "likely down day"}],
+        },
     )
     return with_recipe(config, "finance", Path(paths["train"]).parent)
 

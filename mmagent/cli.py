@@ -12,8 +12,9 @@ import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -97,7 +98,7 @@ def _loading(run_dir: Path, load: Callable[[], Any]) -> Any:
 def train(
     config: Path = typer.Argument(..., help="experiment YAML (data, inputs, targets, fusion, train)"),
     output: Path = typer.Option(..., "-o", "--output", help="run folder to create (model, metrics, report)"),
-    set_: List[str] = typer.Option([], "--set", help="override a config key, e.g. --set train.lr=1e-4 (repeatable)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key, e.g. --set train.lr=1e-4 (repeatable)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the run folder's last checkpoint"),
     num_processes: int = typer.Option(1, "--num-processes", help="data-parallel processes (re-launches through `accelerate launch`)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
@@ -138,7 +139,7 @@ def fit(
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="e.g. 90s, 20m, 1h30m (default: the preset's: fast 5m, balanced 30m, best 2h)"),
     preset: str = typer.Option("balanced", "--preset", help="fast | balanced | best"),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="domain policy and encoders: customer_service | medical_imaging | finance"),
-    column_type: List[str] = typer.Option([], "--column-type", help="override one column's kind: COL=text|categorical|numeric|image|audio|ignore (repeatable)"),
+    column_type: list[str] = typer.Option([], "--column-type", help="override one column's kind: COL=text|categorical|numeric|image|audio|ignore (repeatable)"),
     seed: int = typer.Option(0, "--seed", help="random seed of every candidate and of the search"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
 ) -> None:
@@ -146,11 +147,27 @@ def fit(
     keep the best model as the run (loadable with Agent.load; config.yaml reproduces it)."""
     from mmagent.search.fit import fit as run_fit
 
-    run_fit(train, label, output, validation=validation, test=test, time_budget=time_budget, preset=preset, recipe=recipe, column_types=column_type, seed=seed, progress=not quiet)
+    run_fit(
+        train,
+        label,
+        output,
+        validation=validation,
+        test=test,
+        time_budget=time_budget,
+        preset=preset,
+        recipe=recipe,
+        column_types=column_type,
+        seed=seed,
+        progress=not quiet,
+    )
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {split: {t: {k: v for k, v in m.items() if isinstance(v, (int, float))} for t, m in ms.items()} for split, ms in metrics.items() if split in ("validation", "test")}
+    return {
+        split: {t: {k: v for k, v in m.items() if isinstance(v, (int, float))} for t, m in ms.items()}
+        for split, ms in metrics.items()
+        if split in ("validation", "test")
+    }
 
 
 @app.command()
@@ -158,15 +175,15 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a run folder from `mmagent train`"),
     data: Path = typer.Argument(..., help="a table with the same columns (and the targets)"),
-    drop_input: List[str] = typer.Option([], "--drop-input", help="treat this input as missing in every row (repeatable)"),
+    drop_input: list[str] = typer.Option([], "--drop-input", help="treat this input as missing in every row (repeatable)"),
     batch_size: int = typer.Option(32, help="batch size"),
     device: str = typer.Option("auto", "--device", help="cpu | cuda | auto (a GPU when one is visible)"),
 ) -> None:
     """Metrics of a trained run on a labelled table, printed as JSON."""
     from mmagent.data.tables import read_table
     from mmagent.data.validation import validate_table
-    from mmagent.model import MultimodalModel
     from mmagent.inference import make_loader
+    from mmagent.model import MultimodalModel
     from mmagent.training.evaluate import evaluate as run_eval
 
     where = resolve_device(device)
@@ -260,7 +277,9 @@ def serve(
     max_body_bytes: Optional[int] = typer.Option(None, "--max-body-bytes", help="request body limit in bytes (default 20 MiB)"),
     max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help="pixel limit per image (default 40 M)"),
     max_audio_seconds: Optional[float] = typer.Option(None, "--max-audio-seconds", help="duration limit per audio clip (default 60 s)"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads per worker (default: torch's choice; 1 suits small models on shared CPUs)"),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="torch intra-op threads per worker (default: torch's choice; 1 suits small models on shared CPUs)"
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N | auto (cuda when available); default cpu"),
     log_level: str = typer.Option("info", "--log-level", help="critical | error | warning | info | debug"),
 ) -> None:
@@ -271,8 +290,18 @@ def serve(
     if not ((run_dir / "model" / "model.json").is_file() or (run_dir / "model.json").is_file()):
         raise FileNotFoundError(f"{run_dir} is not a run folder (no model/model.json)")
     settings = ServeSettings.from_env(
-        host=host, port=port, workers=workers, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, api_key_file=api_key_file,
-        max_body_bytes=max_body_bytes, max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, log_level=log_level, torch_threads=threads, device=device,
+        host=host,
+        port=port,
+        workers=workers,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        api_key_file=api_key_file,
+        max_body_bytes=max_body_bytes,
+        max_image_pixels=max_image_pixels,
+        max_audio_seconds=max_audio_seconds,
+        log_level=log_level,
+        torch_threads=threads,
+        device=device,
     )
     if settings.torch_device().startswith("cuda"):
         import torch
@@ -284,7 +313,8 @@ def serve(
         typer.secho(
             f"error: refusing to bind {settings.host} (not a loopback address) without an API key. "
             "Set MMAGENT_API_KEYS=key1,key2 or pass --api-key-file FILE, or bind 127.0.0.1.",
-            fg=typer.colors.RED, err=True,
+            fg=typer.colors.RED,
+            err=True,
         )
         raise typer.Exit(2)
     import uvicorn
@@ -294,11 +324,21 @@ def serve(
     # Worker processes rebuild the app from the environment (keys stay in MMAGENT_API_KEYS / the file).
     os.environ[ENV_RUN_DIR] = str(run_dir.resolve())
     os.environ[ENV_SETTINGS] = settings.model_dump_json()
-    typer.echo(f"serving {run_dir} on http://{settings.host}:{settings.port} on {settings.torch_device()} ({settings.workers} worker(s), batches of up to {settings.max_batch_size} / {settings.max_wait_ms:g} ms, API key {'required' if keys else 'not required'})", err=True)
+    typer.echo(
+        f"serving {run_dir} on http://{settings.host}:{settings.port} on {settings.torch_device()} ({settings.workers} worker(s), batches of up to {settings.max_batch_size} / {settings.max_wait_ms:g} ms, API key {'required' if keys else 'not required'})",
+        err=True,
+    )
     uvicorn.run(
-        "mmagent.serving.app:app_from_env", factory=True, host=settings.host, port=settings.port, workers=settings.workers,
-        log_config=log_config(settings.log_level), log_level=settings.log_level, access_log=settings.access_log,
-        timeout_graceful_shutdown=10, server_header=False,
+        "mmagent.serving.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=log_config(settings.log_level),
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=10,
+        server_header=False,
     )
 
 
@@ -332,6 +372,7 @@ def export_cmd(
     if not (report.fp32_reproduces if quantize else report.reproduces):
         raise typer.Exit(1)  # the export does not compute what the PyTorch model computes
 
+
 @app.command()
 @user_errors
 def tune(
@@ -339,9 +380,11 @@ def tune(
     output: Path = typer.Option(..., "-o", "--output", help="tuning folder: study.db, trials/, best/ (the final run folder), tune_report.md"),
     trials: int = typer.Option(..., "--trials", help="finished trials wanted in the study (a resumed study counts those it has)"),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="wall-clock budget in seconds for this call (no new trial starts after it)"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="SQLAlchemy URL of the study (default: sqlite:///TUNE_DIR/study.db); share one to search from several machines"),
+    storage: Optional[str] = typer.Option(
+        None, "--storage", help="SQLAlchemy URL of the study (default: sqlite:///TUNE_DIR/study.db); share one to search from several machines"
+    ),
     study: Optional[str] = typer.Option(None, "--study", help="study name in the storage (default: mmagent)"),
-    set_: List[str] = typer.Option([], "--set", help="override a config key before tuning, e.g. --set train.epochs=5 (repeatable)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key before tuning, e.g. --set train.epochs=5 (repeatable)"),
     quiet: bool = typer.Option(False, "--quiet", help="no per-trial progress lines"),
 ) -> None:
     """Search hyperparameters with Optuna (TPE + pruning); the best trial becomes TUNE_DIR/best."""
@@ -350,11 +393,21 @@ def tune(
 
     cfg = load_config(config, set_)
     result = run_tune(cfg, output, trials, timeout=timeout, storage=storage, study_name=study, progress=not quiet)
-    typer.echo(json.dumps({
-        "best_trial": result.best_number, "best_value": result.best_value, "metric": result.metric,
-        "best_params": result.best_params, "best_dir": str(result.best_dir) if result.best_dir else None,
-        "trials": result.counts, "report": str(result.report),
-    }, indent=2, default=str))
+    typer.echo(
+        json.dumps(
+            {
+                "best_trial": result.best_number,
+                "best_value": result.best_value,
+                "metric": result.metric,
+                "best_params": result.best_params,
+                "best_dir": str(result.best_dir) if result.best_dir else None,
+                "trials": result.counts,
+                "report": str(result.report),
+            },
+            indent=2,
+            default=str,
+        )
+    )
 
 
 @app.command()

@@ -37,7 +37,9 @@ class DataSpec(BaseModel):
     test: str | None = None
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.9, description="split of train when no validation file is given")
     on_bad_row: Literal["error", "skip"] = "error"
-    num_workers: int | Literal["auto"] = Field("auto", description="DataLoader worker processes that decode media; auto: up to 4 when there are image/audio inputs and cores to spare, else 0")
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes that decode media; auto: up to 4 when there are image/audio inputs and cores to spare, else 0"
+    )
 
 
 class TrainSpec(BaseModel):
@@ -54,7 +56,9 @@ class TrainSpec(BaseModel):
     max_grad_norm: float | None = Field(1.0, gt=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU that has it, else fp32")
     seed: int = 42
-    metric: str | None = Field(None, description="validation metric for early stopping / best checkpoint, e.g. 'intent/macro_f1'; default: first target's main metric")
+    metric: str | None = Field(
+        None, description="validation metric for early stopping / best checkpoint, e.g. 'intent/macro_f1'; default: first target's main metric"
+    )
     early_stopping_patience: int | None = Field(None, ge=1, description="epochs without improvement before stopping")
     checkpoint_every_steps: int | None = Field(None, ge=1)
     cache_frozen_encoders: bool = Field(True, description="compute frozen encoders' outputs once and reuse them")
@@ -75,7 +79,7 @@ class ExperimentConfig(BaseModel):
     base_dir: str = Field(".", description="folder that relative data paths refer to (set to the config's folder)")
 
     @model_validator(mode="after")
-    def _check_metric(self) -> "ExperimentConfig":
+    def _check_metric(self) -> ExperimentConfig:
         if self.train.metric and "/" not in self.train.metric:
             raise ValueError(f"train.metric must look like TARGET/METRIC (e.g. {self.targets[0].column}/accuracy), got {self.train.metric!r}")
         names = [t.column for t in self.targets]

@@ -67,13 +67,24 @@ class ExportReport:
 
     def lines(self) -> list[str]:
         what = f"{self.format}" + (f" (dynamic {self.quantize} quantization of Linear layers)" if self.quantize else "")
-        out = [f"exported {what} -> {self.path} ({self.size_bytes / 1e6:.2f} MB" + (f"; fp32: {self.fp32_size_bytes / 1e6:.2f} MB)" if self.fp32_size_bytes else ")")]
+        out = [
+            f"exported {what} -> {self.path} ({self.size_bytes / 1e6:.2f} MB"
+            + (f"; fp32: {self.fp32_size_bytes / 1e6:.2f} MB)" if self.fp32_size_bytes else ")")
+        ]
         if self.fp32_max_abs_diff is not None:
             verdict = "reproduces PyTorch" if self.fp32_reproduces else "DOES NOT reproduce PyTorch"
-            out.append(f"fp32 {self.format} export (made before quantizing), on real batches of {self.check_rows} rows: max abs diff of logits vs PyTorch = {self.fp32_max_abs_diff:.3g} (tolerance {self.tolerance:g}): {verdict}")
-        verdict = "reproduces PyTorch" if self.reproduces else ("differs from PyTorch fp32, as int8 quantization does" if self.quantize else "DOES NOT reproduce PyTorch")
+            out.append(
+                f"fp32 {self.format} export (made before quantizing), on real batches of {self.check_rows} rows: max abs diff of logits vs PyTorch = {self.fp32_max_abs_diff:.3g} (tolerance {self.tolerance:g}): {verdict}"
+            )
+        verdict = (
+            "reproduces PyTorch"
+            if self.reproduces
+            else ("differs from PyTorch fp32, as int8 quantization does" if self.quantize else "DOES NOT reproduce PyTorch")
+        )
         what = "int8 export" if self.quantize else "check"
-        out.append(f"{what} on real batches of {self.check_rows} rows: max abs diff of logits vs PyTorch fp32 = {self.max_abs_diff:.3g} (tolerance {self.tolerance:g}): {verdict}")
+        out.append(
+            f"{what} on real batches of {self.check_rows} rows: max abs diff of logits vs PyTorch fp32 = {self.max_abs_diff:.3g} (tolerance {self.tolerance:g}): {verdict}"
+        )
         for target, acc in (self.accuracy or {}).items():
             out.append(
                 f"{target}: {acc['metric']} on {self.data} ({int(acc['rows'])} rows): PyTorch fp32 {acc['pytorch_fp32']:.4f}, exported {acc['exported']:.4f} (change {acc['change']:+.4f}); predictions agree on {acc['agreement']:.1%} of rows"
@@ -202,11 +213,26 @@ def export_onnx(wrapper: FlatWrapper, example: tuple[Tensor, ...], path: Path, n
     shapes = tuple({d: Dim.AUTO for d in dims[n]} for n in names)
     try:
         with torch.no_grad():
-            program = torch.onnx.export(wrapper, example, None, input_names=names, output_names=outputs, dynamic_shapes=(shapes,), dynamo=True, optimize=True, verbose=False, report=False)
+            program = torch.onnx.export(
+                wrapper,
+                example,
+                None,
+                input_names=names,
+                output_names=outputs,
+                dynamic_shapes=(shapes,),
+                dynamo=True,
+                optimize=True,
+                verbose=False,
+                report=False,
+            )
         proto = program.model_proto  # type: ignore[union-attr]
     except Exception as e:  # noqa: BLE001 - report which part of the model is the problem
         culprits = _onnx_culprits(wrapper, example, names, dims)
-        where = "; ".join(f"input {n!r} ({enc}): {msg}" for n, enc, msg in culprits) if culprits else "the failing part is not a single encoder (fusion / heads, or the combination)"
+        where = (
+            "; ".join(f"input {n!r} ({enc}): {msg}" for n, enc, msg in culprits)
+            if culprits
+            else "the failing part is not a single encoder (fusion / heads, or the combination)"
+        )
         raise ExportError(f"ONNX export failed: {where}. Underlying error: {_first_line(e)}. TorchScript (--format torchscript) may still work.") from e
     large = proto.ByteSize() > 1_800_000_000
     with atomic_path(path) as tmp:
@@ -250,7 +276,9 @@ def _onnx_culprits(wrapper: FlatWrapper, example: tuple[Tensor, ...], names: lis
         spec = model.spec.inputs[model.input_names.index(name)].encoder
         try:
             with torch.no_grad():
-                torch.onnx.export(_EncoderOnly(model.encoders[name], keys).eval(), args, None, dynamic_shapes=(shapes,), dynamo=True, optimize=False, verbose=False)
+                torch.onnx.export(
+                    _EncoderOnly(model.encoders[name], keys).eval(), args, None, dynamic_shapes=(shapes,), dynamo=True, optimize=False, verbose=False
+                )
         except Exception as e:  # noqa: BLE001
             found.append((name, f"{spec.source}:{spec.name}", _first_line(e)))
     return found
@@ -285,7 +313,9 @@ def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0 for x, y in zip(a, b))
 
 
-def _accuracy(model: MultimodalModel, wrapper: FlatWrapper, runner: Runner, table: Table, layout: list[tuple[str, str]], batch_size: int, source: str) -> dict[str, dict[str, float]]:
+def _accuracy(
+    model: MultimodalModel, wrapper: FlatWrapper, runner: Runner, table: Table, layout: list[tuple[str, str]], batch_size: int, source: str
+) -> dict[str, dict[str, float]]:
     """Main metric per target (that the table labels): PyTorch fp32 vs the exported model."""
     from mmagent.training.metrics import main_metric, target_metrics
 
@@ -317,11 +347,26 @@ def _accuracy(model: MultimodalModel, wrapper: FlatWrapper, runner: Runner, tabl
             agree = float((np.abs(p_ref - p_got) <= 0.05 * scale).mean())
         if math.isnan(m_ref) and math.isnan(m_got):
             continue
-        out[t] = {"metric": name, "rows": float(len(y)), "pytorch_fp32": float(m_ref), "exported": float(m_got), "change": float(m_got - m_ref), "agreement": agree}
+        out[t] = {
+            "metric": name,
+            "rows": float(len(y)),
+            "pytorch_fp32": float(m_ref),
+            "exported": float(m_got),
+            "change": float(m_got - m_ref),
+            "agreement": agree,
+        }
     return out
 
 
-def export(run_dir: str | Path, fmt: str, output: str | Path, quantize: str | None = None, data: str | Path | None = None, batch_size: int = 8, tolerance: float = TOLERANCE) -> ExportReport:
+def export(
+    run_dir: str | Path,
+    fmt: str,
+    output: str | Path,
+    quantize: str | None = None,
+    data: str | Path | None = None,
+    batch_size: int = 8,
+    tolerance: float = TOLERANCE,
+) -> ExportReport:
     """Export, check against PyTorch on real batches, optionally quantize; write ``OUT.json``."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
@@ -349,7 +394,18 @@ def export(run_dir: str | Path, fmt: str, output: str | Path, quantize: str | No
     with torch.no_grad():
         expected = [[o.numpy() for o in wrapper(*ex)] for ex in examples]
 
-    report = ExportReport(fmt, str(output), quantize, names, outputs, dims, [int(ex[-1].shape[0]) for ex in examples], tolerance=tolerance, data=str(data_path) if labelled else None)
+    report = ExportReport(
+        fmt,
+        str(output),
+        quantize,
+        names,
+        outputs,
+        dims,
+        [int(ex[-1].shape[0]) for ex in examples],
+        tolerance=tolerance,
+        data=str(data_path) if labelled else None,
+    )
+
     def check(path: Path) -> tuple[Runner, float]:
         runner = Runner(fmt, path, names)
         try:

@@ -6,8 +6,9 @@ export. Training builds on it; it never imports training.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,9 @@ class Predictions:
     gates: np.ndarray | None  # (N, M) for gated fusion
 
 
-def make_loader(model: MultimodalModel, table: Table, batch_size: int, with_targets: bool = True, num_workers: int = 0, cache: FeatureCache | None = None) -> DataLoader:
+def make_loader(
+    model: MultimodalModel, table: Table, batch_size: int, with_targets: bool = True, num_workers: int = 0, cache: FeatureCache | None = None
+) -> DataLoader:
     """An ordered (unshuffled) loader over ``table`` for ``model``; inputs in ``cache`` are not decoded."""
     ds = MultimodalDataset(table, model, with_targets=with_targets, skip=cache.names if cache else None)
     # A private generator keeps evaluation from drawing on the global RNG (training reproducibility).

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -40,7 +39,7 @@ class MultimodalModel(nn.Module):
         self.fusion = build_fusion(spec.fusion, {k: e.output_dim for k, e in self.encoders.items()})
         self.heads = nn.ModuleDict({t.column: Head(t, self.fusion.output_dim, spec.head_dropout) for t in spec.targets})
 
-    def train(self, mode: bool = True) -> "MultimodalModel":
+    def train(self, mode: bool = True) -> MultimodalModel:
         """Frozen encoders stay in eval mode while the rest trains: no dropout noise, no BatchNorm
         statistics drift, and the same outputs as their cached features."""
         super().train(mode)
@@ -89,7 +88,7 @@ class MultimodalModel(nn.Module):
             write_checksums(tmp)
 
     @classmethod
-    def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "MultimodalModel":
+    def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> MultimodalModel:
         folder = Path(folder)
         if not (folder / "model.json").is_file():
             raise FileNotFoundError(f"{folder} is not a saved mmagent model (no model.json)")

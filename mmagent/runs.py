@@ -25,8 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 CONFIG_FILE = "config.json"
 MODEL_DIR = "model"
@@ -126,7 +127,9 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> Path:
     if not run_dir.is_dir():
         raise RunFolderError(f"{run_dir} is a file, not a folder; choose a folder for the run")
     if any(run_dir.iterdir()) and not (run_dir / MARKER_FILE).is_file():
-        raise RunFolderError(f"{run_dir} is not empty and is not an mmagent run folder (no {MARKER_FILE}); refusing to write into it: choose a new or empty folder")
+        raise RunFolderError(
+            f"{run_dir} is not empty and is not an mmagent run folder (no {MARKER_FILE}); refusing to write into it: choose a new or empty folder"
+        )
     if (run_dir / CHECKPOINTS_DIR).exists():
         raise FileExistsError(f"{run_dir} already holds a training run; use --resume to continue it or choose another folder")
     finished = [name for name in (MODEL_DIR, METRICS_FILE) if (run_dir / name).exists()]

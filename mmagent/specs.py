@@ -100,7 +100,7 @@ class TargetSpec(BaseModel):
         return 1 if self.type == "regression" else len(self.labels)
 
     @model_validator(mode="after")
-    def _check(self) -> "TargetSpec":
+    def _check(self) -> TargetSpec:
         if self.type != "regression" and len(self.labels) == 1:
             raise ValueError(f"target {self.column!r} has a single label {self.labels}; a classifier needs at least 2")
         return self
@@ -124,7 +124,7 @@ class InputSpec(BaseModel):
         return raw
 
     @model_validator(mode="after")
-    def _fill(self) -> "InputSpec":
+    def _fill(self) -> InputSpec:
         if isinstance(self.column, list):
             if self.modality != "numeric":
                 raise ValueError(f"a list of columns is only allowed for numeric inputs, not {self.modality}")
@@ -159,7 +159,7 @@ class ModelSpec(BaseModel):
     format_version: int = FORMAT_VERSION
 
     @model_validator(mode="after")
-    def _unique(self) -> "ModelSpec":
+    def _unique(self) -> ModelSpec:
         for what, names in (("input", [i.key for i in self.inputs]), ("target", [t.column for t in self.targets])):
             dupes = {n for n in names if names.count(n) > 1}
             if dupes:

@@ -37,9 +37,10 @@ import re
 import threading
 import unicodedata
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = zoo.WHISPER_SAMPLE_RATE  # 16 kHz
 SAMPLES_PER_POSITION = 2 * zoo.WHISPER_HOP_LENGTH  # 320: two 10 ms mel frames per encoder position
 MAX_SECONDS = 30.0  # Whisper's window (1500 positions)
+
 
 # -- transcription --------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ class Transcriber:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, device: str | torch.device = "cpu", **kwargs: Any) -> "Transcriber":
+    def load(cls, device: str | torch.device = "cpu", **kwargs: Any) -> Transcriber:
         """Whisper tiny.en from the zoo package (verified, converted once and cached), its tokenizer
         and a local ``WhisperFeatureExtractor(feature_size=80)``. ``kwargs``: see the class."""
         try:

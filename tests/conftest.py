@@ -12,7 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(os.environ.get("MMAGENT_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
 # The generated task lives in the package so benchmarks and smoke runs share it.
-from mmagent.demo.toy import TINY_BERT, write_toy_table as write_multimodal_table  # noqa: E402,F401
+from mmagent.demo.toy import TINY_BERT  # noqa: E402,F401
+from mmagent.demo.toy import write_toy_table as write_multimodal_table  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,11 @@ def mm_config(tables: dict[str, Path], **train: object) -> dict:
         "inputs": [
             {"column": "text", "modality": "text", "encoder": {"source": "hf", "name": "bert", "pretrained": False, "config": TINY_BERT, "max_length": 32}},
             {"column": "image", "modality": "image", "encoder": {"source": "timm", "name": "resnet18", "pretrained": False, "image_size": 32}},
-            {"column": "audio", "modality": "audio", "encoder": {"source": "builtin", "name": "mel-cnn", "config": {"width": 32, "channels": 8, "n_mels": 32}, "max_seconds": 1.0}},
+            {
+                "column": "audio",
+                "modality": "audio",
+                "encoder": {"source": "builtin", "name": "mel-cnn", "config": {"width": 32, "channels": 8, "n_mels": 32}, "max_seconds": 1.0},
+            },
         ],
         "targets": [{"column": "label", "type": "classification"}],
         "fusion": {"type": "concat", "hidden_dim": 64},

@@ -19,8 +19,7 @@ from mmagent.config import ConfigError, load_config
 from mmagent.data import DataError
 from mmagent.io import atomic_dir, removed_on_failure, write_json
 from mmagent.model import MultimodalModel
-from mmagent.specs import InputSpec, ModelSpec
-from mmagent.specs import TargetSpec
+from mmagent.specs import InputSpec, ModelSpec, TargetSpec
 
 N = 12
 
@@ -32,7 +31,12 @@ def _table(folder: Path) -> Path:
 
 
 def _config_file(folder: Path) -> Path:
-    raw = {"data": {"train": str(_table(folder))}, "inputs": [{"column": "x", "modality": "numeric"}], "targets": [{"column": "label"}], "train": {"epochs": 1, "batch_size": 4}}
+    raw = {
+        "data": {"train": str(_table(folder))},
+        "inputs": [{"column": "x", "modality": "numeric"}],
+        "targets": [{"column": "label"}],
+        "train": {"epochs": 1, "batch_size": 4},
+    }
     path = folder / "cfg.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -41,7 +45,10 @@ def _config_file(folder: Path) -> Path:
 @pytest.fixture()
 def run_dir(tmp_path: Path) -> Path:
     """A run folder with an (untrained) saved numeric model: enough for predict / evaluate."""
-    spec = ModelSpec(inputs=[InputSpec(column="x", modality="numeric", encoder={"source": "builtin", "name": "mlp"})], targets=[TargetSpec(column="label", labels=["a", "b"])])
+    spec = ModelSpec(
+        inputs=[InputSpec(column="x", modality="numeric", encoder={"source": "builtin", "name": "mlp"})],
+        targets=[TargetSpec(column="label", labels=["a", "b"])],
+    )
     MultimodalModel(spec).save(tmp_path / "run" / "model")
     return tmp_path / "run"
 
@@ -174,7 +181,12 @@ def test_evaluate_and_predict_run_on_the_device_asked_for(run_dir: Path, tmp_pat
 
 
 def test_set_refines_the_recipe_encoder(tmp_path: Path) -> None:
-    raw = {"recipe": "customer_service", "data": {"train": "t.csv"}, "inputs": [{"column": "text", "modality": "text"}, {"column": "a", "modality": "audio"}], "targets": [{"column": "intent"}]}
+    raw = {
+        "recipe": "customer_service",
+        "data": {"train": "t.csv"},
+        "inputs": [{"column": "text", "modality": "text"}, {"column": "a", "modality": "audio"}],
+        "targets": [{"column": "intent"}],
+    }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
     cfg = load_config(path, ["inputs.0.encoder.freeze=all", "inputs.1.encoder.max_seconds=2"])

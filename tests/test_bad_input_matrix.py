@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -37,9 +37,19 @@ def config(train: Path, media: bool = False, **train_opts: object) -> dict:
     if media:
         inputs += [
             {"column": "image", "modality": "image", "encoder": {"source": "timm", "name": "test_resnet", "pretrained": False, "image_size": 32}},
-            {"column": "audio", "modality": "audio", "encoder": {"source": "builtin", "name": "mel-cnn", "config": {"width": 8, "channels": 4, "n_mels": 16}, "max_seconds": 0.5}},
+            {
+                "column": "audio",
+                "modality": "audio",
+                "encoder": {"source": "builtin", "name": "mel-cnn", "config": {"width": 8, "channels": 4, "n_mels": 16}, "max_seconds": 0.5},
+            },
         ]
-    return {"data": {"train": str(train)}, "inputs": inputs, "targets": [{"column": "label"}], "fusion": {"type": "concat", "hidden_dim": 16}, "train": {"epochs": 1, "batch_size": 4, "seed": 0, **train_opts}}
+    return {
+        "data": {"train": str(train)},
+        "inputs": inputs,
+        "targets": [{"column": "label"}],
+        "fusion": {"type": "concat", "hidden_dim": 16},
+        "train": {"epochs": 1, "batch_size": 4, "seed": 0, **train_opts},
+    }
 
 
 def write_media(folder: Path) -> None:
@@ -203,7 +213,6 @@ def test_every_allowed_metric_is_reported() -> None:
     }
     for kind, names in METRICS.items():
         assert set(names) <= set(produced[kind]), (kind, sorted(produced[kind]))
-
 
 
 def test_python_api_cells_missing_values_and_huge_numbers(tmp_path: Path) -> None:

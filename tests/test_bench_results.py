@@ -22,7 +22,13 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "repo"
     (root / "benchmarks" / "results").mkdir(parents=True)
     (root / "code.py").write_text("x = 1\n")
-    old = {"date": "d", "commit": "0000000+dirty", "machine": "m", "smoke": False, "rows": [{"benchmark": "b", "variant": "old-run", "metric": "m", "value": 1.0}]}
+    old = {
+        "date": "d",
+        "commit": "0000000+dirty",
+        "machine": "m",
+        "smoke": False,
+        "rows": [{"benchmark": "b", "variant": "old-run", "metric": "m", "value": 1.0}],
+    }
     (root / "benchmarks" / "results" / "old.json").write_text(json.dumps(old))
     (root / "benchmarks" / "RESULTS.md").write_text("# old\n")
     git(root, "init", "-q")

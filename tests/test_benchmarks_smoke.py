@@ -25,7 +25,11 @@ def test_breastmnist_smoke_writes_expected_rows(tmp_path: Path) -> None:
     md_before = results_md.read_text() if results_md.is_file() else None
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.breastmnist", "--smoke", "--threads", "1", "--data-root", str(SHARED_DATA), "--work-dir", str(tmp_path)],
-        cwd=ROOT, env=_env(SHARED_DATA), capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=_env(SHARED_DATA),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     data = json.loads(result.read_text())
@@ -33,7 +37,12 @@ def test_breastmnist_smoke_writes_expected_rows(tmp_path: Path) -> None:
     for key in ("date", "commit", "machine", "threads"):
         assert data[key] not in (None, "")
     rows = data["rows"]
-    assert [(r["metric"], "probe" in r["variant"]) for r in rows] == [("test AUC", False), ("test accuracy", False), ("test AUC", True), ("test accuracy", True)]
+    assert [(r["metric"], "probe" in r["variant"]) for r in rows] == [
+        ("test AUC", False),
+        ("test accuracy", False),
+        ("test AUC", True),
+        ("test accuracy", True),
+    ]
     for r in rows:
         assert r["benchmark"] == "breastmnist" and "EfficientNet-Lite0" in r["variant"] and "smoke subset" in r["variant"]
         assert 0.0 <= r["value"] <= 1.0 and r["wall_s"] > 0 and r["reference"]
@@ -43,7 +52,14 @@ def test_breastmnist_smoke_writes_expected_rows(tmp_path: Path) -> None:
 
 def test_run_all_fails_without_data(tmp_path: Path) -> None:
     missing = tmp_path / "no-data-here"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--smoke", "--data-root", str(missing)], cwd=ROOT, env=_env(missing), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run_all", "--smoke", "--data-root", str(missing)],
+        cwd=ROOT,
+        env=_env(missing),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "error: data root" in proc.stdout and str(missing) in proc.stdout and "no benchmark ran" in proc.stdout
 
@@ -52,7 +68,14 @@ def test_run_all_fails_without_data(tmp_path: Path) -> None:
 def test_benchmark_fails_without_its_dataset(tmp_path: Path, name: str, folder: str) -> None:
     """A smoke run with no data fails (exit 2) naming the missing folder; it never measures
     something else or passes silently."""
-    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--smoke", "--data-root", str(tmp_path), "--work-dir", str(tmp_path / "work")], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--smoke", "--data-root", str(tmp_path), "--work-dir", str(tmp_path / "work")],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "[bench] error:" in proc.stderr and str(tmp_path / folder) in proc.stderr
     assert not (tmp_path / "work" / f"{name}-smoke" / "runs").exists()
@@ -88,8 +111,17 @@ def test_vs_hf_trainer_rows_compare_the_same_work() -> None:
 
     def res(variant: str, step_s: list[float], acc: float) -> dict:
         steps = [{"phase": "epoch 1/1", "fetch_s": 0.0, "body_s": s} for s in step_s]
-        return {"variant": variant, "steps": steps, "accuracy": acc, "macro_f1": acc / 2, "best_epoch": 1, "peak_rss_mb": 100.0,
-                "precision": "fp32", "optimizer": "adamw_torch_fused", "torch_threads": 1}
+        return {
+            "variant": variant,
+            "steps": steps,
+            "accuracy": acc,
+            "macro_f1": acc / 2,
+            "best_epoch": 1,
+            "peak_rss_mb": 100.0,
+            "precision": "fp32",
+            "optimizer": "adamw_torch_fused",
+            "torch_threads": 1,
+        }
 
     results = {"mmagent": res("mmagent", [1.0, 1.0], 0.9), "hf": res("hf", [2.0, 1.0], 0.8), "hf_grouped": res("hf_grouped", [1.5, 1.0], 0.85)}
     rows = V.summarize(results, seen=64, subset="s", wall=1.0)

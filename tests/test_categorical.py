@@ -17,7 +17,9 @@ def test_buckets_are_stable_across_processes_and_types():
     pre = CategoricalPreprocessor(1024)
     here = [int(pre(v)["ids"]) for v in ("red", "green", "7")]
     code = "from mmagent.encoders.builtin import CategoricalPreprocessor as P; p = P(1024); print([int(p(v)['ids']) for v in ('red', 'green', '7')])"
-    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", **__import__("os").environ}).stdout
+    there = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", **__import__("os").environ}
+    ).stdout
     assert str(here) == there.strip()
     assert pre(7)["ids"].item() == pre("7")["ids"].item() == pre(7.0)["ids"].item() == pre(" 7 ")["ids"].item()
     assert pre("red")["ids"].item() != pre("green")["ids"].item()

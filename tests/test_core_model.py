@@ -81,7 +81,10 @@ def _xor_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 def _xor_model(kind: str, inputs: list[str]) -> MultimodalModel:
     spec = ModelSpec(
-        inputs=[InputSpec(column=[f"{n}{j}" for j in range(4)], name=n, modality="numeric", encoder={"source": "builtin", "name": "mlp", "config": {"width": 32}}) for n in inputs],
+        inputs=[
+            InputSpec(column=[f"{n}{j}" for j in range(4)], name=n, modality="numeric", encoder={"source": "builtin", "name": "mlp", "config": {"width": 32}})
+            for n in inputs
+        ],
         targets=[TargetSpec(column="y", labels=["0", "1"])],
         fusion=FusionSpec(type=kind, hidden_dim=32, num_heads=2, dropout=0.0),
         head_dropout=0.0,
@@ -154,7 +157,11 @@ def test_gradients_reach_trainable_encoders_only(freeze: str) -> None:
         assert all(g is None for g in text_grads)
         assert not any(p.requires_grad for p in model.encoders["t"].parameters())
     else:
-        assert all(g is not None and g.abs().sum() > 0 for g, p in zip(text_grads, model.encoders["t"].parameters()) if p.requires_grad and "pooler" not in _name(model, p))
+        assert all(
+            g is not None and g.abs().sum() > 0
+            for g, p in zip(text_grads, model.encoders["t"].parameters())
+            if p.requires_grad and "pooler" not in _name(model, p)
+        )
     assert all(p.grad is not None for p in model.encoders["x1+x2"].parameters() if p.requires_grad)
     assert all(p.grad is not None for p in model.heads.parameters())
 

@@ -57,19 +57,30 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     y = np.where(x[:, 0] + 0.2 * rng.normal(size=n) > 0, "yes", "no")
     pd.DataFrame({"x0": x[:, 0], "x1": x[:, 1], "label": y}).to_csv(tmp_path / "train.csv", index=False)
     cfg = tmp_path / "config.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "data": {"train": "train.csv", "validation_fraction": 0.2},
-        "inputs": [{"column": ["x0", "x1"], "modality": "numeric", "name": "num", "encoder": {"source": "builtin", "name": "mlp", "config": {"width": 16}}}],
-        "targets": [{"column": "label", "type": "classification"}],
-        "fusion": {"type": "concat", "hidden_dim": 16},
-        "train": {"epochs": 2, "batch_size": BATCH, "lr": 3e-2, "head_lr": 3e-2, "seed": 0},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"train": "train.csv", "validation_fraction": 0.2},
+                "inputs": [
+                    {"column": ["x0", "x1"], "modality": "numeric", "name": "num", "encoder": {"source": "builtin", "name": "mlp", "config": {"width": 16}}}
+                ],
+                "targets": [{"column": "label", "type": "classification"}],
+                "fusion": {"type": "concat", "hidden_dim": 16},
+                "train": {"epochs": 2, "batch_size": BATCH, "lr": 3e-2, "head_lr": 3e-2, "seed": 0},
+            }
+        )
+    )
     run = tmp_path / "run"
     env = {**os.environ, "MMAGENT_RECORD_SHARDS": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
 
     # 1. `mmagent train --num-processes 2` re-launches itself through `accelerate launch` (1 epoch).
-    first = subprocess.run([sys.executable, "-m", "mmagent", "train", str(cfg), "-o", str(run), "--num-processes", "2", "--quiet", "--set", "train.epochs=1"],
-                           env=env, capture_output=True, text=True, timeout=240)
+    first = subprocess.run(
+        [sys.executable, "-m", "mmagent", "train", str(cfg), "-o", str(run), "--num-processes", "2", "--quiet", "--set", "train.epochs=1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert first.returncode == 0, first.stderr[-4000:]
     shards = _shards(run)
     assert [s["world_size"] for s in shards] == [WORLD, WORLD]
@@ -94,9 +105,36 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
 
     # 2. A hand-written `accelerate launch` (no ACCELERATE_USE_CPU: the trainer picks gloo on its own) resumes for epoch 2.
     env.pop("ACCELERATE_USE_CPU", None)
-    second = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", "0",
-                             "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmagent", "train", str(cfg), "-o", str(run), "--resume", "--quiet"],
-                            env=env, capture_output=True, text=True, timeout=240)
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--main_process_port",
+            "0",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "mmagent",
+            "train",
+            str(cfg),
+            "-o",
+            str(run),
+            "--resume",
+            "--quiet",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert second.returncode == 0, second.stderr[-4000:]
     assert "resuming from" in second.stdout and second.stdout.count("resuming from") == 1
     shards = _shards(run)

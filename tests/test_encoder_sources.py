@@ -52,12 +52,25 @@ SPECS: dict[str, tuple[dict[str, Any], str]] = {
     "torchvision-resnet18": ({"source": "torchvision", "name": "resnet18", "pretrained": False, "image_size": 32}, "image"),
     "torchvision-mobilenet": ({"source": "torchvision", "name": "mobilenet_v3_small", "pretrained": False, "image_size": 32}, "image"),
     "torchaudio-wav2vec2": ({"source": "torchaudio", "name": "WAV2VEC2_BASE", "pretrained": False, "config": TINY_TORCHAUDIO, **AUDIO}, "audio"),
-    "torchaudio-hubert-asr": ({"source": "torchaudio", "name": "HUBERT_ASR_LARGE", "pretrained": False, "config": {**TINY_TORCHAUDIO, "encoder_layer_norm_first": True}, **AUDIO}, "audio"),
+    "torchaudio-hubert-asr": (
+        {"source": "torchaudio", "name": "HUBERT_ASR_LARGE", "pretrained": False, "config": {**TINY_TORCHAUDIO, "encoder_layer_norm_first": True}, **AUDIO},
+        "audio",
+    ),
     "torchaudio-wavlm": ({"source": "torchaudio", "name": "WAVLM_BASE", "pretrained": False, "config": TINY_TORCHAUDIO, **AUDIO}, "audio"),
     "builtin-mel-cnn": ({"source": "builtin", "name": "mel-cnn", "config": {"n_mels": 16, "width": 32, "channels": 4}, **AUDIO}, "audio"),
     "builtin-mlp": ({"source": "builtin", "name": "mlp", "config": {"num_features": 3, "width": 16}}, "numeric"),
 }
-VARIABLE_LENGTH = {"hf-bert", "hf-wav2vec2", "hf-wav2vec2-layernorm", "hf-hubert", "hf-whisper", "torchaudio-wav2vec2", "torchaudio-hubert-asr", "torchaudio-wavlm", "builtin-mel-cnn"}
+VARIABLE_LENGTH = {
+    "hf-bert",
+    "hf-wav2vec2",
+    "hf-wav2vec2-layernorm",
+    "hf-hubert",
+    "hf-whisper",
+    "torchaudio-wav2vec2",
+    "torchaudio-hubert-asr",
+    "torchaudio-wavlm",
+    "builtin-mel-cnn",
+}
 PADDING_SENSITIVE: dict[str, str] = {}
 
 
@@ -66,7 +79,7 @@ def build(key: str, **changes: Any) -> Encoder:
     return build_encoder({**spec, **changes}, modality)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def built(key: str) -> Encoder:
     """One shared encoder per source, in eval mode, for the tests that do not change it."""
     torch.manual_seed(0)
@@ -343,10 +356,18 @@ def test_freeze_none_keeps_batchnorm_training() -> None:
     ("spec", "modality", "match"),
     [
         ({"source": "timm", "name": "resnet19", "pretrained": False}, "image", r"encoder\.name: unknown timm model name 'resnet19'; did you mean 'resnet18'"),
-        ({"source": "torchvision", "name": "resnet181", "pretrained": False}, "image", r"encoder\.name: unknown torchvision model name 'resnet181'; did you mean 'resnet18'"),
+        (
+            {"source": "torchvision", "name": "resnet181", "pretrained": False},
+            "image",
+            r"encoder\.name: unknown torchvision model name 'resnet181'; did you mean 'resnet18'",
+        ),
         ({"source": "hf", "name": "bertt", "pretrained": False}, "text", r"encoder\.name: unknown hf model 'bertt'; did you mean 'bert'"),
         ({"source": "tim", "name": "resnet18"}, "image", r"encoder\.source: unknown encoder source 'tim'; did you mean 'timm'\? \(available: builtin, hf"),
-        ({"source": "builtin", "name": "mlpp"}, "numeric", r"encoder\.name: unknown builtin encoder name 'mlpp'; did you mean 'mlp'\? \(available: mel-cnn, mlp\)"),
+        (
+            {"source": "builtin", "name": "mlpp"},
+            "numeric",
+            r"encoder\.name: unknown builtin encoder name 'mlpp'; did you mean 'mlp'\? \(available: mel-cnn, mlp\)",
+        ),
     ],
 )
 def test_unknown_names_are_clear_errors(spec: dict[str, Any], modality: str, match: str) -> None:

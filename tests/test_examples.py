@@ -36,7 +36,7 @@ def check_tables_match_config(module: ModuleType, paths: dict[str, Path], **opti
     import argparse
 
     from mmagent.config import config_from_dict
-    from mmagent.training.trainer import load_splits
+    from mmagent.training.splits import load_splits
 
     raw = module.make_config(paths, argparse.Namespace(**options))
     folder = paths["train"].parent
@@ -185,7 +185,9 @@ def test_smoke_training_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     """The fastest example (BreastMNIST; 32 px here) trains for a few steps and writes its run."""
     need(breastmnist)
     run = tmp_path / "run"
-    code = breastmnist.main(["--data-root", str(SHARED_DATA), "--smoke", "--steps", "2", "--image-size", "32", "--out", str(tmp_path / "prep"), "--run-dir", str(run), "--quiet"])
+    code = breastmnist.main(
+        ["--data-root", str(SHARED_DATA), "--smoke", "--steps", "2", "--image-size", "32", "--out", str(tmp_path / "prep"), "--run-dir", str(run), "--quiet"]
+    )
     assert code == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["finding"]["accuracy"] <= 1.0

@@ -27,7 +27,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "data": {"train": str(train_csv)},
         "inputs": [
             {"column": "text", "modality": "text", "encoder": {"source": "hf", "name": "bert", "pretrained": False, "config": TINY_BERT, "max_length": 32}},
-            {"column": "audio", "modality": "audio", "encoder": {"source": "builtin", "name": "mel-cnn", "config": {"width": 16, "channels": 4, "n_mels": 16}, "max_seconds": 1.0}},
+            {
+                "column": "audio",
+                "modality": "audio",
+                "encoder": {"source": "builtin", "name": "mel-cnn", "config": {"width": 16, "channels": 4, "n_mels": 16}, "max_seconds": 1.0},
+            },
             {"column": "x", "modality": "numeric"},
         ],
         "targets": [{"column": "label", "type": "classification"}],
@@ -128,14 +132,16 @@ def test_unexportable_encoder_is_named(tmp_path: Path) -> None:
             return type(out)(out.tokens, out.mask, out.pooled * 2)
 
     register_source("test-branchy")(lambda spec: Branchy(spec))
-    spec = ModelSpec.model_validate({
-        "inputs": [
-            {"column": "y", "modality": "numeric"},
-            {"column": "x", "modality": "numeric", "encoder": {"source": "test-branchy", "name": "mlp"}},
-        ],
-        "targets": [{"column": "label", "type": "classification", "labels": ["a", "b"]}],
-        "fusion": {"type": "concat", "hidden_dim": 8},
-    })
+    spec = ModelSpec.model_validate(
+        {
+            "inputs": [
+                {"column": "y", "modality": "numeric"},
+                {"column": "x", "modality": "numeric", "encoder": {"source": "test-branchy", "name": "mlp"}},
+            ],
+            "targets": [{"column": "label", "type": "classification", "labels": ["a", "b"]}],
+            "fusion": {"type": "concat", "hidden_dim": 8},
+        }
+    )
     MultimodalModel(spec).save(tmp_path / "run" / "model")
     pd.DataFrame({"y": np.arange(12.0), "x": np.linspace(-1, 1, 12), "label": ["a", "b"] * 6}).to_csv(tmp_path / "d.csv", index=False)
     with pytest.raises(ExportError) as err:

@@ -27,7 +27,16 @@ def fitted(mm_tables, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("fit") / "run"
     start = time.monotonic()
-    result = fit(mm_tables["train"], "label", out, test=mm_tables["test"], time_budget=BUDGET, preset="balanced", encoders=_tiny_encoders(mm_tables["train"]), progress=False)
+    result = fit(
+        mm_tables["train"],
+        "label",
+        out,
+        test=mm_tables["test"],
+        time_budget=BUDGET,
+        preset="balanced",
+        encoders=_tiny_encoders(mm_tables["train"]),
+        progress=False,
+    )
     return result, time.monotonic() - start
 
 

@@ -51,8 +51,18 @@ def test_every_kind_is_recognised_with_a_reason(table):
     schema = infer_schema(table, "label")
     kinds = {c.column: c.kind for c in schema.columns}
     assert kinds == {
-        "row_id": "ignore", "customer_id": "ignore", "message": "text", "colour": "categorical", "amount": "numeric",
-        "age": "numeric", "photo": "image", "scan": "ignore", "voice": "audio", "empty": "ignore", "source": "ignore", "when": "ignore",
+        "row_id": "ignore",
+        "customer_id": "ignore",
+        "message": "text",
+        "colour": "categorical",
+        "amount": "numeric",
+        "age": "numeric",
+        "photo": "image",
+        "scan": "ignore",
+        "voice": "audio",
+        "empty": "ignore",
+        "source": "ignore",
+        "when": "ignore",
         "label_code": "ignore",
     }
     reasons = {c.column: c.reason for c in schema.columns}

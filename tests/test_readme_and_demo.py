@@ -69,10 +69,12 @@ def test_demo_datasets_are_seeded_and_labelled(tmp_path: Path) -> None:
     import numpy as np
 
     rng = np.random.default_rng(0)
+
     def roughness(img: np.ndarray) -> float:
         dark = img < 90
         edges = (dark[1:, :] != dark[:-1, :]).sum() + (dark[:, 1:] != dark[:, :-1]).sum()
         return edges / max(dark.sum(), 1) ** 0.5
+
     mal = np.mean([roughness(ds.lesion_image(True, rng)) for _ in range(20)])
     ben = np.mean([roughness(ds.lesion_image(False, rng)) for _ in range(20)])
     assert mal > ben

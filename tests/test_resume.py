@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 import mmagent.training.checkpoint as ckpt
 from mmagent.config import ExperimentConfig, config_from_dict
 from mmagent.demo.toy import write_toy_table
-from mmagent.training.trainer import build_model, load_splits, train
+from mmagent.training.splits import load_splits
+from mmagent.training.trainer import build_model, train
 
 
 class Killed(Exception):
@@ -32,13 +33,15 @@ def _config(table: Path, image: bool = False, **train_opts: Any) -> ExperimentCo
     inputs: list[dict[str, Any]] = [{"column": "x", "modality": "numeric"}]
     if image:
         inputs.insert(0, {"column": "image", "modality": "image", "encoder": {"source": "timm", "name": "test_resnet", "pretrained": False, "image_size": 32}})
-    return config_from_dict({
-        "data": {"train": str(table), "num_workers": 0},
-        "inputs": inputs,
-        "targets": [{"column": "label"}],
-        "fusion": {"type": "gated", "hidden_dim": 16},
-        "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "seed": 1, **train_opts},
-    })
+    return config_from_dict(
+        {
+            "data": {"train": str(table), "num_workers": 0},
+            "inputs": inputs,
+            "targets": [{"column": "label"}],
+            "fusion": {"type": "gated", "hidden_dim": 16},
+            "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "seed": 1, **train_opts},
+        }
+    )
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:

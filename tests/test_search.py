@@ -81,10 +81,26 @@ SPACE = {
 
 @pytest.mark.filterwarnings("ignore:Fixed parameter")  # the hopeless candidate's learning rates are out of range on purpose
 def test_budgeted_search_prunes_a_hopeless_candidate_and_shares_frozen_features(toy: Path, tmp_path: Path) -> None:
-    good = {"train.head_lr": 3e-2, "train.lr": 1e-2, "fusion.type": "concat", "fusion.modality_dropout": 0.0, "inputs.1.encoder.freeze": "all", "train.epochs": 4}
+    good = {
+        "train.head_lr": 3e-2,
+        "train.lr": 1e-2,
+        "fusion.type": "concat",
+        "fusion.modality_dropout": 0.0,
+        "inputs.1.encoder.freeze": "all",
+        "train.epochs": 4,
+    }
     hopeless = {**good, "train.head_lr": 1e-7, "train.lr": 1e-7}
     store = FeatureCacheStore()
-    result = search_within_budget(_raw(toy, epochs=4), SPACE, tmp_path / "search", time_limit=600, n_trials=2, pruner={"type": "successive_halving", "min_resource": 1, "reduction_factor": 3}, store=store, first_params=[good, hopeless])
+    result = search_within_budget(
+        _raw(toy, epochs=4),
+        SPACE,
+        tmp_path / "search",
+        time_limit=600,
+        n_trials=2,
+        pruner={"type": "successive_halving", "min_resource": 1, "reduction_factor": 3},
+        store=store,
+        first_params=[good, hopeless],
+    )
 
     states = [t.state.name for t in result.study.trials]
     assert states == ["COMPLETE", "PRUNED"], [(t.state.name, t.intermediate_values) for t in result.study.trials]

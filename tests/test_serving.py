@@ -44,7 +44,23 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
     port = _free_port()
     log = open(folder / "server.log", "wb")
     env = {**os.environ, "MMAGENT_API_KEYS": KEY, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "mmagent", "serve", str(run_dir), "--port", str(port), "--max-body-bytes", str(MAX_BODY), "--max-image-pixels", str(MAX_PIXELS), "--max-audio-seconds", str(MAX_AUDIO_S), "--max-wait-ms", "10"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmagent",
+        "serve",
+        str(run_dir),
+        "--port",
+        str(port),
+        "--max-body-bytes",
+        str(MAX_BODY),
+        "--max-image-pixels",
+        str(MAX_PIXELS),
+        "--max-audio-seconds",
+        str(MAX_AUDIO_S),
+        "--max-wait-ms",
+        "10",
+    ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -54,7 +70,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
         agent = Agent.load(run_dir)  # the in-process reference, loaded while the server starts
         _wait_ready(url, proc, folder / "server.log")
-        yield {"url": url, "run_dir": run_dir, "folder": folder, "log": folder / "server.log", "agent": agent, "test": pd.read_csv(test_csv, dtype=str), "proc": proc}
+        yield {
+            "url": url,
+            "run_dir": run_dir,
+            "folder": folder,
+            "log": folder / "server.log",
+            "agent": agent,
+            "test": pd.read_csv(test_csv, dtype=str),
+            "proc": proc,
+        }
     finally:
         proc.terminate()
         try:

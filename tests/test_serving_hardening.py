@@ -39,7 +39,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> dict:
     port = _free_port()
     log = open(folder / "server.log", "wb")
     env = {**os.environ, "MMAGENT_API_KEYS": KEY, "MMAGENT_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "mmagent", "serve", str(run_dir), "--port", str(port), "--device", "auto"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmagent", "serve", str(run_dir), "--port", str(port), "--device", "auto"], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, proc, folder / "server.log")
@@ -191,7 +193,10 @@ def test_bad_values_are_4xx_and_keep_the_connection(server: dict) -> None:
 
 def test_stalled_body_times_out(server: dict) -> None:
     with socket.create_connection(("127.0.0.1", server["port"]), timeout=BODY_TIMEOUT_S + 10) as sock:
-        sock.sendall(f"POST /v1/predict HTTP/1.1\r\nHost: t\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n".encode() + b'{"record": {"text": "')
+        sock.sendall(
+            f"POST /v1/predict HTTP/1.1\r\nHost: t\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n".encode()
+            + b'{"record": {"text": "'
+        )
         start = time.monotonic()
         answer = b""
         while chunk := sock.recv(65536):  # until the server closes the connection

@@ -13,7 +13,6 @@ import dataclasses
 import importlib.util
 import logging
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +21,8 @@ import torch
 from mmagent import speech
 from mmagent.demo import tts
 from mmagent.encoders import zoo
-from mmagent.encoders.media import MediaError
 from mmagent.encoders.audio import trim_whisper_positions
+from mmagent.encoders.media import MediaError
 from tests.test_zoo import read_ct2_variable  # independent of the converter
 
 SENTENCES = ["please turn on the kitchen lights", "i lost my credit card", "what is my account balance"]
@@ -123,7 +122,10 @@ def test_decoder_conversion_matches_ctranslate2_file(transcriber):
     assert np.array_equal(model.model.decoder.embed_positions.weight.numpy(), read_ct2_variable(path, "decoder/position_encodings/encodings"))
     assert model.proj_out.weight is model.model.decoder.embed_tokens.weight  # the file's alias, tied
     names = sorted(p.name for p in zoo.cache_dir().glob("*.safetensors"))
-    assert names == [f"whisper-tiny.en-{zoo.SHA256[speech.ZOO_NAME][:16]}.safetensors", f"whisper-tiny.en-decoder-{zoo.SHA256[speech.ZOO_NAME][:16]}.safetensors"]
+    assert names == [
+        f"whisper-tiny.en-{zoo.SHA256[speech.ZOO_NAME][:16]}.safetensors",
+        f"whisper-tiny.en-decoder-{zoo.SHA256[speech.ZOO_NAME][:16]}.safetensors",
+    ]
     _, aliases = zoo.read_ctranslate2_model(path, "decoder/layer_norm")
     assert aliases == {"decoder/projection/weight": "decoder/embeddings/weight"}
 

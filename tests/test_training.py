@@ -45,7 +45,15 @@ def test_trains_and_clearly_beats_chance(trained_run: Path) -> None:
     test = metrics["test"]["label"]
     assert test["accuracy"] >= 0.7, test  # chance is 1/3
     assert set(test) >= {"accuracy", "macro_f1", "per_class", "confusion_matrix", "auroc"}
-    for name in ("report.md", "plots/curves.png", "plots/confusion_label.png", "model/model.safetensors", "model/model.json", "calibration.json", "metrics.jsonl"):
+    for name in (
+        "report.md",
+        "plots/curves.png",
+        "plots/confusion_label.png",
+        "model/model.safetensors",
+        "model/model.json",
+        "calibration.json",
+        "metrics.jsonl",
+    ):
         assert (trained_run / name).is_file(), name
     report = (trained_run / "report.md").read_text()
     assert "Modality ablation" in report and "without audio" in report
@@ -116,7 +124,9 @@ def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
     assert ref_progress is not None
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(CLI + ["train", str(cfg), "-o", str(run), "--quiet", "--set", "train.checkpoint_every_steps=5"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        CLI + ["train", str(cfg), "-o", str(run), "--quiet", "--set", "train.checkpoint_every_steps=5"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         p = _progress(run)
@@ -179,7 +189,8 @@ def test_frozen_encoder_cache_gives_same_result_as_no_cache(tmp_path: Path) -> N
 
 def test_gradient_accumulation_bf16_and_separate_learning_rates(tmp_path: Path) -> None:
     from mmagent.config import load_config
-    from mmagent.training.trainer import param_groups, train, build_model, load_splits
+    from mmagent.training.splits import load_splits
+    from mmagent.training.trainer import build_model, param_groups, train
 
     cfg = load_config(_small_config(tmp_path, n=80, epochs=1), ["train.grad_accum=3", "train.mixed_precision=bf16", "train.lr=1e-5", "train.head_lr=1e-2"])
     result = train(cfg, tmp_path / "run", progress=False, finalize=False)

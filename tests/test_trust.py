@@ -135,7 +135,17 @@ def test_reliability_diagram_is_written(tmp_path: Path) -> None:
 
 
 # -- escalation threshold -----------------------------------------------------------------------
-UNREACHED = {"target": "label", "threshold": 0.61, "precision": 0.8, "coverage": 0.5, "accepted": 5, "total": 10, "target_precision": 0.99, "reached": False, "note": "no threshold reaches precision 0.99"}
+UNREACHED = {
+    "target": "label",
+    "threshold": 0.61,
+    "precision": 0.8,
+    "coverage": 0.5,
+    "accepted": 5,
+    "total": 10,
+    "target_precision": 0.99,
+    "reached": False,
+    "note": "no threshold reaches precision 0.99",
+}
 
 
 def test_an_explicit_policy_is_not_overridden_by_the_runs_threshold(tmp_path: Path) -> None:

@@ -50,7 +50,14 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _raw(table: Path, tune_block: dict | None = None, epochs: int = 4, text: bool = False) -> dict:
     inputs = [{"column": ["x0", "x1"], "modality": "numeric", "name": "num", "encoder": {"source": "builtin", "name": "mlp", "config": {"width": 16}}}]
     if text:  # a frozen (random, tiny) BERT: its outputs are what the cache shares
-        inputs.insert(0, {"column": "text", "modality": "text", "encoder": {"source": "hf", "name": "bert", "pretrained": False, "config": TINY_BERT, "max_length": 8, "freeze": "all"}})
+        inputs.insert(
+            0,
+            {
+                "column": "text",
+                "modality": "text",
+                "encoder": {"source": "hf", "name": "bert", "pretrained": False, "config": TINY_BERT, "max_length": 8, "freeze": "all"},
+            },
+        )
     return {
         "data": {"train": str(table), "validation_fraction": 0.25},
         "inputs": inputs,
@@ -121,7 +128,7 @@ def test_trial_left_running_by_a_killed_worker_is_retried(table: Path, tmp_path:
 
     run = CliRunner().invoke(app, ["tune", str(cfg_path), "-o", str(out), "--trials", "1", "--quiet"])
     assert run.exit_code == 0, run.output
-    assert json.loads(run.output[run.output.index("{"):])["trials"] == {"complete": 1}
+    assert json.loads(run.output[run.output.index("{") :])["trials"] == {"complete": 1}
 
     # A worker process died in the middle of trial 1: the storage still says RUNNING.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -168,7 +175,8 @@ def test_frozen_encoder_outputs_are_computed_once_across_trials(table: Path, tmp
 
 
 def test_cache_keys_follow_encoder_weights_and_rows(table: Path) -> None:
-    from mmagent.training.trainer import build_model, load_splits
+    from mmagent.training.splits import load_splits
+    from mmagent.training.trainer import build_model
 
     cfg = config_from_dict(_raw(table, text=True))
     splits = load_splits(cfg)
@@ -222,7 +230,17 @@ def test_default_space_and_encoder_choices(table: Path) -> None:
     assert spec.space is not None and set(default_space(cfg)) == set(spec.space)
     assert {"train.head_lr", "train.weight_decay", "train.epochs", "fusion.type", "fusion.modality_dropout"} <= set(spec.space)
     assert "inputs.0.encoder.freeze" not in spec.space, "a randomly initialised encoder is not a freezing candidate"
-    choices = [{"source": "hf", "name": "bert", "pretrained": False, "config": TINY_BERT, "max_length": 8, "freeze": "all"},
-               {"source": "hf", "name": "bert", "pretrained": False, "config": TINY_BERT, "max_length": 8}]
-    spec = parse_tune_spec(config_from_dict(_raw(table, {"space": {"inputs.0.encoder": {"type": "categorical", "choices": choices}, "inputs.0.encoder.lora.r": {"type": "int", "low": 2, "high": 4}}}, text=True)))
+    choices = [
+        {"source": "hf", "name": "bert", "pretrained": False, "config": TINY_BERT, "max_length": 8, "freeze": "all"},
+        {"source": "hf", "name": "bert", "pretrained": False, "config": TINY_BERT, "max_length": 8},
+    ]
+    spec = parse_tune_spec(
+        config_from_dict(
+            _raw(
+                table,
+                {"space": {"inputs.0.encoder": {"type": "categorical", "choices": choices}, "inputs.0.encoder.lora.r": {"type": "int", "low": 2, "high": 4}}},
+                text=True,
+            )
+        )
+    )
     assert set(spec.space or {}) == {"inputs.0.encoder", "inputs.0.encoder.lora.r"}

@@ -17,8 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmagent.encoders import available_sources, build_encoder
-from mmagent.encoders import zoo
+from mmagent.encoders import available_sources, build_encoder, zoo
 
 SR = 16000
 

@@ -1,15 +1,16 @@
 """``Agent``: a trained run folder plus a policy. Predict, explain, act.
 
-    agent = Agent.load("runs/cs")
-    agent.predict({"text": "my card has not arrived"})   # labels + calibrated probabilities
-    agent.act({"text": "...", "audio": "call.wav"})       # a Decision: reply / escalate / ...
+agent = Agent.load("runs/cs")
+agent.predict({"text": "my card has not arrived"})   # labels + calibrated probabilities
+agent.act({"text": "...", "audio": "call.wav"})       # a Decision: reply / escalate / ...
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,16 @@ from mmagent.model import MultimodalModel
 
 
 class Agent:
-    def __init__(self, model: MultimodalModel, policy: Policy, temperatures: dict[str, float] | None = None, target: str | None = None, device: str | torch.device = "cpu", batch_size: int = 32, speech_to_text: dict[str, str] | str | None = None) -> None:
+    def __init__(
+        self,
+        model: MultimodalModel,
+        policy: Policy,
+        temperatures: dict[str, float] | None = None,
+        target: str | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 32,
+        speech_to_text: dict[str, str] | str | None = None,
+    ) -> None:
         self.model = model.to(device).eval()
         self.policy = policy
         self.temperatures = temperatures or {}
@@ -52,7 +62,7 @@ class Agent:
         return dict(setting)
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str | torch.device = "cpu", policy: dict[str, Any] | str | Path | None = None) -> "Agent":
+    def load(cls, run_dir: str | Path, device: str | torch.device = "cpu", policy: dict[str, Any] | str | Path | None = None) -> Agent:
         """Load ``RUN_DIR/model``, its calibration and the policy from the run's config (or the
         ``policy`` given here: a spec mapping, a policy name or a YAML file)."""
         run_dir = Path(run_dir)
@@ -68,8 +78,19 @@ class Agent:
                 key = "refer_below" if spec.get("type") == "medical" else "threshold"
                 spec = {**spec, key: chosen["threshold"]}
                 if not chosen.get("reached", True):
-                    warnings.warn(f"{run_dir}: the escalation target was not reached on validation ({chosen.get('note')}); the agent escalates below {chosen['threshold']:.3f}, the threshold with the best precision", UserWarning, stacklevel=2)
-        return cls(model, build_policy(spec, base_dir=run_dir), runs.temperatures(calibration), agent_cfg.get("target"), device, speech_to_text=agent_cfg.get("speech_to_text"))
+                    warnings.warn(
+                        f"{run_dir}: the escalation target was not reached on validation ({chosen.get('note')}); the agent escalates below {chosen['threshold']:.3f}, the threshold with the best precision",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+        return cls(
+            model,
+            build_policy(spec, base_dir=run_dir),
+            runs.temperatures(calibration),
+            agent_cfg.get("target"),
+            device,
+            speech_to_text=agent_cfg.get("speech_to_text"),
+        )
 
     # -- predict ------------------------------------------------------------------------------
     def prepare(self, data: Any, base_dir: str | Path = ".") -> tuple[Table, dict[int, str]]:
@@ -78,7 +99,13 @@ class Agent:
         records = [data] if isinstance(data, dict) else data
         if isinstance(records, list) and any(isinstance(r, dict) and not r for r in records):
             columns = ", ".join(c for inp in self.model.spec.inputs for c in inp.columns)
-            raise DataError([Problem("<records>", i, columns, f"the record is empty: it has none of the model's inputs ({columns})") for i, r in enumerate(records) if isinstance(r, dict) and not r])
+            raise DataError(
+                [
+                    Problem("<records>", i, columns, f"the record is empty: it has none of the model's inputs ({columns})")
+                    for i, r in enumerate(records)
+                    if isinstance(r, dict) and not r
+                ]
+            )
         table = as_table(records, base_dir)
         if len(table) == 0:
             raise ValueError("no records given: pass at least one record")
@@ -104,7 +131,8 @@ class Agent:
         columns = [c for inp in self.model.spec.inputs for c in inp.columns]
         return [
             Problem(table.source, i, ", ".join(columns), f"the record has none of the model's inputs ({', '.join(columns)})", table.where(i))
-            for i, r in enumerate(table.records) if all(is_empty(r.get(c)) for c in columns)
+            for i, r in enumerate(table.records)
+            if all(is_empty(r.get(c)) for c in columns)
         ]
 
     def _transcribe_missing_text(self, table: Table) -> dict[int, str]:

@@ -15,7 +15,8 @@ same convention as :mod:`mmagent.tasks.heads`.
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +42,7 @@ __all__ = [
 
 
 # -- temperature scaling --------------------------------------------------------------------------
-def fit_temperature(
-    logits: Tensor, labels: Tensor, min_t: float = MIN_TEMPERATURE, max_t: float = MAX_TEMPERATURE
-) -> float:
+def fit_temperature(logits: Tensor, labels: Tensor, min_t: float = MIN_TEMPERATURE, max_t: float = MAX_TEMPERATURE) -> float:
     """Temperature ``T`` minimising the NLL of ``softmax(logits / T)`` on (N, C) logits and (N,) labels.
 
     ``T > 1`` softens an over-confident model, ``T < 1`` sharpens an under-confident one. The
@@ -61,9 +60,7 @@ def fit_temperature(
     return _fit(lambda t: F.cross_entropy(logits / t, labels).item(), min_t, max_t)
 
 
-def fit_temperature_binary(
-    logits: Tensor, targets: Tensor, min_t: float = MIN_TEMPERATURE, max_t: float = MAX_TEMPERATURE
-) -> float:
+def fit_temperature_binary(logits: Tensor, targets: Tensor, min_t: float = MIN_TEMPERATURE, max_t: float = MAX_TEMPERATURE) -> float:
     """Multi-label / binary variant: one shared ``T`` for ``sigmoid(logits / T)``, minimising the
     binary cross-entropy of (N, K) logits against (N, K) 0/1 targets (NaN = missing, ignored)."""
     logits, targets = _as_float(logits, "logits"), torch.as_tensor(targets, dtype=torch.float64)
@@ -78,9 +75,7 @@ def fit_temperature_binary(
     return _fit(lambda t: F.binary_cross_entropy_with_logits(logits / t, targets).item(), min_t, max_t)
 
 
-def apply_temperature(
-    logits: Tensor, temperature: float, task_type: Literal["classification", "multilabel"] = "classification"
-) -> Tensor:
+def apply_temperature(logits: Tensor, temperature: float, task_type: Literal["classification", "multilabel"] = "classification") -> Tensor:
     """Calibrated probabilities: ``softmax(logits / T)`` (classification) or ``sigmoid`` (multilabel)."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -211,8 +206,14 @@ def choose_threshold(
 
     def result(k: int, **extra: object) -> ThresholdChoice:
         return ThresholdChoice(
-            threshold=float(conf[k - 1]), precision=float(precision[k - 1]), coverage=k / n, accepted=k, total=n,
-            target_precision=target_precision, target_coverage=target_coverage, **extra,  # type: ignore[arg-type]
+            threshold=float(conf[k - 1]),
+            precision=float(precision[k - 1]),
+            coverage=k / n,
+            accepted=k,
+            total=n,
+            target_precision=target_precision,
+            target_coverage=target_coverage,
+            **extra,  # type: ignore[arg-type]
         )
 
     if target_coverage is not None:
@@ -231,6 +232,7 @@ def choose_threshold(
     best = float(precision[boundary].max())
     k = int(torch.nonzero(boundary & (precision == best))[-1]) + 1
     return result(
-        k, reached=False,
+        k,
+        reached=False,
         note=f"no threshold reaches precision {target_precision:g}; best achievable is {best:.3g} (threshold {float(conf[k - 1]):.3g})",
     )

@@ -61,7 +61,10 @@ def calibrate(model: MultimodalModel, validation: Predictions, test: Predictions
             "measured_on": measured_on,
             "n_fitted": int(len(y)),
             "n_measured": int(len(eval_y)),
-            "reliability": {"before": reliability_curve(*_top_label(kind, before_probs, eval_y)), "after": reliability_curve(*_top_label(kind, after_probs, eval_y))},
+            "reliability": {
+                "before": reliability_curve(*_top_label(kind, before_probs, eval_y)),
+                "after": reliability_curve(*_top_label(kind, after_probs, eval_y)),
+            },
         }
         if note:
             entry["note"] = note

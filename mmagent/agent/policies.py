@@ -20,8 +20,9 @@ below are read as probabilities, which only holds for a calibrated model.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -188,8 +189,15 @@ class Policy:
         """The policy-independent part of a decision; action "predict" until a policy says otherwise."""
         positives = [lab for lab, p in pred.ranked if p >= self.spec.positive_threshold] if pred.task_type == "multilabel" else []
         return Decision(
-            target=pred.target, task_type=pred.task_type, policy=self.name, label=pred.label, labels=positives,  # type: ignore[arg-type]
-            value=pred.value, confidence=pred.confidence, probabilities=dict(pred.probs), action="predict",
+            target=pred.target,
+            task_type=pred.task_type,
+            policy=self.name,
+            label=pred.label,
+            labels=positives,  # type: ignore[arg-type]
+            value=pred.value,
+            confidence=pred.confidence,
+            probabilities=dict(pred.probs),
+            action="predict",
             top_k=[LabelProbability(label=lab, probability=p) for lab, p in pred.ranked[: self.spec.top_k]],
         )
 
@@ -357,7 +365,7 @@ class CustomerServicePolicy(Policy):
     spec: CustomerServiceSpec
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "CustomerServicePolicy":
+    def from_yaml(cls, path: str | Path) -> CustomerServicePolicy:
         """Load a playbook file (with or without ``type: customer_service``)."""
         data = _read_yaml(Path(path))
         data.setdefault("type", "customer_service")
@@ -406,7 +414,7 @@ class MedicalSpec(PolicySpec):
     decimals: int = Field(2, ge=0, le=6, description="digits of probabilities in the report text")
 
     @model_validator(mode="after")
-    def _band(self) -> "MedicalSpec":
+    def _band(self) -> MedicalSpec:
         low, high = self.uncertain_band
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(f"uncertain_band must satisfy 0 <= low <= high <= 1, got [{low}, {high}]")
@@ -442,9 +450,7 @@ class MedicalPolicy(Policy):
                 decision.reason = f"low confidence {_fmt(pred.confidence)} < {_fmt(s.refer_below)}"
         else:
             low, high = s.uncertain_band
-            status = {
-                lab: "uncertain" if low <= p <= high else "present" if p >= s.positive_threshold else "absent" for lab, p in pred.ranked
-            }
+            status = {lab: "uncertain" if low <= p <= high else "present" if p >= s.positive_threshold else "absent" for lab, p in pred.ranked}
             text = f"{pred.target} findings: " + "; ".join(f"{lab}: {self._p(p)} ({status[lab]})" for lab, p in pred.ranked)
             uncertain = [f"{lab} {_fmt(p)}" for lab, p in pred.ranked if status[lab] == "uncertain"]
             if uncertain:
@@ -470,7 +476,7 @@ class AlertRule(BaseModel):
     message: str = ""
 
     @model_validator(mode="after")
-    def _bound(self) -> "AlertRule":
+    def _bound(self) -> AlertRule:
         if self.above is None and self.below is None:
             raise ValueError("an alert rule needs `above` and/or `below`")
         return self

@@ -5,8 +5,9 @@ validates it with everything else, before any work."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
@@ -26,7 +27,7 @@ class EscalationSpec(BaseModel):
     target_coverage: float | None = Field(None, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _one(self) -> "EscalationSpec":
+    def _one(self) -> EscalationSpec:
         if (self.target_precision is None) == (self.target_coverage is None):
             raise ValueError("give exactly one of target_precision or target_coverage")
         return self
@@ -56,7 +57,7 @@ class AgentSpec(BaseModel):
         return dict(self.model_extra or {})
 
     @model_validator(mode="after")
-    def _policy(self, info: ValidationInfo) -> "AgentSpec":
+    def _policy(self, info: ValidationInfo) -> AgentSpec:
         base_dir = (info.context or {}).get("base_dir")
         if base_dir is None and isinstance(self.policy.get("playbook"), str):
             return self  # a playbook file relative to an unknown folder: resolve_agent_config reads it
@@ -99,4 +100,6 @@ def check_agent_labels(agent: AgentSpec, targets: list[TargetSpec]) -> None:
         if rule.label is not None and rule.label not in spec.labels:
             raise PolicyConfigError(f"{where}: label {rule.label!r} is not a label of target {target!r}; its labels: {spec.labels}")
         if rule.label is None and spec.type != "regression":
-            raise PolicyConfigError(f"{where}: a rule without `label` watches a regressed value, but target {target!r} is {spec.type}; name one of its labels: {spec.labels}")
+            raise PolicyConfigError(
+                f"{where}: a rule without `label` watches a regressed value, but target {target!r} is {spec.type}; name one of its labels: {spec.labels}"
+            )

@@ -8,7 +8,8 @@ slot and ``present`` is False, so fusion ignores it.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -134,7 +135,7 @@ class Collator:
     """Batches samples: each input's preprocessor pads its own tensors; cached encoder outputs
     (if any) are gathered by row index."""
 
-    def __init__(self, model: ModelLike, cache: "FeatureCache | None" = None) -> None:
+    def __init__(self, model: ModelLike, cache: FeatureCache | None = None) -> None:
         self.preprocessors = {k: e.preprocessor for k, e in model.encoders.items()}
         self.cache = cache
 
@@ -168,7 +169,17 @@ class FeatureCache:
         return set(self.pooled)
 
     @torch.no_grad()
-    def build(self, model: ModelLike, table: Table, names: list[str], keep_tokens: bool, batch_size: int, device: torch.device, num_workers: int = 0, progress: bool = False) -> None:
+    def build(
+        self,
+        model: ModelLike,
+        table: Table,
+        names: list[str],
+        keep_tokens: bool,
+        batch_size: int,
+        device: torch.device,
+        num_workers: int = 0,
+        progress: bool = False,
+    ) -> None:
         from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
 

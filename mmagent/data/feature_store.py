@@ -42,9 +42,19 @@ class FeatureCacheStore:
         self.memory: dict[str, tuple[torch.Tensor, list[torch.Tensor] | None]] = {}
         self.builds = 0
         self.hits = 0
-        self._digests: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()  # one weights pass per encoder
+        self._digests: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()  # one weights pass per encoder
 
-    def get(self, model: "MultimodalModel", table: Table, names: list[str], keep_tokens: bool, batch_size: int, device: torch.device, num_workers: int = 0, progress: bool = False) -> FeatureCache:
+    def get(
+        self,
+        model: MultimodalModel,
+        table: Table,
+        names: list[str],
+        keep_tokens: bool,
+        batch_size: int,
+        device: torch.device,
+        num_workers: int = 0,
+        progress: bool = False,
+    ) -> FeatureCache:
         """A FeatureCache holding ``names``' outputs over ``table``: stored entries where the key
         matches, one encoder pass (for all missing names together) otherwise."""
         cache = FeatureCache()
@@ -76,7 +86,7 @@ class FeatureCacheStore:
         if entry[1] is not None:
             cache.tokens[name] = entry[1]
 
-    def key(self, model: "MultimodalModel", name: str, table: Table, keep_tokens: bool) -> str | None:
+    def key(self, model: MultimodalModel, name: str, table: Table, keep_tokens: bool) -> str | None:
         """The entry key, or None when the rows cannot be fingerprinted (then nothing is shared)."""
         rows = _rows_digest(model, name, table)
         if rows is None:
@@ -133,7 +143,7 @@ def _weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _rows_digest(model: "MultimodalModel", name: str, table: Table) -> str | None:
+def _rows_digest(model: MultimodalModel, name: str, table: Table) -> str | None:
     import numpy as np
 
     inp = next(i for i in model.spec.inputs if i.key == name)

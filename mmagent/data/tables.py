@@ -40,7 +40,7 @@ class Table:
     def columns(self) -> list[str]:
         return [str(c) for c in self.frame.columns]
 
-    def subset(self, rows: list[int] | np.ndarray) -> "Table":
+    def subset(self, rows: list[int] | np.ndarray) -> Table:
         rows = list(rows)
         return Table(self.frame.iloc[rows], self.source, self.base_dir, [self.rows[i] for i in rows])
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from mmagent.data.errors import DataError, Problem, table_error
 from mmagent.data.tables import Table, is_empty, label_text, parse_number, resolve_media, show_cell, split_labels
@@ -193,7 +194,9 @@ def _check_targets(table: Table, row: int, record: dict, targets: list[TargetSpe
             yield Problem(table.source, row, t.column, f"a label must be one value, got {type(value).__name__} {str(value)[:40]!r}", table.where(row))
 
 
-def validate_table(table: Table, inputs: list[InputSpec], targets: list[TargetSpec], on_bad_row: str = "error", need_targets: bool = True) -> tuple[Table, list[Problem]]:
+def validate_table(
+    table: Table, inputs: list[InputSpec], targets: list[TargetSpec], on_bad_row: str = "error", need_targets: bool = True
+) -> tuple[Table, list[Problem]]:
     """Check all rows. ``error``: raise :class:`DataError` listing every problem. ``skip``: return
     the table without the bad rows, and the problems (for the run folder's skipped_rows.csv).
     A labelled table (``need_targets``) without data rows is an error."""
@@ -229,17 +232,26 @@ def check_training_data(config: Any, splits: S) -> S:
     train, validation = splits.train, splits.validation
     if len(train) < MIN_TRAIN_ROWS:
         split = "" if config.data.validation else f" after data.validation_fraction {config.data.validation_fraction:g} went to validation"
-        raise table_error(train.source, f"too few rows: need at least {MIN_TRAIN_ROWS} training rows, have {len(train)}{split} ({len(train) + (0 if config.data.validation else len(validation))} usable data rows)")
+        raise table_error(
+            train.source,
+            f"too few rows: need at least {MIN_TRAIN_ROWS} training rows, have {len(train)}{split} ({len(train) + (0 if config.data.validation else len(validation))} usable data rows)",
+        )
     for inp in config.inputs:
         for column in inp.columns:
             if all(is_empty(r.get(column)) for r in train.records):
-                raise table_error(train.source, f"column {column!r} ({inp.modality} input) is empty in every training row; fill it or remove the input from the config", column)
+                raise table_error(
+                    train.source,
+                    f"column {column!r} ({inp.modality} input) is empty in every training row; fill it or remove the input from the config",
+                    column,
+                )
     for t in config.targets:
         values = [r.get(t.column) for r in train.records]
         if t.type == "classification":
             labels = sorted({label_text(v) for v in values if not is_empty(v)})
             if len(labels) < 2:
-                raise table_error(train.source, f"label column {t.column!r} has a single class {labels} in the training rows; a classifier needs at least 2 classes", t.column)
+                raise table_error(
+                    train.source, f"label column {t.column!r} has a single class {labels} in the training rows; a classifier needs at least 2 classes", t.column
+                )
         elif t.type == "multilabel" and not any(split_labels(v, t.separator) for v in values):
             raise table_error(train.source, f"label column {t.column!r} has no labels in any training row", t.column)
     return splits
@@ -255,4 +267,6 @@ def _check_metric_name(config: Any) -> None:
     allowed = METRICS[types[target]]
     if name not in allowed:
         choices = ", ".join(f"{target}/{m}" for m in allowed)
-        raise ValueError(f"train.metric {config.train.metric!r}: unknown metric {name!r}{_close(name, list(allowed))} for a {types[target]} target; allowed: {choices}")
+        raise ValueError(
+            f"train.metric {config.train.metric!r}: unknown metric {name!r}{_close(name, list(allowed))} for a {types[target]} target; allowed: {choices}"
+        )

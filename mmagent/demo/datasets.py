@@ -12,10 +12,10 @@ Every generator is seeded; nothing here comes from a third-party dataset.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
+
 
 # -- medical --------------------------------------------------------------------------------------
 def lesion_image(malignant: bool, rng: np.random.Generator, size: int = 64) -> np.ndarray:
@@ -49,7 +49,11 @@ def medical_cases(n: int, seed: int, folder: Path) -> pd.DataFrame:
         path = folder / f"case_{seed}_{i}.png"
         Image.fromarray(lesion_image(malignant, rng)).save(path)
         age = int(rng.normal(62 if malignant else 48, 10))
-        signs = ["palpable hard mass", "skin retraction", "rapid growth", "family history of breast cancer"] if malignant else ["soft mobile lump", "tender on palpation", "cyclical pain", "no family history"]
+        signs = (
+            ["palpable hard mass", "skin retraction", "rapid growth", "family history of breast cancer"]
+            if malignant
+            else ["soft mobile lump", "tender on palpation", "cyclical pain", "no family history"]
+        )
         if rng.random() < 0.35:  # notes are a weak, noisy signal: often uninformative
             signs = ["routine screening", "follow-up visit", "no complaints"]
         note = f"{age} year old woman, {signs[rng.integers(len(signs))]}."
@@ -59,9 +63,27 @@ def medical_cases(n: int, seed: int, folder: Path) -> pd.DataFrame:
 
 # -- finance ---------------------------------------------------------------------------------------
 HEADLINES = {
-    "positive": ["{co} beats earnings expectations", "{co} raises full-year guidance", "{co} shares jump after strong {thing}", "analysts upgrade {co} on record {thing}", "{co} wins major contract"],
-    "negative": ["{co} misses revenue estimates", "{co} cuts outlook amid weak {thing}", "{co} shares slump after profit warning", "regulators fine {co} over {thing}", "{co} announces layoffs"],
-    "neutral": ["{co} to report results next week", "{co} appoints new board member", "{co} holds annual shareholder meeting", "{co} completes planned {thing} review", "{co} moves headquarters"],
+    "positive": [
+        "{co} beats earnings expectations",
+        "{co} raises full-year guidance",
+        "{co} shares jump after strong {thing}",
+        "analysts upgrade {co} on record {thing}",
+        "{co} wins major contract",
+    ],
+    "negative": [
+        "{co} misses revenue estimates",
+        "{co} cuts outlook amid weak {thing}",
+        "{co} shares slump after profit warning",
+        "regulators fine {co} over {thing}",
+        "{co} announces layoffs",
+    ],
+    "neutral": [
+        "{co} to report results next week",
+        "{co} appoints new board member",
+        "{co} holds annual shareholder meeting",
+        "{co} completes planned {thing} review",
+        "{co} moves headquarters",
+    ],
 }
 COMPANIES = ["Acme Corp", "Globex", "Initech", "Umbrella", "Stark Industries", "Wayne Enterprises", "Hooli", "Soylent", "Vandelay", "Tyrell"]
 THINGS = ["demand", "sales", "cloud growth", "margins", "quarter", "pricing", "exports"]
@@ -75,11 +97,13 @@ def finance_news(n: int, seed: int) -> pd.DataFrame:
         label = ["positive", "negative", "neutral"][rng.integers(3)]
         text = HEADLINES[label][rng.integers(5)].format(co=COMPANIES[rng.integers(len(COMPANIES))], thing=THINGS[rng.integers(len(THINGS))])
         d = drift[label]
-        rows.append({
-            "headline": text,
-            "return_1d": round(float(0.8 * d + rng.normal(0, 1.2)), 3),
-            "return_5d": round(float(1.5 * d + rng.normal(0, 3.0)), 3),
-            "volume_change": round(float(abs(d) * 0.4 + rng.normal(0, 0.5)), 3),
-            "sentiment": label,
-        })
+        rows.append(
+            {
+                "headline": text,
+                "return_1d": round(float(0.8 * d + rng.normal(0, 1.2)), 3),
+                "return_5d": round(float(1.5 * d + rng.normal(0, 3.0)), 3),
+                "volume_change": round(float(abs(d) * 0.4 + rng.normal(0, 0.5)), 3),
+                "sentiment": label,
+            }
+        )
     return pd.DataFrame(rows)

@@ -81,7 +81,14 @@ def customer_requests(per_template: int, seed: int, keep_template: bool = False)
     splits = list(HELD_OUT_TEMPLATES) + ["train"] * 3
     for first, second, template in data["ambiguous"]:
         for _ in range(per_template):
-            rows.append({"text": _vary(_fill(template, rng), rng), "intent": [first, second][rng.integers(2)], "split": splits[rng.integers(len(splits))], "template": "ambiguous: " + template})
+            rows.append(
+                {
+                    "text": _vary(_fill(template, rng), rng),
+                    "intent": [first, second][rng.integers(2)],
+                    "split": splits[rng.integers(len(splits))],
+                    "template": "ambiguous: " + template,
+                }
+            )
     frame = pd.DataFrame(rows).drop_duplicates("text").sample(frac=1.0, random_state=seed).reset_index(drop=True)
     frame.insert(0, "ticket_id", [f"T{100000 + 7 * i}" for i in range(len(frame))])
     return frame if keep_template else frame.drop(columns="template")

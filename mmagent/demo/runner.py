@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -112,7 +113,18 @@ def run_demo(name: str, out_dir: Path, quick: bool = False) -> Path:
     if run_dir.exists():  # the demo's own previous run (fit refuses folders it did not create)
         shutil.rmtree(run_dir)
     print(f"\n== mmagent fit {plan.tables['train']} --label {plan.label} --recipe {plan.recipe} --preset {plan.preset} --time-budget {plan.budget} ==")
-    result = fit(data_dir / plan.tables["train"], plan.label, run_dir, validation=data_dir / plan.tables["validation"], test=data_dir / plan.tables["test"], time_budget=plan.budget, preset=plan.preset, recipe=plan.recipe, agent=plan.agent or None, encoders=plan.encoders)
+    result = fit(
+        data_dir / plan.tables["train"],
+        plan.label,
+        run_dir,
+        validation=data_dir / plan.tables["validation"],
+        test=data_dir / plan.tables["test"],
+        time_budget=plan.budget,
+        preset=plan.preset,
+        recipe=plan.recipe,
+        agent=plan.agent or None,
+        encoders=plan.encoders,
+    )
 
     agent = Agent.load(run_dir)
     print("\n== the agent decides ==")
@@ -122,7 +134,10 @@ def run_demo(name: str, out_dir: Path, quick: bool = False) -> Path:
         print(f"\n[{what}] {json.dumps(shown)}")
         if decision.transcript:
             print(f'  heard: "{decision.transcript}"')
-        print(f"  -> {decision.label} (confidence {decision.confidence:.2f}); action: {decision.action}" + (f"; escalated: {decision.reason}" if decision.escalated else ""))
+        print(
+            f"  -> {decision.label} (confidence {decision.confidence:.2f}); action: {decision.action}"
+            + (f"; escalated: {decision.reason}" if decision.escalated else "")
+        )
         if decision.reply:
             print(f"  reply: {decision.reply}")
         if decision.contributions:
@@ -140,5 +155,8 @@ def _summary(run_dir: Path) -> None:
     calibration = json.loads((run_dir / "calibration.json").read_text())
     for target, c in calibration.items():
         if isinstance(c, dict) and "temperature" in c:
-            print(f"calibration {target}: temperature {c['temperature']:.2f}; " + ", ".join(f"{k} {v:.3f}" for k, v in c.items() if k.startswith("ece") and isinstance(v, float)))
+            print(
+                f"calibration {target}: temperature {c['temperature']:.2f}; "
+                + ", ".join(f"{k} {v:.3f}" for k, v in c.items() if k.startswith("ece") and isinstance(v, float))
+            )
     print(f"run folder: {run_dir}\nleaderboard: {run_dir / 'leaderboard.md'}\nreport: {run_dir / 'report.md'}")

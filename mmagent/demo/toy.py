@@ -57,7 +57,11 @@ def tiny_config(train: Path, epochs: int = 1) -> dict[str, Any]:
         "inputs": [
             {"column": "text", "modality": "text", "encoder": {"source": "hf", "name": "bert", "pretrained": False, "config": TINY_BERT, "max_length": 32}},
             {"column": "image", "modality": "image", "encoder": {"source": "timm", "name": "test_resnet", "pretrained": False, "image_size": 32}},
-            {"column": "audio", "modality": "audio", "encoder": {"source": "builtin", "name": "mel-cnn", "config": {"width": 16, "channels": 4, "n_mels": 16}, "max_seconds": 1.0}},
+            {
+                "column": "audio",
+                "modality": "audio",
+                "encoder": {"source": "builtin", "name": "mel-cnn", "config": {"width": 16, "channels": 4, "n_mels": 16}, "max_seconds": 1.0},
+            },
             {"column": "x", "modality": "numeric"},
         ],
         "targets": [{"column": "label", "type": "classification"}],

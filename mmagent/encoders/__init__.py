@@ -4,6 +4,7 @@ Importing this package registers the built-in sources. Third-party sources regis
 ``mmagent.encoders`` entry-point group (see README, "Adding an encoder").
 """
 
+from mmagent.encoders import builtin, hf, timm_encoders, torchaudio_encoders, torchvision_encoders, zoo  # noqa: F401  (registration side effects)
 from mmagent.encoders.base import (
     Encoder,
     EncoderError,
@@ -13,7 +14,6 @@ from mmagent.encoders.base import (
     build_encoder,
     register_source,
 )
-from mmagent.encoders import builtin, hf, timm_encoders, torchaudio_encoders, torchvision_encoders, zoo  # noqa: F401  (registration side effects)
 
 __all__ = [
     "Encoder",

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -148,7 +149,7 @@ class Encoder(nn.Module):
         self.frozen_norms = tuple(norms)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "Encoder":
+    def train(self, mode: bool = True) -> Encoder:
         """``nn.Module.train``, except that frozen normalisation layers stay in eval mode."""
         super().train(mode)
         for name in self.frozen_norms:

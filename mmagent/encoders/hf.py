@@ -66,7 +66,7 @@ def hf_layer_groups(model: nn.Module) -> list[nn.Module]:
     blocks = max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
     stem_words = ("embed", "feature_extractor", "feature_projection", "conv1", "conv2", "patch", "stem", "masked_spec")
     stem = [m for n, m in model.named_children() if any(w in n for w in stem_words) and m is not blocks]
-    for n, m in model.named_children():  # embeddings nested one level down (e.g. ViT's .embeddings)
+    for _, m in model.named_children():  # embeddings nested one level down (e.g. ViT's .embeddings)
         if hasattr(m, "embeddings") and m is not blocks:
             stem.append(m.embeddings)
     return [nn.ModuleList(stem), *blocks]

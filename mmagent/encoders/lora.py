@@ -10,8 +10,6 @@ from typing import Protocol
 
 from torch import nn
 
-from mmagent.specs import LoraSpec
-
 # Attention projection names across the HF families we wrap (BERT, ViT, wav2vec2, Whisper, timm ViT).
 DEFAULT_TARGETS = ("query", "key", "value", "q_proj", "k_proj", "v_proj", "qkv")
 

@@ -5,7 +5,8 @@ They are plain picklable objects so DataLoader workers can run them.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -9,8 +9,8 @@ replaced by a learned placeholder or masked out of attention), and in training
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -95,4 +95,3 @@ def build_fusion(spec: FusionSpec | dict, input_dims: dict[str, int]) -> Fusion:
     if spec.type not in _FUSIONS:
         raise ValueError(f"unknown fusion {spec.type!r}; available: {available_fusions()}")
     return _FUSIONS[spec.type](input_dims, spec)
-

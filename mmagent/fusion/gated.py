@@ -8,7 +8,6 @@ inputs and produces, per hidden unit, softmax weights over the inputs; the outpu
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from mmagent.encoders.base import EncoderOutput

@@ -9,10 +9,11 @@ all candidates (a shared :class:`~mmagent.data.feature_store.FeatureCacheStore`)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
@@ -42,7 +43,24 @@ class SearchResult:
         return sorted(self.candidates.values(), key=lambda c: (c.pruned, sign * c.score))
 
 
-def search_within_budget(base_config: dict[str, Any], space: dict[str, Any], out_dir: str | Path, *, time_limit: float, n_trials: int | None = None, pruner: PrunerSpec | dict[str, Any] | None = None, store: FeatureCacheStore | None = None, metric: str | None = None, seed: int = 0, first_params: list[dict[str, Any]] | None = None, train_data: Any = None, base_dir: str | Path = ".", storage: str | None = None, progress: bool = False, on_trial: Callable[[str], None] | None = None) -> SearchResult:
+def search_within_budget(
+    base_config: dict[str, Any],
+    space: dict[str, Any],
+    out_dir: str | Path,
+    *,
+    time_limit: float,
+    n_trials: int | None = None,
+    pruner: PrunerSpec | dict[str, Any] | None = None,
+    store: FeatureCacheStore | None = None,
+    metric: str | None = None,
+    seed: int = 0,
+    first_params: list[dict[str, Any]] | None = None,
+    train_data: Any = None,
+    base_dir: str | Path = ".",
+    storage: str | None = None,
+    progress: bool = False,
+    on_trial: Callable[[str], None] | None = None,
+) -> SearchResult:
     """Search ``space`` (the ``tune.space`` mapping: dotted config path -> ``{type: float|int|
     categorical, ...}``) around ``base_config`` (a raw config dict) for at most ``time_limit``
     seconds and ``n_trials`` trials.
@@ -73,7 +91,6 @@ def search_within_budget(base_config: dict[str, Any], space: dict[str, Any], out
         spec = spec.model_copy(update={"max_resource": epochs.high if isinstance(epochs, IntParam) else config.train.epochs})
     store = store if store is not None else FeatureCacheStore()
 
-
     candidates: dict[int, CandidateResult] = {}
 
     def objective(trial: optuna.Trial) -> float:
@@ -98,7 +115,12 @@ def search_within_budget(base_config: dict[str, Any], space: dict[str, Any], out
         if progress or on_trial is not None:
             used = monotonic() - start
             done = candidates.get(trial.number)
-            value = "" if done is None else f" {metric} {done.score:.4f} after {done.epochs_run} epoch(s) in {done.seconds:.0f}s" + (" (cut by the deadline)" if done.cut_short else "")
+            value = (
+                ""
+                if done is None
+                else f" {metric} {done.score:.4f} after {done.epochs_run} epoch(s) in {done.seconds:.0f}s"
+                + (" (cut by the deadline)" if done.cut_short else "")
+            )
             line = f"candidate {trial.number}: {trial.state.name.lower()}{value}; search time used {used:.0f}s of {time_limit:.0f}s"
             (on_trial or print)(line)
 
@@ -106,7 +128,12 @@ def search_within_budget(base_config: dict[str, Any], space: dict[str, Any], out
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress lines come from watch()
     try:
-        study = optuna.create_study(storage=storage, direction=direction, sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, (n_trials or 12) // 4))), pruner=make_pruner(spec))
+        study = optuna.create_study(
+            storage=storage,
+            direction=direction,
+            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, (n_trials or 12) // 4))),
+            pruner=make_pruner(spec),
+        )
         for params in first_params or []:
             study.enqueue_trial({k: choice_label(v) if isinstance(params_space.get(k), CategoricalParam) else v for k, v in params.items()})
         try:
@@ -115,10 +142,14 @@ def search_within_budget(base_config: dict[str, Any], space: dict[str, Any], out
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[watch], gc_after_trial=True)
             left = deadline - monotonic()
             if (n_trials is None or n_trials > 1) and left > 0:
-                study.optimize(objective, n_trials=None if n_trials is None else n_trials - 1, timeout=left, catch=(Exception,), callbacks=[watch], gc_after_trial=True)
+                study.optimize(
+                    objective, n_trials=None if n_trials is None else n_trials - 1, timeout=left, catch=(Exception,), callbacks=[watch], gc_after_trial=True
+                )
         except KeyboardInterrupt:
             interrupted = True
     finally:
         optuna.logging.set_verbosity(verbosity)
     best = best_trial(study)
-    return SearchResult(study, metric, direction, candidates, candidates.get(best.number) if best is not None else None, monotonic() - start, trial_errors(study), interrupted)
+    return SearchResult(
+        study, metric, direction, candidates, candidates.get(best.number) if best is not None else None, monotonic() - start, trial_errors(study), interrupted
+    )

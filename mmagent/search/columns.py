@@ -124,7 +124,10 @@ def infer_task(labels: Any) -> tuple[TaskKind, str]:
         integers = bool(np.all(np.equal(np.mod(numbers, 1), 0)))
         if not integers or distinct > 20:
             return "regression", f"numbers with {distinct} distinct values" + ("" if integers else ", not whole")
-        return "classification", f"{distinct} distinct whole numbers: treated as classes (--column-type cannot change the label; set the task in the config if it is a quantity)"
+        return (
+            "classification",
+            f"{distinct} distinct whole numbers: treated as classes (--column-type cannot change the label; set the task in the config if it is a quantity)",
+        )
     if distinct < 2:
         raise ValueError(f"the label column has a single value ({as_text[0]!r}): nothing to learn")
     return "classification", f"{distinct} classes"

@@ -23,7 +23,6 @@ import json
 import re
 import shutil
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +70,9 @@ def parse_duration(value: str | float | int | None) -> float | None:
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
-def base_config(schema: Schema, data: dict[str, str | None], recipe: str | None = None, encoders: dict[str, dict[str, Any]] | None = None, seed: int = 0) -> dict[str, Any]:
+def base_config(
+    schema: Schema, data: dict[str, str | None], recipe: str | None = None, encoders: dict[str, dict[str, Any]] | None = None, seed: int = 0
+) -> dict[str, Any]:
     """The raw config the schema implies (before any strategy): one input per used column, numeric
     columns together in one input, encoders from ``encoders`` / the recipe / the zoo."""
     from mmagent.tasks.recipes import get_recipe
@@ -98,7 +99,22 @@ def base_config(schema: Schema, data: dict[str, str | None], recipe: str | None 
     return raw
 
 
-def fit(train: str | Path | Any, label: str, output: str | Path, *, validation: str | Path | None = None, test: str | Path | None = None, time_budget: str | float | None = None, preset: str = "balanced", recipe: str | None = None, column_types: list[str] | dict[str, str] | None = None, agent: dict[str, Any] | None = None, encoders: dict[str, dict[str, Any]] | None = None, seed: int = 0, progress: bool = True) -> FitResult:
+def fit(
+    train: str | Path | Any,
+    label: str,
+    output: str | Path,
+    *,
+    validation: str | Path | None = None,
+    test: str | Path | None = None,
+    time_budget: str | float | None = None,
+    preset: str = "balanced",
+    recipe: str | None = None,
+    column_types: list[str] | dict[str, str] | None = None,
+    agent: dict[str, Any] | None = None,
+    encoders: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> FitResult:
     """Fit an agent to ``train`` (a CSV / JSONL / Parquet file or a DataFrame) that predicts
     ``label``, within ``time_budget`` (default: the preset's). ``agent``: the agent block (policy,
     playbook, escalation; relative paths from the training table's folder), else the recipe's.
@@ -144,7 +160,8 @@ class _Search:
     def __init__(self, raw: dict[str, Any], run_dir: Path, plan: Preset, clock: Progress, seed: int) -> None:
         from mmagent.config import config_from_dict
         from mmagent.inference import make_loader
-        from mmagent.training.trainer import build_model, load_splits
+        from mmagent.training.splits import load_splits
+        from mmagent.training.trainer import build_model
 
         self.raw, self.run_dir, self.plan, self.clock, self.seed = raw, run_dir, plan, clock, seed
         config = config_from_dict(copy.deepcopy(raw))  # every key checked before any work
@@ -158,7 +175,11 @@ class _Search:
         del model
         c = self.cost
         per_input = ", ".join(f"{k} {1000 * c.load[k]:.1f} + {1000 * c.encode[k]:.1f} ms" for k in c.load)
-        clock.say(f"cost per sample: loading + encoding {per_input}; a training step " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in c.train.items()) + f"; {self.n_train} training rows, {self.n_val} validation rows")
+        clock.say(
+            f"cost per sample: loading + encoding {per_input}; a training step "
+            + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in c.train.items())
+            + f"; {self.n_train} training rows, {self.n_val} validation rows"
+        )
         # With no pretrained encoder to fine-tune, every rung would be the same model.
         self.strategies = list(plan.strategies) if tunable_inputs(raw) else ["full"]
         self.leaderboard = Leaderboard(metric="", larger_better=raw["targets"][0]["type"] != "regression")
@@ -203,10 +224,17 @@ class _Search:
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
         try:
             result = search_within_budget(
-                self.raw, space, self.run_dir, time_limit=max(seconds, 1.0), n_trials=None if self.plan.search else len(rungs),
+                self.raw,
+                space,
+                self.run_dir,
+                time_limit=max(seconds, 1.0),
+                n_trials=None if self.plan.search else len(rungs),
                 pruner={"type": "successive_halving", "min_resource": 1, "reduction_factor": 3},
-                store=FeatureCacheStore(), seed=self.seed, first_params=rungs,
-                storage=f"sqlite:///{self.run_dir / 'search.db'}", on_trial=self._report,
+                store=FeatureCacheStore(),
+                seed=self.seed,
+                first_params=rungs,
+                storage=f"sqlite:///{self.run_dir / 'search.db'}",
+                on_trial=self._report,
             )
         finally:
             if previous is not None:
@@ -289,5 +317,3 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-

@@ -89,8 +89,7 @@ class SampleCost(BaseModel):
 def tunable_inputs(raw: dict[str, Any]) -> list[int]:
     """Indexes of inputs whose pretrained encoder the strategies act on."""
     return [
-        i for i, inp in enumerate(raw["inputs"])
-        if inp.get("modality") in TUNABLE_MODALITIES and (inp.get("encoder") or {}).get("source") in PRETRAINED_SOURCES
+        i for i, inp in enumerate(raw["inputs"]) if inp.get("modality") in TUNABLE_MODALITIES and (inp.get("encoder") or {}).get("source") in PRETRAINED_SOURCES
     ]
 
 
@@ -210,6 +209,7 @@ def measure_cost(model: Any, loader: Any, raw: dict[str, Any], blocks: dict[int,
         def run(b: dict[str, Any]) -> None:
             with torch.no_grad():
                 model.encoders[key](b["inputs"][key])
+
         return run
 
     try:

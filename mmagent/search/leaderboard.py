@@ -54,7 +54,7 @@ class Candidate:
     run_dir: Path | None = None
 
     @classmethod
-    def from_result(cls, number: int, result: Any) -> "Candidate":
+    def from_result(cls, number: int, result: Any) -> Candidate:
         """A row from a :class:`~mmagent.search.objective.CandidateResult`."""
         from mmagent.runs import read_metrics_log
         from mmagent.search.ladder import strategy_of
@@ -62,7 +62,18 @@ class Candidate:
         strategies = sorted({strategy_of(v) for k, v in result.params.items() if k.endswith(".encoder")}) or ["train"]
         status = "pruned" if result.pruned else "cut by budget" if result.cut_short else "done"
         epochs = read_metrics_log(result.run_dir, "epoch")
-        return cls(f"{number:02d}-{'+'.join(strategies)}", "+".join(strategies), dict(result.params), status, float(result.score), float(result.seconds), result.epochs_run, result.planned_epochs, int(epochs[-1]["step"]) if epochs else 0, Path(result.run_dir))
+        return cls(
+            f"{number:02d}-{'+'.join(strategies)}",
+            "+".join(strategies),
+            dict(result.params),
+            status,
+            float(result.score),
+            float(result.seconds),
+            result.epochs_run,
+            result.planned_epochs,
+            int(epochs[-1]["step"]) if epochs else 0,
+            Path(result.run_dir),
+        )
 
     def describe(self) -> str:
         """What this candidate changes: strategy and its hyperparameters, briefly."""
@@ -140,4 +151,7 @@ class Leaderboard:
             writer.writeheader()
             writer.writerows(records)
         write_text(run_dir / "leaderboard.csv", buffer.getvalue())
-        write_text(run_dir / "leaderboard.md", f"# Fit leaderboard\n\nSelected on validation {self.metric}; * marks the chosen candidate.\n\n```\n{self.table()}\n```\n")
+        write_text(
+            run_dir / "leaderboard.md",
+            f"# Fit leaderboard\n\nSelected on validation {self.metric}; * marks the chosen candidate.\n\n```\n{self.table()}\n```\n",
+        )

@@ -21,9 +21,9 @@ import optuna
 from pydantic import ValidationError
 
 from mmagent.config import ConfigError, ExperimentConfig, _set_dotted, config_from_dict, format_validation_error
+from mmagent.runs import read_metrics_log
 from mmagent.search.space import CategoricalParam, FloatParam, IntParam, TuneSpec, objective_metric, suggest
 from mmagent.search.study import trial_dir
-from mmagent.runs import read_metrics_log
 
 if TYPE_CHECKING:
     from mmagent.data.feature_store import FeatureCacheStore
@@ -70,7 +70,18 @@ class CandidatePruned(optuna.TrialPruned):
         self.result = result
 
 
-def run_candidate(raw_config: dict[str, Any] | ExperimentConfig, run_dir: str | Path, *, store: "FeatureCacheStore | None" = None, trial: "optuna.Trial | None" = None, deadline: float | None = None, train_data: Any = None, progress: bool = False, base_dir: str | Path = ".", finalize: bool = False) -> CandidateResult:
+def run_candidate(
+    raw_config: dict[str, Any] | ExperimentConfig,
+    run_dir: str | Path,
+    *,
+    store: FeatureCacheStore | None = None,
+    trial: optuna.Trial | None = None,
+    deadline: float | None = None,
+    train_data: Any = None,
+    progress: bool = False,
+    base_dir: str | Path = ".",
+    finalize: bool = False,
+) -> CandidateResult:
     """Train one config into ``run_dir`` (new or empty) and return its validation result.
 
     - ``raw_config``: a dict as accepted by :func:`~mmagent.config.config_from_dict` (relative
@@ -115,7 +126,16 @@ def run_candidate(raw_config: dict[str, Any] | ExperimentConfig, run_dir: str | 
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         trial.set_user_attr("run_dir", str(run_dir))
     try:
-        result = train(config, run_dir, progress=progress, on_epoch_end=on_epoch_end, train_data=train_data, finalize=finalize, feature_cache_store=store, stop_requested=past_deadline if deadline is not None else None)
+        result = train(
+            config,
+            run_dir,
+            progress=progress,
+            on_epoch_end=on_epoch_end,
+            train_data=train_data,
+            finalize=finalize,
+            feature_cache_store=store,
+            stop_requested=past_deadline if deadline is not None else None,
+        )
     except Exception as e:
         if trial is not None:
             trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
@@ -128,7 +148,18 @@ def run_candidate(raw_config: dict[str, Any] | ExperimentConfig, run_dir: str | 
             trial.set_user_attr("epochs_run", epochs_run)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # candidates are never resumed
     cut = bool(flags["cut"]) and not flags["pruned_at"]  # the flag is only set when the check stopped training
-    out = CandidateResult(run_dir, metric, result.best_score, result.best_epoch, epochs_run, planned, seconds, cut, bool(flags["pruned_at"]), trial_number=trial.number if trial is not None else None)
+    out = CandidateResult(
+        run_dir,
+        metric,
+        result.best_score,
+        result.best_epoch,
+        epochs_run,
+        planned,
+        seconds,
+        cut,
+        bool(flags["pruned_at"]),
+        trial_number=trial.number if trial is not None else None,
+    )
     if trial is not None:
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("cut_short", cut)
@@ -138,7 +169,9 @@ def run_candidate(raw_config: dict[str, Any] | ExperimentConfig, run_dir: str | 
     return out
 
 
-def finalize_candidate(run_dir: str | Path, dest: str | Path, *, train_data: Any = None, progress: bool = False, extra_json: dict[str, Any] | None = None) -> Path:
+def finalize_candidate(
+    run_dir: str | Path, dest: str | Path, *, train_data: Any = None, progress: bool = False, extra_json: dict[str, Any] | None = None
+) -> Path:
     """Copy a candidate's run folder to ``dest`` and finalize it there: evaluation on validation
     (and test), calibration, report. ``train_data`` as given to :func:`run_candidate`;
     ``extra_json``: file name -> content, written with it. ``dest`` appears complete or not at all."""
@@ -146,7 +179,7 @@ def finalize_candidate(run_dir: str | Path, dest: str | Path, *, train_data: Any
 
     from mmagent.io import atomic_dir, write_json
     from mmagent.training.report import finalize_run
-    from mmagent.training.trainer import load_splits
+    from mmagent.training.splits import load_splits
 
     src, dest = Path(run_dir), Path(dest)
     cfg = ExperimentConfig.model_validate_json((src / "config.json").read_text())
@@ -166,10 +199,10 @@ class TuneObjective:
     """The ``mmagent tune`` objective: suggest the space's parameters, train the trial's config
     into ``TUNE_DIR/trials/<n>`` (no final report), return its best validation score."""
 
-    def __init__(self, base_raw: dict[str, Any], spec: TuneSpec, metric: str, tune_dir: Path, study_name: str, store: "FeatureCacheStore | None") -> None:
+    def __init__(self, base_raw: dict[str, Any], spec: TuneSpec, metric: str, tune_dir: Path, study_name: str, store: FeatureCacheStore | None) -> None:
         self.base_raw, self.spec, self.metric, self.tune_dir, self.study_name, self.store = base_raw, spec, metric, tune_dir, study_name, store
 
-    def __call__(self, trial: "optuna.Trial") -> float:
+    def __call__(self, trial: optuna.Trial) -> float:
         run_dir = trial_dir(self.tune_dir, self.study_name, trial.number)
         try:
             params = suggest_params(trial, self.spec.space or {})
@@ -182,6 +215,6 @@ class TuneObjective:
         return run_candidate(cfg, run_dir, store=self.store, trial=trial).score
 
 
-def suggest_params(trial: "optuna.Trial", space: dict[str, FloatParam | IntParam | CategoricalParam]) -> dict[str, Any]:
+def suggest_params(trial: optuna.Trial, space: dict[str, FloatParam | IntParam | CategoricalParam]) -> dict[str, Any]:
     """Draw every parameter of ``space`` for ``trial``: dotted path -> value for the config."""
     return {key: suggest(trial, key, param)[0] for key, param in space.items()}

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from mmagent.data.feature_store import FeatureCacheStore
 
 
-def write_tune_report(study: "optuna.Study", tune_dir: Path, metric: str, direction: str, storage: str, best_dir: Path | None, store: "FeatureCacheStore | None" = None) -> Path:
+def write_tune_report(
+    study: optuna.Study, tune_dir: Path, metric: str, direction: str, storage: str, best_dir: Path | None, store: FeatureCacheStore | None = None
+) -> Path:
     """Write ``tune_report.md`` (+ ``tune_plot.png`` and ``tune_results.json``) into ``tune_dir``."""
     from optuna.trial import TrialState
 
@@ -43,7 +45,11 @@ def write_tune_report(study: "optuna.Study", tune_dir: Path, metric: str, direct
     lines += [f"- study: `{study.study_name}` in `{storage}`", f"- objective: {direction} `{metric}` (validation; a trial's value is its best epoch)"]
     lines += ["- trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) if counts else "- trials: none"]
     if best is not None:
-        lines += [f"- best: trial {best.number}, {metric} = {best.value:.4f}" + (f"; finalized run folder: `{best_dir.name}/` (model, metrics.json, report.md)" if best_dir else ""), ""]
+        lines += [
+            f"- best: trial {best.number}, {metric} = {best.value:.4f}"
+            + (f"; finalized run folder: `{best_dir.name}/` (model, metrics.json, report.md)" if best_dir else ""),
+            "",
+        ]
         lines += ["## Best parameters", "", "| parameter | value |", "|---|---|"]
         lines += [f"| `{k}` | {_cell(v)} |" for k, v in best.params.items()]
     lines += ["", "## Trials", "", "| # | state | value | seconds | epochs | parameters |", "|---|---|---|---|---|---|"]
@@ -54,26 +60,54 @@ def write_tune_report(study: "optuna.Study", tune_dir: Path, metric: str, direct
             value = f"({t.intermediate_values[step]:.4f} at epoch {step})"
         note = f" — {errors[t.number]}" if t.state == TrialState.FAIL and errors.get(t.number) else ""
         params = "; ".join(f"{k}={_cell(v)}" for k, v in t.params.items())
-        lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | {trial_seconds(t):.1f} | {t.user_attrs.get('epochs_run', '')} | {params}{_cell(note)} |")
+        lines.append(
+            f"| {t.number} | {t.state.name.lower()} | {value} | {trial_seconds(t):.1f} | {t.user_attrs.get('epochs_run', '')} | {params}{_cell(note)} |"
+        )
     lines += ["", "## Parameter importances", ""]
     if importances:
-        lines += ["Share of the objective's variation explained by each parameter (Optuna's default evaluator), over completed trials."
-                  + (f" Only {len(complete)} completed trials: a rough indication." if len(complete) < 10 else ""), ""]
+        lines += [
+            "Share of the objective's variation explained by each parameter (Optuna's default evaluator), over completed trials."
+            + (f" Only {len(complete)} completed trials: a rough indication." if len(complete) < 10 else ""),
+            "",
+        ]
         lines += ["| parameter | importance |", "|---|---|"] + [f"| `{k}` | {v:.3f} |" for k, v in importances.items()]
     else:
         lines.append(f"Not available: {importance_note}.")
     if plot:
         lines += ["", f"![trials and importances]({plot})"]
     if store is not None:
-        lines += ["", "## Frozen-encoder cache", "", f"This run: {store.builds} encoder pass(es) over a table, {store.hits} reuse(s) of cached outputs" + (f" (stored in `{store.folder.name}/`)." if store.folder else ".")]
+        lines += [
+            "",
+            "## Frozen-encoder cache",
+            "",
+            f"This run: {store.builds} encoder pass(es) over a table, {store.hits} reuse(s) of cached outputs"
+            + (f" (stored in `{store.folder.name}/`)." if store.folder else "."),
+        ]
     path = tune_dir / "tune_report.md"
     write_text(path, "\n".join(lines) + "\n")
-    write_json(tune_dir / "tune_results.json", {
-        "study": study.study_name, "metric": metric, "direction": direction, "counts": counts,
-        "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params, "dir": str(best_dir) if best_dir else None},
-        "importances": importances,
-        "trials": [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params, "seconds": trial_seconds(t), "epochs_run": t.user_attrs.get("epochs_run"), "intermediate": {str(k): v for k, v in t.intermediate_values.items()}} for t in trials],
-    })
+    write_json(
+        tune_dir / "tune_results.json",
+        {
+            "study": study.study_name,
+            "metric": metric,
+            "direction": direction,
+            "counts": counts,
+            "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params, "dir": str(best_dir) if best_dir else None},
+            "importances": importances,
+            "trials": [
+                {
+                    "number": t.number,
+                    "state": t.state.name.lower(),
+                    "value": t.value,
+                    "params": t.params,
+                    "seconds": trial_seconds(t),
+                    "epochs_run": t.user_attrs.get("epochs_run"),
+                    "intermediate": {str(k): v for k, v in t.intermediate_values.items()},
+                }
+                for t in trials
+            ],
+        },
+    )
     return path
 
 
@@ -82,7 +116,7 @@ def _cell(v: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _plot(trials: list["optuna.trial.FrozenTrial"], importances: dict[str, float], direction: str, path: Path) -> str | None:
+def _plot(trials: list[optuna.trial.FrozenTrial], importances: dict[str, float], direction: str, path: Path) -> str | None:
     from optuna.trial import TrialState
 
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -99,7 +133,14 @@ def _plot(trials: list["optuna.trial.FrozenTrial"], importances: dict[str, float
     ax.scatter([t.number for t in comp], [t.value for t in comp], label="complete", zorder=3)
     pruned = [t for t in done if t.state == TrialState.PRUNED and t.intermediate_values]
     if pruned:
-        ax.scatter([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned], marker="x", color="tab:red", label="pruned (last score)", zorder=3)
+        ax.scatter(
+            [t.number for t in pruned],
+            [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+            marker="x",
+            color="tab:red",
+            label="pruned (last score)",
+            zorder=3,
+        )
     best_so_far, xs, ys = None, [], []
     for t in sorted(comp, key=lambda t: t.number):
         if best_so_far is None or (t.value > best_so_far if direction == "maximize" else t.value < best_so_far):

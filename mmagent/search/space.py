@@ -29,7 +29,11 @@ if TYPE_CHECKING:
     import optuna
 
 # Scalar validation metrics per target type (mmagent.training.metrics) that a study can optimize.
-METRIC_NAMES = {"classification": {"accuracy", "macro_f1", "auroc"}, "multilabel": {"subset_accuracy", "micro_f1", "macro_f1", "auroc"}, "regression": {"mae", "rmse", "r2"}}
+METRIC_NAMES = {
+    "classification": {"accuracy", "macro_f1", "auroc"},
+    "multilabel": {"subset_accuracy", "micro_f1", "macro_f1", "auroc"},
+    "regression": {"mae", "rmse", "r2"},
+}
 LOWER_IS_BETTER = ("rmse", "mae", "loss")
 
 
@@ -44,7 +48,7 @@ class FloatParam(BaseModel):
     step: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _check(self) -> "FloatParam":
+    def _check(self) -> FloatParam:
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
         if self.log and self.low <= 0:
@@ -65,7 +69,7 @@ class IntParam(BaseModel):
     step: int = Field(1, ge=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "IntParam":
+    def _check(self) -> IntParam:
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
         if self.log and (self.low < 1 or self.step != 1):
@@ -113,7 +117,7 @@ class TuneSpec(BaseModel):
     keep_models: Literal["best", "all"] = Field("best", description="model folders kept in TUNE_DIR/trials")
 
     @model_validator(mode="after")
-    def _check_metric(self) -> "TuneSpec":
+    def _check_metric(self) -> TuneSpec:
         if self.metric is not None and "/" not in self.metric:
             raise ValueError(f"metric must look like TARGET/METRIC (e.g. label/accuracy), got {self.metric!r}")
         if self.pruner.type == "threshold" and self.pruner.lower is None and self.pruner.upper is None:
@@ -251,7 +255,7 @@ def choice_label(choice: Any) -> Any:
     return choice if _primitive(choice) else json.dumps(choice, sort_keys=True)
 
 
-def suggest(trial: "optuna.Trial", key: str, param: FloatParam | IntParam | CategoricalParam) -> tuple[Any, Any]:
+def suggest(trial: optuna.Trial, key: str, param: FloatParam | IntParam | CategoricalParam) -> tuple[Any, Any]:
     """(value for the config, value as Optuna records it). Non-scalar choices (encoder specs) are
     recorded as their JSON text."""
     if isinstance(param, FloatParam):

@@ -30,7 +30,7 @@ GRACE_SECONDS = 180
 ERROR_ATTR = "error:trial "
 
 
-def open_study(url: str, name: str, direction: str, metric: str) -> "optuna.Study":
+def open_study(url: str, name: str, direction: str, metric: str) -> optuna.Study:
     """Create or load study ``name`` in ``url`` (heartbeats on, stale trials retried once); refuse
     a study that optimizes another metric or direction."""
     import optuna
@@ -40,7 +40,10 @@ def open_study(url: str, name: str, direction: str, metric: str) -> "optuna.Stud
         warnings.simplefilter("ignore", ExperimentalWarning)
         engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         rdb = optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
         study = optuna.create_study(storage=rdb, study_name=name, direction=direction, load_if_exists=True)
@@ -64,7 +67,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def recover_dead_local_trials(study: "optuna.Study") -> list[int]:
+def recover_dead_local_trials(study: optuna.Study) -> list[int]:
     """Trials left RUNNING by a process of this host that no longer exists (killed, crashed): fail
     them (``study.tell``), record why, and queue a retry with the same parameters. Trials of other
     hosts are handled by the storage heartbeat (failed and re-queued once stale). Returns the
@@ -90,18 +93,18 @@ def recover_dead_local_trials(study: "optuna.Study") -> list[int]:
     return recovered
 
 
-def trial_errors(study: "optuna.Study") -> dict[int, str]:
+def trial_errors(study: optuna.Study) -> dict[int, str]:
     """Trial number -> why it failed, from the trial itself or as recorded after it ended."""
     from optuna.trial import TrialState
 
-    errors = {int(k[len(ERROR_ATTR):]): v for k, v in study.user_attrs.items() if k.startswith(ERROR_ATTR)}
+    errors = {int(k[len(ERROR_ATTR) :]): v for k, v in study.user_attrs.items() if k.startswith(ERROR_ATTR)}
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         if t.user_attrs.get("error"):
             errors.setdefault(t.number, t.user_attrs["error"])
     return errors
 
 
-def make_pruner(spec: PrunerSpec) -> "optuna.pruners.BasePruner":
+def make_pruner(spec: PrunerSpec) -> optuna.pruners.BasePruner:
     """The Optuna pruner a :class:`PrunerSpec` describes (steps are epochs)."""
     import optuna
 
@@ -124,7 +127,7 @@ def trial_dir(tune_dir: Path, study_name: str, number: int) -> Path:
     return tune_dir / "trials" / name
 
 
-def best_trial(study: "optuna.Study") -> "optuna.trial.FrozenTrial | None":
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The best completed trial, or None before the first one."""
     try:
         return study.best_trial
@@ -132,14 +135,14 @@ def best_trial(study: "optuna.Study") -> "optuna.trial.FrozenTrial | None":
         return None
 
 
-def trial_seconds(t: "optuna.trial.FrozenTrial") -> float:
+def trial_seconds(t: optuna.trial.FrozenTrial) -> float:
     """Wall time of a finished trial (its recorded training time while it runs)."""
     if t.datetime_start and t.datetime_complete:
         return (t.datetime_complete - t.datetime_start).total_seconds()
     return float(t.user_attrs.get("train_seconds", float("nan")))
 
 
-def state_counts(study: "optuna.Study") -> dict[str, int]:
+def state_counts(study: optuna.Study) -> dict[str, int]:
     """Trials per state (``{"complete": 3, "pruned": 1}``)."""
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
@@ -164,7 +167,7 @@ class TrialWatcher:
         self.keep_models, self.tune_dir, self.progress = keep_models, tune_dir, progress
         self.failures = 0
 
-    def __call__(self, study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         from optuna.trial import TrialState
 
         if self.progress:
@@ -176,7 +179,7 @@ class TrialWatcher:
             study.stop()  # the same error every time (bad data, missing files): no point going on
         self.cleanup(study)
 
-    def cleanup(self, study: "optuna.Study") -> None:
+    def cleanup(self, study: optuna.Study) -> None:
         """With keep_models: best, drop the model folders of finished trials other than the best."""
         from optuna.trial import TrialState
 

@@ -26,7 +26,18 @@ from mmagent.io import atomic_dir, write_json
 from mmagent.search.objective import TuneObjective, finalize_candidate, trial_config
 from mmagent.search.report import write_tune_report
 from mmagent.search.space import TuneSpec, base_config_dict, objective_metric, params_from_recorded, parse_tune_spec
-from mmagent.search.study import DEFAULT_STUDY, TrialWatcher, best_trial, make_pruner, mask_url, open_study, recover_dead_local_trials, state_counts, trial_dir, trial_errors
+from mmagent.search.study import (
+    DEFAULT_STUDY,
+    TrialWatcher,
+    best_trial,
+    make_pruner,
+    mask_url,
+    open_study,
+    recover_dead_local_trials,
+    state_counts,
+    trial_dir,
+    trial_errors,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -54,7 +65,15 @@ class TuneResult:
     report: Path | None = None
 
 
-def tune(config: ExperimentConfig | str | Path | dict[str, Any], tune_dir: str | Path, trials: int, timeout: float | None = None, storage: str | None = None, study_name: str | None = None, progress: bool = False) -> TuneResult:
+def tune(
+    config: ExperimentConfig | str | Path | dict[str, Any],
+    tune_dir: str | Path,
+    trials: int,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    progress: bool = False,
+) -> TuneResult:
     """Run (or resume) the search until ``trials`` trials have finished (complete or pruned) or
     ``timeout`` seconds have passed in this call; finalize the best trial into ``TUNE_DIR/best``
     and write ``TUNE_DIR/tune_report.md``."""
@@ -83,7 +102,19 @@ def tune(config: ExperimentConfig | str | Path | dict[str, Any], tune_dir: str |
         optuna.logging.set_verbosity(verbosity)
 
 
-def _tune(config: ExperimentConfig, spec: TuneSpec, base_raw: dict[str, Any], metric: str, direction: str, tune_dir: Path, trials: int, timeout: float | None, url: str, study_name: str, progress: bool) -> TuneResult:
+def _tune(
+    config: ExperimentConfig,
+    spec: TuneSpec,
+    base_raw: dict[str, Any],
+    metric: str,
+    direction: str,
+    tune_dir: Path,
+    trials: int,
+    timeout: float | None,
+    url: str,
+    study_name: str,
+    progress: bool,
+) -> TuneResult:
     import optuna
     from optuna.trial import TrialState
 
@@ -119,10 +150,32 @@ def _tune(config: ExperimentConfig, spec: TuneSpec, base_raw: dict[str, Any], me
     if best is None:
         errors = trial_errors(study)
         raise TuneError(f"no trial completed ({counts}); " + (f"last error: {errors[max(errors)]}" if errors else f"see {report}"))
-    return TuneResult(tune_dir, study_name, mask_url(url), metric, direction, best.number, best.value, dict(best.params), best_dir, counts, {"builds": store.builds, "hits": store.hits} if store else {}, report)
+    return TuneResult(
+        tune_dir,
+        study_name,
+        mask_url(url),
+        metric,
+        direction,
+        best.number,
+        best.value,
+        dict(best.params),
+        best_dir,
+        counts,
+        {"builds": store.builds, "hits": store.hits} if store else {},
+        report,
+    )
 
 
-def finalize_best(study: "optuna.Study", best: "optuna.trial.FrozenTrial", base_raw: dict[str, Any], spec: TuneSpec, tune_dir: Path, metric: str, store: FeatureCacheStore | None = None, progress: bool = False) -> Path:
+def finalize_best(
+    study: optuna.Study,
+    best: optuna.trial.FrozenTrial,
+    base_raw: dict[str, Any],
+    spec: TuneSpec,
+    tune_dir: Path,
+    metric: str,
+    store: FeatureCacheStore | None = None,
+    progress: bool = False,
+) -> Path:
     """Make ``TUNE_DIR/best`` the best trial's finalized run folder (model, metrics.json,
     calibration, report.md). The trial's folder is copied when it is on this machine; otherwise (a
     trial run by another worker) the best parameters are trained again here."""

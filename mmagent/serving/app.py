@@ -40,13 +40,13 @@ from mmagent.serving.middleware import Guard
 from mmagent.serving.routes import ServingState, blame_rows, build_router
 from mmagent.serving.schemas import ApiError
 from mmagent.serving.security import API_KEY_HEADER, install_redaction
-from mmagent.specs import ModelSpec
 from mmagent.serving.settings import ENV_RUN_DIR, ServeSettings
+from mmagent.specs import ModelSpec
 
 log = logging.getLogger("mmagent.serving")
 
 
-def create_app(source: "str | Path | Any", settings: ServeSettings | None = None) -> FastAPI:
+def create_app(source: str | Path | Any, settings: ServeSettings | None = None) -> FastAPI:
     """A FastAPI app serving ``source``: a run folder (loaded in the background at startup;
     /readyz says when) or an :class:`~mmagent.agent.Agent`."""
     from mmagent.agent import Agent
@@ -95,7 +95,11 @@ def create_app(source: "str | Path | Any", settings: ServeSettings | None = None
         summary="A fine-tuned multimodal agent: predict, and act on the prediction.",
         description=(
             "Send records as JSON (images and audio base64-encoded) or as multipart/form-data (file uploads). "
-            + (f"Every /v1 endpoint and /metrics needs an API key: header `{API_KEY_HEADER}: KEY` or `Authorization: Bearer KEY`." if keys else "No API key is configured (loopback only).")
+            + (
+                f"Every /v1 endpoint and /metrics needs an API key: header `{API_KEY_HEADER}: KEY` or `Authorization: Bearer KEY`."
+                if keys
+                else "No API key is configured (loopback only)."
+            )
         ),
         lifespan=lifespan,
         docs_url=None,  # /docs and /openapi.json are routes of their own, behind the API key
@@ -142,7 +146,13 @@ async def _load_in_background(state: ServingState, run_dir: Path) -> None:
         log.error("could not load %s: %s", run_dir, state.error)
         return
     _on_loaded(state, loaded)
-    log.info("model loaded from %s in %.1f s; batching up to %d records / %g ms", run_dir, time.perf_counter() - started, settings.max_batch_size, settings.max_wait_ms)
+    log.info(
+        "model loaded from %s in %.1f s; batching up to %d records / %g ms",
+        run_dir,
+        time.perf_counter() - started,
+        settings.max_batch_size,
+        settings.max_wait_ms,
+    )
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -167,7 +177,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
         field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "header"))
         return JSONResponse({"error": first.get("msg", "invalid request"), "field": field or None}, status_code=422)
-
 
 
 def app_from_env() -> FastAPI:

@@ -23,9 +23,9 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
-
+from typing import Any
 
 log = logging.getLogger("mmagent.serving")
 

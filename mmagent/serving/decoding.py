@@ -14,10 +14,10 @@ from typing import Any
 from fastapi import Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mmagent.specs import InputSpec
 from mmagent.serving.media import Cost, Media, Upload, check_request_budget, inspect_media
 from mmagent.serving.schemas import MULTIPART, ApiError, BigInt, type_name
 from mmagent.serving.settings import ServeSettings
+from mmagent.specs import InputSpec
 
 JSON_TYPES = ("application/json",)
 FLOAT32_MAX = 3.4028234663852886e38
@@ -57,7 +57,7 @@ async def raw_records(request: Request, settings: ServeSettings, columns: dict[s
         raise ApiError(415, f"unsupported content type {shown!r}; send application/json or multipart/form-data", "Content-Type")
     body = await read_body(request, settings.max_body_bytes)
     if not body.strip():
-        raise ApiError(400, "empty request body; send {\"record\": {...}} or {\"records\": [...]}", "body")
+        raise ApiError(400, 'empty request body; send {"record": {...}} or {"records": [...]}', "body")
     if kind == MULTIPART:
         return [await _multipart_record(request, settings, columns)], True
     parsed = parse_json(body)
@@ -65,7 +65,7 @@ async def raw_records(request: Request, settings: ServeSettings, columns: dict[s
         raise ApiError(400, 'the body must be a JSON object: {"record": {...}} or {"records": [...]}', "body")
     extra = sorted(set(parsed) - {"record", "records"})
     if extra:
-        raise ApiError(400, f"unknown top-level key(s) {extra}; use \"record\" or \"records\"", extra[0])
+        raise ApiError(400, f'unknown top-level key(s) {extra}; use "record" or "records"', extra[0])
     if ("record" in parsed) == ("records" in parsed):
         raise ApiError(400, 'give exactly one of "record" (an object) or "records" (a list of objects)', "body")
     if "record" in parsed:

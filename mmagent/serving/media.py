@@ -14,9 +14,10 @@ import binascii
 import io
 import re
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from mmagent.serving.schemas import ApiError, type_name
 from mmagent.serving.settings import ServeSettings
@@ -143,7 +144,9 @@ def check_request_budget(cost: Cost, settings: ServeSettings) -> None:
     if cost.pixels > settings.max_request_pixels:
         raise ApiError(413, f"the request's images hold {cost.pixels} pixels in all; the limit per request is {settings.max_request_pixels}", "records")
     if cost.samples > settings.max_request_audio_samples:
-        raise ApiError(413, f"the request's audio holds {cost.samples} samples in all; the limit per request is {settings.max_request_audio_samples}", "records")
+        raise ApiError(
+            413, f"the request's audio holds {cost.samples} samples in all; the limit per request is {settings.max_request_audio_samples}", "records"
+        )
 
 
 class MediaBudget:

@@ -4,7 +4,8 @@ times every HTTP request by route template and status."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class Metrics:
@@ -14,20 +15,36 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("mmagent_requests_total", "HTTP requests by endpoint, method and status", ["endpoint", "method", "status"], registry=self.registry)
+        self.requests = Counter(
+            "mmagent_requests_total", "HTTP requests by endpoint, method and status", ["endpoint", "method", "status"], registry=self.registry
+        )
         self.latency = Histogram(
-            "mmagent_request_latency_seconds", "HTTP request latency", ["endpoint"], registry=self.registry,
+            "mmagent_request_latency_seconds",
+            "HTTP request latency",
+            ["endpoint"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
         )
-        self.batch_size = Histogram("mmagent_batch_size", "records per model call", ["kind"], registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
-        self.batch_requests = Histogram("mmagent_batch_requests", "requests per model call", ["kind"], registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
-        self.batch_latency = Histogram("mmagent_batch_latency_seconds", "seconds per model call", ["kind"], registry=self.registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+        self.batch_size = Histogram(
+            "mmagent_batch_size", "records per model call", ["kind"], registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+        )
+        self.batch_requests = Histogram(
+            "mmagent_batch_requests", "requests per model call", ["kind"], registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+        )
+        self.batch_latency = Histogram(
+            "mmagent_batch_latency_seconds",
+            "seconds per model call",
+            ["kind"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
         self.records = Counter("mmagent_records_total", "records answered", ["kind"], registry=self.registry)
         self.ready = Gauge("mmagent_model_ready", "1 once the model is loaded", registry=self.registry)
         self.queue = Gauge("mmagent_queue_records", "records waiting for the model", ["kind"], registry=self.registry)
 
     def batch_observer(self, kind: str) -> Callable[[int, int, float], None]:
         """The micro-batcher's ``on_batch`` callback for ``kind`` (predict / act)."""
+
         def observe(records: int, requests: int, seconds: float) -> None:
             self.batch_size.labels(kind).observe(records)
             self.batch_requests.labels(kind).observe(requests)
@@ -62,5 +79,3 @@ class Instrument:
             endpoint = getattr(route, "path", None) or "unmatched"
             self.metrics.requests.labels(endpoint, scope.get("method", ""), str(status[0])).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-
-

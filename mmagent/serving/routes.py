@@ -23,7 +23,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from mmagent.specs import InputSpec, ModelSpec
 from mmagent.serving.batching import MicroBatcher, QueueFull, ShuttingDown
 from mmagent.serving.decoding import check_records, raw_records
 from mmagent.serving.media import MediaBudget, decode_media
@@ -31,6 +30,7 @@ from mmagent.serving.metrics import Metrics
 from mmagent.serving.schemas import ERRORS, ActResponse, ApiError, Health, PredictResponse, SchemaResponse, openapi_body, request_models
 from mmagent.serving.security import API_KEY_HEADER, key_matches
 from mmagent.serving.settings import ServeSettings
+from mmagent.specs import InputSpec, ModelSpec
 
 
 @dataclass(eq=False)
@@ -96,15 +96,34 @@ def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
     extra = openapi_body(*request_models(spec, settings.max_records))
     keyed = [Depends(require_key)]
 
-    @router.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True, responses=ERRORS, openapi_extra=extra, tags=["agent"], summary="Labels and calibrated probabilities", dependencies=keyed)
+    @router.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        response_model_exclude_none=True,
+        responses=ERRORS,
+        openapi_extra=extra,
+        tags=["agent"],
+        summary="Labels and calibrated probabilities",
+        dependencies=keyed,
+    )
     async def predict(request: Request, state: ServingState = Depends(get_state), batcher: MicroBatcher = Depends(_batcher("predict"))) -> Any:
         return {"predictions": await _run(request, state, batcher)}
 
-    @router.post("/v1/act", response_model=ActResponse, responses=ERRORS, openapi_extra=extra, tags=["agent"], summary="The policy's decision for each record", dependencies=keyed)
+    @router.post(
+        "/v1/act",
+        response_model=ActResponse,
+        responses=ERRORS,
+        openapi_extra=extra,
+        tags=["agent"],
+        summary="The policy's decision for each record",
+        dependencies=keyed,
+    )
     async def act(request: Request, state: ServingState = Depends(get_state), batcher: MicroBatcher = Depends(_batcher("act"))) -> Any:
         return {"decisions": await _run(request, state, batcher)}
 
-    @router.get("/v1/schema", response_model=SchemaResponse, responses={401: ERRORS[401]}, tags=["agent"], summary="Inputs, targets and limits", dependencies=keyed)
+    @router.get(
+        "/v1/schema", response_model=SchemaResponse, responses={401: ERRORS[401]}, tags=["agent"], summary="Inputs, targets and limits", dependencies=keyed
+    )
     async def schema(state: ServingState = Depends(get_state)) -> Any:
         return _schema(state)
 
@@ -112,7 +131,9 @@ def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
     async def healthz() -> Any:
         return {"status": "ok"}
 
-    @router.get("/readyz", response_model=Health, responses={503: ERRORS[503]}, tags=["ops"], summary="The model is loaded", dependencies=[Depends(ready_agent)])
+    @router.get(
+        "/readyz", response_model=Health, responses={503: ERRORS[503]}, tags=["ops"], summary="The model is loaded", dependencies=[Depends(ready_agent)]
+    )
     async def readyz() -> Any:
         return {"status": "ready"}
 
@@ -139,7 +160,9 @@ def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
 async def _run(request: Request, state: ServingState, batcher: MicroBatcher) -> list[Any]:
     settings, columns = state.settings, state.columns
     raw, multipart = await raw_records(request, settings, columns)
-    has_media = multipart or any(isinstance(r, dict) and any(c in columns and columns[c].modality in ("image", "audio") and v is not None for c, v in r.items()) for r in raw)
+    has_media = multipart or any(
+        isinstance(r, dict) and any(c in columns and columns[c].modality in ("image", "audio") and v is not None for c, v in r.items()) for r in raw
+    )
     # Header checks (base64, sizes) may take a while on a big body: off the event loop.
     checked, cost = await run_in_threadpool(check_records, raw, columns, settings) if has_media else check_records(raw, columns, settings)
     with state.budget.hold(cost):  # admission before decoding; held until the answer
@@ -155,7 +178,12 @@ async def _run(request: Request, state: ServingState, batcher: MicroBatcher) -> 
     for i, result in enumerate(results):
         if not _finite(result):  # JSON has no NaN: say which record, instead of failing the reply
             numeric = [c for c, inp in columns.items() if inp.modality == "numeric" and checked[i].get(c) is not None]
-            raise ApiError(422, f"record {i}: the model's answer is not a finite number (are its numeric values far outside what it was trained on?)", ", ".join(numeric) or None, i)
+            raise ApiError(
+                422,
+                f"record {i}: the model's answer is not a finite number (are its numeric values far outside what it was trained on?)",
+                ", ".join(numeric) or None,
+                i,
+            )
     return results
 
 
@@ -181,9 +209,18 @@ def blame_rows(error: Exception) -> set[int] | None:
 
 def _schema(state: ServingState) -> dict[str, Any]:
     settings, loaded = state.settings, state.agent
-    encoding = {"text": "string", "numeric": "number", "categorical": "string or number", "image": "base64 string (JSON) or file upload (multipart)", "audio": "base64 string (JSON) or file upload (multipart)"}
+    encoding = {
+        "text": "string",
+        "numeric": "number",
+        "categorical": "string or number",
+        "image": "base64 string (JSON) or file upload (multipart)",
+        "audio": "base64 string (JSON) or file upload (multipart)",
+    }
     return {
-        "inputs": [{"name": inp.key, "columns": inp.columns, "modality": inp.modality, "required": inp.required, "encoding": encoding[inp.modality]} for inp in state.spec.inputs],
+        "inputs": [
+            {"name": inp.key, "columns": inp.columns, "modality": inp.modality, "required": inp.required, "encoding": encoding[inp.modality]}
+            for inp in state.spec.inputs
+        ],
         "targets": [{"name": t.column, "type": t.type, "labels": list(t.labels or [])} for t in state.spec.targets],
         "agent_target": getattr(loaded, "target", None),
         "policy": getattr(getattr(loaded, "policy", None), "name", None) or (type(loaded.policy).__name__ if loaded is not None else None),

@@ -39,7 +39,9 @@ class ApiError(Exception):
 
 def type_name(value: Any) -> str:
     """How a JSON value's type reads in an error message."""
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null", int: "a number", float: "a number"}.get(type(value), "a number" if isinstance(value, BigInt) else type(value).__name__)
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null", int: "a number", float: "a number"}.get(
+        type(value), "a number" if isinstance(value, BigInt) else type(value).__name__
+    )
 
 
 class BigInt:
@@ -164,5 +166,3 @@ def openapi_body(body: type[BaseModel], multipart: dict[str, Any]) -> dict[str, 
     schema = body.model_json_schema(ref_template="#/components/schemas/{model}")
     schema.pop("$defs", None)
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}, MULTIPART: {"schema": multipart}}}}
-
-

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 API_KEY_HEADER = "X-API-Key"
 

@@ -48,7 +48,9 @@ class ServeSettings(BaseModel):
     max_text_chars: int = Field(100_000, ge=1, description="characters per text field")
     explain: bool = Field(True, description="/v1/act: per-input contributions (costs one extra forward pass per input)")
     device: str = Field("cpu", description="torch device for the model: cpu, cuda, cuda:N or auto (cuda when available)")
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice); 1 is often fastest for small models on busy or shared CPUs")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads (default: torch's choice); 1 is often fastest for small models on busy or shared CPUs"
+    )
     api_key_file: Path | None = Field(None, description="file with one API key per line")
     api_keys: list[SecretStr] = Field(default_factory=list, exclude=True, description="accepted API keys (not serialized)")
     log_level: str = Field("info")
@@ -98,7 +100,7 @@ class ServeSettings(BaseModel):
 
     # -- environment --------------------------------------------------------------------------
     @classmethod
-    def from_env(cls, **overrides: Any) -> "ServeSettings":
+    def from_env(cls, **overrides: Any) -> ServeSettings:
         """Settings JSON handed down by ``mmagent serve`` (if any), then ``MMAGENT_<FIELD>``
         variables, then ``overrides`` (those that are not None)."""
         raw: dict[str, Any] = {}

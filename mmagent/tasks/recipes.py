@@ -41,8 +41,14 @@ RECIPES: dict[str, Recipe] = {
         train={"epochs": 4, "batch_size": 16, "lr": 5e-5, "head_lr": 1e-3, "early_stopping_patience": 2},
         # Spoken requests without text are transcribed (offline Whisper tiny.en) into the text input.
         agent={"type": "customer_service", "threshold": 0.5, "escalation": {"target_precision": 0.95}, "speech_to_text": "auto"},
-        hub_alternatives={"text": ["hf: bert-base-uncased", "hf: roberta-base"], "audio": ["hf: openai/whisper-base", "hf: facebook/wav2vec2-base", "torchaudio: WAV2VEC2_BASE"]},
-        tune_space={"train.lr": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True}, "fusion.modality_dropout": {"type": "float", "low": 0.0, "high": 0.5}},
+        hub_alternatives={
+            "text": ["hf: bert-base-uncased", "hf: roberta-base"],
+            "audio": ["hf: openai/whisper-base", "hf: facebook/wav2vec2-base", "torchaudio: WAV2VEC2_BASE"],
+        },
+        tune_space={
+            "train.lr": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True},
+            "fusion.modality_dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        },
     ),
     "medical_imaging": Recipe(
         name="medical_imaging",
@@ -51,8 +57,14 @@ RECIPES: dict[str, Recipe] = {
         fusion={"type": "concat", "hidden_dim": 256, "modality_dropout": 0.2},
         train={"epochs": 8, "batch_size": 32, "lr": 1e-4, "head_lr": 1e-3, "early_stopping_patience": 3},
         agent={"type": "medical", "refer_below": 0.8},
-        hub_alternatives={"image": ["timm: resnet50", "timm: convnext_tiny", "hf: google/vit-base-patch16-224"], "text": ["hf: emilyalsentzer/Bio_ClinicalBERT"]},
-        tune_space={"train.lr": {"type": "float", "low": 3e-5, "high": 3e-4, "log": True}, "inputs.0.encoder.freeze": {"type": "categorical", "choices": ["none", 2, "all"]}},
+        hub_alternatives={
+            "image": ["timm: resnet50", "timm: convnext_tiny", "hf: google/vit-base-patch16-224"],
+            "text": ["hf: emilyalsentzer/Bio_ClinicalBERT"],
+        },
+        tune_space={
+            "train.lr": {"type": "float", "low": 3e-5, "high": 3e-4, "log": True},
+            "inputs.0.encoder.freeze": {"type": "categorical", "choices": ["none", 2, "all"]},
+        },
     ),
     "finance": Recipe(
         name="finance",
@@ -62,7 +74,10 @@ RECIPES: dict[str, Recipe] = {
         train={"epochs": 4, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "early_stopping_patience": 2},
         agent={"type": "finance", "threshold": 0.5, "alerts": [{"label": "negative", "above": 0.8, "action": "alert", "message": "strongly negative news"}]},
         hub_alternatives={"text": ["hf: ProsusAI/finbert", "hf: yiyanghkust/finbert-tone"]},
-        tune_space={"train.lr": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True}, "fusion.type": {"type": "categorical", "choices": ["concat", "gated", "cross_attention"]}},
+        tune_space={
+            "train.lr": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True},
+            "fusion.type": {"type": "categorical", "choices": ["concat", "gated", "cross_attention"]},
+        },
     ),
 }
 

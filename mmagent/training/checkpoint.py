@@ -19,8 +19,9 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,9 +39,18 @@ from mmagent.model import MultimodalModel
 # where the config file lives. Everything else (data, inputs, targets, fusion, optimizer, seed,
 # precision, selection metric) is refused: a resumed run would be neither the old run nor the new.
 RESUME_MAY_CHANGE = (
-    "train.epochs", "train.max_steps", "train.early_stopping_patience", "train.checkpoint_every_steps",
-    "train.cache_frozen_encoders", "train.cpu", "data.num_workers", "data.test", "agent", "tune",
-    "base_dir", "recipe",
+    "train.epochs",
+    "train.max_steps",
+    "train.early_stopping_patience",
+    "train.checkpoint_every_steps",
+    "train.cache_frozen_encoders",
+    "train.cpu",
+    "data.num_workers",
+    "data.test",
+    "agent",
+    "tune",
+    "base_dir",
+    "recipe",
 )
 
 
@@ -77,7 +87,15 @@ def _old(folder: Path) -> Path:
     return folder.with_name(f".{folder.name}.old")
 
 
-def save_checkpoint(folder: Path, model: MultimodalModel, optimizer: torch.optim.Optimizer, scheduler: Any, progress: dict[str, Any], scaler: Any = None, config: dict[str, Any] | None = None) -> None:
+def save_checkpoint(
+    folder: Path,
+    model: MultimodalModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    progress: dict[str, Any],
+    scaler: Any = None,
+    config: dict[str, Any] | None = None,
+) -> None:
     """Write a complete checkpoint and swap it in for ``folder`` (see the module docstring).
 
     ``progress``: plain values (epoch, step, best metric, ...), also written as JSON for humans;
@@ -204,7 +222,9 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def prepare_resume(run_dir: Path, ckpt_dir: Path, config: dict[str, Any], main: bool, barrier: Callable[[], None]) -> tuple[Path | None, dict[str, tuple[Any, Any]]]:
+def prepare_resume(
+    run_dir: Path, ckpt_dir: Path, config: dict[str, Any], main: bool, barrier: Callable[[], None]
+) -> tuple[Path | None, dict[str, tuple[Any, Any]]]:
     """Before ``--resume``: repair what a kill left (main process only; ``barrier`` waits for it),
     then return the checkpoint to load and the allowed config changes. A run killed before its first
     checkpoint was complete has none: its outputs are removed and it starts over in the same folder

@@ -60,14 +60,23 @@ def launch_command(num_processes: int, argv: list[str], cpu: bool | None = None)
         if torch.cuda.device_count() < num_processes:
             raise ValueError(f"--num-processes {num_processes}: only {torch.cuda.device_count()} GPU(s) visible (set train.cpu: true for CPU processes)")
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
         "--multi_gpu",  # Accelerate's torchrun launcher; with ACCELERATE_USE_CPU it sets up gloo DDP
-        "--num_processes", str(num_processes),
-        "--num_machines", "1",
-        "--main_process_port", "0",  # a free port: several launches on one machine do not collide
-        "--mixed_precision", "no",  # the trainer passes its own choice to Accelerator()
-        "--dynamo_backend", "no",
-        "-m", "mmagent", *strip_num_processes(argv),
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        "0",  # a free port: several launches on one machine do not collide
+        "--mixed_precision",
+        "no",  # the trainer passes its own choice to Accelerator()
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "mmagent",
+        *strip_num_processes(argv),
     ]
     env = dict(os.environ)
     if cpu:

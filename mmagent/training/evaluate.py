@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -16,12 +17,16 @@ def compute_metrics(model: MultimodalModel, preds: Predictions, detailed: bool =
     return {k: target_metrics(model.heads[k].spec, preds.outputs[k], preds.targets[k], detailed) for k in model.heads if k in preds.targets}
 
 
-def evaluate(model: MultimodalModel, loader: DataLoader, device: torch.device | str = "cpu", drop: Iterable[str] = ()) -> tuple[dict[str, dict[str, Any]], Predictions]:
+def evaluate(
+    model: MultimodalModel, loader: DataLoader, device: torch.device | str = "cpu", drop: Iterable[str] = ()
+) -> tuple[dict[str, dict[str, Any]], Predictions]:
     preds = run_model(model, loader, device, drop)
     return compute_metrics(model, preds), preds
 
 
-def ablation_table(model: MultimodalModel, loader: DataLoader, device: torch.device | str = "cpu", baseline: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, float]]:
+def ablation_table(
+    model: MultimodalModel, loader: DataLoader, device: torch.device | str = "cpu", baseline: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, float]]:
     """Main metric per target with all inputs, then with each input dropped in turn.
 
     ``{"all inputs": {target: value}, "without text": {...}, ...}``"""

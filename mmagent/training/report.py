@@ -18,10 +18,12 @@ from mmagent.training.evaluate import ablation_table, evaluate
 
 if TYPE_CHECKING:
     from mmagent.config import ExperimentConfig
-    from mmagent.training.trainer import Splits
+    from mmagent.training.splits import Splits
 
 
-def finalize_run(run_dir: Path, config: "ExperimentConfig", splits: "Splits", history: list[dict[str, Any]], device: torch.device, progress: bool = True) -> dict[str, Any]:
+def finalize_run(
+    run_dir: Path, config: ExperimentConfig, splits: Splits, history: list[dict[str, Any]], device: torch.device, progress: bool = True
+) -> dict[str, Any]:
     """Evaluate the saved best model on validation (and test), calibrate it, and write
     calibration.json, metrics.json, plots and report.md."""
     model = MultimodalModel.load(run_dir / runs.MODEL_DIR).to(device)
@@ -41,7 +43,17 @@ def finalize_run(run_dir: Path, config: "ExperimentConfig", splits: "Splits", hi
     ablation = ablation_table(model, eval_loader, device, metrics.get("test", metrics["validation"]))
     write_json(run_dir / runs.METRICS_FILE, {**metrics, "ablation": ablation, "calibration": calibration})
     plots = write_plots(run_dir, model, metrics, history, calibration)
-    write_report(run_dir, config, model, metrics, ablation, calibration, history, plots, n=(len(splits.train), len(splits.validation), len(splits.test) if splits.test else 0))
+    write_report(
+        run_dir,
+        config,
+        model,
+        metrics,
+        ablation,
+        calibration,
+        history,
+        plots,
+        n=(len(splits.train), len(splits.validation), len(splits.test) if splits.test else 0),
+    )
     if progress:
         print(f"run saved to {run_dir} (report: {run_dir / runs.REPORT_FILE})")
         if escalation and not escalation.get("reached", True):
@@ -60,10 +72,20 @@ def scalar_table(metrics: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def write_report(run_dir: Path, config: "ExperimentConfig", model: MultimodalModel, metrics: dict[str, Any], ablation: dict[str, dict[str, float]], calibration: dict[str, Any], history: list[dict[str, Any]], plots: list[str], n: tuple[int, int, int]) -> None:
+def write_report(
+    run_dir: Path,
+    config: ExperimentConfig,
+    model: MultimodalModel,
+    metrics: dict[str, Any],
+    ablation: dict[str, dict[str, float]],
+    calibration: dict[str, Any],
+    history: list[dict[str, Any]],
+    plots: list[str],
+    n: tuple[int, int, int],
+) -> None:
     lines = ["# mmagent run report", ""]
-    lines += [f"- inputs: " + ", ".join(f"`{i.key}` ({i.modality}, {i.encoder.source}:{i.encoder.name})" for i in model.spec.inputs)]
-    lines += [f"- targets: " + ", ".join(f"`{t.column}` ({t.type})" for t in model.spec.targets)]
+    lines += ["- inputs: " + ", ".join(f"`{i.key}` ({i.modality}, {i.encoder.source}:{i.encoder.name})" for i in model.spec.inputs)]
+    lines += ["- targets: " + ", ".join(f"`{t.column}` ({t.type})" for t in model.spec.targets)]
     lines += [f"- fusion: {config.fusion.type}; epochs run: {len(history)}; rows train/validation/test: {n[0]}/{n[1]}/{n[2]}", ""]
     for split, ms in metrics.items():
         lines += [f"## {split.capitalize()} metrics", "", scalar_table(ms), ""]
@@ -80,7 +102,12 @@ def write_report(run_dir: Path, config: "ExperimentConfig", model: MultimodalMod
         lines += _calibration_lines(calibration)
     if history:
         lines += ["", "## Training history", "", "| epoch | step | seconds | validation |", "|---|---|---|---|"]
-        lines += [f"| {h['epoch']} | {h['step']} | {h['seconds']} | " + "; ".join(f"{t}/{k}={_fmt(v)}" for t, d in h["validation"].items() for k, v in d.items() if k in ("accuracy", "macro_f1", "rmse", "auroc")) + " |" for h in history]
+        lines += [
+            f"| {h['epoch']} | {h['step']} | {h['seconds']} | "
+            + "; ".join(f"{t}/{k}={_fmt(v)}" for t, d in h["validation"].items() for k, v in d.items() if k in ("accuracy", "macro_f1", "rmse", "auroc"))
+            + " |"
+            for h in history
+        ]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     write_text(run_dir / runs.REPORT_FILE, "\n".join(lines) + "\n")
@@ -90,7 +117,10 @@ def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
     lines = ["", "## Calibration", "", "Temperature scaling fitted on validation; ECE measured on data the temperature was not fitted on.", ""]
     lines += ["| target | temperature | ECE before | ECE after | measured on | rows |", "|---|---|---|---|---|---|"]
     entries = {t: c for t, c in calibration.items() if isinstance(c, dict) and "temperature" in c}
-    lines += [f"| {t} | {c['temperature']:.3f} | {c['ece_before']:.4f} | {c['ece_after']:.4f} | {c.get('measured_on', 'validation')} | {c.get('n_measured', '')} |" for t, c in entries.items()]
+    lines += [
+        f"| {t} | {c['temperature']:.3f} | {c['ece_before']:.4f} | {c['ece_after']:.4f} | {c.get('measured_on', 'validation')} | {c.get('n_measured', '')} |"
+        for t, c in entries.items()
+    ]
     lines += [f"\nNote ({t}): {c['note']}." for t, c in entries.items() if c.get("note")]
     c = calibration.get(runs.ESCALATION_KEY)
     if c:
@@ -100,7 +130,9 @@ def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_plots(run_dir: Path, model: MultimodalModel, metrics: dict[str, Any], history: list[dict[str, Any]], calibration: dict[str, Any] | None = None) -> list[str]:
+def write_plots(
+    run_dir: Path, model: MultimodalModel, metrics: dict[str, Any], history: list[dict[str, Any]], calibration: dict[str, Any] | None = None
+) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,7 +146,7 @@ def write_plots(run_dir: Path, model: MultimodalModel, metrics: dict[str, Any], 
         if steps:
             axes[0].plot([s["step"] for s in steps], [s["loss"] for s in steps], lw=1)
         axes[0].set(title="training loss", xlabel="step")
-        for target, d in (history[-1]["validation"].items() if history else []):
+        for target, d in history[-1]["validation"].items() if history else []:
             for k in ("accuracy", "macro_f1", "rmse"):
                 if k in d:
                     axes[1].plot([h["epoch"] for h in history], [h["validation"][target].get(k) for h in history], marker="o", label=f"{target}/{k}")
@@ -157,7 +189,13 @@ def _reliability_plot(run_dir: Path, target: str, c: dict[str, Any]) -> str:
         bins = c["reliability"].get(when) or []
         ece = c.get(f"ece_{when}", float("nan"))
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], style, ms=4, label=f"{when} (ECE {ece:.3f})")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=f"{target}: T={c['temperature']:.2f}, on {c.get('measured_on', 'validation').split(',')[0]}")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="confidence",
+        ylabel="accuracy",
+        title=f"{target}: T={c['temperature']:.2f}, on {c.get('measured_on', 'validation').split(',')[0]}",
+    )
     ax.legend(fontsize=7, loc="upper left")
     name = f"plots/reliability_{_file_safe(target)}.png"
     _save(fig, run_dir / name)

@@ -11,24 +11,23 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from mmagent.agent.spec import check_agent_labels, resolve_agent_config
 from mmagent.config import ExperimentConfig
 from mmagent.data.dataset import Collator, FeatureCache, MultimodalDataset, fit_targets
-from mmagent.data.tables import Table, as_table, read_table
-from mmagent.data.validation import Problem, check_training_data, validate_table
+from mmagent.data.tables import Table
 from mmagent.inference import make_loader, to_device
-from mmagent.io import write_json, write_text
+from mmagent.io import write_text
 from mmagent.model import MultimodalModel
 from mmagent.runs import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_LOG, SKIPPED_ROWS_FILE, check_run_dir, create_run_dir
 from mmagent.specs import ModelSpec
@@ -36,20 +35,14 @@ from mmagent.training.checkpoint import checkpoint_spec, load_checkpoint, prepar
 from mmagent.training.distributed import any_process
 from mmagent.training.evaluate import evaluate
 from mmagent.training.metrics import main_metric
-from mmagent.training.sampling import SeededItems
+from mmagent.training.metrics_log import MetricsLog, compact_metrics, record_shard
+from mmagent.training.sampling import EpochShuffleSampler, SeededItems
+from mmagent.training.splits import load_splits, write_skipped
 
 # Called after each epoch with (epoch, validation score); returning True stops training (Optuna pruning).
 EpochCallback = Callable[[int, float], bool]
 # Asked after every optimizer step; returning True ends the run cleanly (validation, best model, report).
 StopHook = Callable[[], bool]
-
-
-@dataclass
-class Splits:
-    train: Table
-    validation: Table
-    test: Table | None
-    skipped: list[Problem] = field(default_factory=list)
 
 
 @dataclass
@@ -61,60 +54,6 @@ class TrainResult:
     stopped_early: bool
     metrics: dict[str, Any] = field(default_factory=dict)
     stopped_by_request: bool = False  # ``stop_requested`` ended the run
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """Random order that depends only on (seed, epoch): a resumed run replays the same order."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-# -- 1. data ------------------------------------------------------------------------------------
-def load_splits(config: ExperimentConfig, train_data: Any = None) -> Splits:
-    """Read train / validation / test, check every row (all problems reported at once)."""
-    inputs, targets, policy = config.inputs, config.targets, config.data.on_bad_row
-    train = as_table(train_data) if train_data is not None else read_table(config.resolve(config.data.train))  # type: ignore[arg-type]
-    train, skipped = validate_table(train, inputs, targets, policy)
-    if config.data.validation:
-        validation, bad = validate_table(read_table(config.resolve(config.data.validation)), inputs, targets, policy)  # type: ignore[arg-type]
-        skipped += bad
-    else:
-        train, validation = split_validation(train, config)
-    test = None
-    if config.data.test:
-        test, bad = validate_table(read_table(config.resolve(config.data.test)), inputs, targets, policy)  # type: ignore[arg-type]
-        skipped += bad
-    return check_training_data(config, Splits(train, validation, test, skipped))
-
-
-def split_validation(table: Table, config: ExperimentConfig) -> tuple[Table, Table]:
-    """Seeded split, stratified on the first classification target when every class allows it."""
-    from sklearn.model_selection import train_test_split
-
-    from mmagent.data.tables import label_text
-
-    idx = list(range(len(table)))
-    strat = None
-    first = next((t for t in config.targets if t.type == "classification"), None)
-    if first is not None:
-        labels = [label_text(r.get(first.column)) for r in table.records]
-        counts = {lab: labels.count(lab) for lab in set(labels)}
-        n_val = math.ceil(config.data.validation_fraction * len(idx))
-        if min(counts.values()) >= 2 and n_val >= len(counts):
-            strat = labels
-    train_idx, val_idx = train_test_split(idx, test_size=config.data.validation_fraction, random_state=config.train.seed, stratify=strat)
-    return table.subset(sorted(train_idx)), table.subset(sorted(val_idx))
 
 
 # -- 2. model -----------------------------------------------------------------------------------
@@ -142,10 +81,7 @@ def param_groups(model: MultimodalModel, config: ExperimentConfig) -> list[dict[
         if p.requires_grad:
             groups.setdefault((name.startswith("encoders."), p.ndim >= 2), []).append(p)
     t = config.train
-    return [
-        {"params": ps, "lr": t.lr if is_enc else t.head_lr, "weight_decay": t.weight_decay if decays else 0.0}
-        for (is_enc, decays), ps in groups.items()
-    ]
+    return [{"params": ps, "lr": t.lr if is_enc else t.head_lr, "weight_decay": t.weight_decay if decays else 0.0} for (is_enc, decays), ps in groups.items()]
 
 
 def mixed_precision(config: ExperimentConfig) -> str:
@@ -156,7 +92,17 @@ def mixed_precision(config: ExperimentConfig) -> str:
 
 
 # -- 3..6. the loop -----------------------------------------------------------------------------
-def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, progress: bool = True, on_epoch_end: EpochCallback | None = None, train_data: Any = None, finalize: bool = True, feature_cache_store: Any = None, stop_requested: StopHook | None = None) -> TrainResult:
+def train(
+    config: ExperimentConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_end: EpochCallback | None = None,
+    train_data: Any = None,
+    finalize: bool = True,
+    feature_cache_store: Any = None,
+    stop_requested: StopHook | None = None,
+) -> TrainResult:
     """Train, select the best epoch on validation, write the run folder. See module docstring.
 
     ``resume``: continue from ``RUN_DIR/checkpoints/last`` (the config must match the checkpoint's,
@@ -202,7 +148,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
         (run_dir / CHECKPOINTS_DIR).mkdir(exist_ok=True)  # from now on the folder is a run --resume can take
         write_text(run_dir / CONFIG_FILE, config.model_dump_json(indent=2))
         if splits.skipped:
-            _write_skipped(run_dir / SKIPPED_ROWS_FILE, splits.skipped)
+            write_skipped(run_dir / SKIPPED_ROWS_FILE, splits.skipped)
     device = accelerator.device
     model.to(device)
 
@@ -212,7 +158,9 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
     caches: dict[str, FeatureCache | None] = {"train": None, "validation": None}
     for split in caches if frozen else ():
         if feature_cache_store is not None:
-            caches[split] = feature_cache_store.get(model, getattr(splits, split), frozen, keep_tokens, t.batch_size, device, config.loader_workers, progress and main)
+            caches[split] = feature_cache_store.get(
+                model, getattr(splits, split), frozen, keep_tokens, t.batch_size, device, config.loader_workers, progress and main
+            )
             continue
         caches[split] = FeatureCache()
         caches[split].build(model, getattr(splits, split), frozen, keep_tokens, t.batch_size, device, config.loader_workers, progress and main)  # type: ignore[union-attr]
@@ -223,14 +171,26 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
     # dropout masks would differ from the uninterrupted run's.
     loader_rng = torch.Generator().manual_seed(t.seed)
     train_items = SeededItems(train_ds, t.seed)
-    train_loader = DataLoader(train_items, batch_size=t.batch_size, sampler=sampler, num_workers=config.loader_workers, collate_fn=Collator(model, caches["train"]), generator=loader_rng)
+    train_loader = DataLoader(
+        train_items,
+        batch_size=t.batch_size,
+        sampler=sampler,
+        num_workers=config.loader_workers,
+        collate_fn=Collator(model, caches["train"]),
+        generator=loader_rng,
+    )
     val_loader = make_loader(model, splits.validation, t.batch_size, num_workers=config.loader_workers, cache=caches["validation"])
 
     optimizer = torch.optim.AdamW(param_groups(model, config))
     micro_per_epoch = math.ceil(len(train_ds) / t.batch_size / accelerator.num_processes)
     steps_per_epoch = math.ceil(micro_per_epoch / t.grad_accum)
     total_steps = min(t.max_steps or 10**12, t.epochs * steps_per_epoch)
-    scheduler = get_scheduler(t.scheduler if t.scheduler != "constant" else "constant_with_warmup", optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps), num_training_steps=total_steps)
+    scheduler = get_scheduler(
+        t.scheduler if t.scheduler != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=int(t.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
 
     state = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_score": None, "best_epoch": -1, "bad_epochs": 0, "history": []}
     if load_from is not None:
@@ -243,7 +203,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
     wrapped, optimizer, prepared_loader = accelerator.prepare(_LossOnly(model), optimizer, train_loader)
 
     metric_target, metric_name, larger_better = _selection_metric(config, model)
-    log = _MetricsLog(run_dir / METRICS_LOG, enabled=main)
+    log = MetricsLog(run_dir / METRICS_LOG, enabled=main)
     if changed:
         log.write({"event": "resume", "step": state["global_step"], "changed": {k: list(v) for k, v in changed.items()}})
     stopped_early = stopped_by_request = False
@@ -251,7 +211,9 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
     def checkpoint() -> None:
         if main:
             state["log_bytes"] = log.size()
-            save_checkpoint(ckpt_dir, model, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, scheduler, state, accelerator.scaler, config_json)
+            save_checkpoint(
+                ckpt_dir, model, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, scheduler, state, accelerator.scaler, config_json
+            )
         accelerator.wait_for_everyone()
 
     while state["epoch"] < t.epochs and state["global_step"] < total_steps:
@@ -262,7 +224,9 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
         train_items.epoch = epoch
         wrapped.train()
         batches = accelerator.skip_first_batches(prepared_loader, state["batches_done"]) if state["batches_done"] else prepared_loader
-        bar = tqdm(batches, total=micro_per_epoch, initial=state["batches_done"], desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (progress and main), leave=False)
+        bar = tqdm(
+            batches, total=micro_per_epoch, initial=state["batches_done"], desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (progress and main), leave=False
+        )
         start = time.perf_counter()
         seen: list[int] | None = [] if os.environ.get("MMAGENT_RECORD_SHARDS") == "1" else None
         for batch in bar:
@@ -293,13 +257,15 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
                     break
         bar.close()
         if seen is not None:
-            _record_shard(run_dir, accelerator.process_index, accelerator.num_processes, epoch + 1, seen)
+            record_shard(run_dir, accelerator.process_index, accelerator.num_processes, epoch + 1, seen)
 
         # 5. validation, best model, early stopping (every process evaluates: same decision everywhere)
         train_seconds = time.perf_counter() - start  # the loop alone: throughput figures use it
         metrics, _ = evaluate(model, val_loader, device)
         if metric_name not in metrics[metric_target]:
-            raise ValueError(f"validation has no usable rows for {metric_target}/{metric_name} (n={metrics[metric_target].get('n')}, labels unseen in training: {metrics[metric_target].get('unseen_labels')}); give a larger validation set or data.validation_fraction")
+            raise ValueError(
+                f"validation has no usable rows for {metric_target}/{metric_name} (n={metrics[metric_target].get('n')}, labels unseen in training: {metrics[metric_target].get('unseen_labels')}); give a larger validation set or data.validation_fraction"
+            )
         score = metrics[metric_target][metric_name]
         improved = state["best_score"] is None or (score > state["best_score"] if larger_better else score < state["best_score"])
         if improved:
@@ -308,14 +274,22 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, p
                 model.save(run_dir / "model")
         else:
             state["bad_epochs"] += 1
-        entry = {"epoch": epoch + 1, "step": state["global_step"], "seconds": round(time.perf_counter() - start, 2), "train_seconds": round(train_seconds, 2), "validation": _compact(metrics)}
+        entry = {
+            "epoch": epoch + 1,
+            "step": state["global_step"],
+            "seconds": round(time.perf_counter() - start, 2),
+            "train_seconds": round(train_seconds, 2),
+            "validation": compact_metrics(metrics),
+        }
         partial = stopped_by_request and state["batches_done"] < micro_per_epoch
         if partial:  # the checkpoint keeps the position in the epoch: --resume finishes it
             entry["partial"] = True
         state["history"].append(entry)
         log.write(entry)
         if main and progress:
-            print(f"epoch {epoch + 1}{' (stopped)' if partial else ''}: validation {metric_target}/{metric_name} = {score:.4f}" + (" (best)" if improved else ""))
+            print(
+                f"epoch {epoch + 1}{' (stopped)' if partial else ''}: validation {metric_target}/{metric_name} = {score:.4f}" + (" (best)" if improved else "")
+            )
         if not partial:
             state.update(epoch=epoch + 1, batches_done=0)
         checkpoint()
@@ -378,14 +352,6 @@ def _multiprocess_without_accelerator() -> bool:
     return not (torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mlu_available())
 
 
-def _record_shard(run_dir: Path, rank: int, world: int, epoch: int, rows: list[int]) -> None:
-    """Test hook (``MMAGENT_RECORD_SHARDS=1``): the training rows this process saw, per epoch."""
-    path = run_dir / f"shards_rank{rank}.json"
-    data = json.loads(path.read_text()) if path.is_file() else {"rank": rank, "world_size": world, "epochs": {}}
-    data["epochs"][str(epoch)] = rows
-    write_json(path, data)
-
-
 def _selection_metric(config: ExperimentConfig, model: MultimodalModel) -> tuple[str, str, bool]:
     if config.train.metric:
         target, name = config.train.metric.split("/", 1)
@@ -396,57 +362,3 @@ def _selection_metric(config: ExperimentConfig, model: MultimodalModel) -> tuple
     first = next(iter(model.heads))
     name, larger = main_metric(model.heads[first].spec)
     return first, name, larger
-
-
-def _compact(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    return {k: {m: v for m, v in d.items() if isinstance(v, (int, float))} for k, d in metrics.items()}
-
-
-def _write_skipped(path: Path, problems: list[Problem]) -> None:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["file", "row", "column", "problem"])
-    for p in problems:
-        w.writerow([p.source, p.row + 1, p.column, p.message])
-    write_text(path, buf.getvalue())
-
-
-class _MetricsLog:
-    """JSON lines (always) and TensorBoard scalars (when tensorboard is installed)."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled, self.tb = path, enabled, None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
-            except Exception:  # tensorboard not installed: JSONL only
-                self.tb = None
-
-    def size(self) -> int:
-        """Bytes written so far (a checkpoint records it; a resume cuts the log back to it)."""
-        return self.path.stat().st_size if self.path.is_file() else 0
-
-    def write(self, entry: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:  # append-only log: a torn last line is harmless
-            f.write(json.dumps(entry) + "\n")
-        if self.tb is not None:
-            for k, v in _flatten(entry).items():
-                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
-                    self.tb.add_scalar(k, v, entry.get("step", 0))
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

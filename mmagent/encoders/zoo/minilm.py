@@ -7,10 +7,10 @@ Mean pooling by default.
 
 from __future__ import annotations
 
-from mmagent.specs import EncoderSpec
-from mmagent.encoders.hf import HFTextEncoder
 import mmagent.encoders.zoo.cache as cache
+from mmagent.encoders.hf import HFTextEncoder
 from mmagent.encoders.zoo.base import ZooAssets
+from mmagent.specs import EncoderSpec
 
 NAME = "minilm-l6"
 

@@ -16,10 +16,10 @@ from torch import Tensor, nn
 
 from mmagent.encoders.audio import WhisperFeaturesPreprocessor, trim_whisper_positions
 from mmagent.encoders.base import Encoder, EncoderOutput, masked_mean
-from mmagent.specs import EncoderSpec
 from mmagent.encoders.zoo.base import ZooAssets, check_config
 from mmagent.encoders.zoo.cache import cached_convert
 from mmagent.encoders.zoo.ctranslate2 import CT2Weights, read_ctranslate2
+from mmagent.specs import EncoderSpec
 
 NAME = "whisper-tiny.en"
 WHISPER_SAMPLE_RATE = 16000

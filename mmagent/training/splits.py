@@ -1,0 +1,73 @@
+"""Step 1 of a training run: read the train / validation / test tables, check every row, and
+split a validation set off the training table when none is given."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmagent.config import ExperimentConfig
+from mmagent.data.errors import table_error
+from mmagent.data.tables import Table, as_table, read_table
+from mmagent.data.validation import MIN_TRAIN_ROWS, Problem, check_training_data, validate_table
+from mmagent.io import write_text
+
+
+@dataclass
+class Splits:
+    train: Table
+    validation: Table
+    test: Table | None
+    skipped: list[Problem] = field(default_factory=list)
+
+
+def load_splits(config: ExperimentConfig, train_data: Any = None) -> Splits:
+    """Read train / validation / test, check every row (all problems reported at once)."""
+    inputs, targets, policy = config.inputs, config.targets, config.data.on_bad_row
+    train = as_table(train_data) if train_data is not None else read_table(config.resolve(config.data.train))  # type: ignore[arg-type]
+    train, skipped = validate_table(train, inputs, targets, policy)
+    if config.data.validation:
+        validation, bad = validate_table(read_table(config.resolve(config.data.validation)), inputs, targets, policy)  # type: ignore[arg-type]
+        skipped += bad
+    else:
+        train, validation = split_validation(train, config)
+    test = None
+    if config.data.test:
+        test, bad = validate_table(read_table(config.resolve(config.data.test)), inputs, targets, policy)  # type: ignore[arg-type]
+        skipped += bad
+    return check_training_data(config, Splits(train, validation, test, skipped))
+
+
+def split_validation(table: Table, config: ExperimentConfig) -> tuple[Table, Table]:
+    """Seeded split, stratified on the first classification target when every class allows it."""
+    from sklearn.model_selection import train_test_split
+
+    from mmagent.data.tables import label_text
+
+    if len(table) < MIN_TRAIN_ROWS + 1:  # before scikit-learn's own, less telling error
+        raise table_error(table.source, f"too few rows: need at least {MIN_TRAIN_ROWS + 1} rows to hold out a validation split, have {len(table)}")
+    idx = list(range(len(table)))
+    strat = None
+    first = next((t for t in config.targets if t.type == "classification"), None)
+    if first is not None:
+        labels = [label_text(r.get(first.column)) for r in table.records]
+        counts = {lab: labels.count(lab) for lab in set(labels)}
+        n_val = math.ceil(config.data.validation_fraction * len(idx))
+        if min(counts.values()) >= 2 and n_val >= len(counts):
+            strat = labels
+    train_idx, val_idx = train_test_split(idx, test_size=config.data.validation_fraction, random_state=config.train.seed, stratify=strat)
+    return table.subset(sorted(train_idx)), table.subset(sorted(val_idx))
+
+
+def write_skipped(path: Path, problems: list[Problem]) -> None:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["file", "row", "column", "problem"])
+    for p in problems:
+        w.writerow([p.source, p.row + 1, p.column, p.message])
+    write_text(path, buf.getvalue())
