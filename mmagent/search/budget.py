@@ -97,7 +97,10 @@ def search_within_budget(
         params = suggest_params(trial, params_space)
         cfg = trial_config(base, params, metric)
         try:
-            result = run_candidate(cfg, trials_dir / str(trial.number), store=store, trial=trial, deadline=deadline, train_data=train_data)
+            # Queued candidates (fit's ladder) run in full: their scores teach the pruner, but a
+            # fine-tuning run that starts behind a probe after one warm-up epoch must not be cut.
+            queued = trial.number < len(first_params or [])
+            result = run_candidate(cfg, trials_dir / str(trial.number), store=store, trial=trial, deadline=deadline, train_data=train_data, prune=not queued)
         except CandidatePruned as pruned:
             pruned.result.params = params
             candidates[trial.number] = pruned.result

@@ -58,7 +58,7 @@ class SampleCost(BaseModel):
 
     load: dict[str, float]
     encode: dict[str, float]
-    train: dict[str, float]
+    train: dict[str, float]  # the step alone: cached encoders' outputs are given
     forward: float
     always_frozen: list[str]  # encoders frozen whatever the strategy (e.g. Whisper)
     tunable: list[str]
@@ -70,7 +70,7 @@ class SampleCost(BaseModel):
         """One epoch of ``strategy``: training on n_train rows plus evaluating n_validation."""
         cached = self.cached(strategy)
         load = sum(v for k, v in self.load.items() if k not in cached)
-        step = max(self.train[strategy] - sum(self.encode[k] for k in cached), 0.0)
+        step = self.train[strategy]
         evaluate = max(self.forward - sum(self.encode[k] for k in cached), 0.0)
         return n_train * (load + step) + n_validation * (load + evaluate)
 
@@ -194,11 +194,22 @@ def measure_cost(model: Any, loader: Any, raw: dict[str, Any], blocks: dict[int,
         fn(batches[1])
         return (time.perf_counter() - t) / len(timed)
 
-    def step(b: dict[str, Any]) -> None:
-        model.train()
-        loss, _ = model.loss(model(b["inputs"], b["present"]), b["targets"])
-        loss.backward()
-        model.zero_grad(set_to_none=True)
+    def encoded(b: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        model.eval()
+        with torch.no_grad():
+            return {k: model.encoders[k](b["inputs"][k]) for k in names}
+
+    def step_with(cached: dict[int, dict[str, Any]]) -> Any:
+        """A training step whose frozen, cached encoders come from ``cached`` (as in training)."""
+
+        def run(b: dict[str, Any]) -> None:
+            model.train()
+            out = model(b["inputs"], b["present"], cached[id(b)])
+            loss, _ = model.loss(out, b["targets"])
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+
+        return run
 
     def evaluate(b: dict[str, Any]) -> None:
         model.eval()
@@ -221,7 +232,9 @@ def measure_cost(model: Any, loader: Any, raw: dict[str, Any], blocks: dict[int,
                 for n, group in enumerate(groups):
                     for p in group.parameters():
                         p.requires_grad_(n >= frozen)
-            train[strategy] = seconds(step)
+            names = always + (tunable if strategy == "probe" else [])
+            outputs = {id(b): encoded(b, names) for b in batches}
+            train[strategy] = seconds(step_with(outputs))
         # LoRA's backward still runs through every layer, without the frozen weights' gradients.
         train["lora"] = 0.5 * (train["partial"] + train["full"])
         forward = seconds(evaluate)

@@ -81,13 +81,14 @@ def run_candidate(
     progress: bool = False,
     base_dir: str | Path = ".",
     finalize: bool = False,
+    prune: bool = True,
 ) -> CandidateResult:
     """Train one config into ``run_dir`` (new or empty) and return its validation result.
 
     - ``raw_config``: a dict as accepted by :func:`~mmagent.config.config_from_dict` (relative
       paths taken from ``base_dir``) or a validated config.
     - ``trial``: each epoch's validation score is reported to it; when its pruner says so (before
-      the last epoch) training stops and :class:`CandidatePruned` (an ``optuna.TrialPruned``) is
+      the last epoch, and unless ``prune`` is False) training stops and :class:`CandidatePruned` (an ``optuna.TrialPruned``) is
       raised. The trial also gets ``run_dir``, ``train_seconds``, ``epochs_run``, ``best_epoch``,
       ``cut_short`` and, on failure, ``error`` as user attributes.
     - ``deadline``: a ``time.monotonic()`` value; once passed, training stops after the current
@@ -117,7 +118,7 @@ def run_candidate(
         if trial is not None:
             if math.isfinite(score):
                 trial.report(score, epoch)
-            if epoch < planned and trial.should_prune():  # after the last epoch there is nothing left to save
+            if prune and epoch < planned and trial.should_prune():  # after the last epoch there is nothing left to save
                 flags["pruned_at"] = epoch
                 return True
         return epoch < planned and past_deadline()
