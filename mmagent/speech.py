@@ -266,7 +266,7 @@ class Transcriber:
             decoder_start_token_id=SOT, eos_token_id=EOT, pad_token_id=EOT, no_timestamps_token_id=NO_TIMESTAMPS,
             suppress_tokens=self._never.nonzero()[:, 0].tolist(), begin_suppress_tokens=self._begin_suppress,
             is_multilingual=False, return_timestamps=False, do_sample=False, num_beams=1,
-            max_length=self.model.config.max_target_positions, max_new_tokens=max_new_tokens, return_dict_in_generate=True, output_scores=True,
+            max_new_tokens=max_new_tokens, return_dict_in_generate=True, output_scores=True,
         )  # fmt: skip
 
     def no_speech_probs(self, encoded: Tensor) -> Tensor:
@@ -278,7 +278,14 @@ class Transcriber:
     def _greedy(self, encoded: Tensor, max_new_tokens: int) -> list[Transcription]:
         from transformers.modeling_outputs import BaseModelOutput
 
-        out = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoded), generation_config=self.generation_config(max_new_tokens))
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # Whisper's generate warns about settings it passes itself
+        try:
+            out = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoded), generation_config=self.generation_config(max_new_tokens))
+        finally:
+            hf_logging.set_verbosity(verbosity)
         tokens = out.sequences[:, -len(out.scores) :].cpu() if out.scores else out.sequences[:, :0].cpu()
         logprobs = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).cpu() if out.scores else None
         no_speech = self.no_speech_probs(encoded)
