@@ -140,6 +140,9 @@ def fit(
     preset: str = typer.Option("balanced", "--preset", help="fast | balanced | best"),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="domain policy and encoders: customer_service | medical_imaging | finance"),
     column_type: list[str] = typer.Option([], "--column-type", help="override one column's kind: COL=text|categorical|numeric|image|audio|ignore (repeatable)"),
+    agent: Optional[Path] = typer.Option(
+        None, "--agent", help="YAML file with the agent block (policy type, playbook, escalation, alerts), merged into the recipe's"
+    ),
     seed: int = typer.Option(0, "--seed", help="random seed of every candidate and of the search"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
 ) -> None:
@@ -147,6 +150,17 @@ def fit(
     keep the best model as the run (loadable with Agent.load; config.yaml reproduces it)."""
     from mmagent.search.fit import fit as run_fit
 
+    agent_block = None
+    if agent is not None:
+        import yaml
+
+        if not agent.is_file():
+            raise FileNotFoundError(f"--agent: file not found: {agent}")
+        agent_block = yaml.safe_load(agent.read_text()) or {}
+        if not isinstance(agent_block, dict):
+            raise ValueError(f"--agent {agent}: the file must hold a mapping (type: ..., playbook: ...)")
+        if isinstance(agent_block.get("playbook"), str):  # relative to the agent file, like a config's paths
+            agent_block["playbook"] = str((agent.parent / agent_block["playbook"]).resolve())
     run_fit(
         train,
         label,
@@ -157,6 +171,7 @@ def fit(
         preset=preset,
         recipe=recipe,
         column_types=column_type,
+        agent=agent_block,
         seed=seed,
         progress=not quiet,
     )

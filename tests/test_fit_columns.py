@@ -120,3 +120,25 @@ def test_dataframe_with_real_numbers_and_a_counter():
     schema = infer_schema(Table(frame), "y")
     kinds = {c.column: c.kind for c in schema.columns}
     assert kinds == {"n": "ignore", "x": "numeric"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--label", "target"], "label column 'target' is not in"),
+        (["--label", "label", "--column-type", "colour=video"], "unknown kind 'video'"),
+        (["--label", "label", "--time-budget", "soon"], "time budget 'soon'"),
+        (["--label", "label", "--preset", "turbo"], "--preset 'turbo'"),
+        (["--label", "label", "--agent", "missing.yaml"], "--agent: file not found"),
+    ],
+)
+def test_fit_cli_names_what_is_wrong_and_leaves_nothing(table, tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from mmagent.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["fit", table.source, "-o", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not out.exists()

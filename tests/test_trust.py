@@ -253,3 +253,18 @@ def test_damaged_weights_are_named_not_loaded(tmp_path: Path, damage: str) -> No
         MultimodalModel.load(folder)
     with pytest.raises(ValueError, match="model.safetensors"):
         Agent.load(run)
+
+
+def test_mcc_is_zero_for_a_constant_predictor_and_follows_sklearn():
+    """MCC does not flatter the majority class: a constant prediction scores 0 however skewed."""
+    import numpy as np
+    import sklearn.metrics as skm
+
+    from mmagent.training.metrics import classification_metrics
+
+    y = np.array([0] * 80 + [1] * 20)
+    constant = np.tile([0.9, 0.1], (100, 1))
+    m = classification_metrics(constant, y, ["up", "down"], detailed=False)
+    assert m["accuracy"] == pytest.approx(0.8) and m["mcc"] == 0.0
+    probs = np.random.default_rng(0).dirichlet([1, 1], 100)
+    assert classification_metrics(probs, y, ["up", "down"])["mcc"] == pytest.approx(skm.matthews_corrcoef(y, probs.argmax(1)))

@@ -24,7 +24,7 @@ __all__ = ["DataError", "Problem", "check_columns", "check_rows", "check_trainin
 # Validation metrics each target type reports (training/metrics.py computes them; a test keeps the
 # two in step). train.metric must name one of these.
 METRICS = {
-    "classification": ("accuracy", "macro_f1", "auroc"),
+    "classification": ("accuracy", "macro_f1", "mcc", "auroc"),
     "multilabel": ("subset_accuracy", "micro_f1", "macro_f1", "auroc"),
     "regression": ("rmse", "mae", "r2"),
 }

@@ -32,6 +32,9 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], 
     out["accuracy"] = float(skm.accuracy_score(y, pred))
     occurring = sorted(set(np.unique(y).tolist()) | set(np.unique(pred).tolist()))
     out["macro_f1"] = float(skm.f1_score(y, pred, labels=occurring, average="macro", zero_division=0))
+    # Matthews correlation: 0 for a constant or chance-level predictor, whatever the class balance
+    # (the honest yardstick where accuracy flatters the majority class, e.g. market movement).
+    out["mcc"] = float(skm.matthews_corrcoef(y, pred))
     seen = y != UNSEEN_INDEX  # class probabilities only exist for labels the model knows
     try:
         if len(labels) == 2:
