@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from mmagent.io import write_text
+
 CONFIG_FILE = "config.json"
 MODEL_DIR = "model"
 METRICS_FILE = "metrics.json"
@@ -146,7 +148,7 @@ def create_run_dir(run_dir: str | Path, resume: bool = False) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     marker = run_dir / MARKER_FILE
     if not marker.is_file():
-        marker.write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+        write_text(marker, json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")  # names the path on a full disk
     if not resume:
         (run_dir / METRICS_LOG).unlink(missing_ok=True)
 

@@ -277,7 +277,6 @@ class Transcriber:
 
     def _greedy(self, encoded: Tensor, max_new_tokens: int) -> list[Transcription]:
         from transformers.modeling_outputs import BaseModelOutput
-
         from transformers.utils import logging as hf_logging
 
         verbosity = hf_logging.get_verbosity()

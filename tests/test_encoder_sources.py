@@ -366,7 +366,7 @@ def test_freeze_none_keeps_batchnorm_training() -> None:
         (
             {"source": "builtin", "name": "mlpp"},
             "numeric",
-            r"encoder\.name: unknown builtin encoder name 'mlpp'; did you mean 'mlp'\? \(available: mel-cnn, mlp\)",
+            r"encoder\.name: unknown builtin encoder name 'mlpp'; did you mean 'mlp'\? \(available: hash-embedding, mel-cnn, mlp\)",
         ),
     ],
 )
@@ -383,6 +383,7 @@ def test_saved_model_naming_an_unknown_encoder_is_a_clear_error(tmp_path: Path) 
 
     from mmagent.encoders import EncoderError
     from mmagent.model import MultimodalModel
+    from mmagent.runs import write_checksums
     from mmagent.specs import ModelSpec
 
     spec = ModelSpec.model_validate({
@@ -393,9 +394,11 @@ def test_saved_model_naming_an_unknown_encoder_is_a_clear_error(tmp_path: Path) 
     saved = json.loads((tmp_path / "model" / "model.json").read_text())
     saved["inputs"][0]["encoder"]["name"] = "mpl"
     (tmp_path / "model" / "model.json").write_text(json.dumps(saved))
+    write_checksums(tmp_path / "model")  # as saved by an install that had this encoder: intact files
     with pytest.raises(EncoderError, match=r"unknown builtin encoder name 'mpl'; did you mean 'mlp'"):
         MultimodalModel.load(tmp_path / "model")
     saved["inputs"][0]["encoder"].update(source="no-such-source", name="mlp")
     (tmp_path / "model" / "model.json").write_text(json.dumps(saved))
+    write_checksums(tmp_path / "model")
     with pytest.raises(EncoderError, match=r"unknown encoder source 'no-such-source'"):
         MultimodalModel.load(tmp_path / "model")

@@ -75,7 +75,7 @@ def test_config_yaml_reproduces_the_chosen_model(fitted, tmp_path):
 
     result, _ = fitted
     raw = yaml.safe_load((result.run_dir / "config.yaml").read_text())
-    assert raw["targets"] == [{"column": "label", "type": "classification"}]
+    assert [(t["column"], t["type"]) for t in raw["targets"]] == [("label", "classification")]
     again = train(load_config(result.run_dir / "config.yaml"), tmp_path / "again", progress=False)
     chosen = json.loads((result.run_dir / "metrics.json").read_text())
     assert again.metrics["validation"]["label"]["accuracy"] == pytest.approx(chosen["validation"]["label"]["accuracy"], abs=1e-9)
@@ -84,10 +84,10 @@ def test_config_yaml_reproduces_the_chosen_model(fitted, tmp_path):
 
 def test_interrupted_fit_keeps_its_best_candidate(mm_tables, tmp_path, monkeypatch):
     from mmagent import Agent
-    from mmagent.search import objective
+    from mmagent.search import budget
     from mmagent.search.fit import fit
 
-    real = objective.run_candidate
+    real = budget.run_candidate
     calls = {"n": 0}
 
     def interrupt_second(*args, **kwargs):
@@ -96,7 +96,7 @@ def test_interrupted_fit_keeps_its_best_candidate(mm_tables, tmp_path, monkeypat
             raise KeyboardInterrupt  # Ctrl-C while the second candidate trains
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(objective, "run_candidate", interrupt_second)
+    monkeypatch.setattr(budget, "run_candidate", interrupt_second)
     result = fit(mm_tables["train"], "label", tmp_path / "run", time_budget=BUDGET, preset="fast", encoders=_tiny_encoders(mm_tables["train"]), progress=False)
     assert result.interrupted and result.best.endswith("probe")
     assert Agent.load(result.run_dir).predict({"text": "the alpha case"})[0]["label"]["label"] in {"a", "b", "c"}

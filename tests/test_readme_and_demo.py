@@ -20,9 +20,9 @@ def _readme_config() -> dict:
 def test_readme_config_trains_on_finance_demo_data(tmp_path: Path) -> None:
     from mmagent import Agent, load_config, train
     from mmagent.demo import datasets as ds
-    from mmagent.demo.runner import _split
+    from mmagent.demo.runner import _write_splits
 
-    _split(ds.finance_news(120, seed=0), tmp_path)
+    _write_splits(ds.finance_news(120, seed=0), tmp_path)
     raw = _readme_config()
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
     cfg = load_config(tmp_path / "config.yaml", ["train.max_steps=3", "train.epochs=1"])

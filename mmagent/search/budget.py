@@ -60,6 +60,7 @@ def search_within_budget(
     storage: str | None = None,
     progress: bool = False,
     on_trial: Callable[[str], None] | None = None,
+    prune_queued: bool = True,
 ) -> SearchResult:
     """Search ``space`` (the ``tune.space`` mapping: dotted config path -> ``{type: float|int|
     categorical, ...}``) around ``base_config`` (a raw config dict) for at most ``time_limit``
@@ -71,6 +72,8 @@ def search_within_budget(
     - ``first_params``: parameter sets (config values) tried first, e.g. a recipe's defaults.
     - ``storage``: an Optuna storage URL (default: in memory).
     - ``on_trial``: called with a one-line summary after each trial (``progress`` prints it).
+    - ``prune_queued``: False lets the ``first_params`` candidates run to the end (they still
+      report their scores to the pruner).
     A KeyboardInterrupt (Ctrl-C) ends the search; the result then holds the candidates so far.
     Each candidate's folder holds its best model (``Agent.load`` works; ``finalize_candidate``
     makes the full report). A failing candidate is recorded in ``errors``; after three failures in
@@ -97,10 +100,13 @@ def search_within_budget(
         params = suggest_params(trial, params_space)
         cfg = trial_config(base, params, metric)
         try:
-            # Queued candidates (fit's ladder) run in full: their scores teach the pruner, but a
-            # fine-tuning run that starts behind a probe after one warm-up epoch must not be cut.
+            # With prune_queued=False the queued candidates (fit's ladder) run in full: their scores
+            # teach the pruner, but a fine-tuning run that starts behind a probe after one warm-up
+            # epoch must not be cut.
             queued = trial.number < len(first_params or [])
-            result = run_candidate(cfg, trials_dir / str(trial.number), store=store, trial=trial, deadline=deadline, train_data=train_data, prune=not queued)
+            result = run_candidate(
+                cfg, trials_dir / str(trial.number), store=store, trial=trial, deadline=deadline, train_data=train_data, prune=prune_queued or not queued
+            )
         except CandidatePruned as pruned:
             pruned.result.params = params
             candidates[trial.number] = pruned.result

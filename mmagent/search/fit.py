@@ -235,6 +235,7 @@ class _Search:
                 first_params=rungs,
                 storage=f"sqlite:///{self.run_dir / 'search.db'}",
                 on_trial=self._report,
+                prune_queued=False,
             )
         finally:
             if previous is not None:

@@ -46,8 +46,8 @@ def split_validation(table: Table, config: ExperimentConfig) -> tuple[Table, Tab
 
     from mmagent.data.tables import label_text
 
-    if len(table) < MIN_TRAIN_ROWS + 1:  # before scikit-learn's own, less telling error
-        raise table_error(table.source, f"too few rows: need at least {MIN_TRAIN_ROWS + 1} rows to hold out a validation split, have {len(table)}")
+    if len(table) < MIN_TRAIN_ROWS:  # before scikit-learn's own, less telling error
+        raise table_error(table.source, f"too few rows: need at least {MIN_TRAIN_ROWS} training rows (and some to hold out for validation), have {len(table)}")
     idx = list(range(len(table)))
     strat = None
     first = next((t for t in config.targets if t.type == "classification"), None)
