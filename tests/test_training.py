@@ -228,3 +228,17 @@ def test_worker_processes_decode_media_and_unseen_labels_are_reported(mm_tables:
     metrics, _ = evaluate(model, make_loader(model, table, 4, num_workers=2))
     # the unseen label is reported and, since the model cannot predict it, counted as a wrong answer
     assert metrics["label"]["unseen_labels"] == 1 and metrics["label"]["n"] == 10
+
+
+def test_a_last_batch_of_one_row_does_not_break_batchnorm(tmp_path):
+    """17 training rows in batches of 16 leave a 1-row batch, which BatchNorm cannot train on."""
+    from mmagent.config import config_from_dict
+    from mmagent.demo.toy import tiny_config, write_toy_table
+    from mmagent.training.trainer import train
+
+    table = write_toy_table(tmp_path, 21, 0)
+    raw = tiny_config(table)
+    raw["inputs"] = [raw["inputs"][1]]  # the timm CNN alone: its last feature map is 1x1 at 32 px
+    raw["data"]["validation_fraction"] = 0.19  # 4 rows held out, 17 train
+    result = train(config_from_dict(raw), tmp_path / "run", progress=False, finalize=False)
+    assert result.global_step == 1  # one full batch; the 1-row remainder was dropped, not trained on

@@ -171,10 +171,14 @@ def train(
     # dropout masks would differ from the uninterrupted run's.
     loader_rng = torch.Generator().manual_seed(t.seed)
     train_items = SeededItems(train_ds, t.seed)
+    # A last batch of one row breaks BatchNorm in training ("more than 1 value per channel"): drop
+    # it (one row an epoch; the epoch order changes every epoch, so no row is always left out).
+    drop_last = accelerator.num_processes == 1 and len(train_ds) % t.batch_size == 1 and len(train_ds) > 1
     train_loader = DataLoader(
         train_items,
         batch_size=t.batch_size,
         sampler=sampler,
+        drop_last=drop_last,
         num_workers=config.loader_workers,
         collate_fn=Collator(model, caches["train"]),
         generator=loader_rng,
@@ -182,7 +186,7 @@ def train(
     val_loader = make_loader(model, splits.validation, t.batch_size, num_workers=config.loader_workers, cache=caches["validation"])
 
     optimizer = torch.optim.AdamW(param_groups(model, config))
-    micro_per_epoch = math.ceil(len(train_ds) / t.batch_size / accelerator.num_processes)
+    micro_per_epoch = len(train_ds) // t.batch_size if drop_last else math.ceil(len(train_ds) / t.batch_size / accelerator.num_processes)
     steps_per_epoch = math.ceil(micro_per_epoch / t.grad_accum)
     total_steps = min(t.max_steps or 10**12, t.epochs * steps_per_epoch)
     scheduler = get_scheduler(
