@@ -21,18 +21,18 @@ model's outputs and PyTorch's on a real batch (and on a second batch of another 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mmagent.data.tables import Table, read_table
+from mmagent.data.tables import read_table
+from mmagent.export_layout import FlatWrapper, check_batches, default_data, dynamic_dims, flatten, load_model, tensor_names
+from mmagent.export_run import Runner, compare_accuracy, max_diff
 from mmagent.model import MultimodalModel
 
 Format = Literal["onnx", "torchscript"]
@@ -91,98 +91,6 @@ class ExportReport:
             )
         out += [f"note: {n}" for n in self.notes]
         return out
-
-
-class FlatWrapper(nn.Module):
-    """``model.forward`` on flat tensors: (per-input tensors..., present) -> per-target logits."""
-
-    def __init__(self, model: MultimodalModel, layout: list[tuple[str, str]]) -> None:
-        super().__init__()
-        self.model = model
-        self.layout = layout
-        self.targets = list(model.heads)
-
-    def forward(self, *tensors: Tensor) -> tuple[Tensor, ...]:
-        inputs: dict[str, dict[str, Tensor]] = {}
-        for (name, key), t in zip(self.layout, tensors[:-1]):
-            inputs.setdefault(name, {})[key] = t
-        out = self.model(inputs, tensors[-1])
-        return tuple(out.logits[t] for t in self.targets)
-
-
-# -- batches ------------------------------------------------------------------------------------
-def load_model(run_dir: str | Path) -> MultimodalModel:
-    run_dir = Path(run_dir)
-    return MultimodalModel.load(run_dir / "model" if (run_dir / "model").is_dir() else run_dir).eval()
-
-
-def default_data(run_dir: str | Path) -> Path | None:
-    """The run's own test (else validation, else train) table, if it is still where the config says."""
-    cfg_path = Path(run_dir) / "config.json"
-    if not cfg_path.is_file():
-        return None
-    cfg = json.loads(cfg_path.read_text())
-    base = Path(cfg.get("base_dir") or ".")
-    for split in ("test", "validation", "train"):
-        value = (cfg.get("data") or {}).get(split)
-        if value:
-            p = Path(value).expanduser()
-            p = p if p.is_absolute() else base / p
-            if p.is_file():
-                return p
-    return None
-
-
-def _batches(model: MultimodalModel, table: Table, batch_size: int, with_targets: bool) -> Any:
-    from mmagent.inference import make_loader
-
-    return make_loader(model, table, batch_size, with_targets=with_targets)
-
-
-def flatten(batch: dict[str, Any], layout: list[tuple[str, str]]) -> tuple[Tensor, ...]:
-    return tuple(batch["inputs"][name][key] for name, key in layout) + (batch["present"],)
-
-
-def tensor_names(layout: list[tuple[str, str]]) -> list[str]:
-    return [f"{name}.{key}" for name, key in layout] + ["present"]
-
-
-def _check_batches(model: MultimodalModel, table: Table, rows: int) -> list[dict[str, Any]]:
-    """Two real batches of different sizes (so fixed shapes in the export would show)."""
-    from mmagent.data.dataset import Collator, MultimodalDataset
-
-    n = len(table)
-    if n < 2:
-        raise ValueError(f"{table.source}: need at least 2 rows to check an export, got {n}")
-    first = min(rows, n)
-    ds = MultimodalDataset(table, model, with_targets=False)
-    collate = Collator(model)
-    batches = [collate([ds[i] for i in range(first)])]
-    rest = list(range(first, n))[: max(2, first // 2 + 1)] or list(range(min(3, n)))
-    if len(rest) != first:
-        batches.append(collate([ds[i] for i in rest]))
-    return batches
-
-
-def dynamic_dims(model: MultimodalModel, batches: list[dict[str, Any]], layout: list[tuple[str, str]]) -> dict[str, list[int]]:
-    """Batch dim everywhere; dim 1 of padded keys (their ``_mask``/``attention_mask`` too); and
-    any dim that differs between the real check batches."""
-    out: dict[str, list[int]] = {}
-    for name, key in layout:
-        pre = model.encoders[name].preprocessor
-        padded = {k for k in getattr(pre, "pad_values", {})} | {f"{k}_mask" for k in getattr(pre, "pad_values", {})}
-        if "input_ids" in padded:
-            padded.add("attention_mask")
-        shapes = [tuple(b["inputs"][name][key].shape) for b in batches]
-        dims = {0}
-        if key in padded and len(shapes[0]) > 1:
-            dims.add(1)
-        for d in range(1, len(shapes[0])):
-            if len({s[d] for s in shapes}) > 1:
-                dims.add(d)
-        out[f"{name}.{key}"] = sorted(dims)
-    out["present"] = [0]
-    return out
 
 
 # -- exporters ----------------------------------------------------------------------------------
@@ -284,80 +192,6 @@ def _onnx_culprits(wrapper: FlatWrapper, example: tuple[Tensor, ...], names: lis
     return found
 
 
-# -- running an export --------------------------------------------------------------------------
-class Runner:
-    """Call an exported artifact like the wrapper: flat tensors in, tuple of numpy logits out."""
-
-    def __init__(self, fmt: str, path: Path, names: list[str]) -> None:
-        self.fmt, self.names = fmt, names
-        if fmt == "onnx":
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            self.feed_names = [i.name for i in self.session.get_inputs()]
-        else:
-            self.module = torch.jit.load(str(path), map_location="cpu").eval()
-
-    def __call__(self, tensors: tuple[Tensor, ...]) -> list[np.ndarray]:
-        if self.fmt == "onnx":
-            feed = {n: t.numpy() for n, t in zip(self.names, tensors) if n in self.feed_names}  # unused inputs are pruned from the graph
-            return [np.asarray(o) for o in self.session.run(None, feed)]
-        with torch.no_grad():
-            out = self.module(*tensors)
-        return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
-
-
-def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    return max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0 for x, y in zip(a, b))
-
-
-def _accuracy(
-    model: MultimodalModel, wrapper: FlatWrapper, runner: Runner, table: Table, layout: list[tuple[str, str]], batch_size: int, source: str
-) -> dict[str, dict[str, float]]:
-    """Main metric per target (that the table labels): PyTorch fp32 vs the exported model."""
-    from mmagent.training.metrics import main_metric, target_metrics
-
-    ref: dict[str, list[Tensor]] = {t: [] for t in wrapper.targets}
-    got: dict[str, list[Tensor]] = {t: [] for t in wrapper.targets}
-    targets: dict[str, list[Tensor]] = {t: [] for t in wrapper.targets}
-    for batch in _batches(model, table, batch_size, with_targets=True):
-        flat = flatten(batch, layout)
-        with torch.no_grad():
-            expected = wrapper(*flat)
-        for t, e, o in zip(wrapper.targets, expected, runner(flat)):
-            ref[t].append(e)
-            got[t].append(torch.from_numpy(np.asarray(o, dtype=np.float32)))
-            targets[t].append(batch["targets"][t])
-    out = {}
-    for t in wrapper.targets:
-        head = model.heads[t]
-        name, _ = main_metric(head.spec)
-        y = torch.cat(targets[t]).numpy()
-        p_ref, p_got = head.predict(torch.cat(ref[t])).numpy(), head.predict(torch.cat(got[t])).numpy()
-        m_ref = target_metrics(head.spec, p_ref, y, False).get(name, float("nan"))
-        m_got = target_metrics(head.spec, p_got, y, False).get(name, float("nan"))
-        if head.spec.type == "classification":
-            agree = float((p_ref.argmax(1) == p_got.argmax(1)).mean())
-        elif head.spec.type == "multilabel":
-            agree = float(((p_ref >= 0.5) == (p_got >= 0.5)).all(1).mean())
-        else:
-            scale = max(float(np.std(p_ref)), 1e-8)
-            agree = float((np.abs(p_ref - p_got) <= 0.05 * scale).mean())
-        if math.isnan(m_ref) and math.isnan(m_got):
-            continue
-        out[t] = {
-            "metric": name,
-            "rows": float(len(y)),
-            "pytorch_fp32": float(m_ref),
-            "exported": float(m_got),
-            "change": float(m_got - m_ref),
-            "agreement": agree,
-        }
-    return out
-
-
 def export(
     run_dir: str | Path,
     fmt: str,
@@ -384,7 +218,7 @@ def export(
 
     labelled = all(t.column in table.columns for t in model.spec.targets) and data is not None
     table, _ = validate_table(table, model.spec.inputs, model.spec.targets if labelled else [], "error", need_targets=labelled)
-    batches = _check_batches(model, table, batch_size)
+    batches = check_batches(model, table, batch_size)
     layout = [(name, key) for name in model.input_names for key in batches[0]["inputs"][name]]
     names = tensor_names(layout)
     outputs = [f"logits.{t}" for t in model.heads]
@@ -412,7 +246,7 @@ def export(
             got = [runner(ex) for ex in examples]
         except Exception as e:  # noqa: BLE001 - e.g. a shape baked into the graph
             raise ExportError(f"the exported {fmt} model fails on a real batch of another size: {_first_line(e)}") from e
-        return runner, max(_max_diff(g, e) for g, e in zip(got, expected))
+        return runner, max(max_diff(g, e) for g, e in zip(got, expected))
 
     def write_fp32(path: Path) -> None:
         if fmt == "torchscript":
@@ -445,7 +279,7 @@ def export(
     runner, report.max_abs_diff = check(output)
     report.reproduces = bool(report.max_abs_diff <= tolerance)
     if labelled:
-        report.accuracy = _accuracy(model, wrapper, runner, table, layout, max(batch_size, 32), str(data_path))
+        report.accuracy = compare_accuracy(model, wrapper, runner, table, layout, max(batch_size, 32), str(data_path))
     elif data is None:
         report.notes.append(f"checked on rows of {data_path} (the run's own data); pass --data FILE with labels to measure the accuracy change")
     if quantize and not labelled:
