@@ -31,7 +31,7 @@ import yaml
 
 from mmagent.data.tables import Table, as_table, read_table
 from mmagent.search.columns import Schema, infer_schema, parse_column_types
-from mmagent.search.ladder import PRESETS, Preset, SampleCost, encoder_blocks, measure_cost, rung_params, search_space, tunable_inputs
+from mmagent.search.ladder import PRESETS, Preset, SampleCost, encoder_blocks, measure_cost, rung_params, search_space, speech_inputs, tunable_inputs
 from mmagent.search.leaderboard import Leaderboard, Progress
 
 # What each kind of column becomes when no recipe names encoders: offline zoo weights.
@@ -210,6 +210,10 @@ class _Search:
             rungs.append(rung_params(self.raw, strategy, self.blocks, epochs))
             seconds -= self.cost.setup_seconds(strategy, *n, done=cached) + epochs * self.cost.epoch_seconds(strategy, *n)
             cached |= self.cost.cached(strategy)
+            if strategy == self.strategies[0] and speech_inputs(self.raw):
+                # right after the first rung: the same, with speech on a CNN trained from scratch
+                # (small and fast; early stopping ends it, the deadline bounds it)
+                rungs.append(rung_params(self.raw, strategy, self.blocks, self.plan.probe_epochs, scratch=True))
         return rungs
 
     def run(self) -> bool:

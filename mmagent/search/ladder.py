@@ -27,6 +27,9 @@ STRATEGIES: tuple[Strategy, ...] = ("probe", "partial", "lora", "full")
 # Sources whose weights are pretrained and worth fine-tuning (built-ins train from scratch anyway).
 PRETRAINED_SOURCES = {"zoo", "hf", "timm", "torchvision", "torchaudio"}
 TUNABLE_MODALITIES = {"text", "image"}  # speech encoders stay as configured (Whisper: frozen)
+# A pretrained speech encoder's alternative: a small log-mel CNN trained from scratch, which wins
+# on narrow vocabularies (spoken digits) where a frozen general model's features are not enough.
+SCRATCH_AUDIO: dict[str, Any] = {"source": "builtin", "name": "mel-cnn"}
 # Learning rates that work for each strategy on these encoders (the search moves around them).
 ENCODER_LR: dict[str, float] = {"probe": 0.0, "partial": 1e-4, "lora": 5e-4, "full": 5e-5}
 HEAD_LR: dict[str, float] = {"probe": 3e-3, "partial": 1e-3, "lora": 1e-3, "full": 1e-3}
@@ -109,11 +112,24 @@ def strategy_encoder(encoder: dict[str, Any], strategy: Strategy, blocks: int) -
 
 
 def strategy_of(encoder: dict[str, Any]) -> str:
-    """The strategy an encoder spec stands for (the inverse of :func:`strategy_encoder`)."""
+    """The strategy an encoder spec stands for (the inverse of :func:`strategy_encoder`);
+    ``scratch`` for a built-in encoder trained from nothing."""
+    if encoder.get("source") == "builtin":
+        return "scratch"
     if encoder.get("lora"):
         return "lora"
     freeze = encoder.get("freeze", "none")
     return "probe" if freeze == "all" else "full" if freeze in ("none", 0) else "partial"
+
+
+def speech_inputs(raw: dict[str, Any]) -> list[int]:
+    """Indexes of audio inputs on a pretrained encoder (for which a scratch CNN is an alternative)."""
+    return [i for i, inp in enumerate(raw["inputs"]) if inp.get("modality") == "audio" and (inp.get("encoder") or {}).get("source") in PRETRAINED_SOURCES]
+
+
+def scratch_audio(encoder: dict[str, Any]) -> dict[str, Any]:
+    """The scratch CNN standing in for a pretrained speech encoder (same clip length)."""
+    return {**SCRATCH_AUDIO, "max_seconds": encoder.get("max_seconds", 10.0)}
 
 
 def search_space(raw: dict[str, Any], strategies: list[Strategy], blocks: dict[int, int], max_epochs: int) -> dict[str, Any]:
@@ -123,6 +139,9 @@ def search_space(raw: dict[str, Any], strategies: list[Strategy], blocks: dict[i
         f"inputs.{i}.encoder": {"type": "categorical", "choices": [strategy_encoder(raw["inputs"][i]["encoder"], s, blocks.get(i, 2)) for s in strategies]}
         for i in tunable_inputs(raw)
     }
+    for i in speech_inputs(raw):
+        encoder = raw["inputs"][i]["encoder"]
+        space[f"inputs.{i}.encoder"] = {"type": "categorical", "choices": [encoder, scratch_audio(encoder)]}
     space["train.lr"] = {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}
     space["train.head_lr"] = {"type": "float", "low": 3e-4, "high": 1e-2, "log": True}
     space["train.epochs"] = {"type": "int", "low": 1, "high": max_epochs}
@@ -132,10 +151,14 @@ def search_space(raw: dict[str, Any], strategies: list[Strategy], blocks: dict[i
     return space
 
 
-def rung_params(raw: dict[str, Any], strategy: Strategy, blocks: dict[int, int], epochs: int) -> dict[str, Any]:
+def rung_params(raw: dict[str, Any], strategy: Strategy, blocks: dict[int, int], epochs: int, scratch: bool = False) -> dict[str, Any]:
     """One rung of the ladder as search parameters: every tunable encoder on ``strategy``, the
-    strategy's usual learning rates, the base fusion."""
+    strategy's usual learning rates, the base fusion; speech inputs on their pretrained encoder,
+    or with ``scratch`` on the scratch CNN."""
     params: dict[str, Any] = {f"inputs.{i}.encoder": strategy_encoder(raw["inputs"][i]["encoder"], strategy, blocks.get(i, 2)) for i in tunable_inputs(raw)}
+    for i in speech_inputs(raw):
+        encoder = raw["inputs"][i]["encoder"]
+        params[f"inputs.{i}.encoder"] = scratch_audio(encoder) if scratch else encoder
     params |= {"train.lr": ENCODER_LR[strategy] or 1e-4, "train.head_lr": HEAD_LR[strategy], "train.epochs": int(epochs)}
     if len(raw["inputs"]) > 1:
         params |= {"fusion.type": raw["fusion"]["type"], "fusion.modality_dropout": raw["fusion"]["modality_dropout"]}
