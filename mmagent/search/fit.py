@@ -30,6 +30,8 @@ from typing import Any
 import yaml
 
 from mmagent.data.tables import Table, as_table, read_table
+from mmagent.io import write_text
+from mmagent.runs import read_metrics
 from mmagent.search.columns import Schema, infer_schema, parse_column_types
 from mmagent.search.ladder import PRESETS, Preset, SampleCost, encoder_blocks, measure_cost, rung_params, search_space, speech_inputs, tunable_inputs
 from mmagent.search.leaderboard import Leaderboard, Progress
@@ -42,6 +44,10 @@ DEFAULT_ENCODERS: dict[str, dict[str, Any]] = {
     "numeric": {"source": "builtin", "name": "mlp"},
     "categorical": {"source": "builtin", "name": "hash-embedding"},
 }
+
+
+class FitError(ValueError):
+    """The budget or the data left ``fit`` nothing to choose from."""
 
 
 @dataclass
@@ -142,15 +148,20 @@ def fit(
     board = search.leaderboard
     best = board.best()
     if best is None:
-        raise RuntimeError(f"no candidate finished within the budget ({budget:.0f} s): give a larger --time-budget\n{board.table()}")
+        raise FitError(f"no candidate finished within the budget ({budget:.0f} s): give a larger --time-budget\n{board.table()}")
     _promote(best.run_dir, run_dir, search.final_raw(best), clock)
     board.write(run_dir)
-    (run_dir / "schema.md").write_text(f"# Inferred schema\n\n```\n{schema.table()}\n```\n")
+    write_text(run_dir / "schema.md", f"# Inferred schema\n\n```\n{schema.table()}\n```\n")
     for other in board.rows:  # keep every candidate's metrics, drop the weights nobody will load
         if other is not best and other.run_dir is not None:
             shutil.rmtree(other.run_dir / "model", ignore_errors=True)
     clock.say(f"leaderboard (validation {board.metric}):\n{board.table()}")
     clock.say(f"chosen: {best.name} ({best.describe()}); run folder: {run_dir}; reproduce: mmagent train {run_dir / 'config.yaml'} -o NEW_RUN")
+    for split, metrics in read_metrics(run_dir).items():
+        if split in ("validation", "test"):
+            for target, m in metrics.items():
+                shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("accuracy", "macro_f1", "mcc", "auroc", "rmse", "r2") if isinstance(m.get(k), float))
+                clock.say(f"{split} {target}: {shown} (n={m.get('n')}); report: {run_dir / 'report.md'}")
     return FitResult(run_dir, schema, board, best.name, clock.elapsed(), budget, interrupted)
 
 
@@ -278,7 +289,7 @@ def _promote(candidate: Path, run_dir: Path, raw: dict[str, Any], clock: Progres
             shutil.rmtree(target)
         item.replace(target)
     staged.rmdir()
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_text(run_dir / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
 
 
 def _new_run_dir(output: Path) -> Path:
