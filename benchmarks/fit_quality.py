@@ -68,6 +68,10 @@ def run_one(name: str, data_root: Path, work_dir: Path, budget: str | None, pres
     wall = time.perf_counter() - start
     test = json.loads((run_dir / "metrics.json").read_text())["test"][bench.label]
     best = result.leaderboard.best()
+    chosen = json.loads((run_dir / "config.json").read_text())
+    encoders = ", ".join(
+        f"{i['column'] if isinstance(i['column'], str) else 'numbers'}: {i['encoder']['source']}:{i['encoder']['name']}" for i in chosen["inputs"]
+    )
     return {
         "benchmark": f"fit {name}",
         "variant": f"fit --preset {preset} --time-budget {budget}",
@@ -75,7 +79,7 @@ def run_one(name: str, data_root: Path, work_dir: Path, budget: str | None, pres
         "value": test.get(bench.metric),
         "reference": bench.reference,
         "reference_name": bench.reference_name,
-        "model": f"chosen: {best.name} ({best.describe()})" if best else "none",
+        "model": f"{encoders}; chosen {best.name} ({best.describe()})" if best else "none",
         "wall_s": round(wall, 1),
         "budget_s": result.budget_seconds,
         "test_accuracy": test.get("accuracy"),
