@@ -140,6 +140,8 @@ def fit(
         raw = base_config(schema, data, recipe, encoders, seed)
         if agent:
             raw["agent"] = copy.deepcopy(agent)
+        elif recipe:
+            _fit_recipe_alerts(raw, recipe, table, label, clock)
         search = _Search(raw, run_dir, plan, clock, seed)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -273,6 +275,23 @@ class _Search:
         if best.status == "cut by budget":
             raw["train"]["max_steps"] = best.steps
         return raw
+
+
+def _fit_recipe_alerts(raw: dict[str, Any], recipe: str, table: Table, label: str, clock: Progress) -> None:
+    """Keep the recipe's default alert rules whose label this table has (the finance recipe's
+    ``negative`` means nothing on an up/down task); the user's own rules are checked, not dropped."""
+    from mmagent.data.tables import is_empty, label_text
+    from mmagent.tasks.recipes import get_recipe
+
+    rules = get_recipe(recipe).agent.get("alerts")
+    if not rules or raw["targets"][0]["type"] != "classification":
+        return
+    labels = {label_text(v) for v in table.frame[label].tolist() if not is_empty(v)}
+    kept = [r for r in rules if r.get("label") is None or r["label"] in labels]
+    if len(kept) < len(rules):
+        dropped = sorted({r["label"] for r in rules if r not in kept})
+        clock.say(f"recipe {recipe}: alert rule(s) on {dropped} dropped: {label!r} has labels {sorted(labels)[:10]}")
+        raw["agent"] = {**raw.get("agent", {}), "alerts": kept}
 
 
 def _promote(candidate: Path, run_dir: Path, raw: dict[str, Any], clock: Progress) -> None:
