@@ -176,6 +176,18 @@ def prepare(data_root: Path, out_dir: Path, variant: str, smoke: bool, train_lim
     return write_tables(tables, out_dir)
 
 
+def fit_tables(data_root: Path, out_dir: Path, limit: int | None = None) -> dict[str, Path]:
+    """The degraded variant as ``mmagent fit`` gets it (``benchmarks.fit_quality av_digits``):
+    ``image, audio, digit, speaker``; ``image_index`` is this construction's bookkeeping, which no
+    user's table would have. ``limit``: any value gives the smoke-sized tables."""
+    import pandas as pd
+
+    paths = prepare(data_root, out_dir, "degraded", limit is not None, None, DEGRADATION)
+    for path in paths.values():
+        pd.read_csv(path).drop(columns=["image_index"]).to_csv(path, index=False)
+    return paths
+
+
 # -- configs ----------------------------------------------------------------------------------
 def config(paths: dict[str, Path], inputs: list[str], fusion: str, smoke: bool) -> dict[str, Any]:
     specs = {

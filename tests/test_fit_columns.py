@@ -9,7 +9,7 @@ import soundfile as sf
 from PIL import Image
 
 from mmagent.data.tables import Table, read_table
-from mmagent.search.columns import infer_schema, infer_task, parse_column_types
+from mmagent.search.columns import ignore_split_keys, infer_schema, infer_task, parse_column_types
 
 N = 40
 
@@ -120,6 +120,31 @@ def test_dataframe_with_real_numbers_and_a_counter():
     schema = infer_schema(Table(frame), "y")
     kinds = {c.column: c.kind for c in schema.columns}
     assert kinds == {"n": "ignore", "x": "numeric"}
+
+
+def _take_table(takes: range, speakers: list[str]) -> Table:
+    rows = [{"take": t, "speaker": s, "loudness": 0.1 * t + i, "digit": str((t + i) % 3)} for t in takes for i, s in enumerate(speakers)]
+    return Table(pd.DataFrame(rows), source=f"takes{takes.start}.csv")
+
+
+def test_columns_the_splits_were_cut_on_are_ignored():
+    # FSDD-like: recordings 0-4 of each speaker are the test set, 5-49 training. The take number
+    # then only says which split a row is in; the speaker column (in every split) stays a feature.
+    train = _take_table(range(5, 50), ["jackson", "nicolas", "theo"])
+    test = _take_table(range(0, 5), ["jackson", "nicolas", "theo"])
+    schema = ignore_split_keys(infer_schema(train, "digit"), train, [test])
+    kinds = {c.column: (c.kind, c.reason) for c in schema.columns}
+    assert kinds["take"][0] == "ignore" and "splits are cut on it: training 5..49, takes0.csv 0..4" in kinds["take"][1]
+    assert kinds["speaker"][0] == "categorical"
+    assert kinds["loudness"][0] == "numeric"  # overlaps the training range
+    # Split by speaker instead: the speaker column is the cut, the take is a feature again.
+    held_out = _take_table(range(5, 50), ["yweweler"])
+    schema = ignore_split_keys(infer_schema(train, "digit"), train, [held_out])
+    kinds = {c.column: c.kind for c in schema.columns}
+    assert kinds["speaker"] == "ignore" and kinds["take"] == "numeric"
+    # --column-type wins over the check.
+    given = ignore_split_keys(infer_schema(train, "digit", {"take": "numeric"}), train, [test])
+    assert {c.column: c.kind for c in given.columns}["take"] == "numeric"
 
 
 @pytest.mark.parametrize(

@@ -242,3 +242,26 @@ def test_a_last_batch_of_one_row_does_not_break_batchnorm(tmp_path):
     raw["data"]["validation_fraction"] = 0.19  # 4 rows held out, 17 train
     result = train(config_from_dict(raw), tmp_path / "run", progress=False, finalize=False)
     assert result.global_step == 1  # one full batch; the 1-row remainder was dropped, not trained on
+
+
+def test_checked_tables_are_reused_until_the_file_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fit search trains many candidates on the same files: their rows (and media) are checked once.
+    from mmagent.config import load_config
+    from mmagent.training import splits
+
+    config = load_config(_small_config(tmp_path, n=60))
+    calls: list[str] = []
+    real = splits.validate_table
+    monkeypatch.setattr(splits, "validate_table", lambda table, *a, **k: calls.append(table.source) or real(table, *a, **k))
+    monkeypatch.setattr(splits, "_CHECKED", {})
+    first = splits.load_splits(config)
+    again = splits.load_splits(config.model_copy(update={"train": config.train.model_copy(update={"lr": 0.5})}))
+    assert len(calls) == 1 and again.train.records == first.train.records
+    train_file = Path(config.resolve(config.data.train))
+    frame = pd.read_csv(train_file)
+    frame.loc[0, "text"] = "an edited row"
+    frame.to_csv(train_file, index=False)
+    os.utime(train_file, ns=(time.time_ns(), time.time_ns() + 10**9))
+    changed = splits.load_splits(config)
+    assert len(calls) == 2
+    assert "an edited row" in [r["text"] for r in changed.train.records + changed.validation.records]

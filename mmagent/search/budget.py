@@ -61,6 +61,7 @@ def search_within_budget(
     progress: bool = False,
     on_trial: Callable[[str], None] | None = None,
     prune_queued: bool = True,
+    startup_trials: int | None = None,
 ) -> SearchResult:
     """Search ``space`` (the ``tune.space`` mapping: dotted config path -> ``{type: float|int|
     categorical, ...}``) around ``base_config`` (a raw config dict) for at most ``time_limit``
@@ -72,6 +73,8 @@ def search_within_budget(
     - ``first_params``: parameter sets (config values) tried first, e.g. a recipe's defaults.
     - ``storage``: an Optuna storage URL (default: in memory).
     - ``on_trial``: called with a one-line summary after each trial (``progress`` prints it).
+    - ``startup_trials``: random trials before the TPE sampler models the space (default: a
+      quarter of ``n_trials``, 2 to 10).
     - ``prune_queued``: False lets the ``first_params`` candidates run to the end (they still
       report their scores to the pruner).
     A KeyboardInterrupt (Ctrl-C) ends the search; the result then holds the candidates so far.
@@ -140,7 +143,7 @@ def search_within_budget(
         study = optuna.create_study(
             storage=storage,
             direction=direction,
-            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, (n_trials or 12) // 4))),
+            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials or max(2, min(10, (n_trials or 12) // 4))),
             pruner=make_pruner(spec),
         )
         for params in first_params or []:

@@ -8,7 +8,8 @@ For every column but the label we decide one kind:
 ``image``        paths to image files — by extension *and* by decoding a sample of them
 ``audio``        paths to audio files — same
 ``ignore``       not a feature: empty, constant, an id (unique per row), a copy of the label,
-                 or media paths that do not decode
+                 media paths that do not decode, or (given held-out tables) the column the
+                 splits were cut on: a recording number whose test values never occur in training
 
 The label column gives the task: ``multilabel`` when cells hold ``a|b`` sets, ``regression`` for
 numbers with many distinct values, else ``classification``. Each decision keeps its reason, so
@@ -106,6 +107,47 @@ def infer_schema(table: Table, label: str, column_types: dict[str, str] | None =
         kind, reason = infer_column(table, column, labels)
         decisions.append(ColumnDecision(column=column, kind=kind, reason=reason))
     return Schema(label=label, task=task, task_reason=task_reason, columns=decisions)
+
+
+def ignore_split_keys(schema: Schema, train: Table, held_out: list[Table]) -> Schema:
+    """Ignore numeric and categorical columns that the splits were cut on: every held-out value lies
+    outside the training range (numbers) or never occurs in training (categories). Such a column
+    cannot generalise from train to test: it only tells the model which split a row is in.
+    Columns set with ``--column-type`` are kept."""
+    held_out = [t for t in held_out if len(t) >= 5]  # a handful of rows can miss a range by chance
+    if not held_out:
+        return schema
+    columns = []
+    for c in schema.columns:
+        reason = None if c.overridden or c.kind not in ("numeric", "categorical") else _split_key(c, train, held_out)
+        columns.append(c.model_copy(update={"kind": "ignore", "reason": reason}) if reason else c)
+    return schema.model_copy(update={"columns": columns})
+
+
+def _split_key(decision: ColumnDecision, train: Table, held_out: list[Table]) -> str | None:
+    col = decision.column
+    if any(col not in t.columns for t in held_out):
+        return None
+    if decision.kind == "numeric":
+        seen = _column_numbers(train, col)
+        parts = []
+        for t in held_out:
+            values = _column_numbers(t, col)
+            if seen is None or values is None or np.any((values >= seen.min()) & (values <= seen.max())):
+                return None
+            parts.append(f"{Path(t.source).name} {values.min():g}..{values.max():g}")
+        return f"the splits are cut on it: training {seen.min():g}..{seen.max():g}, {', '.join(parts)} (cannot generalise)"  # type: ignore[union-attr]
+    seen_cats = {str(v).strip() for v in train.frame[col].tolist() if not is_empty(v)}
+    for t in held_out:
+        values = {str(v).strip() for v in t.frame[col].tolist() if not is_empty(v)}
+        if not values or values & seen_cats:
+            return None
+    return "the splits are cut on it: no held-out value occurs in training (cannot generalise)"
+
+
+def _column_numbers(table: Table, column: str) -> np.ndarray | None:
+    values = _numbers([v for v in table.frame[column].tolist() if not is_empty(v)])
+    return values if values is not None and len(values) else None
 
 
 def infer_task(labels: Any) -> tuple[TaskKind, str]:

@@ -32,7 +32,7 @@ import yaml
 from mmagent.data.tables import Table, as_table, read_table
 from mmagent.io import write_text
 from mmagent.runs import read_metrics
-from mmagent.search.columns import Schema, infer_schema, parse_column_types
+from mmagent.search.columns import Schema, ignore_split_keys, infer_schema, parse_column_types
 from mmagent.search.ladder import PRESETS, Preset, SampleCost, encoder_blocks, measure_cost, rung_params, search_space, speech_inputs, tunable_inputs
 from mmagent.search.leaderboard import Leaderboard, Progress
 
@@ -136,6 +136,7 @@ def fit(
         data = {"train": _materialize(train, run_dir), "validation": _absolute(validation), "test": _absolute(test)}
         table = read_table(data["train"])
         schema = infer_schema(table, label, parse_column_types(column_types))
+        schema = ignore_split_keys(schema, table, [read_table(p) for p in (data["validation"], data["test"]) if p])
         clock.say(f"schema of {table.source} ({len(table)} rows):\n{schema.table()}")
         raw = base_config(schema, data, recipe, encoders, seed)
         if agent:
@@ -238,6 +239,9 @@ class _Search:
         rungs = self._ladder(seconds)
         max_epochs = max(self.plan.probe_epochs, 2 * self.plan.finetune_epochs)
         space = search_space(self.raw, self.strategies, self.blocks, max_epochs)
+        n_trials = max_trials(len(rungs), self.n_val) if self.plan.search else len(rungs)
+        if self.plan.search and n_trials < 10_000:
+            self.clock.say(f"at most {n_trials} candidates: {self.n_val} validation rows cannot rank more without picking a lucky one")
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
         try:
             result = search_within_budget(
@@ -245,7 +249,8 @@ class _Search:
                 space,
                 self.run_dir,
                 time_limit=max(seconds, 1.0),
-                n_trials=None if self.plan.search else len(rungs),
+                n_trials=n_trials,
+                startup_trials=3 if self.plan.search else None,  # random trials before TPE models the space
                 pruner={"type": "successive_halving", "min_resource": 1, "reduction_factor": 3},
                 store=FeatureCacheStore(),
                 seed=self.seed,
@@ -275,6 +280,14 @@ class _Search:
         if best.status == "cut by budget":
             raw["train"]["max_steps"] = best.steps
         return raw
+
+
+def max_trials(n_rungs: int, n_validation: int) -> int:
+    """How many candidates a validation set of ``n_validation`` rows can rank. Each extra candidate
+    is one more draw at a noisy score: with 78 validation images, the best of 250 candidates is the
+    luckiest, not the best (BreastMNIST: validation AUC 0.95, test 0.88). One candidate per four
+    validation rows keeps that selection bias small; the ladder's rungs always run."""
+    return max(n_rungs + 4, n_validation // 4)
 
 
 def _fit_recipe_alerts(raw: dict[str, Any], recipe: str, table: Table, label: str, clock: Progress) -> None:

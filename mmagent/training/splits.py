@@ -23,21 +23,51 @@ class Splits:
     skipped: list[Problem] = field(default_factory=list)
 
 
+# Checked tables by file identity and what the check depends on: a ``fit`` search trains dozens
+# of candidates on the same files, and checking decodes every image and audio clip once more.
+_CHECKED: dict[tuple[Any, ...], tuple[Table, list[Problem]]] = {}
+_CHECKED_MAX = 8
+
+
 def load_splits(config: ExperimentConfig, train_data: Any = None) -> Splits:
     """Read train / validation / test, check every row (all problems reported at once)."""
-    inputs, targets, policy = config.inputs, config.targets, config.data.on_bad_row
-    train = as_table(train_data) if train_data is not None else read_table(config.resolve(config.data.train))  # type: ignore[arg-type]
-    train, skipped = validate_table(train, inputs, targets, policy)
+    if train_data is not None:
+        train, skipped = validate_table(as_table(train_data), config.inputs, config.targets, config.data.on_bad_row)
+    else:
+        train, skipped = _checked_file(config, config.data.train)  # type: ignore[arg-type]
+    skipped = list(skipped)
     if config.data.validation:
-        validation, bad = validate_table(read_table(config.resolve(config.data.validation)), inputs, targets, policy)  # type: ignore[arg-type]
+        validation, bad = _checked_file(config, config.data.validation)
         skipped += bad
     else:
         train, validation = split_validation(train, config)
     test = None
     if config.data.test:
-        test, bad = validate_table(read_table(config.resolve(config.data.test)), inputs, targets, policy)  # type: ignore[arg-type]
+        test, bad = _checked_file(config, config.data.test)
         skipped += bad
     return check_training_data(config, Splits(train, validation, test, skipped))
+
+
+def _checked_file(config: ExperimentConfig, name: str) -> tuple[Table, list[Problem]]:
+    """``validate_table`` on a file, remembered while the file is unchanged (same size and mtime)
+    and the inputs (but their encoders, which checking does not use), targets and bad-row policy
+    are the same. Tables are never modified after checking, so sharing them is safe."""
+    path = Path(config.resolve(name))
+    stat = path.stat()
+    key = (
+        str(path.resolve()),
+        stat.st_mtime_ns,
+        stat.st_size,
+        tuple(i.model_dump_json(exclude={"encoder"}) for i in config.inputs),
+        tuple(t.model_dump_json() for t in config.targets),
+        config.data.on_bad_row,
+    )
+    if key not in _CHECKED:
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.pop(next(iter(_CHECKED)))
+        _CHECKED[key] = validate_table(read_table(path), config.inputs, config.targets, config.data.on_bad_row)
+    table, problems = _CHECKED[key]
+    return table, list(problems)
 
 
 def split_validation(table: Table, config: ExperimentConfig) -> tuple[Table, Table]:
