@@ -9,6 +9,9 @@
       metrics.jsonl        the training log: one line per step / epoch
       calibration.json     temperatures per target (+ the chosen escalation threshold)
       report.md, plots/    the human-readable report
+      report.html          the same as one self-contained page (figures embedded, no external links)
+      predictions.npz      logits, outputs and targets of the split the report shows (test, else validation)
+      leaderboard.csv/.md  the candidates ``mmagent fit`` tried (fit runs only)
       checkpoints/last/    the latest training checkpoint (for --resume)
       skipped_rows.csv     rows left out by data.on_bad_row: skip
       .mmagent-run         marks a folder mmagent created: only such a folder is ever written into
@@ -37,6 +40,10 @@ METRICS_FILE = "metrics.json"
 METRICS_LOG = "metrics.jsonl"
 CALIBRATION_FILE = "calibration.json"
 REPORT_FILE = "report.md"
+REPORT_HTML_FILE = "report.html"
+PREDICTIONS_FILE = "predictions.npz"
+LEADERBOARD_CSV = "leaderboard.csv"
+LEADERBOARD_MD = "leaderboard.md"
 PLOTS_DIR = "plots"
 CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = f"{CHECKPOINTS_DIR}/last"
@@ -109,6 +116,28 @@ def read_metrics_log(run_dir: str | Path, kind: str) -> list[dict[str, Any]]:
         if isinstance(entry, dict) and key in entry:
             out.append(entry)
     return out
+
+
+def read_predictions(run_dir: str | Path) -> tuple[str, dict[str, dict[str, Any]]] | None:
+    """``predictions.npz``: ``(split, {target: {"logits", "outputs", "targets": array}})``, or
+    None when the run has none (a run finished before they were saved)."""
+    import zipfile
+
+    import numpy as np
+
+    path = Path(run_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:  # plain arrays only: nothing is unpickled
+            split, out = str(data["split"]), {}
+            for key in data.files:
+                kind, _, target = key.partition("/")
+                if target:
+                    out.setdefault(target, {})[kind] = data[key]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise RunFolderError(f"{path}: cannot read the saved predictions ({e})") from None
+    return split, out
 
 
 def check_run_dir(run_dir: str | Path, resume: bool) -> Path:

@@ -69,6 +69,20 @@ def test_fit_writes_a_loadable_agent_with_test_metrics(fitted):
     assert "label: classification" in (result.run_dir / "schema.md").read_text()
 
 
+def test_fit_report_html_lists_the_leaderboard(fitted):
+    from tests.test_report_html import Page
+
+    result, _ = fitted
+    page = Page((result.run_dir / "report.html").read_text(encoding="utf-8"))
+    board = page.table("leaderboard")
+    assert [c for c, _ in page.column(board, "candidate")] == [r.name for r in result.leaderboard.rows]
+    assert [c for c, _ in page.column(board, "status")] == [r.status for r in result.leaderboard.rows]
+    chosen = [name for (name, _), (mark, _) in zip(page.column(board, "candidate"), page.column(board, "chosen")) if mark == "*"]
+    assert chosen == [result.best]
+    supports = [int(a["data-value"]) for _, a in page.column(page.table("per-class", "label"), "support")]
+    assert sum(supports) == json.loads((result.run_dir / "metrics.json").read_text())["test"]["label"]["n"]
+
+
 def test_config_yaml_reproduces_the_chosen_model(fitted, tmp_path):
     from mmagent.config import load_config
     from mmagent.training.trainer import train

@@ -155,6 +155,9 @@ def fit(
     _promote(best.run_dir, run_dir, search.final_raw(best), clock)
     board.write(run_dir)
     write_text(run_dir / "schema.md", f"# Inferred schema\n\n```\n{schema.table()}\n```\n")
+    from mmagent.training.report_html import write_html_report
+
+    write_html_report(run_dir)  # again, now with the leaderboard (the promoted run's was written before it)
     for other in board.rows:  # keep every candidate's metrics, drop the weights nobody will load
         if other is not best and other.run_dir is not None:
             shutil.rmtree(other.run_dir / "model", ignore_errors=True)
@@ -164,7 +167,7 @@ def fit(
         if split in ("validation", "test"):
             for target, m in metrics.items():
                 shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("accuracy", "macro_f1", "mcc", "auroc", "rmse", "r2") if isinstance(m.get(k), float))
-                clock.say(f"{split} {target}: {shown} (n={m.get('n')}); report: {run_dir / 'report.md'}")
+                clock.say(f"{split} {target}: {shown} (n={m.get('n')}); report: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
     return FitResult(run_dir, schema, board, best.name, clock.elapsed(), budget, interrupted)
 
 

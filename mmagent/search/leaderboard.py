@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mmagent.io import write_text
+from mmagent.runs import LEADERBOARD_CSV, LEADERBOARD_MD
 
 
 class Progress:
@@ -150,8 +151,8 @@ class Leaderboard:
             writer = csv.DictWriter(buffer, fieldnames=list(records[0]))
             writer.writeheader()
             writer.writerows(records)
-        write_text(run_dir / "leaderboard.csv", buffer.getvalue())
+        write_text(run_dir / LEADERBOARD_CSV, buffer.getvalue())
         write_text(
-            run_dir / "leaderboard.md",
+            run_dir / LEADERBOARD_MD,
             f"# Fit leaderboard\n\nSelected on validation {self.metric}; * marks the chosen candidate.\n\n```\n{self.table()}\n```\n",
         )

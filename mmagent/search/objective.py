@@ -190,7 +190,7 @@ def finalize_candidate(
                 continue
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
         device = torch.device("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu")
-        finalize_run(tmp, cfg, load_splits(cfg, train_data), read_metrics_log(tmp, "epoch"), device, progress=progress)
+        finalize_run(tmp, cfg, load_splits(cfg, train_data), device, progress=progress)
         for name, content in (extra_json or {}).items():
             write_json(tmp / name, content)
     return dest

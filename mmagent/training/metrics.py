@@ -62,7 +62,8 @@ def multilabel_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], thre
     usable = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
     if usable:
         out["auroc"] = float(np.mean([skm.roc_auc_score(y[:, j], probs[:, j]) for j in usable]))
-    out["per_label"] = {lab: {"f1": float(skm.f1_score(y[:, j], pred[:, j], zero_division=0)), "support": int(y[:, j].sum())} for j, lab in enumerate(labels)}
+    p, r, f, s = skm.precision_recall_fscore_support(y, pred, average=None, zero_division=0)
+    out["per_label"] = {lab: {"precision": float(p[j]), "recall": float(r[j]), "f1": float(f[j]), "support": int(s[j])} for j, lab in enumerate(labels)}
     return out
 
 

@@ -311,7 +311,7 @@ def train(
     if main and finalize:
         from mmagent.training.report import finalize_run
 
-        result.metrics = finalize_run(run_dir, config, splits, state["history"], device, progress)
+        result.metrics = finalize_run(run_dir, config, splits, device, progress)
     accelerator.end_training()
     return result
 
