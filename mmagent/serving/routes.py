@@ -30,6 +30,7 @@ from mmagent.serving.metrics import Metrics
 from mmagent.serving.schemas import ERRORS, ActResponse, ApiError, Health, PredictResponse, SchemaResponse, openapi_body, request_models
 from mmagent.serving.security import API_KEY_HEADER, key_matches
 from mmagent.serving.settings import ServeSettings
+from mmagent.serving.swap import Served
 from mmagent.specs import InputSpec, ModelSpec
 
 
@@ -42,7 +43,7 @@ class ServingState:
     keys: list[str]
     metrics: Metrics
     columns: dict[str, InputSpec] = field(default_factory=dict)
-    agent: Any = None
+    served: Served | None = None  # the agent and its version, replaced whole by a live swap
     error: str | None = None
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -51,6 +52,16 @@ class ServingState:
     def __post_init__(self) -> None:
         self.columns = {c: inp for inp in self.spec.inputs for c in inp.columns}
         self.budget = MediaBudget(self.settings.max_queue_pixels, self.settings.max_queue_audio_samples)
+
+    @property
+    def agent(self) -> Any:
+        served = self.served
+        return served.agent if served is not None else None
+
+    @property
+    def version(self) -> str | None:
+        served = self.served
+        return served.version if served is not None else None
 
 
 # -- dependencies ---------------------------------------------------------------------------------
@@ -107,7 +118,8 @@ def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
         dependencies=keyed,
     )
     async def predict(request: Request, state: ServingState = Depends(get_state), batcher: MicroBatcher = Depends(_batcher("predict"))) -> Any:
-        return {"predictions": await _run(request, state, batcher)}
+        version, results = await _run(request, state, batcher)
+        return {"predictions": results, "model_version": version}
 
     @router.post(
         "/v1/act",
@@ -119,7 +131,8 @@ def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
         dependencies=keyed,
     )
     async def act(request: Request, state: ServingState = Depends(get_state), batcher: MicroBatcher = Depends(_batcher("act"))) -> Any:
-        return {"decisions": await _run(request, state, batcher)}
+        version, results = await _run(request, state, batcher)
+        return {"decisions": results, "model_version": version}
 
     @router.get(
         "/v1/schema", response_model=SchemaResponse, responses={401: ERRORS[401]}, tags=["agent"], summary="Inputs, targets and limits", dependencies=keyed
@@ -157,7 +170,9 @@ def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
     return router
 
 
-async def _run(request: Request, state: ServingState, batcher: MicroBatcher) -> list[Any]:
+async def _run(request: Request, state: ServingState, batcher: MicroBatcher) -> tuple[str | None, list[Any]]:
+    """The version that answered and its results, one per record (a request never spans batches,
+    and a batch is answered by one version: see serving/swap.py)."""
     settings, columns = state.settings, state.columns
     raw, multipart = await raw_records(request, settings, columns)
     has_media = multipart or any(
@@ -168,13 +183,14 @@ async def _run(request: Request, state: ServingState, batcher: MicroBatcher) -> 
     with state.budget.hold(cost):  # admission before decoding; held until the answer
         records = await run_in_threadpool(decode_media, checked) if cost.pixels or cost.samples else checked
         try:
-            results = await batcher.submit(records)
+            answered = await batcher.submit(records)
         except QueueFull as e:
             raise ApiError(503, str(e), "queue") from None
         except ShuttingDown as e:
             raise ApiError(503, str(e), "server") from None
         except Exception as e:
             raise model_error(e) from e
+    version, results = (answered[0][0] if answered else state.version), [r for _, r in answered]
     for i, result in enumerate(results):
         if not _finite(result):  # JSON has no NaN: say which record, instead of failing the reply
             numeric = [c for c, inp in columns.items() if inp.modality == "numeric" and checked[i].get(c) is not None]
@@ -184,7 +200,7 @@ async def _run(request: Request, state: ServingState, batcher: MicroBatcher) -> 
                 ", ".join(numeric) or None,
                 i,
             )
-    return results
+    return version, results
 
 
 def _finite(value: Any) -> bool:
@@ -208,7 +224,10 @@ def blame_rows(error: Exception) -> set[int] | None:
 
 
 def _schema(state: ServingState) -> dict[str, Any]:
-    settings, loaded = state.settings, state.agent
+    settings, served = state.settings, state.served
+    loaded = served.agent if served is not None else None
+    # targets and labels may change with a live swap (inputs may not): report the version in service
+    targets = loaded.model.spec.targets if loaded is not None and hasattr(loaded, "model") else state.spec.targets
     encoding = {
         "text": "string",
         "numeric": "number",
@@ -221,7 +240,8 @@ def _schema(state: ServingState) -> dict[str, Any]:
             {"name": inp.key, "columns": inp.columns, "modality": inp.modality, "required": inp.required, "encoding": encoding[inp.modality]}
             for inp in state.spec.inputs
         ],
-        "targets": [{"name": t.column, "type": t.type, "labels": list(t.labels or [])} for t in state.spec.targets],
+        "targets": [{"name": t.column, "type": t.type, "labels": list(t.labels or [])} for t in targets],
+        "model_version": served.version if served is not None else None,
         "agent_target": getattr(loaded, "target", None),
         "policy": getattr(getattr(loaded, "policy", None), "name", None) or (type(loaded.policy).__name__ if loaded is not None else None),
         "limits": {
