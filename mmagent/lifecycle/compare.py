@@ -191,11 +191,9 @@ def _score(task: str, spec: Any, outputs: np.ndarray, truth: list[Any]) -> Agent
         return _score_multilabel(labels, probs, [split_labels(v, spec.separator) for v in truth])
     y = [label_text(v) for v in truth]
     pred = [labels[k] for k in probs.argmax(1)]
-    occurring = sorted(set(y) | set(pred))
-    p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=sorted(set(y) | set(labels)), zero_division=0)
-    per_class = {
-        lab: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "support": int(s[k])} for k, lab in enumerate(sorted(set(y) | set(labels)))
-    }
+    occurring, every = sorted(set(y) | set(pred)), sorted(set(y) | set(labels))
+    p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=every, zero_division=0)
+    per_class = {lab: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "support": int(s[k])} for k, lab in enumerate(every)}
     overall = {
         "accuracy": float(np.mean([a == b for a, b in zip(y, pred)])),
         "macro_f1": float(skm.f1_score(y, pred, labels=occurring, average="macro", zero_division=0)),

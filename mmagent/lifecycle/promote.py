@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mmagent.lifecycle.compare import OVERALL, Comparison, compare
-from mmagent.lifecycle.registry import Registry, Version
+from mmagent.lifecycle.registry import ALIAS_PATTERN, Registry, RegistryError, Version, read_spec
 
 
 @dataclass
@@ -95,6 +95,11 @@ def promote(
     registry either way (see the module docstring)."""
     if min_support < 1:
         raise ValueError(f"--min-support {min_support}: must be >= 1")
+    read_spec(run)  # a run folder, an evaluation table and a valid alias before the registry is touched
+    if not Path(data).is_file():
+        raise FileNotFoundError(f"--data {data}: file not found")
+    if not ALIAS_PATTERN.fullmatch(alias):
+        raise RegistryError(f"alias {alias!r}: use letters, digits, '_', '.', '-' (at most 64 characters)")
     reg = Registry.open(registry, create=True)
     challenger = reg.register(run)
     champion = reg.holder(alias)
