@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import typer
 
-from mmagent import cli_explain, cli_report
+from mmagent import cli_explain, cli_lifecycle, cli_report
 from mmagent.cli_support import decision_row, load_saved, model_folder, prediction_row, resolve_device, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="mmagent: fine-tune multimodal encoders into agents that predict, explain and act.")
@@ -192,7 +192,10 @@ def predict(
 @app.command()
 @user_errors
 def serve(
-    run_dir: Path = typer.Argument(..., help="a run folder from `mmagent train`"),
+    run_dir: Optional[Path] = typer.Argument(None, help="a run folder from `mmagent train` (or give --registry)"),
+    registry: Optional[Path] = typer.Option(None, "--registry", help="serve the version a registry alias points at (see `mmagent promote`)"),
+    alias: str = typer.Option("production", "--alias", help="with --registry: the alias to serve"),
+    watch_s: float = typer.Option(5.0, "--watch-s", help="seconds between checks for a new version (the alias moved, the run folder replaced); 0: never swap"),
     host: str = typer.Option("127.0.0.1", help="address to bind; a non-loopback address requires an API key"),
     port: int = typer.Option(8000, help="TCP port"),
     workers: int = typer.Option(1, help="uvicorn worker processes (each loads the model)"),
@@ -209,12 +212,22 @@ def serve(
     log_level: str = typer.Option("info", "--log-level", help="critical | error | warning | info | debug"),
 ) -> None:
     """Serve the agent over HTTP: POST /v1/predict and /v1/act, /v1/schema, /healthz, /readyz,
-    /metrics and OpenAPI docs at /docs."""
+    /metrics and OpenAPI docs at /docs. A new version (the alias moved, the run folder replaced)
+    is loaded in the background and swapped in between requests."""
     from mmagent.serving.settings import ENV_RUN_DIR, ENV_SETTINGS, ServeSettings
 
-    if not ((run_dir / "model" / "model.json").is_file() or (run_dir / "model.json").is_file()):
+    if (run_dir is None) == (registry is None):
+        raise ValueError("give either a RUN_DIR or --registry DIR (not both)")
+    if registry is not None:
+        from mmagent.serving.swap import AliasSource
+
+        AliasSource(registry, alias).spec()  # a registry and an alias that holds a version, checked now
+    elif not ((run_dir / "model" / "model.json").is_file() or (run_dir / "model.json").is_file()):  # type: ignore[operator]
         raise FileNotFoundError(f"{run_dir} is not a run folder (no model/model.json)")
     settings = ServeSettings.from_env(
+        registry=str(registry.resolve()) if registry is not None else None,
+        alias=alias,
+        watch_s=watch_s,
         host=host,
         port=port,
         workers=workers,
@@ -247,10 +260,12 @@ def serve(
     from mmagent.serving.security import log_config
 
     # Worker processes rebuild the app from the environment (keys stay in MMAGENT_API_KEYS / the file).
-    os.environ[ENV_RUN_DIR] = str(run_dir.resolve())
+    if run_dir is not None:
+        os.environ[ENV_RUN_DIR] = str(run_dir.resolve())
     os.environ[ENV_SETTINGS] = settings.model_dump_json()
+    what = f"{registry} alias {alias!r}" if registry is not None else str(run_dir)
     typer.echo(
-        f"serving {run_dir} on http://{settings.host}:{settings.port} on {settings.torch_device()} ({settings.workers} worker(s), batches of up to {settings.max_batch_size} / {settings.max_wait_ms:g} ms, API key {'required' if keys else 'not required'})",
+        f"serving {what} on http://{settings.host}:{settings.port} on {settings.torch_device()} ({settings.workers} worker(s), batches of up to {settings.max_batch_size} / {settings.max_wait_ms:g} ms, API key {'required' if keys else 'not required'})",
         err=True,
     )
     uvicorn.run(
@@ -350,6 +365,7 @@ def demo(
 
 app.registered_commands += cli_report.commands.registered_commands
 app.registered_commands += cli_explain.commands.registered_commands
+app.registered_commands += cli_lifecycle.commands.registered_commands
 
 
 def main() -> None:  # pragma: no cover

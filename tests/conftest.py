@@ -51,3 +51,29 @@ def mm_config(tables: dict[str, Path], **train: object) -> dict:
         "fusion": {"type": "concat", "hidden_dim": 64},
         "train": {"epochs": 4, "batch_size": 16, "lr": 1e-3, "head_lr": 3e-3, "seed": 0, **train},
     }
+
+
+def numeric_table(path: Path, n: int, seed: int, column: str = "x") -> Path:
+    """A three-class table a tiny numeric model learns in a few epochs: lo / mid / hi by ``column``."""
+    import numpy as np
+    import pandas as pd
+
+    x = np.random.default_rng(seed).normal(size=n)
+    pd.DataFrame({column: x, "label": np.where(x < -0.5, "lo", np.where(x > 0.5, "hi", "mid"))}).to_csv(path, index=False)
+    return path
+
+
+def train_numeric(table: Path, out: Path, epochs: int = 3, column: str = "x", seed: int = 0) -> Path:
+    """A tiny numeric-only classifier run (seconds on a CPU), for lifecycle and live-swap tests."""
+    from mmagent.config import config_from_dict
+    from mmagent.training.trainer import train
+
+    cfg = {
+        "data": {"train": str(table)},
+        "inputs": [{"column": column, "modality": "numeric"}],
+        "targets": [{"column": "label", "type": "classification"}],
+        "fusion": {"type": "concat", "hidden_dim": 16},
+        "train": {"epochs": epochs, "batch_size": 16, "lr": 1e-2, "head_lr": 1e-2, "seed": seed},
+    }
+    train(config_from_dict(cfg), out, progress=False, finalize=False)
+    return out

@@ -157,6 +157,15 @@ def test_answering_a_request_never_needs_training_or_search(room: str) -> None:
             assert not bad, f"{name} reaches {bad} through its imports"
 
 
+def test_the_registry_the_server_reads_stays_free_of_training_and_torch() -> None:
+    # serving imports lifecycle.registry to follow an alias; compare/promote (which may use
+    # anything) must not leak into it, and the package __init__ imports nothing
+    assert "mmagent.lifecycle.registry" in reachable("mmagent.serving.app")
+    assert not GRAPH["mmagent.lifecycle"], "mmagent/lifecycle/__init__.py must import nothing"
+    bad = sorted(m for m in reachable("mmagent.lifecycle.registry") if m.startswith(("mmagent.training", "mmagent.search", "mmagent.lifecycle.")))
+    assert not bad, f"mmagent.lifecycle.registry reaches {bad}"
+
+
 def test_inference_and_the_data_layer_stay_below_training_and_the_model() -> None:
     assert not any(m.startswith("mmagent.training") for m in reachable("mmagent.inference"))
     for name in MODULES:

@@ -47,6 +47,7 @@ class Agent:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.speech_to_text = self._speech_columns(speech_to_text)
+        self.version: str | None = None  # set by whoever loaded it as a version (the server, the registry); stamped on decisions
 
     def _speech_columns(self, setting: dict[str, str] | str | None) -> dict[str, str] | None:
         """``{audio: COLUMN, text: COLUMN}``: a record with audio but no text gets a transcript.
@@ -205,6 +206,7 @@ class Agent:
             given = {"value": float(row)} if spec.type == "regression" else {lab: float(v) for lab, v in zip(spec.labels, row)}
             decision = self.policy.decide(self.target, given, spec.type, contributions=contributions[i])
             decision.transcript = transcripts.get(i)
+            decision.model_version = self.version
             decisions.append(decision)
         return decisions
 

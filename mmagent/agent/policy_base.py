@@ -47,6 +47,7 @@ class Decision(BaseModel):
     reason: str | None = Field(None, description="why the action was taken (always set when escalated)")
     contributions: dict[str, float] = Field(default_factory=dict, description="per-input contribution, from the explainer")
     transcript: str | None = Field(None, description="speech-to-text of a spoken request that came without text")
+    model_version: str | None = Field(None, description="the model version that decided (set when the agent was loaded as a registered version)")
 
 
 class PredictionView:

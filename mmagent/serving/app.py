@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -41,14 +40,16 @@ from mmagent.serving.routes import ServingState, blame_rows, build_router
 from mmagent.serving.schemas import ApiError
 from mmagent.serving.security import API_KEY_HEADER, install_redaction
 from mmagent.serving.settings import ENV_RUN_DIR, ServeSettings
-from mmagent.specs import ModelSpec
+from mmagent.serving.swap import AliasSource, RunSource, Served, Swapper
 
 log = logging.getLogger("mmagent.serving")
 
 
 def create_app(source: str | Path | Any, settings: ServeSettings | None = None) -> FastAPI:
-    """A FastAPI app serving ``source``: a run folder (loaded in the background at startup;
-    /readyz says when) or an :class:`~mmagent.agent.Agent`."""
+    """A FastAPI app serving ``source``: a run folder or a :class:`~mmagent.serving.swap.Source`
+    (e.g. a registry alias), loaded in the background at startup (/readyz says when) and watched
+    for new versions every ``settings.watch_s`` seconds (live swap); or an
+    :class:`~mmagent.agent.Agent`, served as is."""
     from mmagent.agent import Agent
 
     settings = settings or ServeSettings()
@@ -56,13 +57,10 @@ def create_app(source: str | Path | Any, settings: ServeSettings | None = None) 
     if not settings.loopback and not keys:
         raise ValueError(f"refusing to serve on {settings.host} (not a loopback address) without an API key: set MMAGENT_API_KEYS or an API key file")
     if isinstance(source, Agent):
-        agent, run_dir, spec = source, None, source.model.spec
+        agent, watched, spec = source, None, source.model.spec
     else:
-        agent, run_dir = None, Path(source)
-        model_dir = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
-        if not (model_dir / "model.json").is_file():
-            raise FileNotFoundError(f"{run_dir} is not a run folder (no model/model.json)")
-        spec = ModelSpec.model_validate(json.loads((model_dir / "model.json").read_text()))
+        agent, watched = None, source if hasattr(source, "poll") else RunSource(source)
+        spec = watched.spec()
     metrics = Metrics()
     state = ServingState(spec, settings, keys, metrics)
     install_redaction()
@@ -75,16 +73,19 @@ def create_app(source: str | Path | Any, settings: ServeSettings | None = None) 
             import torch
 
             torch.set_num_threads(settings.torch_threads)
-        loader = None
+        loader, swapper = None, None
         if agent is not None:
-            _on_loaded(state, agent)
+            _on_loaded(state, Served(agent, getattr(agent, "version", None) or "in-process"))
         else:
-            loader = asyncio.get_running_loop().create_task(_load_in_background(state, run_dir))  # type: ignore[arg-type]
+            swapper = Swapper(watched, lambda run: Agent.load(run, device=settings.torch_device()), spec, lambda s: _install(state, s), settings.watch_s)
+            loader = asyncio.get_running_loop().create_task(_load_in_background(state, swapper))
         try:
             yield
         finally:
             if loader is not None and not loader.done():
                 loader.cancel()
+            if swapper is not None:
+                await asyncio.get_running_loop().run_in_executor(None, swapper.stop)
             for b in state.batchers.values():
                 await b.stop()
             state.executor.shutdown(wait=False, cancel_futures=True)
@@ -117,41 +118,57 @@ def create_app(source: str | Path | Any, settings: ServeSettings | None = None) 
     return app
 
 
-def _on_loaded(state: ServingState, loaded: Any) -> None:
+def _install(state: ServingState, served: Served) -> None:
+    """Put ``served`` in service: one assignment, read once per batch by the batch functions."""
+    previous = state.version
+    state.served = served
+    state.metrics.model_version.info({"version": str(served.version)})
+    if previous is not None:
+        state.metrics.swaps.inc()
+
+
+def _on_loaded(state: ServingState, served: Served) -> None:
     settings, metrics = state.settings, state.metrics
-    state.agent = loaded
+    _install(state, served)
     metrics.ready.set(1)
     ex = state.executor
 
-    def act(recs: list[Any]) -> list[Any]:
-        return [d.model_dump(mode="json") for d in loaded.act_many(recs, explain=settings.explain)]
+    # Each batch reads the agent in service once, so one version answers the whole batch; the
+    # version travels with every result, so the reply says which one answered.
+    def predict(recs: list[Any]) -> list[Any]:
+        now = state.served
+        return [(now.version, r) for r in now.agent.predict(recs)]
 
-    for kind, fn in (("predict", loaded.predict), ("act", act)):
+    def act(recs: list[Any]) -> list[Any]:
+        now = state.served
+        return [(now.version, d.model_dump(mode="json")) for d in now.agent.act_many(recs, explain=settings.explain)]
+
+    for kind, fn in (("predict", predict), ("act", act)):
         batcher = MicroBatcher(fn, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, ex, metrics.batch_observer(kind), kind, blame_rows)
         batcher.start()
         state.batchers[kind] = batcher
         metrics.queue.labels(kind).set_function(lambda b=batcher: b.pending)
 
 
-async def _load_in_background(state: ServingState, run_dir: Path) -> None:
-    from mmagent.agent import Agent
-
+async def _load_in_background(state: ServingState, swapper: Swapper) -> None:
     settings = state.settings
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     try:
-        loaded = await loop.run_in_executor(state.executor, lambda: Agent.load(run_dir, device=settings.torch_device()))
+        served = await loop.run_in_executor(state.executor, swapper.load_first)
     except Exception as e:  # noqa: BLE001 - /readyz reports it; the process stays up for /healthz
         state.error = f"{type(e).__name__}: {e}"
-        log.error("could not load %s: %s", run_dir, state.error)
+        log.error("could not load the model: %s", state.error)
         return
-    _on_loaded(state, loaded)
+    _on_loaded(state, served)
+    swapper.start()
     log.info(
-        "model loaded from %s in %.1f s; batching up to %d records / %g ms",
-        run_dir,
+        "model version %s loaded in %.1f s; batching up to %d records / %g ms%s",
+        served.version,
         time.perf_counter() - started,
         settings.max_batch_size,
         settings.max_wait_ms,
+        f"; checking for new versions every {settings.watch_s:g} s" if settings.watch_s > 0 else "",
     )
 
 
@@ -181,10 +198,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def app_from_env() -> FastAPI:
     """uvicorn factory (``mmagent.serving.app:app_from_env``) for ``mmagent serve`` and its worker
-    processes: the run folder from ``MMAGENT_SERVE_RUN_DIR``, settings from the environment."""
+    processes: the run folder from ``MMAGENT_SERVE_RUN_DIR`` (or ``settings.registry`` and
+    ``settings.alias``), settings from the environment."""
     import os
 
+    settings = ServeSettings.from_env()
+    if settings.registry:
+        return create_app(AliasSource(settings.registry, settings.alias), settings)
     run_dir = os.environ.get(ENV_RUN_DIR)
     if not run_dir:
         raise RuntimeError(f"set {ENV_RUN_DIR} to the run folder to serve")
-    return create_app(run_dir, ServeSettings.from_env())
+    return create_app(run_dir, settings)

@@ -12,7 +12,7 @@ class Metrics:
     """Prometheus metrics in a registry of this app's own (several apps can live in one process)."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -40,6 +40,8 @@ class Metrics:
         )
         self.records = Counter("mmagent_records_total", "records answered", ["kind"], registry=self.registry)
         self.ready = Gauge("mmagent_model_ready", "1 once the model is loaded", registry=self.registry)
+        self.model_version = Info("mmagent_model", "the model version in service", registry=self.registry)
+        self.swaps = Counter("mmagent_model_swaps_total", "live swaps to a new model version", registry=self.registry)
         self.queue = Gauge("mmagent_queue_records", "records waiting for the model", ["kind"], registry=self.registry)
 
     def batch_observer(self, kind: str) -> Callable[[int, int, float], None]:

@@ -44,6 +44,7 @@ from mmagent.serving.schemas import (
 )
 from mmagent.serving.security import API_KEY_HEADER, key_matches
 from mmagent.serving.settings import ServeSettings
+from mmagent.serving.swap import Served
 from mmagent.specs import InputSpec, ModelSpec
 
 
@@ -56,7 +57,7 @@ class ServingState:
     keys: list[str]
     metrics: Metrics
     columns: dict[str, InputSpec] = field(default_factory=dict)
-    agent: Any = None
+    served: Served | None = None  # the agent and its version, replaced whole by a live swap
     error: str | None = None
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -65,6 +66,16 @@ class ServingState:
     def __post_init__(self) -> None:
         self.columns = {c: inp for inp in self.spec.inputs for c in inp.columns}
         self.budget = MediaBudget(self.settings.max_queue_pixels, self.settings.max_queue_audio_samples)
+
+    @property
+    def agent(self) -> Any:
+        served = self.served
+        return served.agent if served is not None else None
+
+    @property
+    def version(self) -> str | None:
+        served = self.served
+        return served.version if served is not None else None
 
 
 # -- dependencies ---------------------------------------------------------------------------------
@@ -121,7 +132,8 @@ def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
         dependencies=keyed,
     )
     async def predict(request: Request, state: ServingState = Depends(get_state), batcher: MicroBatcher = Depends(_batcher("predict"))) -> Any:
-        return {"predictions": await _run(request, state, batcher.submit)}
+        version, results = await _run(request, state, batcher.submit)
+        return {"predictions": results, "model_version": version}
 
     @router.post(
         "/v1/act",
@@ -133,7 +145,8 @@ def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
         dependencies=keyed,
     )
     async def act(request: Request, state: ServingState = Depends(get_state), batcher: MicroBatcher = Depends(_batcher("act"))) -> Any:
-        return {"decisions": await _run(request, state, batcher.submit)}
+        version, results = await _run(request, state, batcher.submit)
+        return {"decisions": results, "model_version": version}
 
     @router.post(
         "/v1/explain",
@@ -144,14 +157,16 @@ def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
         summary="One record's decision and what each input contributed to it",
         dependencies=keyed,
     )
-    async def explain(request: Request, state: ServingState = Depends(get_state), agent: Any = Depends(ready_agent)) -> Any:
-        async def one(records: list[Any]) -> list[Any]:
+    async def explain(request: Request, state: ServingState = Depends(get_state), _agent: Any = Depends(ready_agent)) -> Any:
+        async def one(records: list[Any]) -> list[tuple[str | None, Any]]:
             if len(records) != 1:  # attributions cost many model calls: one record per request
                 raise ApiError(422, f"/v1/explain takes one record, got {len(records)}", "records")
+            served = state.served  # read once: the whole explanation comes from one version
             loop = asyncio.get_running_loop()  # the model thread, shared with the batchers
-            return [await loop.run_in_executor(state.executor, lambda: agent.explain(records[0]).to_dict())]
+            return [(served.version, await loop.run_in_executor(state.executor, lambda: served.agent.explain(records[0]).to_dict()))]  # type: ignore[union-attr]
 
-        return (await _run(request, state, one))[0]
+        version, results = await _run(request, state, one)
+        return {**results[0], "model_version": version}
 
     @router.get(
         "/v1/schema", response_model=SchemaResponse, responses={401: ERRORS[401]}, tags=["agent"], summary="Inputs, targets and limits", dependencies=keyed
@@ -189,7 +204,10 @@ def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
     return router
 
 
-async def _run(request: Request, state: ServingState, submit: Callable[[list[Any]], Awaitable[list[Any]]]) -> list[Any]:
+async def _run(request: Request, state: ServingState, submit: Callable[[list[Any]], Awaitable[list[tuple[str | None, Any]]]]) -> tuple[str | None, list[Any]]:
+    """The version that answered and its results, one per record. ``submit`` answers the decoded
+    records with (version, result) pairs: a request never spans batches, and a batch is answered
+    by one version (see serving/swap.py)."""
     settings, columns = state.settings, state.columns
     raw, multipart = await raw_records(request, settings, columns)
     has_media = multipart or any(
@@ -200,13 +218,14 @@ async def _run(request: Request, state: ServingState, submit: Callable[[list[Any
     with state.budget.hold(cost):  # admission before decoding; held until the answer
         records = await run_in_threadpool(decode_media, checked) if cost.pixels or cost.samples else checked
         try:
-            results = await submit(records)
+            answered = await submit(records)
         except QueueFull as e:
             raise ApiError(503, str(e), "queue") from None
         except ShuttingDown as e:
             raise ApiError(503, str(e), "server") from None
         except Exception as e:
             raise model_error(e) from e
+    version, results = (answered[0][0] if answered else state.version), [r for _, r in answered]
     for i, result in enumerate(results):
         if not _finite(result):  # JSON has no NaN: say which record, instead of failing the reply
             numeric = [c for c, inp in columns.items() if inp.modality == "numeric" and checked[i].get(c) is not None]
@@ -216,7 +235,7 @@ async def _run(request: Request, state: ServingState, submit: Callable[[list[Any
                 ", ".join(numeric) or None,
                 i,
             )
-    return results
+    return version, results
 
 
 def _finite(value: Any) -> bool:
@@ -240,7 +259,10 @@ def blame_rows(error: Exception) -> set[int] | None:
 
 
 def _schema(state: ServingState) -> dict[str, Any]:
-    settings, loaded = state.settings, state.agent
+    settings, served = state.settings, state.served
+    loaded = served.agent if served is not None else None
+    # targets and labels may change with a live swap (inputs may not): report the version in service
+    targets = loaded.model.spec.targets if loaded is not None and hasattr(loaded, "model") else state.spec.targets
     encoding = {
         "text": "string",
         "numeric": "number",
@@ -253,7 +275,8 @@ def _schema(state: ServingState) -> dict[str, Any]:
             {"name": inp.key, "columns": inp.columns, "modality": inp.modality, "required": inp.required, "encoding": encoding[inp.modality]}
             for inp in state.spec.inputs
         ],
-        "targets": [{"name": t.column, "type": t.type, "labels": list(t.labels or [])} for t in state.spec.targets],
+        "targets": [{"name": t.column, "type": t.type, "labels": list(t.labels or [])} for t in targets],
+        "model_version": served.version if served is not None else None,
         "agent_target": getattr(loaded, "target", None),
         "policy": getattr(getattr(loaded, "policy", None), "name", None) or (type(loaded.policy).__name__ if loaded is not None else None),
         "limits": {

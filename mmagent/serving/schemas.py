@@ -76,10 +76,12 @@ class TargetPrediction(BaseModel):
 
 class PredictResponse(BaseModel):
     predictions: list[dict[str, TargetPrediction]] = Field(description="one entry per record, in order: target -> prediction")
+    model_version: Optional[str] = Field(None, description="the model version that answered (all records of a request are answered by one)")
 
 
 class ActResponse(BaseModel):
     decisions: list[Decision] = Field(description="one decision per record, in order")
+    model_version: Optional[str] = Field(None, description="the model version that answered (all records of a request are answered by one)")
 
 
 class ExplainResponse(BaseModel):
@@ -91,6 +93,7 @@ class ExplainResponse(BaseModel):
         description="per input present: text `tokens` (word, start, end, signed score), image `heatmap` (rows x cols in [0, 1]) + `overlay_png`, "
         "audio `scores` per `window_seconds` + `transcript`, numeric `features`, categorical `score`; `method` names the attribution"
     )
+    model_version: Optional[str] = Field(None, description="the model version that answered")
 
 
 class InputInfo(BaseModel):
@@ -112,6 +115,7 @@ class SchemaResponse(BaseModel):
     targets: list[TargetInfo]
     agent_target: Optional[str] = None
     policy: Optional[str] = None
+    model_version: Optional[str] = Field(None, description="the model version in service")
     limits: dict[str, int | float]
     batching: dict[str, int | float]
 

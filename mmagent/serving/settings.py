@@ -51,6 +51,9 @@ class ServeSettings(BaseModel):
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads (default: torch's choice); 1 is often fastest for small models on busy or shared CPUs"
     )
+    watch_s: float = Field(5.0, ge=0, description="seconds between checks for a new model version (live swap); 0 turns watching off")
+    registry: str | None = Field(None, description="serve the version a registry alias points at (with `alias`) instead of a run folder")
+    alias: str = Field("production", description="the registry alias to serve")
     api_key_file: Path | None = Field(None, description="file with one API key per line")
     api_keys: list[SecretStr] = Field(default_factory=list, exclude=True, description="accepted API keys (not serialized)")
     log_level: str = Field("info")

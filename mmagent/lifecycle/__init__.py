@@ -1,0 +1,1 @@
+"""The life of a model after training: registry, comparison, promotion, updates."""
