@@ -67,6 +67,7 @@ def _accuracy_by_group(run, table):
     return float(right[new].mean()), float(right[~new].mean())
 
 
+@pytest.mark.slow
 def test_update_learns_the_new_label_keeps_the_old_ones_and_records_lineage(parent, tmp_path):
     from mmagent.cli import app
     from mmagent.model import MultimodalModel
@@ -101,6 +102,7 @@ def test_update_learns_the_new_label_keeps_the_old_ones_and_records_lineage(pare
     assert json.loads((out / "config.json").read_text())["train"]["init_from"] == str((parent / "run").resolve())
 
 
+@pytest.mark.slow
 def test_without_replay_the_old_labels_are_forgotten(parent, tmp_path):
     """The reason for replay, measured: on c rows alone the old classes fade."""
     from mmagent.lifecycle.update import update
