@@ -63,6 +63,26 @@ class TrainSpec(BaseModel):
     checkpoint_every_steps: int | None = Field(None, ge=1)
     cache_frozen_encoders: bool = Field(True, description="compute frozen encoders' outputs once and reuse them")
     cpu: bool = Field(False, description="force CPU even when a GPU is present")
+    init_from: str | None = Field(
+        None,
+        description="warm start: a finished run folder whose weights, vocabularies and scales this run starts from (relative paths: from the config's folder)",
+    )
+    log_with: Literal["none", "tensorboard", "mlflow"] = Field("none", description="experiment tracker (through Accelerate): params, per-epoch metrics, report")
+    tracking_uri: str | None = Field(None, description="mlflow: any MLflow tracking URI; default sqlite:///<the run's parent folder>/mlflow.db")
+    experiment: str = Field("mmagent", min_length=1, description="mlflow: experiment name")
+
+    @model_validator(mode="after")
+    def _check_tracking(self) -> TrainSpec:
+        if self.tracking_uri is not None and self.log_with != "mlflow":
+            raise ValueError(f"train.tracking_uri is only used with train.log_with: mlflow (log_with is {self.log_with!r})")
+        # the tracker's package is checked here, before any work, not when the first epoch ends
+        needs = {"tensorboard": "tensorboard", "mlflow": "mlflow"}.get(self.log_with)
+        if needs is not None:
+            import importlib.util
+
+            if importlib.util.find_spec(needs) is None:
+                raise ValueError(f"train.log_with: {self.log_with} needs the {needs} package, which is not installed: pip install 'mmagent[track]'")
+        return self
 
 
 class ExperimentConfig(BaseModel):

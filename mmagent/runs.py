@@ -14,6 +14,8 @@
       leaderboard.csv/.md  the candidates ``mmagent fit`` tried (fit runs only)
       checkpoints/last/    the latest training checkpoint (for --resume)
       skipped_rows.csv     rows left out by data.on_bad_row: skip
+      lineage.json         a warm-started update: its parent run, the parent's weights checksum, data fingerprints
+      tensorboard/         train.log_with: tensorboard event files
       .mmagent-run         marks a folder mmagent created: only such a folder is ever written into
 
 A saved model folder carries ``checksums.sha256`` (``sha256sum -c`` format) of its own files,
@@ -49,6 +51,7 @@ CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = f"{CHECKPOINTS_DIR}/last"
 SKIPPED_ROWS_FILE = "skipped_rows.csv"
 TENSORBOARD_DIR = "tensorboard"
+LINEAGE_FILE = "lineage.json"
 # calibration.json: the key of the escalation threshold, next to the per-target entries
 ESCALATION_KEY = "_escalation_threshold"
 MARKER_FILE = ".mmagent-run"

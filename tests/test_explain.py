@@ -190,7 +190,7 @@ def test_explain_route_returns_the_contract_and_4xx_names_the_field(text_agent: 
         r = client.post("/v1/explain", json=good)
         assert r.status_code == 200, r.text
         body = r.json()
-        assert set(body) == {"decision", "target", "explained_label", "contributions", "inputs"}
+        assert set(body) == {"decision", "target", "explained_label", "contributions", "inputs", "model_version"}
         assert body["decision"] == client.post("/v1/act", json=good).json()["decisions"][0]
         assert body["target"] == "label" and body["explained_label"] == body["decision"]["label"]
         assert [t["token"] for t in body["inputs"]["text"]["tokens"]] == ["red", "alpha", "cat"]

@@ -248,7 +248,7 @@ def check_training_data(config: Any, splits: S) -> S:
         values = [r.get(t.column) for r in train.records]
         if t.type == "classification":
             labels = sorted({label_text(v) for v in values if not is_empty(v)})
-            if len(labels) < 2:
+            if len(labels) < 2 and not config.train.init_from:  # a warm start also knows its parent's labels
                 raise table_error(
                     train.source, f"label column {t.column!r} has a single class {labels} in the training rows; a classifier needs at least 2 classes", t.column
                 )

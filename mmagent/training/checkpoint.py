@@ -51,6 +51,9 @@ RESUME_MAY_CHANGE = (
     "tune",
     "base_dir",
     "recipe",
+    "train.log_with",  # where the run is tracked, not what it learns
+    "train.tracking_uri",
+    "train.experiment",
 )
 
 

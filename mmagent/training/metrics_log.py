@@ -1,9 +1,10 @@
-"""The training log: ``metrics.jsonl`` (one JSON object per step and per epoch) and, when
-tensorboard is installed, the same scalars for TensorBoard."""
+"""The training log: ``metrics.jsonl`` (one JSON object per step and per epoch), and the same
+scalars for the experiment tracker (``train.log_with``, see ``training/tracking.py``)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +12,11 @@ from mmagent.io import write_json
 
 
 class MetricsLog:
-    """JSON lines (always) and TensorBoard scalars (when tensorboard is installed)."""
+    """JSON lines (always); each line's numbers also go to ``track(values, step=...)`` when given
+    (``accelerator.log``: the configured trackers, a no-op without one)."""
 
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled, self.tb = path, enabled, None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
-            except Exception:  # tensorboard not installed: JSONL only
-                self.tb = None
+    def __init__(self, path: Path, enabled: bool, track: Callable[..., Any] | None = None) -> None:
+        self.path, self.enabled, self.track = path, enabled, track
 
     def size(self) -> int:
         """Bytes written so far (a checkpoint records it; a resume cuts the log back to it)."""
@@ -32,10 +27,10 @@ class MetricsLog:
             return
         with open(self.path, "a") as f:  # append-only log: a torn last line is harmless
             f.write(json.dumps(entry) + "\n")
-        if self.tb is not None:
-            for k, v in flatten(entry).items():
-                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
-                    self.tb.add_scalar(k, v, entry.get("step", 0))
+        if self.track is not None:
+            values = {k: v for k, v in flatten(entry).items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch")}
+            if values:
+                self.track(values, step=entry.get("step", 0))
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

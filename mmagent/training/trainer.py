@@ -31,6 +31,7 @@ from mmagent.io import write_text
 from mmagent.model import MultimodalModel
 from mmagent.runs import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_LOG, SKIPPED_ROWS_FILE, check_run_dir, create_run_dir
 from mmagent.specs import ModelSpec
+from mmagent.training import tracking
 from mmagent.training.checkpoint import checkpoint_spec, load_checkpoint, prepare_resume, save_checkpoint, truncate_log
 from mmagent.training.distributed import any_process
 from mmagent.training.evaluate import evaluate
@@ -38,6 +39,7 @@ from mmagent.training.metrics import main_metric
 from mmagent.training.metrics_log import MetricsLog, compact_metrics, record_shard
 from mmagent.training.sampling import EpochShuffleSampler, SeededItems
 from mmagent.training.splits import load_splits, write_skipped
+from mmagent.training.warm_start import check_init_from, warm_start_model
 
 # Called after each epoch with (epoch, validation score); returning True stops training (Optuna pruning).
 EpochCallback = Callable[[int, float], bool]
@@ -58,9 +60,12 @@ class TrainResult:
 
 # -- 2. model -----------------------------------------------------------------------------------
 def build_model(config: ExperimentConfig, train: Table, fitted_spec: dict[str, Any] | None = None) -> MultimodalModel:
-    """Fit targets and numeric scales on the training table (or reuse a checkpoint's fitted spec)."""
+    """Fit targets and numeric scales on the training table (or reuse a checkpoint's fitted spec,
+    or, with ``train.init_from``, the parent run's: ``warm_start.py``)."""
     if fitted_spec is not None:
         return MultimodalModel(ModelSpec.model_validate(fitted_spec))
+    if config.train.init_from:
+        return warm_start_model(config, train)
     spec = config.model_spec()
     spec = spec.model_copy(update={"targets": fit_targets(train, spec.targets)})
     model = MultimodalModel(spec)
@@ -132,6 +137,7 @@ def train(
         cpu=t.cpu or _multiprocess_without_accelerator(),
         # frozen / cached encoders and dropped modalities leave parameters unused in some steps
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        **tracking.accelerator_kwargs(config, run_dir),
     )
     set_seed(t.seed)
     main = accelerator.is_main_process
@@ -140,6 +146,8 @@ def train(
     config = config.model_copy(update={"agent": resolve_agent_config(config.agent, config.base_dir)})
     config_json = config.model_dump(mode="json")
     load_from, changed = prepare_resume(run_dir, ckpt_dir, config_json, main, accelerator.wait_for_everyone) if resume else (None, {})
+    if t.init_from and load_from is None:
+        check_init_from(config)  # the parent run describes this model: refused before reading any data
     splits = load_splits(config, train_data)
     model = build_model(config, splits.train, checkpoint_spec(load_from) if load_from else None)
     check_agent_labels(config.agent, model.spec.targets)
@@ -149,6 +157,7 @@ def train(
         write_text(run_dir / CONFIG_FILE, config.model_dump_json(indent=2))
         if splits.skipped:
             write_skipped(run_dir / SKIPPED_ROWS_FILE, splits.skipped)
+    tracking.start(accelerator, config, run_dir, config_json)  # params: the flattened config
     device = accelerator.device
     model.to(device)
 
@@ -207,7 +216,7 @@ def train(
     wrapped, optimizer, prepared_loader = accelerator.prepare(_LossOnly(model), optimizer, train_loader)
 
     metric_target, metric_name, larger_better = _selection_metric(config, model)
-    log = MetricsLog(run_dir / METRICS_LOG, enabled=main)
+    log = MetricsLog(run_dir / METRICS_LOG, enabled=main, track=accelerator.log)  # also to the tracker
     if changed:
         log.write({"event": "resume", "step": state["global_step"], "changed": {k: list(v) for k, v in changed.items()}})
     stopped_early = stopped_by_request = False
@@ -312,6 +321,7 @@ def train(
         from mmagent.training.report import finalize_run
 
         result.metrics = finalize_run(run_dir, config, splits, device, progress)
+        tracking.log_artifacts(accelerator, config, run_dir)
     accelerator.end_training()
     return result
 
