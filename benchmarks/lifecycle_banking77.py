@@ -44,10 +44,26 @@ def parser():
 
 
 # -- hooks the lead wires in from other branches -----------------------------------------------------
-def promotion_check(parent: Path, candidate: Path, test: Path) -> dict[str, Any] | None:
-    """HOOK (branch promote-swap: ``mmagent/lifecycle/compare.py`` + ``registry.py``): would the
-    candidate be promoted over its parent on ``test``? Returns the comparison, or None until wired."""
-    return None
+def promotion_check(parent: Path, candidate: Path, evaluation: Path, registry: Path) -> dict[str, Any]:
+    """Champion / challenger on ``evaluation`` (the validation table: the test split only reports):
+    the parent takes ``production``; the updated run challenges it; then the parent, which cannot
+    know the new intents (a deliberately worse challenger), challenges the updated run."""
+    import shutil
+
+    from mmagent.lifecycle.promote import promote
+
+    if registry.exists():
+        shutil.rmtree(registry)
+    first = promote(parent, evaluation, registry)
+    update_decision = promote(candidate, evaluation, registry)
+    worse = promote(parent, evaluation, registry)
+    return {
+        "first": first.accepted,
+        "updated_run_promoted": update_decision.accepted,
+        "updated_run_reasons": update_decision.reasons,
+        "worse_challenger_refused": not worse.accepted,
+        "worse_challenger_reasons": worse.reasons[:3],
+    }
 
 
 def drift_score(reference: Path, current: Path) -> float | None:
@@ -130,7 +146,11 @@ def run(args: Any) -> int:
         row(NAME, v, "old-intent test accuracy, after update", old_after, update_s),
         row(NAME, v, "old-intent accuracy drop (points)", 100 * (old_before - old_after), update_s, reference="<= 1"),
     ]
-    promotion = promotion_check(folder / "run", folder / "run2", paths["test"])
+    promotion = promotion_check(folder / "run", folder / "run2", paths["validation"], folder / "registry")
+    rows += [
+        row(NAME, v, "promotion: updated run replaces the first (1 = yes)", float(promotion["updated_run_promoted"]), 0.0),
+        row(NAME, v, "promotion: the first run, now worse, is refused (1 = yes)", float(promotion["worse_challenger_refused"]), 0.0, reference="1"),
+    ]
     drift = drift_score(paths["old_train"], paths["new_train"])
     write_quality_result(NAME, rows, args, start, prep_s, **extra, promotion=promotion, drift=drift)
     return 0

@@ -58,11 +58,20 @@ def test_an_equal_challenger_within_tolerance_is_accepted() -> None:
 
 
 def test_a_well_supported_class_that_got_worse_blocks_it() -> None:
-    # better overall, but class "b" (30 examples) lost 20 points of recall
-    cmp = _cmp(0.80, 0.85, {"a": 0.80, "b": 0.80}, {"a": 0.95, "b": 0.60}, {"a": 70, "b": 30})
+    # better overall, but class "b" (30 examples) lost 30 points of recall
+    cmp = _cmp(0.80, 0.85, {"a": 0.80, "b": 0.80}, {"a": 0.95, "b": 0.50}, {"a": 70, "b": 30})
     reasons = judge(cmp, tolerance=0.01, min_support=20)
     assert len(reasons) == 1 and "'b'" in reasons[0] and "30 examples" in reasons[0]
     assert judge(cmp, tolerance=0.01, min_support=31) == []  # too few examples to count: shown, not judged
+
+
+def test_a_class_drop_that_chance_explains_does_not_block() -> None:
+    # 40 examples (a Banking77 intent): two more misses is 5 points, within chance; twelve is not
+    two = _cmp(0.90, 0.92, {"a": 0.95}, {"a": 0.90}, {"a": 40})
+    assert judge(two, tolerance=0.01) == []
+    assert "'a'" in judge(two, tolerance=0.01, z=0.0)[0]  # without the margin, noise would block it
+    twelve = _cmp(0.90, 0.92, {"a": 0.95}, {"a": 0.65}, {"a": 40})
+    assert "for chance on 40 examples" in judge(twelve, tolerance=0.01)[0]
 
 
 def test_regression_tolerance_is_relative_and_lower_is_better() -> None:
