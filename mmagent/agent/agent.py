@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from mmagent.data.tables import Table, as_table, is_empty, resolve_media
 from mmagent.data.validation import DataError, Problem, check_rows
 from mmagent.inference import make_loader, run_model
 from mmagent.model import MultimodalModel
+
+if TYPE_CHECKING:
+    from mmagent.agent.explain import Explanation
 
 
 class Agent:
@@ -188,6 +191,11 @@ class Agent:
 
     def act_many(self, records: list[dict[str, Any]], base_dir: str | Path = ".", explain: bool = True) -> list[Decision]:
         table, transcripts = self.prepare(records, base_dir)
+        return self.decide(table, transcripts, explain)
+
+    def decide(self, table: Table, transcripts: dict[int, str] | None = None, explain: bool = True) -> list[Decision]:
+        """Decisions for a table :meth:`prepare` returned (with its transcripts)."""
+        transcripts = transcripts or {}
         probs = self._probabilities(table)
         spec = self.model.heads[self.target].spec
         contributions = self._contributions(table, probs) if explain else [{}] * len(table)
@@ -199,6 +207,15 @@ class Agent:
             decision.transcript = transcripts.get(i)
             decisions.append(decision)
         return decisions
+
+    # -- explain ------------------------------------------------------------------------------
+    def explain(self, record: dict[str, Any], base_dir: str | Path = ".") -> Explanation:
+        """Why the agent decided as it did for one record: the decision, per-input contributions
+        and, per input, attributions of the explained label's probability (word scores for text,
+        a heatmap for images, importance over time for audio; see :mod:`mmagent.agent.explain`)."""
+        from mmagent.agent.explain import explain_record
+
+        return explain_record(self, record, base_dir)
 
     def _contributions(self, table: Table, probs: dict[str, np.ndarray]) -> list[dict[str, float]]:
         names = self.model.input_names

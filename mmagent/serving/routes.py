@@ -3,6 +3,7 @@ dependencies (``Depends``), so each route says what it needs and nothing is a cl
 
     POST /v1/predict   labels + calibrated probabilities per target
     POST /v1/act       the policy's decision (action, reply, escalation, contributions)
+    POST /v1/explain   one record's decision with attributions per input (words, heatmap, ...)
     GET  /v1/schema    inputs (column, modality), targets (type, labels), limits
     GET  /healthz      the process is up
     GET  /readyz       the model is loaded (503 until then)
@@ -12,8 +13,10 @@ dependencies (``Depends``), so each route says what it needs and nothing is a cl
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -27,7 +30,18 @@ from mmagent.serving.batching import MicroBatcher, QueueFull, ShuttingDown
 from mmagent.serving.decoding import check_records, raw_records
 from mmagent.serving.media import MediaBudget, decode_media
 from mmagent.serving.metrics import Metrics
-from mmagent.serving.schemas import ERRORS, ActResponse, ApiError, Health, PredictResponse, SchemaResponse, openapi_body, request_models
+from mmagent.serving.schemas import (
+    ERRORS,
+    ActResponse,
+    ApiError,
+    ExplainResponse,
+    Health,
+    PredictResponse,
+    SchemaResponse,
+    explain_body,
+    openapi_body,
+    request_models,
+)
 from mmagent.serving.security import API_KEY_HEADER, key_matches
 from mmagent.serving.settings import ServeSettings
 from mmagent.specs import InputSpec, ModelSpec
@@ -107,7 +121,7 @@ def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
         dependencies=keyed,
     )
     async def predict(request: Request, state: ServingState = Depends(get_state), batcher: MicroBatcher = Depends(_batcher("predict"))) -> Any:
-        return {"predictions": await _run(request, state, batcher)}
+        return {"predictions": await _run(request, state, batcher.submit)}
 
     @router.post(
         "/v1/act",
@@ -119,7 +133,25 @@ def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
         dependencies=keyed,
     )
     async def act(request: Request, state: ServingState = Depends(get_state), batcher: MicroBatcher = Depends(_batcher("act"))) -> Any:
-        return {"decisions": await _run(request, state, batcher)}
+        return {"decisions": await _run(request, state, batcher.submit)}
+
+    @router.post(
+        "/v1/explain",
+        response_model=ExplainResponse,
+        responses=ERRORS,
+        openapi_extra=explain_body(spec, settings.max_records),
+        tags=["agent"],
+        summary="One record's decision and what each input contributed to it",
+        dependencies=keyed,
+    )
+    async def explain(request: Request, state: ServingState = Depends(get_state), agent: Any = Depends(ready_agent)) -> Any:
+        async def one(records: list[Any]) -> list[Any]:
+            if len(records) != 1:  # attributions cost many model calls: one record per request
+                raise ApiError(422, f"/v1/explain takes one record, got {len(records)}", "records")
+            loop = asyncio.get_running_loop()  # the model thread, shared with the batchers
+            return [await loop.run_in_executor(state.executor, lambda: agent.explain(records[0]).to_dict())]
+
+        return (await _run(request, state, one))[0]
 
     @router.get(
         "/v1/schema", response_model=SchemaResponse, responses={401: ERRORS[401]}, tags=["agent"], summary="Inputs, targets and limits", dependencies=keyed
@@ -157,7 +189,7 @@ def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
     return router
 
 
-async def _run(request: Request, state: ServingState, batcher: MicroBatcher) -> list[Any]:
+async def _run(request: Request, state: ServingState, submit: Callable[[list[Any]], Awaitable[list[Any]]]) -> list[Any]:
     settings, columns = state.settings, state.columns
     raw, multipart = await raw_records(request, settings, columns)
     has_media = multipart or any(
@@ -168,7 +200,7 @@ async def _run(request: Request, state: ServingState, batcher: MicroBatcher) -> 
     with state.budget.hold(cost):  # admission before decoding; held until the answer
         records = await run_in_threadpool(decode_media, checked) if cost.pixels or cost.samples else checked
         try:
-            results = await batcher.submit(records)
+            results = await submit(records)
         except QueueFull as e:
             raise ApiError(503, str(e), "queue") from None
         except ShuttingDown as e:

@@ -82,6 +82,17 @@ class ActResponse(BaseModel):
     decisions: list[Decision] = Field(description="one decision per record, in order")
 
 
+class ExplainResponse(BaseModel):
+    decision: Decision = Field(description="what /v1/act returns for this record")
+    target: str = Field(description="the target explained")
+    explained_label: Optional[str] = Field(None, description="the label whose calibrated probability is attributed (the predicted one)")
+    contributions: dict[str, float] = Field(description="per-input contributions, as /v1/act reports them")
+    inputs: dict[str, dict[str, Any]] = Field(
+        description="per input present: text `tokens` (word, start, end, signed score), image `heatmap` (rows x cols in [0, 1]) + `overlay_png`, "
+        "audio `scores` per `window_seconds` + `transcript`, numeric `features`, categorical `score`; `method` names the attribution"
+    )
+
+
 class InputInfo(BaseModel):
     name: str
     columns: list[str]
@@ -166,3 +177,11 @@ def openapi_body(body: type[BaseModel], multipart: dict[str, Any]) -> dict[str, 
     schema = body.model_json_schema(ref_template="#/components/schemas/{model}")
     schema.pop("$defs", None)
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}, MULTIPART: {"schema": multipart}}}}
+
+
+def explain_body(spec: ModelSpec, max_records: int) -> dict[str, Any]:
+    """``openapi_extra`` of /v1/explain: the /v1/act body, for one record."""
+    extra = openapi_body(*request_models(spec, max_records))
+    schema = extra["requestBody"]["content"]["application/json"]["schema"]
+    schema["description"] = 'one record: {"record": {...}} (or "records" holding exactly one)'
+    return extra
