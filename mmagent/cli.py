@@ -249,7 +249,7 @@ def serve(
     os.environ[ENV_RUN_DIR] = str(run_dir.resolve())
     os.environ[ENV_SETTINGS] = settings.model_dump_json()
     typer.echo(
-        f"serving {run_dir} on http://{settings.host}:{settings.port} on {settings.torch_device()} ({settings.workers} worker(s), batches of up to {settings.max_batch_size} / {settings.max_wait_ms:g} ms, API key {'required' if keys else 'not required'})",
+        f"serving {run_dir} on http://{settings.host}:{settings.port} on {settings.torch_device()} ({settings.workers} worker(s), batches of up to {settings.max_batch_size} / {settings.max_wait_ms:g} ms, API key {'required' if keys else 'not required'}); try it in a browser at http://{settings.host}:{settings.port}/",
         err=True,
     )
     uvicorn.run(
