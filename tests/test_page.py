@@ -20,6 +20,8 @@ import pytest
 
 from mmagent.demo.toy import tiny_config, write_toy_table
 
+pytestmark = pytest.mark.slow  # a model, a server and a browser: about a minute on two shared cores
+
 KEY = "page-test-key-0123456789"
 TIMEOUT_MS = 60_000  # two shared CPU cores: the first model call may take a while
 
