@@ -58,6 +58,8 @@ def serve(run_dir: Path) -> Iterator[str]:
 def shoot(browser, url: str, values: dict[str, str | Path], out: Path) -> None:
     """Fill the page's form with ``values`` (column -> text, or a file for media), ask, wait for
     the explanation and save a screenshot of the whole page."""
+    from playwright.sync_api import expect
+
     page = browser.new_page(viewport={"width": 1200, "height": 900}, device_scale_factor=1)
     page.set_default_timeout(WAIT_MS)
     page.goto(url)
@@ -70,7 +72,7 @@ def shoot(browser, url: str, values: dict[str, str | Path], out: Path) -> None:
             control.fill(value)
     page.click("#submit")
     page.wait_for_selector("#action:not(:empty)")
-    page.wait_for_function("document.getElementById('explain-status').textContent !== 'explaining…'")
+    expect(page.locator("#explain-status")).not_to_have_text("explaining…", timeout=WAIT_MS)  # the explanation came (or was refused)
     page.wait_for_timeout(300)  # images (previews, heatmap) finish decoding
     page.screenshot(path=str(out), full_page=True)
     page.close()
@@ -81,15 +83,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("demos", type=Path, help="the -o folder given to `mmagent demo` (holds customer-service/ and medical/)")
     parser.add_argument("--chromium", default=os.environ.get("MMAGENT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium")
+    parser.add_argument("--only", choices=["customer-service", "medical"], help="regenerate one screenshot")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
     cs, med = args.demos / "customer-service", args.demos / "medical"
-    case = pd.read_csv(med / "data" / "test.csv", dtype=str).iloc[0]
-    jobs = [
-        (cs / "run", {"audio": cs / "data" / "spoken_0.wav"}, DOCS / "page-customer-service.png"),
-        (med / "run", {"image": med / "data" / case["image"], "note": case["note"]}, DOCS / "page-medical.png"),
-    ]
+    jobs = []
+    if args.only in (None, "customer-service"):
+        jobs.append((cs / "run", {"audio": cs / "data" / "spoken_0.wav"}, DOCS / "page-customer-service.png"))
+    if args.only in (None, "medical"):
+        case = pd.read_csv(med / "data" / "test.csv", dtype=str).iloc[0]
+        jobs.append((med / "run", {"image": med / "data" / case["image"], "note": case["note"]}, DOCS / "page-medical.png"))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=args.chromium, headless=True, args=["--no-sandbox"])
         for run_dir, values, out in jobs:

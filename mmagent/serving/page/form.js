@@ -13,7 +13,7 @@ export function el(tag, attrs = {}, ...children) {
 }
 
 const HINTS = {
-  text: "text",
+  text: "free text",
   image: "an image file",
   audio: "an audio file, or record from the microphone",
   numeric: "numbers",
@@ -40,7 +40,9 @@ export class RecordForm {
   control(input, column) {
     const id = `field-${column}`.replace(/[^\w-]/g, "_");
     const wrap = el("div", { class: "field", "data-field": column });
-    const label = el("label", { for: id, text: input.columns.length > 1 || column !== input.name ? column : `${input.name}` });
+    // One column named like its input: the legend already names it (the label stays for screen readers).
+    const alone = input.columns.length === 1 && column === input.name;
+    const label = el("label", { for: id, class: alone ? "sr-only" : "", text: column });
     let control;
     if (input.modality === "text") control = el("textarea", { id, name: column, rows: 3 });
     else if (input.modality === "numeric") control = el("input", { id, name: column, type: "number", step: "any", inputmode: "decimal" });
