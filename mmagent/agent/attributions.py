@@ -140,9 +140,12 @@ def image_heat(scorer: Scorer, name: str) -> tuple[np.ndarray, str]:
         heat = LayerAttribution.interpolate(cam.detach(), (side_h, side_w), interpolate_mode="bilinear")[0, 0]
         method = "grad_cam"
     else:
-        patch = max(1, min(side_h, side_w) // 8)
+        # Patches of a quarter side at half-patch strides (7 x 7 positions): small patches miss
+        # evidence spread over an object, and the overlap smooths the map.
+        patch = max(1, min(side_h, side_w) // 4)
+        stride = max(1, patch // 2)
         attr = Occlusion(forward).attribute(
-            pixels, sliding_window_shapes=(pixels.shape[1], patch, patch), strides=(pixels.shape[1], patch, patch), baselines=0.0, perturbations_per_eval=16
+            pixels, sliding_window_shapes=(pixels.shape[1], patch, patch), strides=(pixels.shape[1], stride, stride), baselines=0.0, perturbations_per_eval=16
         )
         heat = attr[0].sum(0).detach()
         method = "occlusion"
@@ -178,10 +181,25 @@ def audio_importance(scorer: Scorer, name: str, item: Any) -> tuple[np.ndarray, 
         return scorer(name, batch)
 
     with torch.no_grad():
-        attr = Occlusion(forward).attribute(wave[None].to(device), sliding_window_shapes=(window,), strides=(window,), baselines=0.0, perturbations_per_eval=16)
+        attr = Occlusion(forward).attribute(
+            wave[None].to(device),
+            sliding_window_shapes=(window,),
+            strides=(window,),
+            baselines=background(wave, window)[None].to(device),
+            perturbations_per_eval=16,
+        )
     per_sample = attr[0].cpu().numpy()
     starts = range(0, per_sample.size, window)
     return normalise_positive(np.array([per_sample[s : s + window].mean() for s in starts])), window * 1.0 / rate
+
+
+def background(wave: Tensor, window: int) -> Tensor:
+    """What an occluded window becomes: seeded noise at the level of the clip's quietest windows
+    (a tenth quantile of the windows' RMS). Digital silence would be far outside what log-mel
+    encoders saw in training, and the model's reaction to it would swamp the attribution."""
+    rms = torch.stack([wave[s : s + window].pow(2).mean().sqrt() for s in range(0, wave.numel(), window)])
+    level = float(torch.quantile(rms, 0.1))
+    return torch.randn(wave.numel(), generator=torch.Generator().manual_seed(0)) * level
 
 
 # -- numeric and categorical ----------------------------------------------------------------------
