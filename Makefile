@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint format demo bench-smoke examples-smoke clean
+.PHONY: setup browser test test-fast lint format demo bench-smoke examples-smoke clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,13 +17,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[all,dev]" $(TORCH_PINS)
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The page's browser tests drive Debian's chromium (Playwright cannot download its own here):
+# installed with apt-get when missing (as root, or through sudo).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  else echo "error: $(CHROMIUM) is missing; install chromium (apt-get install chromium) as root" >&2; exit 1; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+setup: $(STAMP) browser
 
-test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+test: $(STAMP) browser
+	MMAGENT_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q
+
+test-fast: $(STAMP) browser
+	MMAGENT_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check mmagent tests benchmarks examples

@@ -265,7 +265,7 @@ def serve(
     os.environ[ENV_SETTINGS] = settings.model_dump_json()
     what = f"{registry} alias {alias!r}" if registry is not None else str(run_dir)
     typer.echo(
-        f"serving {what} on http://{settings.host}:{settings.port} on {settings.torch_device()} ({settings.workers} worker(s), batches of up to {settings.max_batch_size} / {settings.max_wait_ms:g} ms, API key {'required' if keys else 'not required'})",
+        f"serving {what} on http://{settings.host}:{settings.port} on {settings.torch_device()} ({settings.workers} worker(s), batches of up to {settings.max_batch_size} / {settings.max_wait_ms:g} ms, API key {'required' if keys else 'not required'}); try it in a browser at http://{settings.host}:{settings.port}/",
         err=True,
     )
     uvicorn.run(

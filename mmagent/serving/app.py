@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mmagent.serving.batching import MicroBatcher
 from mmagent.serving.metrics import Instrument, Metrics
 from mmagent.serving.middleware import Guard
+from mmagent.serving.page import build_page_router
 from mmagent.serving.routes import ServingState, blame_rows, build_router
 from mmagent.serving.schemas import ApiError
 from mmagent.serving.security import API_KEY_HEADER, install_redaction
@@ -115,6 +116,7 @@ def create_app(source: str | Path | Any, settings: ServeSettings | None = None) 
     app.add_middleware(Instrument, metrics=metrics)
     _install_error_handlers(app)
     app.include_router(build_router(spec, settings))
+    app.include_router(build_page_router())  # GET /: the page to try the agent (no model data in it)
     return app
 
 

@@ -9,6 +9,8 @@ dependencies (``Depends``), so each route says what it needs and nothing is a cl
     GET  /readyz       the model is loaded (503 until then)
     GET  /metrics      Prometheus: requests by endpoint and status, latency, batch sizes
     GET  /docs         OpenAPI UI (/openapi.json); with API keys set, both need a key
+    GET  /             the page to try the agent (mmagent.serving.page: a static shell, no key needed,
+                       nothing of the model in it; it reads everything above with the key)
 """
 
 from __future__ import annotations
