@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import typer
 
+from mmagent import cli_drift
 from mmagent.cli_support import decision_row, load_saved, model_folder, prediction_row, resolve_device, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="mmagent: fine-tune multimodal encoders into agents that predict, explain and act.")
@@ -345,6 +346,9 @@ def demo(
     from mmagent.demo import run_demo
 
     run_demo(name, output / name, quick)
+
+
+app.registered_commands += cli_drift.commands.registered_commands
 
 
 def main() -> None:  # pragma: no cover

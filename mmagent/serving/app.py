@@ -77,7 +77,7 @@ def create_app(source: str | Path | Any, settings: ServeSettings | None = None) 
             torch.set_num_threads(settings.torch_threads)
         loader = None
         if agent is not None:
-            _on_loaded(state, agent)
+            _on_loaded(state, agent, None)
         else:
             loader = asyncio.get_running_loop().create_task(_load_in_background(state, run_dir))  # type: ignore[arg-type]
         try:
@@ -117,7 +117,9 @@ def create_app(source: str | Path | Any, settings: ServeSettings | None = None) 
     return app
 
 
-def _on_loaded(state: ServingState, loaded: Any) -> None:
+def _on_loaded(state: ServingState, loaded: Any, run_dir: Path | None) -> None:
+    from mmagent.lifecycle.monitor import drift_monitor
+
     settings, metrics = state.settings, state.metrics
     state.agent = loaded
     metrics.ready.set(1)
@@ -126,7 +128,12 @@ def _on_loaded(state: ServingState, loaded: Any) -> None:
     def act(recs: list[Any]) -> list[Any]:
         return [d.model_dump(mode="json") for d in loaded.act_many(recs, explain=settings.explain)]
 
+    # Drift watch: every answered batch leaves cheap summaries in a bounded window (see lifecycle.monitor).
+    monitor = drift_monitor(run_dir, loaded, settings.drift_window)
+    if monitor is not None:
+        metrics.registry.register(monitor)
     for kind, fn in (("predict", loaded.predict), ("act", act)):
+        fn = monitor.wrap(fn) if monitor is not None else fn
         batcher = MicroBatcher(fn, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, ex, metrics.batch_observer(kind), kind, blame_rows)
         batcher.start()
         state.batchers[kind] = batcher
@@ -145,7 +152,7 @@ async def _load_in_background(state: ServingState, run_dir: Path) -> None:
         state.error = f"{type(e).__name__}: {e}"
         log.error("could not load %s: %s", run_dir, state.error)
         return
-    _on_loaded(state, loaded)
+    _on_loaded(state, loaded, run_dir)
     log.info(
         "model loaded from %s in %.1f s; batching up to %d records / %g ms",
         run_dir,

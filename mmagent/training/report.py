@@ -12,6 +12,7 @@ from mmagent import runs
 from mmagent.agent.fitting import calibrate, escalation_threshold
 from mmagent.inference import make_loader
 from mmagent.io import atomic_path, write_json, write_text
+from mmagent.lifecycle.profile import profile_at_end_of_training
 from mmagent.model import MultimodalModel
 from mmagent.runs import read_metrics_log
 from mmagent.training.evaluate import ablation_table, evaluate
@@ -54,6 +55,7 @@ def finalize_run(
         plots,
         n=(len(splits.train), len(splits.validation), len(splits.test) if splits.test else 0),
     )
+    profile_at_end_of_training(run_dir, splits.train, splits.validation, device)  # drift_profile.json, for drift watch
     if progress:
         print(f"run saved to {run_dir} (report: {run_dir / runs.REPORT_FILE})")
         if escalation and not escalation.get("reached", True):
