@@ -3,6 +3,7 @@ and the server's drift gauges on /metrics after real HTTP traffic."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 import time
 from pathlib import Path
@@ -182,8 +183,17 @@ def test_metrics_expose_drift_gauges_that_move_after_shifted_traffic(drift_run: 
     from mmagent.serving.app import create_app
     from mmagent.serving.settings import ServeSettings
 
-    same = pd.read_csv(drift_run["same"])[["text", "x"]].sample(frac=1.0, random_state=0).to_dict("records")  # row order tracks text length
-    shifted = pd.read_csv(drift_run["longer_text"])[["text", "x"]].assign(x=lambda f: f.x + 10.0).to_dict("records")
+    folder = drift_run["folder"]
+
+    def records(table: Path) -> list[dict]:
+        """The table's rows as JSON records, images and audio base64-encoded, in a seeded order
+        (the toy's text length follows the row number)."""
+        frame = pd.read_csv(table).drop(columns=["label"]).sample(frac=1.0, random_state=0)
+        for media in ("image", "audio"):
+            frame[media] = [base64.b64encode((folder / p).read_bytes()).decode() for p in frame[media]]
+        return frame.to_dict("records")
+
+    same, shifted = records(drift_run["same"]), [{**r, "x": r["x"] + 10.0} for r in records(drift_run["longer_text"])]
     psi_x, psi_len = ("mmagent_drift_psi", (("feature", "x"), ("input", "x"))), ("mmagent_drift_psi", (("feature", "length"), ("input", "text")))
     with TestClient(create_app(drift_run["run"], ServeSettings(drift_window=100))) as client:
         for _ in range(600):  # the model loads in the background
