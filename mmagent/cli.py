@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import typer
 
-from mmagent import cli_explain, cli_lifecycle, cli_report
+from mmagent import cli_drift, cli_explain, cli_lifecycle, cli_report
 from mmagent.cli_support import decision_row, load_saved, model_folder, prediction_row, resolve_device, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="mmagent: fine-tune multimodal encoders into agents that predict, explain and act.")
@@ -366,6 +366,7 @@ def demo(
 app.registered_commands += cli_report.commands.registered_commands
 app.registered_commands += cli_explain.commands.registered_commands
 app.registered_commands += cli_lifecycle.commands.registered_commands
+app.registered_commands += cli_drift.commands.registered_commands
 
 
 def main() -> None:  # pragma: no cover

@@ -200,12 +200,14 @@ class _Search:
         # With no pretrained encoder to fine-tune, every rung would be the same model.
         self.strategies = list(plan.strategies) if tunable_inputs(raw) else ["full"]
         self.leaderboard = Leaderboard(metric="", larger_better=raw["targets"][0]["type"] != "regression")
-        # Time kept back for promoting the winner: validation, test, ablation and calibration passes.
+        # Time kept back for promoting the winner: validation, test, ablation, calibration and drift-profile passes.
         n_test = len(splits.test) if splits.test is not None else 0
         # (plus a fixed allowance for the report's plots and files).
         # Capped, so a slow measurement (a busy machine) cannot leave no time to train.
         per_sample = sum(c.load.values()) + c.forward
-        self.reserve = min(0.3 * clock.budget, 15.0 + 1.5 * per_sample * (self.n_val + n_test * (len(raw["inputs"]) + 2)))
+        # The drift profile adds a pass over validation and up to 512 training rows.
+        passes = self.n_val + n_test * (len(raw["inputs"]) + 2) + self.n_val + min(self.n_train, 512)
+        self.reserve = min(0.3 * clock.budget, 15.0 + 1.5 * per_sample * passes)
 
     def _ladder(self, seconds: float) -> list[dict[str, Any]]:
         """The rungs that can finish at least one epoch, cheapest first, each with as many epochs

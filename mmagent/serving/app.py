@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -121,8 +122,12 @@ def create_app(source: str | Path | Any, settings: ServeSettings | None = None) 
 
 
 def _install(state: ServingState, served: Served) -> None:
-    """Put ``served`` in service: one assignment, read once per batch by the batch functions."""
+    """Put ``served`` in service: one assignment, read once per batch by the batch functions.
+    Each version gets its own drift monitor (its run's profile), built here, off the request path."""
+    from mmagent.lifecycle.monitor import drift_monitor
+
     previous = state.version
+    served = dataclasses.replace(served, monitor=drift_monitor(served.run_dir, served.agent, state.settings.drift_window))
     state.served = served
     state.metrics.model_version.info({"version": str(served.version)})
     if previous is not None:
@@ -132,6 +137,9 @@ def _install(state: ServingState, served: Served) -> None:
 def _on_loaded(state: ServingState, served: Served) -> None:
     settings, metrics = state.settings, state.metrics
     _install(state, served)
+    # Drift watch: every answered batch leaves cheap summaries in a bounded window
+    # (lifecycle.monitor); /metrics reads the monitor of the version in service.
+    metrics.registry.register(_ServedDrift(state))
     metrics.ready.set(1)
     ex = state.executor
 
@@ -139,11 +147,17 @@ def _on_loaded(state: ServingState, served: Served) -> None:
     # version travels with every result, so the reply says which one answered.
     def predict(recs: list[Any]) -> list[Any]:
         now = state.served
-        return [(now.version, r) for r in now.agent.predict(recs)]
+        fn = now.monitor.wrap(now.agent.predict) if now.monitor is not None else now.agent.predict
+        return [(now.version, r) for r in fn(recs)]
 
     def act(recs: list[Any]) -> list[Any]:
         now = state.served
-        return [(now.version, d.model_dump(mode="json")) for d in now.agent.act_many(recs, explain=settings.explain)]
+
+        def decide(batch: list[Any]) -> list[Any]:
+            return [d.model_dump(mode="json") for d in now.agent.act_many(batch, explain=settings.explain)]
+
+        fn = now.monitor.wrap(decide) if now.monitor is not None else decide
+        return [(now.version, d) for d in fn(recs)]
 
     for kind, fn in (("predict", predict), ("act", act)):
         batcher = MicroBatcher(fn, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, ex, metrics.batch_observer(kind), kind, blame_rows)
@@ -172,6 +186,21 @@ async def _load_in_background(state: ServingState, swapper: Swapper) -> None:
         settings.max_wait_ms,
         f"; checking for new versions every {settings.watch_s:g} s" if settings.watch_s > 0 else "",
     )
+
+
+class _ServedDrift:
+    """A Prometheus collector: the drift gauges of the version in service (none without a profile)."""
+
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    def describe(self) -> list[Any]:
+        return []  # collected on every scrape: the gauges change with the version in service
+
+    def collect(self) -> Any:
+        served = self.state.served
+        if served is not None and served.monitor is not None:
+            yield from served.monitor.collect()
 
 
 def _install_error_handlers(app: FastAPI) -> None:

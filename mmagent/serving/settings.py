@@ -47,6 +47,7 @@ class ServeSettings(BaseModel):
     body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this many seconds of the request (408 and close beyond)")
     max_text_chars: int = Field(100_000, ge=1, description="characters per text field")
     explain: bool = Field(True, description="/v1/act: per-input contributions (costs one extra forward pass per input)")
+    drift_window: int = Field(1000, ge=0, description="recent records the drift watch scores on /metrics (0 = off; needs the run's drift_profile.json)")
     device: str = Field("cpu", description="torch device for the model: cpu, cuda, cuda:N or auto (cuda when available)")
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads (default: torch's choice); 1 is often fastest for small models on busy or shared CPUs"

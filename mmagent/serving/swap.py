@@ -34,6 +34,8 @@ class Served:
 
     agent: Any
     version: str
+    run_dir: Path | None = None  # where it was loaded from (None: an agent handed in)
+    monitor: Any = None  # its drift monitor (lifecycle.monitor), when the run has a profile
 
 
 class Source(Protocol):
@@ -143,7 +145,7 @@ class Swapper:
                 f"version {version} takes other inputs than the schema clients use ({got} instead of {self.signature}); keeping the version in service"
             )
         agent.version = version
-        return Served(agent, version)
+        return Served(agent, version, run_dir)
 
     def check_once(self) -> bool:
         """Poll once; load and install a new version if there is one. True when a swap happened."""

@@ -13,6 +13,7 @@ from mmagent import runs
 from mmagent.agent.fitting import calibrate, escalation_threshold
 from mmagent.inference import Predictions, make_loader
 from mmagent.io import atomic_path, write_json, write_text
+from mmagent.lifecycle.profile import profile_at_end_of_training
 from mmagent.model import MultimodalModel
 from mmagent.training.evaluate import ablation_table, evaluate
 from mmagent.training.figures import render_figures
@@ -46,6 +47,7 @@ def finalize_run(run_dir: Path, config: ExperimentConfig, splits: Splits, device
     write_json(run_dir / runs.METRICS_FILE, {**metrics, "ablation": ablation, "calibration": calibration, "rows": rows})
     save_predictions(run_dir, "test" if test_preds is not None else "validation", test_preds or val_preds)
     write_reports(run_dir)
+    profile_at_end_of_training(run_dir, splits.train, splits.validation, device)  # drift_profile.json, for drift watch
     if progress:
         print(f"run saved to {run_dir} (report: {run_dir / runs.REPORT_FILE}, {run_dir / runs.REPORT_HTML_FILE})")
         if escalation and not escalation.get("reached", True):
