@@ -11,8 +11,11 @@
    new intents before (0: RUN cannot know them) and after; on old intents before and after.
    Targets (issue 13): new >= 85 %, old drop <= 1 point.
 
-The promotion check and the drift score come from other parts of the lifecycle; their hooks are
-below (:func:`promotion_check`, :func:`drift_score`) and report ``None`` until wired in.
+4. Promotion (on the validation table): the first run takes ``production``, the updated run
+   challenges it, then the first run (blind to the new intents: a deliberately worse challenger)
+   challenges the updated one and must be refused.
+5. Drift: ``mmagent drift`` of the first run on old-intent test traffic vs new-intent test traffic;
+   the new intents' scores must stand clearly above.
 """
 
 from __future__ import annotations
@@ -66,10 +69,21 @@ def promotion_check(parent: Path, candidate: Path, evaluation: Path, registry: P
     }
 
 
-def drift_score(reference: Path, current: Path) -> float | None:
-    """HOOK (branch drift: ``mmagent/lifecycle/drift.py``): how far the new rows drifted from the
-    old training rows. Returns the score, or None until wired."""
-    return None
+def drift_scores_by_traffic(run: Path, test: Path, new: list[str], folder: Path) -> dict[str, dict[str, Any]]:
+    """``mmagent drift`` of the first run (which never saw the new intents) on two kinds of traffic
+    from the test split: old-intent rows (in distribution) and new-intent rows. Per traffic: the
+    text-embedding PSI and shift, the confidence drop, and the verdict."""
+    from mmagent.lifecycle.drift import drift_scores
+
+    frame = pd.read_csv(test, dtype=str, keep_default_na=False)
+    out = {}
+    for name, rows in (("in_distribution", frame[~frame["intent"].isin(new)]), ("new_intents", frame[frame["intent"].isin(new)])):
+        path = folder / f"traffic_{name}.csv"
+        rows[["text"]].to_csv(path, index=False)  # traffic has no labels
+        result = drift_scores(run, path)
+        picked = {f"{r['score']}:{r['feature']}": r["value"] for r in result["scores"] if r["input"] in ("text", "prediction")}
+        out[name] = {"rows": len(rows), "retraining_due": bool(result["retrain"]), "reasons": result.get("reasons", []), **picked}
+    return out
 
 
 # -- the benchmark -------------------------------------------------------------------------------------
@@ -151,7 +165,11 @@ def run(args: Any) -> int:
         row(NAME, v, "promotion: updated run replaces the first (1 = yes)", float(promotion["updated_run_promoted"]), 0.0),
         row(NAME, v, "promotion: the first run, now worse, is refused (1 = yes)", float(promotion["worse_challenger_refused"]), 0.0, reference="1"),
     ]
-    drift = drift_score(paths["old_train"], paths["new_train"])
+    drift = drift_scores_by_traffic(folder / "run", paths["test"], new, folder / "data")
+    for traffic in ("in_distribution", "new_intents"):
+        d = drift[traffic]
+        rows.append(row(NAME, v, f"drift, {traffic} traffic: text embedding PSI", d.get("psi:embedding_distance") or float("nan"), 0.0, n=d["rows"]))
+        rows.append(row(NAME, v, f"drift, {traffic} traffic: retraining due (1 = yes)", float(d["retraining_due"]), 0.0, n=d["rows"]))
     write_quality_result(NAME, rows, args, start, prep_s, **extra, promotion=promotion, drift=drift)
     return 0
 
