@@ -41,6 +41,7 @@ from mmagent.serving.routes import ServingState, blame_rows, build_router
 from mmagent.serving.schemas import ApiError
 from mmagent.serving.security import API_KEY_HEADER, install_redaction
 from mmagent.serving.settings import ENV_RUN_DIR, ServeSettings
+from mmagent.serving.threads import apply_plan, plan_threads, register_metrics
 from mmagent.specs import ModelSpec
 
 log = logging.getLogger("mmagent.serving")
@@ -65,21 +66,20 @@ def create_app(source: str | Path | Any, settings: ServeSettings | None = None) 
         spec = ModelSpec.model_validate(json.loads((model_dir / "model.json").read_text()))
     metrics = Metrics()
     state = ServingState(spec, settings, keys, metrics)
+    threads = plan_threads(settings)
+    register_metrics(metrics.registry, threads)
     install_redaction()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # One model thread: torch already uses every core inside a call, two calls would fight.
         state.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmagent-model")
-        if settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)
+        apply_plan(threads)  # model threads vs the event loop: serving/threads.py
         loader = None
         if agent is not None:
             _on_loaded(state, agent)
         else:
-            loader = asyncio.get_running_loop().create_task(_load_in_background(state, run_dir))  # type: ignore[arg-type]
+            loader = asyncio.get_running_loop().create_task(_load_in_background(state, run_dir, threads.model_threads))  # type: ignore[arg-type]
         try:
             yield
         finally:
@@ -133,23 +133,27 @@ def _on_loaded(state: ServingState, loaded: Any) -> None:
         metrics.queue.labels(kind).set_function(lambda b=batcher: b.pending)
 
 
-async def _load_in_background(state: ServingState, run_dir: Path) -> None:
+async def _load_in_background(state: ServingState, run_dir: Path, threads: int) -> None:
     from mmagent.agent import Agent
 
     settings = state.settings
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     try:
-        loaded = await loop.run_in_executor(state.executor, lambda: Agent.load(run_dir, device=settings.torch_device()))
+        loaded = await loop.run_in_executor(
+            state.executor, lambda: Agent.load(run_dir, device=settings.torch_device(), backend=settings.backend, threads=threads)
+        )
     except Exception as e:  # noqa: BLE001 - /readyz reports it; the process stays up for /healthz
         state.error = f"{type(e).__name__}: {e}"
         log.error("could not load %s: %s", run_dir, state.error)
         return
     _on_loaded(state, loaded)
     log.info(
-        "model loaded from %s in %.1f s; batching up to %d records / %g ms",
+        "model loaded from %s in %.1f s (backend %s, %d model thread(s)); batching up to %d records / %g ms",
         run_dir,
         time.perf_counter() - started,
+        settings.backend,
+        threads,
         settings.max_batch_size,
         settings.max_wait_ms,
     )

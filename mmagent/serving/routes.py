@@ -30,6 +30,7 @@ from mmagent.serving.metrics import Metrics
 from mmagent.serving.schemas import ERRORS, ActResponse, ApiError, Health, PredictResponse, SchemaResponse, openapi_body, request_models
 from mmagent.serving.security import API_KEY_HEADER, key_matches
 from mmagent.serving.settings import ServeSettings
+from mmagent.serving.threads import runtime_summary
 from mmagent.specs import InputSpec, ModelSpec
 
 
@@ -232,6 +233,7 @@ def _schema(state: ServingState) -> dict[str, Any]:
             "max_text_chars": settings.max_text_chars,
         },
         "batching": {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms},
+        "runtime": runtime_summary(settings, loaded),
     }
 
 

@@ -103,6 +103,7 @@ class SchemaResponse(BaseModel):
     policy: Optional[str] = None
     limits: dict[str, int | float]
     batching: dict[str, int | float]
+    runtime: Optional[dict[str, int | str]] = None  # backend and thread plan (serving/threads.py)
 
 
 class Health(BaseModel):

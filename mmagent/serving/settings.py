@@ -12,9 +12,9 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "MMAGENT_"
 ENV_SETTINGS = "MMAGENT_SERVE_SETTINGS"  # JSON of ServeSettings, handed to uvicorn worker processes
@@ -48,8 +48,9 @@ class ServeSettings(BaseModel):
     max_text_chars: int = Field(100_000, ge=1, description="characters per text field")
     explain: bool = Field(True, description="/v1/act: per-input contributions (costs one extra forward pass per input)")
     device: str = Field("cpu", description="torch device for the model: cpu, cuda, cuda:N or auto (cuda when available)")
+    backend: Literal["torch", "onnx"] = Field("torch", description="what runs the model: torch, or onnx (its ONNX export in ONNX Runtime, CPU)")
     torch_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads (default: torch's choice); 1 is often fastest for small models on busy or shared CPUs"
+        None, ge=1, description="model intra-op threads (default: usable cores per worker minus one for the event loop; see serving/threads.py)"
     )
     api_key_file: Path | None = Field(None, description="file with one API key per line")
     api_keys: list[SecretStr] = Field(default_factory=list, exclude=True, description="accepted API keys (not serialized)")
@@ -72,8 +73,17 @@ class ServeSettings(BaseModel):
             raise ValueError(f"unknown device {v!r}; use cpu, cuda, cuda:N or auto")
         return v
 
+    @model_validator(mode="after")
+    def _backend_device(self) -> ServeSettings:
+        if self.backend == "onnx" and self.device.startswith("cuda"):
+            raise ValueError(f"backend onnx runs on the CPU (onnxruntime's CPU provider); use device cpu or auto, not {self.device}")
+        return self
+
     def torch_device(self) -> str:
-        """The device to load the model on: ``auto`` is cuda when torch sees a GPU, else cpu."""
+        """The device to load the model on: ``auto`` is cuda when torch sees a GPU, else cpu (always
+        cpu for the onnx backend)."""
+        if self.backend == "onnx":
+            return "cpu"
         if self.device != "auto":
             return self.device
         import torch
