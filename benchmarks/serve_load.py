@@ -1,24 +1,32 @@
-"""HTTP load on `mmagent serve`: the micro-batching gain on the real customer-service agent.
+"""HTTP load on `mmagent serve`: micro-batching and the ONNX Runtime backend on the real
+customer-service agent.
 
-    python benchmarks/serve_load.py [--run-dir RUN] [--clients 1 8 32] [--requests 400] [--smoke]
+    python -m benchmarks.serve_load [--run-dir RUN] [--clients 1 8 32] [--requests 400] [--rounds 2] [--draft | --smoke]
 
 The agent served is the zoo MiniLM-L6 customer-service model (``source: zoo, name: minilm-l6``,
 installed offline: README "Offline zoo"), not a tiny random model, so the numbers say what
-batching buys on a real encoder. Without ``--run-dir`` a small one is trained first on the demo's
-customer-service utterances (the encoder frozen, its features cached: seconds of training; the
-served model still runs the full MiniLM forward pass per request, which is what is measured).
+batching and ONNX Runtime buy on a real encoder. Without ``--run-dir`` a small one is trained
+first on the demo's customer-service utterances (the encoder frozen, its features cached: seconds
+of training; the served model still runs the full MiniLM forward pass per request, which is what
+is measured).
 
-A real server process (``python -m mmagent serve``, uvicorn) on loopback is driven with
-``--clients`` concurrent httpx clients (one kept-alive connection each) posting one utterance per
-request to ``--endpoint`` (default ``/v1/act``: the agent's decision), twice with a fresh server
-each time: micro-batched (``--max-batch-size 32``) and one at a time (``1``). Per mode and client
-count: throughput, p50 / p99 / mean latency, errors by kind, and the server's mean batch size
-(from its /metrics); then the throughput ratio batched / one-at-a-time per client count. Results:
-``benchmarks/results/serve_load.json`` (``serve_load.smoke.json`` for ``--smoke``, which trains
-on fewer utterances and sends few requests: for CI).
+Four real server processes (``python -m mmagent serve``, uvicorn, loopback) run side by side:
+PyTorch and ONNX Runtime (``--backend onnx``; exported once before they start), each
+micro-batched (``--max-batch-size 32``) and one request at a time (``1``). Each keeps the thread
+plan ``serve`` picks for this machine (reported from its ``/v1/schema``) unless ``--threads``.
+For each client count, the four configurations are measured in turn, ``--rounds`` times in a
+rotating order, so a change in machine load spreads over all of them instead of favouring one;
+the rounds are pooled. ``--clients`` concurrent httpx clients (one kept-alive connection each)
+post one utterance per request to ``--endpoint`` (default ``/v1/act``: the agent's decision).
+Per configuration and client count: throughput, p50 / p99 / mean latency, errors by kind (0
+required: the exit status is 1 otherwise), the server's mean batch size (from its /metrics) and
+the 1-minute load average before each measurement; then the throughput ratios micro-batched /
+one-at-a-time and onnx / torch. Results: ``benchmarks/results/serve_load.json``
+(``.draft.json`` with ``--draft``, ``.smoke.json`` with ``--smoke``: a smaller model, few
+requests, for CI).
 
-The load generator runs on the same machine as the server and takes CPU from it; both modes pay
-that cost alike.
+The load generator runs on the same machine as the servers and takes CPU from them; every
+configuration pays that cost alike.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/serve_load.py` as well as `python -m benchmarks.serve_load`
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import BenchParser, write_result  # noqa: E402
 
 NAME = "serve_load"
 
@@ -98,7 +106,7 @@ def free_port() -> int:
 class Server:
     """``python -m mmagent serve`` in a subprocess on loopback, with an API key."""
 
-    def __init__(self, run_dir: Path, max_batch_size: int, max_wait_ms: float, log: Path, threads: int | None = None) -> None:
+    def __init__(self, run_dir: Path, max_batch_size: int, max_wait_ms: float, log: Path, threads: int | None = None, backend: str = "torch") -> None:
         self.key = secrets.token_urlsafe(24)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -115,6 +123,8 @@ class Server:
             str(max_batch_size),
             "--max-wait-ms",
             str(max_wait_ms),
+            "--backend",
+            backend,
             "--log-level",
             "warning",
         ] + (["--threads", str(threads)] if threads else [])
@@ -141,6 +151,11 @@ class Server:
         import httpx
 
         return httpx.get(self.url + "/metrics", headers={"X-API-Key": self.key}, timeout=10).text
+
+    def runtime(self) -> dict[str, Any]:
+        import httpx
+
+        return httpx.get(self.url + "/v1/schema", headers={"X-API-Key": self.key}, timeout=10).json().get("runtime") or {}
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -188,6 +203,7 @@ async def drive(url: str, key: str, bodies: list[dict[str, Any]], clients: int, 
         "p50_ms": 1000 * _quantile(lat, 0.50),
         "p99_ms": 1000 * _quantile(lat, 0.99),
         "mean_ms": 1000 * statistics.fmean(lat) if lat else float("nan"),
+        "latencies": lat,
     }
 
 
@@ -208,49 +224,107 @@ def batch_stats(metrics: str, kind: str = "predict") -> dict[str, float]:
     return {"model_calls": calls, "records": records, "mean_batch_size": records / calls if calls else float("nan")}
 
 
-def run_mode(run_dir: Path, bodies: list[dict[str, Any]], args: argparse.Namespace, max_batch_size: int, logs: Path) -> dict[int, dict[str, Any]]:
-    """One server with this batch limit; each client count in turn (warmed up, then measured)."""
-    server = Server(run_dir, max_batch_size, args.max_wait_ms, logs / f"server_bs{max_batch_size}.log", args.threads or None)
-    out = {}
+CONFIGS = [("torch", "micro-batched"), ("onnx", "micro-batched"), ("torch", "one at a time"), ("onnx", "one at a time")]
+
+
+def measure(server: Server, bodies: list[dict[str, Any]], clients: int, requests: int, endpoint: str) -> dict[str, Any]:
+    """One measurement on a running server: warm-up (not measured), then ``requests`` requests."""
+    kind = endpoint.rsplit("/", 1)[-1]
+    asyncio.run(drive(server.url, server.key, bodies, clients, min(requests, 2 * clients), endpoint))
+    load = os.getloadavg()[0]
+    before = batch_stats(server.metrics(), kind)
+    result = asyncio.run(drive(server.url, server.key, bodies, clients, requests, endpoint))
+    after = batch_stats(server.metrics(), kind)
+    result["model_calls"] = after["model_calls"] - before["model_calls"]
+    result["records_batched"] = after["records"] - before["records"]
+    result["load_1min"] = load
+    return result
+
+
+def pool(parts: list[dict[str, Any]], latencies: list[list[float]]) -> dict[str, Any]:
+    """Rounds of one configuration pooled: throughput over the summed time, quantiles over all latencies."""
+    lat = sorted(x for part in latencies for x in part)
+    seconds = sum(p["seconds"] for p in parts)
+    errors: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["error_kinds"].items():
+            errors[k] = errors.get(k, 0) + v
+    calls = sum(p["model_calls"] for p in parts)
+    return {
+        "rounds": len(parts),
+        "answered": len(lat),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "seconds": round(seconds, 3),
+        "throughput_rps": len(lat) / seconds if seconds else 0.0,
+        "throughput_rps_per_round": [p["throughput_rps"] for p in parts],
+        "p50_ms": 1000 * _quantile(lat, 0.50),
+        "p99_ms": 1000 * _quantile(lat, 0.99),
+        "mean_ms": 1000 * statistics.fmean(lat) if lat else float("nan"),
+        "mean_batch_size": sum(p["records_batched"] for p in parts) / calls if calls else float("nan"),
+        "load_1min": [p["load_1min"] for p in parts],
+    }
+
+
+def run_all_configs(run_dir: Path, bodies: list[dict[str, Any]], args: argparse.Namespace, logs: Path) -> tuple[dict[str, dict[int, Any]], dict[str, Any]]:
+    """The four servers side by side; per client count, each configuration in a rotating order."""
+    servers: dict[str, Server] = {}
     try:
-        server.wait_ready()
+        for backend, mode in CONFIGS:
+            bs = args.max_batch_size if mode == "micro-batched" else 1
+            servers[f"{backend}, {mode}"] = Server(run_dir, bs, args.max_wait_ms, logs / f"server_{backend}_bs{bs}.log", args.threads or None, backend)
+        for server in servers.values():
+            server.wait_ready()
+        runtime = {label: server.runtime() for label, server in servers.items()}
+        for label, rt in runtime.items():
+            print(f"  {label}: {rt.get('model_threads')} model thread(s) on {rt.get('cores')} core(s), chosen by {rt.get('chosen_by')}", flush=True)
+        out: dict[str, dict[int, Any]] = {label: {} for label in servers}
+        labels = list(servers)
         for clients in args.clients:
-            asyncio.run(drive(server.url, server.key, bodies, clients, min(args.requests, 2 * clients), args.endpoint))  # not measured
-            before = batch_stats(server.metrics(), args.endpoint.rsplit("/", 1)[-1])
-            result = asyncio.run(drive(server.url, server.key, bodies, clients, args.requests, args.endpoint))
-            after = batch_stats(server.metrics(), args.endpoint.rsplit("/", 1)[-1])
-            calls = after["model_calls"] - before["model_calls"]
-            result["model_calls"] = calls
-            result["mean_batch_size"] = (after["records"] - before["records"]) / calls if calls else float("nan")
-            result["max_batch_size"] = max_batch_size
-            out[clients] = result
-            print(
-                f"  {clients:>3} clients: {result['throughput_rps']:.1f} req/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, errors {result['errors']} {result['error_kinds'] or ''}, mean batch {result['mean_batch_size']:.1f}",
-                flush=True,
-            )
+            parts: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+            for r in range(args.rounds):
+                for label in labels[r % len(labels) :] + labels[: r % len(labels)]:  # rotate who goes first
+                    parts[label].append(measure(servers[label], bodies, clients, args.requests, args.endpoint))
+            for label in labels:
+                out[label][clients] = m = pool(parts[label], [p.pop("latencies") for p in parts[label]])
+                print(
+                    f"  {clients:>3} clients, {label:<26}: {m['throughput_rps']:.1f} req/s, p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
+                    f"errors {m['errors']} {m['error_kinds'] or ''}, mean batch {m['mean_batch_size']:.1f}, load {m['load_1min']}",
+                    flush=True,
+                )
+        return out, runtime
     finally:
-        server.stop()
-    return out
+        for server in servers.values():
+            server.stop()
+
+
+def export_once(run_dir: Path) -> dict[str, Any]:
+    """Make (or check) the ONNX export before the servers start, so none of them exports on its own."""
+    from mmagent.agent import Agent
+
+    started = time.perf_counter()
+    info = Agent.load(run_dir, backend="onnx").runner.info
+    return {**info, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = BenchParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", type=Path, default=None, help="a customer-service run to serve (default: train a small zoo MiniLM one into a temp folder)")
     p.add_argument("--clients", type=int, nargs="+", default=None, help="concurrent client counts (default 1 8 32; --smoke: 1 4)")
-    p.add_argument("--requests", type=int, default=None, help="measured requests per mode and client count (default 400; --smoke: 8)")
-    p.add_argument("--max-batch-size", type=int, default=32, help="batch limit of the micro-batched mode")
+    p.add_argument("--requests", type=int, default=None, help="measured requests per configuration, client count and round (default 400; --smoke: 8)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds per client count, configurations in a rotating order (default 2; --smoke: 1)")
+    p.add_argument("--max-batch-size", type=int, default=32, help="batch limit of the micro-batched configurations")
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--endpoint", default="/v1/act", choices=["/v1/predict", "/v1/act"])
     p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="server's torch intra-op threads (`mmagent serve --threads`); 0 = torch's default. Default 1: on a small shared machine, intra-op threads mostly wait on each other",
+        "--threads", type=int, default=0, help="servers' model threads (`mmagent serve --threads`); 0 (default): the plan serve picks for this machine"
     )
     p.add_argument("--smoke", action="store_true", help="a smaller model and few requests (CI); writes serve_load.smoke.json")
+    p.add_argument("--draft", action="store_true", help="allow a dirty git tree; writes serve_load.draft.json, never RESULTS.md")
     args = p.parse_args(argv)
     args.clients = args.clients or ([1, 4] if args.smoke else [1, 8, 32])
     args.requests = args.requests or (8 if args.smoke else 400)
+    args.rounds = args.rounds or (1 if args.smoke else 2)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     started = time.perf_counter()
@@ -262,47 +336,57 @@ def main(argv: list[str] | None = None) -> int:
             print("training a small customer-service agent on the zoo MiniLM-L6 encoder ...", flush=True)
             run_dir = train_customer_service(tmp_path, 4 if args.smoke else 30)
         bodies = payloads(run_dir)
-        modes = {}
-        for label, bs in (("micro-batched", args.max_batch_size), ("one at a time", 1)):
-            print(f"{label}: max_batch_size {bs}, {args.requests} requests per client count ...", flush=True)
-            modes[label] = run_mode(run_dir, bodies, args, bs, tmp_path)
+        exported = export_once(run_dir)
+        print(
+            f"onnx export: {'made' if exported['exported_now'] else 'reused'} in {exported['seconds']} s, max abs diff vs PyTorch {exported['max_abs_diff']:.2g}",
+            flush=True,
+        )
+        print(f"{len(CONFIGS)} servers; {args.requests} requests per configuration, client count and round; {args.rounds} round(s) ...", flush=True)
+        results, runtime = run_all_configs(run_dir, bodies, args, tmp_path)
     wall = round(time.perf_counter() - started, 1)
     rows, ratios = [], {}
     for clients in args.clients:
-        for label, per_clients in modes.items():
+        for label, per_clients in results.items():
             m = per_clients[clients]
             for metric in ("throughput_rps", "p50_ms", "p99_ms", "errors", "mean_batch_size"):
                 rows.append({"benchmark": NAME, "variant": f"MiniLM agent, {label}, {clients} clients", "metric": metric, "value": m[metric], "wall_s": wall})
-        one = modes["one at a time"][clients]["throughput_rps"]
-        ratios[clients] = modes["micro-batched"][clients]["throughput_rps"] / one if one else float("nan")
-        rows.append(
-            {
-                "benchmark": NAME,
-                "variant": f"MiniLM agent, batched / one at a time, {clients} clients",
-                "metric": "throughput_ratio",
-                "value": ratios[clients],
-                "wall_s": wall,
-            }
-        )
+        tput = {label: per[clients]["throughput_rps"] for label, per in results.items()}
+        pairs = {
+            "torch: micro-batched / one at a time": ("torch, micro-batched", "torch, one at a time"),
+            "onnx: micro-batched / one at a time": ("onnx, micro-batched", "onnx, one at a time"),
+            "micro-batched: onnx / torch": ("onnx, micro-batched", "torch, micro-batched"),
+            "one at a time: onnx / torch": ("onnx, one at a time", "torch, one at a time"),
+        }
+        for name, (num, den) in pairs.items():
+            ratio = tput[num] / tput[den] if tput[den] else float("nan")
+            ratios.setdefault(name, {})[str(clients)] = ratio
+            rows.append(
+                {"benchmark": NAME, "variant": f"MiniLM agent, {name}, {clients} clients", "metric": "throughput_ratio", "value": ratio, "wall_s": wall}
+            )
     extra = {
         "settings": {
             "clients": args.clients,
             "requests": args.requests,
+            "rounds": args.rounds,
             "max_batch_size": args.max_batch_size,
             "max_wait_ms": args.max_wait_ms,
             "endpoint": args.endpoint,
-            "torch_threads": args.threads or "torch default",
+            "threads": args.threads or "serve's plan for this machine",
             "run_dir": str(args.run_dir) if args.run_dir else "customer-service agent (zoo minilm-l6) trained by the benchmark",
         },
-        "modes": {label: {str(c): m for c, m in per.items()} for label, per in modes.items()},
-        "throughput_ratio": {str(c): r for c, r in ratios.items()},
+        "runtime": runtime,
+        "onnx_export": exported,
+        "configs": {label: {str(c): m for c, m in per.items()} for label, per in results.items()},
+        "throughput_ratio": ratios,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
     }
     path = write_result(NAME, rows, args.smoke, extra, model="customer-service agent: zoo minilm-l6 (frozen) + gated head")
-    print("micro-batched / one at a time throughput: " + ", ".join(f"{c} clients {r:.2f}x" for c, r in ratios.items()) + f" -> {path}")
-    errors = sum(m["errors"] for per in modes.values() for m in per.values())
-    answered = sum(m["answered"] for per in modes.values() for m in per.values())
+    for name, per in ratios.items():
+        print(f"{name} throughput: " + ", ".join(f"{c} clients {r:.2f}x" for c, r in per.items()))
+    print(f"load average before {load_before}, after {os.getloadavg()} -> {path}")
+    errors = sum(m["errors"] for per in results.values() for m in per.values())
+    answered = sum(m["answered"] for per in results.values() for m in per.values())
     return 0 if errors == 0 and answered > 0 else 1
 
 

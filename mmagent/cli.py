@@ -209,6 +209,9 @@ def serve(
         None, "--threads", help="torch intra-op threads per worker (default: torch's choice; 1 suits small models on shared CPUs)"
     ),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N | auto (cuda when available); default cpu"),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", help="torch (default) | onnx: the model's ONNX export in ONNX Runtime (CPU), exported into RUN_DIR/onnx on first use"
+    ),
     log_level: str = typer.Option("info", "--log-level", help="critical | error | warning | info | debug"),
 ) -> None:
     """Serve the agent over HTTP: POST /v1/predict and /v1/act, /v1/schema, /healthz, /readyz,
@@ -240,6 +243,7 @@ def serve(
         log_level=log_level,
         torch_threads=threads,
         device=device,
+        backend=backend,
     )
     if settings.torch_device().startswith("cuda"):
         import torch
@@ -255,6 +259,17 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
+    from mmagent.serving.threads import plan_threads
+
+    plan = plan_threads(settings)
+    if settings.backend == "onnx" and run_dir is not None:  # export (or check the cached export) here: an encoder that cannot be exported fails now, named
+        from mmagent.agent import Agent
+
+        runner = Agent.load(run_dir, backend="onnx", threads=plan.model_threads).runner
+        typer.echo(
+            f"onnx: {'exported' if runner.info['exported_now'] else 'reusing'} {runner.info['path']} (max abs diff vs PyTorch {runner.info['max_abs_diff']:.2g})",
+            err=True,
+        )
     import uvicorn
 
     from mmagent.serving.security import log_config
@@ -265,7 +280,7 @@ def serve(
     os.environ[ENV_SETTINGS] = settings.model_dump_json()
     what = f"{registry} alias {alias!r}" if registry is not None else str(run_dir)
     typer.echo(
-        f"serving {what} on http://{settings.host}:{settings.port} on {settings.torch_device()} ({settings.workers} worker(s), batches of up to {settings.max_batch_size} / {settings.max_wait_ms:g} ms, API key {'required' if keys else 'not required'}); try it in a browser at http://{settings.host}:{settings.port}/",
+        f"serving {what} on http://{settings.host}:{settings.port} on {settings.torch_device()} ({plan.describe()}; {settings.workers} worker(s), batches of up to {settings.max_batch_size} / {settings.max_wait_ms:g} ms, API key {'required' if keys else 'not required'}); try it in a browser at http://{settings.host}:{settings.port}/",
         err=True,
     )
     uvicorn.run(

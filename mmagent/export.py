@@ -32,16 +32,13 @@ from torch import Tensor, nn
 
 from mmagent.data.tables import read_table
 from mmagent.export_layout import FlatWrapper, check_batches, default_data, dynamic_dims, flatten, load_model, tensor_names
+from mmagent.export_onnx import ExportError, export_onnx, first_line
 from mmagent.export_run import Runner, compare_accuracy, max_diff
 from mmagent.model import MultimodalModel
 
 Format = Literal["onnx", "torchscript"]
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
-
-
-class ExportError(RuntimeError):
-    """The model (or one of its encoders) cannot be exported in the requested format."""
 
 
 @dataclass
@@ -110,88 +107,6 @@ def export_torchscript(wrapper: FlatWrapper, example: tuple[Tensor, ...], path: 
         torch.jit.save(traced, str(tmp))
 
 
-def export_onnx(wrapper: FlatWrapper, example: tuple[Tensor, ...], path: Path, names: list[str], dims: dict[str, list[int]], outputs: list[str]) -> None:
-    """torch.export (dynamo) -> ONNX with dynamic batch / sequence dims. Raises :class:`ExportError`
-    naming the encoder(s) that fail on their own, when the whole model does not export."""
-    import onnx
-
-    from mmagent.io import atomic_path
-
-    Dim = torch.export.Dim
-    shapes = tuple({d: Dim.AUTO for d in dims[n]} for n in names)
-    try:
-        with torch.no_grad():
-            program = torch.onnx.export(
-                wrapper,
-                example,
-                None,
-                input_names=names,
-                output_names=outputs,
-                dynamic_shapes=(shapes,),
-                dynamo=True,
-                optimize=True,
-                verbose=False,
-                report=False,
-            )
-        proto = program.model_proto  # type: ignore[union-attr]
-    except Exception as e:  # noqa: BLE001 - report which part of the model is the problem
-        culprits = _onnx_culprits(wrapper, example, names, dims)
-        where = (
-            "; ".join(f"input {n!r} ({enc}): {msg}" for n, enc, msg in culprits)
-            if culprits
-            else "the failing part is not a single encoder (fusion / heads, or the combination)"
-        )
-        raise ExportError(f"ONNX export failed: {where}. Underlying error: {_first_line(e)}. TorchScript (--format torchscript) may still work.") from e
-    large = proto.ByteSize() > 1_800_000_000
-    with atomic_path(path) as tmp:
-        if large:  # protobuf's 2 GB limit: weights go to PATH.data
-            onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")
-        else:
-            onnx.save_model(proto, str(tmp))
-
-
-def _first_line(e: BaseException) -> str:
-    """The informative line of an exporter error (torch.export puts it under "Exception summary")."""
-    import re
-
-    text = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(e).strip().splitlines()]
-    summary = next((line for line in text if line.startswith("<class '")), None)
-    if summary is None and e.__cause__ is not None:
-        return _first_line(e.__cause__)
-    line = summary or next((line for line in text if line), "")
-    return (line if summary else f"{type(e).__name__}: {line}")[:400]
-
-
-class _EncoderOnly(nn.Module):
-    def __init__(self, encoder: nn.Module, keys: list[str]) -> None:
-        super().__init__()
-        self.encoder, self.keys = encoder, keys
-
-    def forward(self, *tensors: Tensor) -> Tensor:
-        return self.encoder(dict(zip(self.keys, tensors))).pooled
-
-
-def _onnx_culprits(wrapper: FlatWrapper, example: tuple[Tensor, ...], names: list[str], dims: dict[str, list[int]]) -> list[tuple[str, str, str]]:
-    """Export each encoder alone: the ones that fail, with their first error line."""
-    model = wrapper.model
-    found = []
-    Dim = torch.export.Dim
-    for name in model.input_names:
-        idx = [i for i, (n, _) in enumerate(wrapper.layout) if n == name]
-        keys = [wrapper.layout[i][1] for i in idx]
-        args = tuple(example[i] for i in idx)
-        shapes = tuple({d: Dim.AUTO for d in dims[names[i]]} for i in idx)
-        spec = model.spec.inputs[model.input_names.index(name)].encoder
-        try:
-            with torch.no_grad():
-                torch.onnx.export(
-                    _EncoderOnly(model.encoders[name], keys).eval(), args, None, dynamic_shapes=(shapes,), dynamo=True, optimize=False, verbose=False
-                )
-        except Exception as e:  # noqa: BLE001
-            found.append((name, f"{spec.source}:{spec.name}", _first_line(e)))
-    return found
-
-
 def export(
     run_dir: str | Path,
     fmt: str,
@@ -245,7 +160,7 @@ def export(
         try:
             got = [runner(ex) for ex in examples]
         except Exception as e:  # noqa: BLE001 - e.g. a shape baked into the graph
-            raise ExportError(f"the exported {fmt} model fails on a real batch of another size: {_first_line(e)}") from e
+            raise ExportError(f"the exported {fmt} model fails on a real batch of another size: {first_line(e)}") from e
         return runner, max(max_diff(g, e) for g, e in zip(got, expected))
 
     def write_fp32(path: Path) -> None:

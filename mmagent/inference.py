@@ -2,13 +2,18 @@
 
 The one path a sample takes at prediction time, shared by the agent, the server, evaluation and
 export. Training builds on it; it never imports training.
+
+The forward pass itself goes through a :class:`ModelRunner`: :class:`TorchRunner` (the PyTorch
+model, on any device) or :class:`mmagent.inference_onnx.OnnxRunner` (the same model exported to
+ONNX, run by ONNX Runtime). Everything around it (preprocessing, collation, calibration, policy)
+is the same for both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -29,6 +34,38 @@ class Predictions:
     outputs: dict[str, np.ndarray]  # probabilities, or values for regression
     targets: dict[str, np.ndarray]
     gates: np.ndarray | None  # (N, M) for gated fusion
+
+
+@dataclass
+class BatchOutput:
+    """One forward pass: logits per target and gated fusion's per-input weights (if any)."""
+
+    logits: dict[str, torch.Tensor]
+    gates: torch.Tensor | None = None
+
+
+@runtime_checkable
+class ModelRunner(Protocol):
+    """Runs the model's forward pass on one collated batch (on the CPU, as the loader made it).
+    ``present``: (B, M) bool, the inputs each row has, in the order of the model's inputs."""
+
+    backend: str
+
+    def __call__(self, batch: dict[str, Any], present: torch.Tensor) -> BatchOutput: ...
+
+
+class TorchRunner:
+    """The PyTorch model on ``device``."""
+
+    backend = "torch"
+
+    def __init__(self, model: MultimodalModel, device: torch.device | str = "cpu") -> None:
+        self.model, self.device = model, torch.device(device)
+
+    def __call__(self, batch: dict[str, Any], present: torch.Tensor) -> BatchOutput:
+        moved = to_device({"inputs": batch["inputs"], "cached": batch.get("cached")}, self.device)
+        out = self.model(moved["inputs"], present.to(self.device), moved["cached"])
+        return BatchOutput(out.logits, out.gates)
 
 
 def make_loader(
@@ -56,19 +93,25 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def run_model(model: MultimodalModel, loader: Iterable[dict[str, Any]], device: torch.device | str = "cpu", drop: Iterable[str] = ()) -> Predictions:
-    """Predict every batch. ``drop``: inputs treated as missing for every row (ablation)."""
+def run_model(
+    model: MultimodalModel,
+    loader: Iterable[dict[str, Any]],
+    device: torch.device | str = "cpu",
+    drop: Iterable[str] = (),
+    runner: ModelRunner | None = None,
+) -> Predictions:
+    """Predict every batch. ``drop``: inputs treated as missing for every row (ablation).
+    ``runner``: what runs the forward pass (default: the PyTorch model on ``device``)."""
     model.eval()
-    device = torch.device(device)
+    runner = runner or TorchRunner(model, device)
     drop_idx = [model.input_names.index(d) for d in drop]
     logits: dict[str, list] = {k: [] for k in model.heads}
     targets: dict[str, list] = {k: [] for k in model.heads}
     gates = []
     for batch in loader:
-        batch = to_device(batch, device)
         present = batch["present"].clone()
         present[:, drop_idx] = False
-        out = model(batch["inputs"], present, batch.get("cached"))
+        out = runner(batch, present)
         for k in model.heads:
             logits[k].append(out.logits[k].float().cpu())
             if k in batch["targets"]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-import time
 
 import pytest
 
@@ -15,30 +14,88 @@ from mmagent.serving.batching import MicroBatcher, ShuttingDown
 from mmagent.serving.routes import blame_rows
 
 
-def test_wait_counts_from_arrival() -> None:
-    """B arrives while A's slow call runs and has waited longer than max_wait when A is done:
-    its call must start at once, not after another max_wait."""
-    calls: list[tuple[float, float]] = []
+class FakeClock:
+    """The batcher's clock, moved by hand: what the batcher decides depends on these times only,
+    so a slow or busy machine cannot change the outcome (a wrong wait shows up as a real wait of
+    about a minute, caught by the 20 s timeout below)."""
 
-    def slow(records: list) -> list:
-        start = time.perf_counter()
-        time.sleep(0.6)
-        calls.append((start, time.perf_counter()))
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+MAX_WAIT_S = 60.0  # in fake seconds; a real wait this long means the batcher got the deadline wrong
+
+
+def test_a_late_joiner_waits_at_most_its_own_max_wait() -> None:
+    """A at t=0, B joins the forming batch at t=45, C at t=60: the batch flushes at A's deadline
+    (t=60) with all three, so B has waited 15 s, not a new max_wait from its own arrival (a
+    deadline that slides with each arrival would hold the batch until t=120)."""
+    clock = FakeClock()
+    calls: list[tuple[float, list]] = []
+
+    def model(records: list) -> list:
+        calls.append((clock(), list(records)))
+        clock.t += 5.0  # processing time
+        return records
+
+    async def go() -> dict[str, float]:
+        b = MicroBatcher(model, max_batch_size=8, max_wait_ms=MAX_WAIT_S * 1000, clock=clock)
+        b.start()
+        arrived, answered, jobs = {}, {}, []
+
+        async def request(name: str) -> None:
+            arrived[name] = clock()
+            assert await b.submit([name]) == [name]
+            answered[name] = clock()
+
+        for name, t in (("a", 0.0), ("b", 45.0), ("c", 60.0)):
+            clock.t = t
+            jobs.append(asyncio.ensure_future(request(name)))
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(asyncio.gather(*jobs), 20)
+        await b.stop()
+        return {n: answered[n] - arrived[n] for n in arrived}
+
+    waited = asyncio.run(go())
+    assert calls == [(60.0, ["a", "b", "c"])]  # one batch, flushed at the oldest request's deadline
+    for name, seconds in waited.items():
+        assert seconds <= MAX_WAIT_S + 5.0, f"{name} was answered {seconds} s after it arrived"
+    assert waited["b"] == 20.0  # 15 s of waiting + 5 s of processing
+
+
+def test_a_request_that_arrived_while_the_model_ran_is_not_made_to_wait_again() -> None:
+    """A full batch (A1, A2) runs at once; B arrives at t=10 while it runs, and when the model is
+    free at t=75, B's deadline (t=70) has passed: B's call starts at once (a wait counted from
+    when the collector woke would hold it until t=135)."""
+    clock = FakeClock()
+    release = threading.Event()
+    calls: list[tuple[float, list]] = []
+
+    def model(records: list) -> list:
+        calls.append((clock(), list(records)))
+        if len(calls) == 1:
+            release.wait(20)
         return records
 
     async def go() -> None:
-        b = MicroBatcher(slow, max_batch_size=8, max_wait_ms=400)
+        b = MicroBatcher(model, max_batch_size=2, max_wait_ms=MAX_WAIT_S * 1000, clock=clock)
         b.start()
-        first = asyncio.ensure_future(b.submit(["a"]))
-        await asyncio.sleep(0.45)  # A's batch closed at 0.4 s and its call runs until ~1.0 s
+        first = asyncio.ensure_future(b.submit(["a1", "a2"]))  # full: flushed without waiting
+        while not calls:
+            await asyncio.sleep(0.01)
+        clock.t = 10.0
         second = asyncio.ensure_future(b.submit(["b"]))
-        assert await asyncio.wait_for(asyncio.gather(first, second), 10) == [["a"], ["b"]]
+        await asyncio.sleep(0.05)
+        clock.t = 75.0
+        release.set()
+        assert await asyncio.wait_for(asyncio.gather(first, second), 20) == [["a1", "a2"], ["b"]]
         await b.stop()
 
     asyncio.run(go())
-    assert len(calls) == 2
-    gap = calls[1][0] - calls[0][1]
-    assert gap < 0.2, f"B waited {gap:.2f} s more after A's call (max_wait counted from when the batcher woke)"
+    assert calls == [(0.0, ["a1", "a2"]), (75.0, ["b"])]
 
 
 def test_stop_fails_every_waiting_request() -> None:

@@ -20,11 +20,13 @@ from mmagent.agent.policies import Decision, Policy, build_policy
 from mmagent.agent.spec import split_agent_config
 from mmagent.data.tables import Table, as_table, is_empty, resolve_media
 from mmagent.data.validation import DataError, Problem, check_rows
-from mmagent.inference import make_loader, run_model
+from mmagent.inference import ModelRunner, TorchRunner, make_loader, run_model
 from mmagent.model import MultimodalModel
 
 if TYPE_CHECKING:
     from mmagent.agent.explain import Explanation
+
+BACKENDS = ("torch", "onnx")  # what runs the model's forward pass (see mmagent.inference)
 
 
 class Agent:
@@ -37,6 +39,7 @@ class Agent:
         device: str | torch.device = "cpu",
         batch_size: int = 32,
         speech_to_text: dict[str, str] | str | None = None,
+        runner: ModelRunner | None = None,
     ) -> None:
         self.model = model.to(device).eval()
         self.policy = policy
@@ -48,6 +51,7 @@ class Agent:
         self.batch_size = batch_size
         self.speech_to_text = self._speech_columns(speech_to_text)
         self.version: str | None = None  # set by whoever loaded it as a version (the server, the registry); stamped on decisions
+        self.runner: ModelRunner = runner or TorchRunner(self.model, self.device)  # the forward pass; all else is shared
 
     def _speech_columns(self, setting: dict[str, str] | str | None) -> dict[str, str] | None:
         """``{audio: COLUMN, text: COLUMN}``: a record with audio but no text gets a transcript.
@@ -66,9 +70,24 @@ class Agent:
         return dict(setting)
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str | torch.device = "cpu", policy: dict[str, Any] | str | Path | None = None) -> Agent:
+    def load(
+        cls,
+        run_dir: str | Path,
+        device: str | torch.device = "cpu",
+        policy: dict[str, Any] | str | Path | None = None,
+        backend: str = "torch",
+        threads: int | None = None,
+    ) -> Agent:
         """Load ``RUN_DIR/model``, its calibration and the policy from the run's config (or the
-        ``policy`` given here: a spec mapping, a policy name or a YAML file)."""
+        ``policy`` given here: a spec mapping, a policy name or a YAML file).
+
+        ``backend``: ``torch`` runs the PyTorch model on ``device``; ``onnx`` runs the model's ONNX
+        export with ONNX Runtime on the CPU (exported into the run folder on first use, see
+        :mod:`mmagent.inference_onnx`), with ``threads`` intra-op threads (default: its choice)."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+        if backend == "onnx" and torch.device(device).type != "cpu":
+            raise ValueError(f"the onnx backend runs on the CPU (onnxruntime's CPU provider); use device='cpu', not {str(device)!r}")
         run_dir = Path(run_dir)
         model = MultimodalModel.load(runs.model_dir(run_dir))
         calibration = runs.read_calibration(run_dir)
@@ -87,6 +106,11 @@ class Agent:
                         UserWarning,
                         stacklevel=2,
                     )
+        runner = None
+        if backend == "onnx":
+            from mmagent.inference_onnx import load_onnx_runner
+
+            runner = load_onnx_runner(run_dir, model, threads)
         return cls(
             model,
             build_policy(spec, base_dir=run_dir),
@@ -94,6 +118,7 @@ class Agent:
             agent_cfg.get("target"),
             device,
             speech_to_text=agent_cfg.get("speech_to_text"),
+            runner=runner,
         )
 
     # -- predict ------------------------------------------------------------------------------
@@ -154,7 +179,7 @@ class Agent:
 
     def _probabilities(self, table: Table, drop: Iterable[str] = ()) -> dict[str, np.ndarray]:
         loader = make_loader(self.model, table, self.batch_size, with_targets=False)
-        preds = run_model(self.model, loader, self.device, drop)
+        preds = run_model(self.model, loader, self.device, drop, runner=self.runner)
         out = {}
         for name, head in self.model.heads.items():
             t = self.temperatures.get(name, 1.0)

@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import time
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from mmagent.serving.schemas import ApiError
 from mmagent.serving.security import API_KEY_HEADER, install_redaction
 from mmagent.serving.settings import ENV_RUN_DIR, ServeSettings
 from mmagent.serving.swap import AliasSource, RunSource, Served, Swapper
+from mmagent.serving.threads import apply_plan, plan_threads, register_metrics
 
 log = logging.getLogger("mmagent.serving")
 
@@ -65,22 +67,22 @@ def create_app(source: str | Path | Any, settings: ServeSettings | None = None) 
         spec = watched.spec()
     metrics = Metrics()
     state = ServingState(spec, settings, keys, metrics)
+    threads = plan_threads(settings)
+    register_metrics(metrics.registry, threads)
     install_redaction()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # One model thread: torch already uses every core inside a call, two calls would fight.
         state.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmagent-model")
-        if settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)
+        apply_plan(threads)  # model threads vs the event loop: serving/threads.py
         loader, swapper = None, None
         if agent is not None:
             _on_loaded(state, Served(agent, getattr(agent, "version", None) or "in-process"))
         else:
-            swapper = Swapper(watched, lambda run: Agent.load(run, device=settings.torch_device()), spec, lambda s: _install(state, s), settings.watch_s)
-            loader = asyncio.get_running_loop().create_task(_load_in_background(state, swapper))
+            load = partial(Agent.load, device=settings.torch_device(), backend=settings.backend, threads=threads.model_threads)
+            swapper = Swapper(watched, load, spec, lambda s: _install(state, s), settings.watch_s)
+            loader = asyncio.get_running_loop().create_task(_load_in_background(state, swapper, threads.model_threads))
         try:
             yield
         finally:
@@ -166,7 +168,7 @@ def _on_loaded(state: ServingState, served: Served) -> None:
         metrics.queue.labels(kind).set_function(lambda b=batcher: b.pending)
 
 
-async def _load_in_background(state: ServingState, swapper: Swapper) -> None:
+async def _load_in_background(state: ServingState, swapper: Swapper, model_threads: int) -> None:
     settings = state.settings
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
@@ -179,9 +181,11 @@ async def _load_in_background(state: ServingState, swapper: Swapper) -> None:
     _on_loaded(state, served)
     swapper.start()
     log.info(
-        "model version %s loaded in %.1f s; batching up to %d records / %g ms%s",
+        "model version %s loaded in %.1f s (backend %s, %d model thread(s)); batching up to %d records / %g ms%s",
         served.version,
         time.perf_counter() - started,
+        settings.backend,
+        model_threads,
         settings.max_batch_size,
         settings.max_wait_ms,
         f"; checking for new versions every {settings.watch_s:g} s" if settings.watch_s > 0 else "",

@@ -1,10 +1,15 @@
 """Dynamic micro-batching: concurrent requests share one model call.
 
-Each request puts its records on an asyncio queue and awaits a future. One collector task takes
-the first waiting request, then keeps adding requests until the batch holds ``max_batch_size``
-records or ``max_wait_ms`` has passed since that first request *arrived* (not since the collector
-woke: a request that waited while the model ran is not made to wait again), and runs the model on
-the whole batch in a worker thread (so the event loop keeps accepting connections meanwhile).
+Each request puts its records on an asyncio queue, stamped with its arrival time, and awaits a
+future. One collector task takes the oldest waiting request, then keeps adding requests until the
+batch holds ``max_batch_size`` records or the *oldest* request's deadline (its arrival +
+``max_wait_ms``) is reached, and runs the model on the whole batch in a worker thread (so the
+event loop keeps accepting connections meanwhile). Every request in a batch arrived no earlier
+than the oldest one, so none waits longer than ``max_wait_ms`` from its own arrival: one that
+joins late has a later deadline than the one the batch flushes at, and one that arrived while the
+model was busy with the previous batch is not made to wait again (its deadline may already be
+past: the batch then flushes with whatever is queued). Times come from ``clock`` (injectable, so
+tests can control them).
 While the model runs, new requests queue up and form the next batch: under load, batches fill
 without waiting.
 
@@ -24,7 +29,7 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("mmagent.serving")
@@ -42,7 +47,7 @@ class ShuttingDown(RuntimeError):
 class _Job:
     records: list[Any]
     future: asyncio.Future
-    queued_at: float = field(default_factory=time.perf_counter)
+    queued_at: float  # arrival, on the batcher's clock
 
 
 class MicroBatcher:
@@ -58,6 +63,7 @@ class MicroBatcher:
         on_batch: Callable[[int, int, float], None] | None = None,
         name: str = "model",
         blame: Callable[[Exception], set[int] | None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -68,6 +74,7 @@ class MicroBatcher:
         self.on_batch = on_batch  # (records, requests, seconds) after each model call
         self.name = name
         self.blame = blame  # error of a batched call -> indices of the bad records (None: unknown)
+        self.clock = clock  # seconds; arrivals and deadlines are read from it
         self._own_executor = executor is None
         self.executor = executor or concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mmagent-{name}")
         self._queue: asyncio.Queue[_Job] | None = None
@@ -117,7 +124,7 @@ class MicroBatcher:
             return []
         if self._pending_records + len(records) > self.max_queue:
             raise QueueFull(f"{self._pending_records} records are waiting for the model (limit {self.max_queue}); retry later")
-        job = _Job(list(records), asyncio.get_running_loop().create_future())
+        job = _Job(list(records), asyncio.get_running_loop().create_future(), self.clock())
         self._pending_records += len(records)
         await self._queue.put(job)
         return await job.future
@@ -128,12 +135,13 @@ class MicroBatcher:
         self._carry = None
         batch, size = [first], len(first.records)
         self._taken = batch  # from here on, stop() fails them instead of dropping them
-        deadline = first.queued_at + self.max_wait  # the wait counts from the request's arrival
+        # The oldest request's deadline: every later one arrived after it, so has a later deadline.
+        deadline = first.queued_at + self.max_wait
         while size < self.max_batch_size:
             try:
                 job = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                remaining = deadline - time.perf_counter()
+                remaining = deadline - self.clock()
                 if remaining <= 0:
                     break
                 try:

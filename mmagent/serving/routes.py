@@ -47,6 +47,7 @@ from mmagent.serving.schemas import (
 from mmagent.serving.security import API_KEY_HEADER, key_matches
 from mmagent.serving.settings import ServeSettings
 from mmagent.serving.swap import Served
+from mmagent.serving.threads import runtime_summary
 from mmagent.specs import InputSpec, ModelSpec
 
 
@@ -289,6 +290,7 @@ def _schema(state: ServingState) -> dict[str, Any]:
             "max_text_chars": settings.max_text_chars,
         },
         "batching": {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms},
+        "runtime": runtime_summary(settings, loaded),
     }
 
 

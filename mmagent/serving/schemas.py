@@ -118,6 +118,7 @@ class SchemaResponse(BaseModel):
     model_version: Optional[str] = Field(None, description="the model version in service")
     limits: dict[str, int | float]
     batching: dict[str, int | float]
+    runtime: Optional[dict[str, int | str]] = None  # backend and thread plan (serving/threads.py)
 
 
 class Health(BaseModel):

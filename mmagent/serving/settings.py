@@ -12,9 +12,9 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "MMAGENT_"
 ENV_SETTINGS = "MMAGENT_SERVE_SETTINGS"  # JSON of ServeSettings, handed to uvicorn worker processes
@@ -49,8 +49,9 @@ class ServeSettings(BaseModel):
     explain: bool = Field(True, description="/v1/act: per-input contributions (costs one extra forward pass per input)")
     drift_window: int = Field(1000, ge=0, description="recent records the drift watch scores on /metrics (0 = off; needs the run's drift_profile.json)")
     device: str = Field("cpu", description="torch device for the model: cpu, cuda, cuda:N or auto (cuda when available)")
+    backend: Literal["torch", "onnx"] = Field("torch", description="what runs the model: torch, or onnx (its ONNX export in ONNX Runtime, CPU)")
     torch_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads (default: torch's choice); 1 is often fastest for small models on busy or shared CPUs"
+        None, ge=1, description="model intra-op threads (default: usable cores per worker minus one for the event loop; see serving/threads.py)"
     )
     watch_s: float = Field(5.0, ge=0, description="seconds between checks for a new model version (live swap); 0 turns watching off")
     registry: str | None = Field(None, description="serve the version a registry alias points at (with `alias`) instead of a run folder")
@@ -76,8 +77,17 @@ class ServeSettings(BaseModel):
             raise ValueError(f"unknown device {v!r}; use cpu, cuda, cuda:N or auto")
         return v
 
+    @model_validator(mode="after")
+    def _backend_device(self) -> ServeSettings:
+        if self.backend == "onnx" and self.device.startswith("cuda"):
+            raise ValueError(f"backend onnx runs on the CPU (onnxruntime's CPU provider); use device cpu or auto, not {self.device}")
+        return self
+
     def torch_device(self) -> str:
-        """The device to load the model on: ``auto`` is cuda when torch sees a GPU, else cpu."""
+        """The device to load the model on: ``auto`` is cuda when torch sees a GPU, else cpu (always
+        cpu for the onnx backend)."""
+        if self.backend == "onnx":
+            return "cpu"
         if self.device != "auto":
             return self.device
         import torch
