@@ -164,7 +164,7 @@ def test_page_decides_and_explains_a_multimodal_record(served: dict, page) -> No
     want = served["agent"].act({"text": text, "image": str(folder / "img/0_3.png"), "audio": str(folder / "wav/0_3.wav"), "x": 0.25})
     expect(page.locator("#action")).to_have_text(want.action)
     expect(page.locator("#label")).to_contain_text(want.label)
-    expect(page.locator("#escalated")).to_have_text("yes: handed to a person" if want.escalated else "no")
+    expect(page.locator("#escalated")).to_have_text(f"yes: {want.action.replace('_', ' ')}" if want.escalated else "no")
     bars = page.locator("#probabilities .bar")
     expect(bars).to_have_count(len(want.probabilities))
     shown = {bars.nth(i).get_attribute("data-name"): float(bars.nth(i).get_attribute("data-value")) for i in range(bars.count())}

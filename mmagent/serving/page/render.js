@@ -30,7 +30,7 @@ export function renderDecision(d) {
   if (d.labels && d.labels.length) row(list, `${d.target} (labels)`, d.labels.join(", "), "labels");
   if (d.value !== null && d.value !== undefined) row(list, d.target, String(d.value), "value");
   if (d.reply) row(list, "reply", d.reply, "reply");
-  row(list, "escalated", d.escalated ? "yes: handed to a person" : "no", "escalated");
+  row(list, "escalated", d.escalated ? `yes: ${d.action.replace(/_/g, " ")}` : "no", "escalated");
   if (d.reason) row(list, "reason", d.reason, "reason");
   if (d.transcript) row(list, "heard", d.transcript, "transcript");
   const probs = Object.entries(d.probabilities || {}).sort((a, b) => b[1] - a[1]);
