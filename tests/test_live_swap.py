@@ -18,7 +18,7 @@ import pytest
 from mmagent.lifecycle.promote import promote
 from mmagent.lifecycle.registry import Registry
 from tests.conftest import numeric_table, train_numeric
-from tests.test_serving import _free_port, _wait_ready
+from tests.test_serving import _free_port, _stop, _wait_ready
 
 httpx = pytest.importorskip("httpx")
 
@@ -107,12 +107,7 @@ def test_promotion_mid_load_swaps_without_a_failed_request(versions: dict[str, P
         assert httpx.get(url + "/v1/schema").json()["model_version"] == "v2"
     finally:
         stop.set()
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        _stop(proc, log)
 
 
 def test_a_replaced_run_folder_is_swapped_in_once_complete(versions: dict[str, Path], tmp_path: Path) -> None:

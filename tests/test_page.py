@@ -9,16 +9,15 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from mmagent.demo.toy import tiny_config, write_toy_table
+from tests.test_serving import _free_port, _stop, _wait_ready
 
 pytestmark = pytest.mark.slow  # a model, a server and a browser: about a minute on two shared cores
 
@@ -43,9 +42,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
     train_csv = write_toy_table(folder, 48, 0, "train.csv")
     run_dir = folder / "run"
     train(config_from_dict(tiny_config(train_csv)), run_dir, progress=False, finalize=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     log_path = folder / "server.log"
     log = open(log_path, "wb")
     env = {**os.environ, "MMAGENT_API_KEYS": KEY, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -56,26 +53,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
         from mmagent.agent import Agent
 
         agent = Agent.load(run_dir)  # the in-process reference, loaded while the server starts
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"server not ready:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+        _wait_ready(url.rstrip("/"), proc, log_path, timeout=120)
         yield {"url": url, "folder": folder, "agent": agent}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        _stop(proc, log)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -80,18 +81,23 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "proc": proc,
         }
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        _stop(proc, log)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen, log: Any) -> None:
+    """Stop a server started by a test (SIGTERM, then SIGKILL after 15 s) and close its log."""
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from mmagent.demo.toy import tiny_config
 from tests.conftest import write_multimodal_table
-from tests.test_serving import KEY, _enc, _free_port, _png, _wait_ready
+from tests.test_serving import KEY, _enc, _free_port, _png, _stop, _wait_ready
 
 httpx = pytest.importorskip("httpx")
 
@@ -47,12 +47,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> dict:
         _wait_ready(url, proc, folder / "server.log")
         yield {"url": url, "port": port, "proc": proc, "log": folder / "server.log"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        _stop(proc, log)
 
 
 def _post(s: dict, body: object) -> httpx.Response:
