@@ -63,6 +63,11 @@ class TrainSpec(BaseModel):
     checkpoint_every_steps: int | None = Field(None, ge=1)
     cache_frozen_encoders: bool = Field(True, description="compute frozen encoders' outputs once and reuse them")
     cpu: bool = Field(False, description="force CPU even when a GPU is present")
+    # speed (README "Speed"): none of these changes what is learned, except group_by_length (batch make-up)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: the thread policy (OMP_NUM_THREADS is respected)")
+    group_by_length: bool = Field(True, description="batches of similar length (text, variable-length audio), in random order")
+    fused_optimizer: bool | Literal["auto"] = Field("auto", description="fused AdamW kernel; auto: wherever torch has one (CPU and GPU)")
+    compile: bool = Field(False, description="torch.compile the trainable encoders (pays on a GPU; measured slower on CPU)")
 
 
 class ExperimentConfig(BaseModel):
