@@ -222,3 +222,27 @@ def test_compile_flag_compiles_the_trainable_encoders_and_trains(toy: Path, tmp_
     losses = [json.loads(s)["loss"] for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in s]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert result.global_step == 2
+
+
+def test_hf_backbones_ask_for_sdpa_attention_and_fall_back_without_it() -> None:
+    from mmagent.encoders.hf_backbone import _with_sdpa
+    from mmagent.specs import EncoderSpec
+
+    spec = EncoderSpec(source="hf", name="bert", pretrained=False, modality="text", config=TINY_BERT)
+    asked: list[dict[str, Any]] = []
+
+    def load(**kw: Any) -> Any:
+        asked.append(kw)
+        if kw and no_sdpa:
+            raise ValueError("BertModel does not support an attention implementation through torch.nn.functional.scaled_dot_product_attention")
+        return kw.get("attn_implementation", "default")
+
+    no_sdpa = False
+    assert _with_sdpa(spec, load) == "sdpa"
+    no_sdpa = True
+    assert _with_sdpa(spec, load) == "default" and asked[-2:] == [{"attn_implementation": "sdpa"}, {}]
+    told = spec.model_copy(update={"config": {**TINY_BERT, "attn_implementation": "eager"}})
+    assert _with_sdpa(told, load) == "default" and asked[-1] == {}  # the config's choice goes through spec.config
+    from mmagent.encoders import build_encoder
+
+    assert build_encoder(spec).backbone.config._attn_implementation == "sdpa"  # a real tiny BERT
