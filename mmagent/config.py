@@ -67,7 +67,7 @@ class TrainSpec(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: the thread policy (OMP_NUM_THREADS is respected)")
     group_by_length: bool = Field(True, description="batches of similar length (text, variable-length audio), in random order")
     fused_optimizer: bool | Literal["auto"] = Field("auto", description="fused AdamW kernel; auto: wherever torch has one (CPU and GPU)")
-    compile: bool = Field(False, description="torch.compile the trainable encoders (pays on a GPU; measured slower on CPU)")
+    compile: bool = Field(False, description="torch.compile the trainable encoders (off: on a CPU the compile time was not earned back; README Speed)")
 
 
 class ExperimentConfig(BaseModel):
