@@ -4,6 +4,7 @@ layer stack and output width."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import nn
@@ -39,7 +40,8 @@ def load_hf_backbone(spec: EncoderSpec) -> nn.Module:
                 config = AutoConfig.for_model(spec.name, **spec.config)
             else:
                 config = AutoConfig.from_pretrained(spec.name, trust_remote_code=False, **spec.config)
-            model = _with_sdpa(spec, lambda **kw: AutoModel.from_config(config, **kw))
+            # a fresh copy per attempt: a refused request leaves its choice in the config it was given
+            model = _with_sdpa(spec, lambda **kw: AutoModel.from_config(copy.deepcopy(config), **kw))
     except OSError as e:  # transformers' "not a local folder and not a valid model identifier"
         raise not_found(spec, e) from e
     if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
