@@ -36,7 +36,7 @@ from mmagent.training.distributed import any_process, fresh_accelerate_state, mu
 from mmagent.training.evaluate import evaluate
 from mmagent.training.metrics import main_metric
 from mmagent.training.metrics_log import MetricsLog, compact_metrics, record_shard
-from mmagent.training.sampling import SeededItems, train_sampler
+from mmagent.training.sampling import LengthGroupedSampler, SeededItems, train_sampler
 from mmagent.training.speedups import compile_encoders, make_optimizer, use_fused
 from mmagent.training.splits import load_splits, write_skipped
 from mmagent.training.threads import apply_thread_policy
@@ -230,7 +230,7 @@ def train(
     if main and progress:
         print(
             f"speed: {threads.threads} torch thread(s) ({speed['threads_reason']}); "
-            + f"{'length-grouped' if type(sampler).__name__.startswith('Length') else 'shuffled'} batches; AdamW {'fused' if fused else 'foreach'}"
+            + f"{'length-grouped' if isinstance(sampler, LengthGroupedSampler) else 'shuffled'} batches; AdamW {'fused' if fused else 'foreach'}"
             + (f"; compiled {', '.join(compiled)}" if compiled else "")
             + f"; precision {accelerator.mixed_precision}"
         )
