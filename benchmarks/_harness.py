@@ -331,11 +331,13 @@ def _expect(found: Any, prefix: str) -> None:
 
 
 def set_threads(n: int | None) -> None:
-    """In a worker: the thread count its driver chose."""
+    """In a worker: the thread count its driver chose (also as ``OMP_NUM_THREADS``, which mmagent's
+    thread policy defers to). None: leave threads to torch, or to mmagent's policy."""
     if n:
         import torch
 
         torch.set_num_threads(n)
+        os.environ["OMP_NUM_THREADS"] = str(n)
 
 
 def driver_threads(requested: int | None) -> dict[str, Any]:

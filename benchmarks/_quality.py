@@ -79,6 +79,9 @@ def set_threads(requested: int | None) -> dict[str, Any]:
     else:
         n, why = torch.get_num_threads(), "auto: torch default"
     torch.set_num_threads(max(1, n))
+    # mmagent's trainer has its own thread policy; OMP_NUM_THREADS is what it defers to, so the
+    # benchmark's choice (the same for every variant) holds inside the trainer too
+    os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     info = {"threads": torch.get_num_threads(), "threads_reason": why, "load_avg_1min_at_start": round(load, 2), "cpu_cores": cores}
     print(f"[bench] torch threads: {info['threads']} ({why})", flush=True)
     return info

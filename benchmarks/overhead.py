@@ -10,8 +10,11 @@ the 64 tokens (so every batch is 32 x 64), with four numeric columns computed fr
 - **mmagent**: ``mmagent.training.trainer.train`` itself (MultimodalDataset + Collator in a
   DataLoader, Accelerate, AdamW, warmup/cosine schedule, gradient clipping, JSONL log); its loop
   is timed from outside (``benchmarks/_harness.py``), the trainer is not modified.
-- **bare**: the same ``MultimodalModel`` (``build_model``), the same batches collated beforehand,
-  then only ``forward -> loss -> backward -> AdamW.step -> zero_grad`` (same parameter groups).
+- **bare**: the same ``MultimodalModel`` (``build_model``), the same batches in the same order
+  (the trainer's sampler; every row fills the 64 tokens, so both sides pad alike), collated
+  beforehand, then only ``forward -> loss -> backward -> AdamW.step -> zero_grad`` (the same
+  parameter groups and AdamW kernel as the trainer's, the same thread count). Neither side's
+  timed steps include validation (the trainer validates after its timed loop).
 
 The two run in separate processes that alternate step by step (lockstep), ``--repeats`` times
 with the starting side swapped; ms/step are medians over the measured steps (the first
@@ -110,7 +113,8 @@ def worker_bare(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from mmagent.data.dataset import Collator, MultimodalDataset
-    from mmagent.training.sampling import EpochShuffleSampler
+    from mmagent.training.sampling import train_sampler
+    from mmagent.training.speedups import make_optimizer, use_fused
     from mmagent.training.splits import load_splits
     from mmagent.training.trainer import build_model, param_groups
 
@@ -118,14 +122,15 @@ def worker_bare(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(config.train.seed)
     splits = load_splits(config)
     model = build_model(config, splits.train)
-    # the same rows in the same order as the trainer's first epoch, collated by mmagent beforehand
+    # the same batches in the same order as the trainer's first epoch (its sampler), collated by
+    # mmagent beforehand, and the same optimizer (AdamW with the kernel the trainer picks)
     ds = MultimodalDataset(splits.train, model, training=True)
-    order = list(EpochShuffleSampler(len(ds), config.train.seed))
-    collate = Collator(model)
     b = config.train.batch_size
+    order = list(train_sampler(ds, b, config.train.seed, config.train.group_by_length))
+    collate = Collator(model)
     batches = [collate([ds[i] for i in order[k : k + b]]) for k in range(0, len(order), b)]
     shapes = sorted({tuple(x["inputs"]["text"]["input_ids"].shape) for x in batches})
-    optimizer = torch.optim.AdamW(param_groups(model, config))
+    optimizer = make_optimizer(param_groups(model, config), use_fused(config.train.fused_optimizer, torch.device("cpu")))
     model.train()
     for batch in H.CLOCK.iterate(batches, "epoch 1/1"):
         out = model(batch["inputs"], batch["present"])

@@ -17,6 +17,7 @@ the cache is warm). Writes ``benchmarks/results/tune_cache.json``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import sys
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # what mmagent's thread policy defers to
     rows = args.rows or (48 if args.smoke else 300)
     trials = args.trials or (2 if args.smoke else 3)
     epochs = 1 if args.smoke else 3

@@ -8,8 +8,11 @@ Three variants, each in its own worker process, taking turns one optimizer step 
 
 - **mmagent**: ``mmagent train`` (the CLI command, in-process) on a config that sets only the
   encoder (zoo ``minilm-l6``, ``max_length``), epochs, batch size, lr, seed and the selection
-  metric; everything else is mmagent's default (AdamW, head lr 1e-3, 10 % warmup + cosine,
-  weight decay 0.01, dynamic padding, mean pooling + linear head, bf16 on a GPU that has it).
+  metric; everything else is mmagent's default (AdamW, fused where torch has the kernel, head lr
+  1e-3, 10 % warmup + cosine, weight decay 0.01, padding to the longest row of the batch,
+  length-grouped batches, text tokenized once, mean pooling + linear head, bf16 on a GPU that has
+  it, torch threads from its thread policy). ``--set KEY=VALUE`` changes its config (e.g.
+  ``--set train.group_by_length=false`` to see one feature's share).
 - **hf**: ``transformers.Trainer`` with ``AutoModelForSequenceClassification`` built from the
   zoo package's own model folder (the same ``model.safetensors``, sha256-checked like mmagent's),
   the same epochs / batch size / lr / seed / ``max_length``, and the Trainer's defaults for the
@@ -19,10 +22,18 @@ Three variants, each in its own worker process, taking turns one optimizer step 
 - **hf_grouped**: the same with length-grouped batches (``group_by_length`` /
   ``train_sampling_strategy="group_by_length"``).
 
-The same epoch selection on all sides: validation accuracy after each epoch, the best epoch's
-weights evaluated once on the test table (the Trainer: ``eval_strategy="epoch"``,
-``load_best_model_at_end``). Precision: ``--hf-precision match`` (default) gives the Trainer the
-precision mmagent picks (fp32 on CPU, bf16 on a GPU that has it); ``default`` leaves its fp32.
+The same on all sides: ``max_length``, epochs, batch size, lr, seed; one loader process (no
+DataLoader workers: mmagent's default for text, the Trainer's ``dataloader_num_workers=0``); the
+same epoch selection: validation accuracy after each epoch, the best epoch's weights evaluated
+once on the test table (the Trainer: ``eval_strategy="epoch"``, ``load_best_model_at_end``),
+validation and saving outside the timed steps. Precision: ``--hf-precision match`` (default)
+gives the Trainer the precision mmagent runs in (fp32 on CPU unless ``--set
+train.mixed_precision=bf16``, bf16 on a GPU that has it); ``default`` leaves its fp32.
+
+Threads: ``--threads N`` gives every side N. Without it mmagent chooses by its thread policy
+(``mmagent/training/threads.py``) and the Trainer runs with torch's default (what its users get;
+``OMP_NUM_THREADS`` holds for both), or with mmagent's choice under ``--hf-threads match``. Each
+side's thread count and the machine load are in the result.
 
 samples/s = training rows seen / summed step time (batch fetching included, validation and
 checkpoint saving excluded). The goal (issue 14): mmagent >= 1.5x the default Trainer's samples/s
@@ -61,14 +72,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--hf-precision", choices=("match", "default"), default="match", help="match: the Trainer gets mmagent's precision; default: the Trainer's fp32"
     )
+    p.add_argument(
+        "--hf-threads", choices=("default", "match"), default="default", help="without --threads: torch's default for the Trainer, or mmagent's choice"
+    )
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key of mmagent's config (repeatable)")
     return H.parse(p, argv, VARIANTS, 6 * 3600, (("limit", 0, SMOKE_LIMIT), ("epochs", 3, 1), ("batch_size", 32, 8), ("max_steps", None, 3)))
 
 
-def use_bf16() -> bool:
-    """mmagent's ``mixed_precision: auto``: bf16 on a GPU that has it."""
+def use_bf16(args: argparse.Namespace) -> bool:
+    """The precision mmagent trains in: its config's ``train.mixed_precision`` (``auto``: bf16 on a
+    GPU that has it)."""
     import torch
 
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    choice = mmagent_config(args)["train"].get("mixed_precision", "auto")
+    return choice == "bf16" or (choice == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 # -- mmagent ----------------------------------------------------------------------------------
@@ -76,12 +93,24 @@ def mmagent_config(args: argparse.Namespace) -> dict[str, Any]:
     train: dict[str, Any] = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": SEED, "metric": f"{B.LABEL}/accuracy"}
     if args.max_steps:
         train["max_steps"] = args.max_steps
-    return {
+    from mmagent.config import apply_overrides
+
+    raw = {
         "data": {"train": "train.csv", "validation": "validation.csv", "test": "test.csv"},
         "inputs": [{"column": B.TEXT, "modality": "text", "encoder": {"source": "zoo", "name": "minilm-l6", "max_length": args.max_length}}],
         "targets": [{"column": B.LABEL, "type": "classification"}],
         "train": train,
     }
+    return apply_overrides(raw, list(args.overrides))
+
+
+def speed_settings(run_dir: Path) -> dict[str, Any]:
+    """What the trainer logged about its speed settings (threads and why, batches, AdamW kernel...)."""
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("event") == "speed":
+            return {k: v for k, v in entry.items() if k != "event"}
+    return {}
 
 
 def worker_mmagent(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,7 +129,8 @@ def worker_mmagent(args: argparse.Namespace) -> dict[str, Any]:
     test = json.loads((args.run_dir / "metrics.json").read_text())["test"][B.LABEL]
     scores = [h["validation"][B.LABEL]["accuracy"] for h in read_metrics_log(args.run_dir, "epoch")]
     best = 1 + max(range(len(scores)), key=lambda i: (scores[i], -i))
-    precision = "bf16" if use_bf16() else "fp32"
+    speed = speed_settings(args.run_dir)
+    precision = "bf16" if speed.get("mixed_precision") == "bf16" else "fp32"
     return H.CLOCK.summary(
         variant="mmagent",
         accuracy=test["accuracy"],
@@ -108,7 +138,9 @@ def worker_mmagent(args: argparse.Namespace) -> dict[str, Any]:
         n_test=test["n"],
         best_epoch=best,
         precision=precision,
-        optimizer="torch.optim.AdamW",
+        optimizer="AdamW (fused)" if speed.get("fused_optimizer") else "AdamW (foreach)",
+        sampler="length-grouped" if speed.get("batches") == "LengthGroupedSampler" else "random",
+        speed=speed,
     )
 
 
@@ -134,9 +166,10 @@ def training_arguments(args: argparse.Namespace, output_dir: Path, grouped: bool
         "load_best_model_at_end": True,
         "metric_for_best_model": "accuracy",
         "report_to": "none",
+        "dataloader_num_workers": 0,  # mmagent's default for text (data.num_workers: auto)
         ("eval_strategy" if "eval_strategy" in fields else "evaluation_strategy"): "epoch",
     }
-    if args.hf_precision == "match" and use_bf16():
+    if args.hf_precision == "match" and use_bf16(args):
         kw["bf16"] = True
     if grouped:  # transformers >= 5 names it train_sampling_strategy
         kw.update({"group_by_length": True} if "group_by_length" in fields else {"train_sampling_strategy": "group_by_length"})
@@ -222,10 +255,37 @@ def worker_hf(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- driver -----------------------------------------------------------------------------------
+def choose_threads(args: argparse.Namespace) -> tuple[dict[str, Any], Path, int | None]:
+    """``--threads N``: every side gets N (``H.driver_setup``). Otherwise mmagent's worker decides by
+    its own policy; the Trainer's get torch's default, or under ``--hf-threads match`` the count
+    that policy picks here (returned third)."""
+    import os
+
+    from benchmarks.common import load_avg
+
+    if args.threads is not None:
+        info, work = H.driver_setup(args, NAME)
+        return info, work, None
+    from mmagent.training.threads import choose_threads as policy
+    from mmagent.training.threads import cpu_facts
+
+    choice = policy(cpu_facts())
+    info = {
+        "threads_reason": f"mmagent: its thread policy ({choice.reason}); Trainer: "
+        + (f"the same count, {choice.threads}" if args.hf_threads == "match" else "torch's default"),
+        "load_avg_1min_at_start": load_avg(),
+        "cpu_cores": os.cpu_count(),
+    }
+    print(f"[bench] threads: {info['threads_reason']}", flush=True)
+    work = args.work_dir / (f"{NAME}-smoke" if args.smoke else NAME)
+    return info, work, choice.threads if args.hf_threads == "match" else None
+
+
 def label(res: dict[str, Any], subset: str) -> str:
     v, prec = res["variant"], res["precision"]
     if v == "mmagent":
-        return f"mmagent train (defaults: AdamW, head lr 1e-3, warmup + cosine, dynamic padding, random batches; {prec}; {subset})"
+        sampler = "length-grouped batches" if res.get("sampler") == "length-grouped" else "random batches"
+        return f"mmagent train (defaults: {res['optimizer']}, head lr 1e-3, warmup + cosine, dynamic padding, {sampler}; {prec}; {subset})"
     sampler = "length-grouped batches" if v == "hf_grouped" else "random batches"
     return f"HF Trainer + AutoModelForSequenceClassification (defaults: {res['optimizer']}, linear decay, DataCollatorWithPadding, {sampler}; {prec}; {subset})"
 
@@ -259,10 +319,11 @@ def summarize(results: dict[str, dict[str, Any]], seen: int, subset: str, wall: 
         add(text, "test macro-F1", round(res["macro_f1"], 4))
         add(text, "best epoch (validation accuracy)", res["best_epoch"])
         add(text, "peak RSS MB", res["peak_rss_mb"])
+        add(text, "torch threads", res["torch_threads"])
     threads = results["mmagent"]["torch_threads"]
     for v, what in (("hf", "HF Trainer defaults"), ("hf_grouped", "HF Trainer group_by_length")):
         add(
-            f"mmagent / {what} ({threads} thread(s))",
+            f"mmagent / {what} ({threads} vs {results[v]['torch_threads']} thread(s))",
             "samples/s ratio",
             round(speed["mmagent"] / speed[v], 3),
             f">= {TARGET_SPEEDUP} (vs defaults)" if v == "hf" else None,
@@ -279,15 +340,27 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     B.require(args.data_root)
-    thread_info, work = H.driver_setup(args, NAME)
+    thread_info, work, hf_threads = choose_threads(args)
     table_dir = work / "tables"
     paths = B.prepare(args.data_root, table_dir, args.limit or None)
     (table_dir / "mmagent.yaml").write_text(yaml.safe_dump(mmagent_config(args), sort_keys=False))
     n_train = len(B.read(paths["train"]))
-    common = H.worker_args(args, table_dir, "epochs", "batch_size", "lr", "max_length", "hf_precision") + (
+    common = H.worker_args(args, table_dir, "epochs", "batch_size", "lr", "max_length", "hf_precision", "hf_threads") + (
         ["--max-steps", str(args.max_steps)] if args.max_steps else []
     )
-    cmds = [H.worker_cmd("benchmarks.vs_hf_trainer", "--worker", v, "--run-dir", str(H.fresh_dir(work / f"{v}-run")), *common) for v in VARIANTS]
+    common += [f"--set={o}" for o in args.overrides]
+    cmds = [
+        H.worker_cmd(
+            "benchmarks.vs_hf_trainer",
+            "--worker",
+            v,
+            "--run-dir",
+            str(H.fresh_dir(work / f"{v}-run")),
+            *common,
+            *(["--threads", str(hf_threads)] if hf_threads and v != "mmagent" else []),
+        )
+        for v in VARIANTS
+    ]
     with Timer() as total:
         results = dict(zip(VARIANTS, H.run_lockstep(cmds, args.timeout)))
     steps = {v: len(H.step_seconds(r, "epoch")) for v, r in results.items()}
@@ -305,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
         "steps": steps,
         **thread_info,
-        "threads": results["mmagent"]["torch_threads"],
+        "threads": {v: r["torch_threads"] for v, r in results.items()},
+        "mmagent_speed_settings": results["mmagent"]["speed"],
+        "mmagent_overrides": args.overrides,
         "hf_tokenize_s": {v: results[v]["tokenize_s"] for v in ("hf", "hf_grouped")},
         "steps_s": {v: H.step_seconds(r, "epoch") for v, r in results.items()},
     }

@@ -228,12 +228,12 @@ def run_example(
     from mmagent.config import ConfigError, load_config
     from mmagent.training.trainer import train
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    if args.threads:  # as train.threads: mmagent's thread policy would otherwise choose
+        cfg_threads = [f"train.threads={args.threads}"]
+    else:
+        cfg_threads = []
     try:
-        cfg = load_config(config_path, args.overrides)
+        cfg = load_config(config_path, [*args.overrides, *cfg_threads])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

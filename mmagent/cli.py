@@ -33,6 +33,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue from the run folder's last checkpoint"),
     num_processes: int = typer.Option(1, "--num-processes", help="data-parallel processes (re-launches through `accelerate launch`)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: chosen by the thread policy; = --set train.threads=N)"),
 ) -> None:
     """Fine-tune a model from a config and write the run folder."""
     launched = "LOCAL_RANK" in os.environ  # a worker of a multi-process run: the launcher checked
@@ -49,7 +50,7 @@ def train(
     from mmagent.io import removed_on_failure
     from mmagent.training.trainer import train as run_training
 
-    cfg = load_config(config, set_)
+    cfg = load_config(config, [*set_, *([f"train.threads={threads}"] if threads else [])])
     # A run that fails before its first checkpoint leaves no folder behind to block a re-run
     # (in a multi-process run other workers may still be writing it: leave it to them).
     guard = removed_on_failure(output, keep=lambda p: (p / "checkpoints").exists()) if not launched else contextlib.nullcontext()

@@ -70,6 +70,11 @@ class TrainSpec(BaseModel):
     log_with: Literal["none", "tensorboard", "mlflow"] = Field("none", description="experiment tracker (through Accelerate): params, per-epoch metrics, report")
     tracking_uri: str | None = Field(None, description="mlflow: any MLflow tracking URI; default sqlite:///<the run's parent folder>/mlflow.db")
     experiment: str = Field("mmagent", min_length=1, description="mlflow: experiment name")
+    # speed (README "Speed"): none of these changes what is learned, except group_by_length (batch make-up)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: the thread policy (OMP_NUM_THREADS is respected)")
+    group_by_length: bool = Field(True, description="batches of similar length (text, variable-length audio), in random order")
+    fused_optimizer: bool | Literal["auto"] = Field("auto", description="fused AdamW kernel; auto: wherever torch has one (CPU and GPU)")
+    compile: bool = Field(False, description="torch.compile the trainable encoders (off: on a CPU the compile time was not earned back; README Speed)")
 
     @model_validator(mode="after")
     def _check_tracking(self) -> TrainSpec:

@@ -99,10 +99,31 @@ class MultimodalDataset(Dataset):
             if training and hasattr(pre, "training"):
                 pre = copy.copy(pre)
                 pre.training = True
+            if hasattr(pre, "warmed"):
+                # tokenized once here, not once per epoch (a copy: the model's preprocessor stays as is)
+                pre = pre.warmed([self.raw_value(i, inp) for i in range(len(table))])
             self.preprocessors[inp.key] = pre
 
     def __len__(self) -> int:
         return len(self.table)
+
+    def lengths(self) -> list[float] | None:
+        """Per row, how much padding it brings to a batch: over the inputs whose batches are padded
+        to their longest item (text, variable-length audio), the sum of each one's length as a
+        fraction of its longest. None when no input is padded (length grouping cannot pay).
+        Inputs served from a frozen-encoder cache count too: the cache must not change the data
+        order (it is a speed-up that may change on ``--resume``)."""
+        total: np.ndarray | None = None
+        for inp in self.inputs:
+            pre = self.preprocessors[inp.key]
+            values = (self.raw_value(i, inp) for i in range(len(self)))
+            per = [None if v is None else pre.length(v) for v in values]
+            if all(x is None for x in per):
+                continue
+            arr = np.array([x or 0.0 for x in per], dtype=np.float64)
+            arr /= max(arr.max(), 1e-9)
+            total = arr if total is None else total + arr
+        return None if total is None else total.tolist()
 
     def raw_value(self, row: int, inp: InputSpec) -> Any:
         record = self.table.records[row]

@@ -79,6 +79,11 @@ class Preprocessor:
     def save(self, folder: Path) -> None:
         """Write files the preprocessor needs (tokenizer, feature-extractor config) into ``folder``."""
 
+    def length(self, item: Any) -> float | None:
+        """How long ``item`` is along the axis ``collate`` pads (tokens, seconds...), for
+        length-grouped batches; None when batches are not padded to their longest item."""
+        return None
+
 
 def masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:
     weights = mask.unsqueeze(-1).to(tokens.dtype)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mmagent.encoders.base import Encoder, EncoderOutput, Preprocessor, build_named, pool, register_source
-from mmagent.encoders.media import load_audio
+from mmagent.encoders.media import audio_seconds, load_audio
 from mmagent.specs import EncoderSpec
 
 
@@ -158,6 +158,10 @@ class MelPreprocessor(Preprocessor):
 
     def placeholder(self) -> dict[str, Tensor]:
         return {"mel": torch.zeros(4, self.n_mels)}
+
+    def length(self, item: Any) -> float:
+        """Seconds of audio (collate pads the frames)."""
+        return min(audio_seconds(item, self.sample_rate), self.max_seconds)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_mel": None}

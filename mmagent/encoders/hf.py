@@ -15,71 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from mmagent.encoders.audio import MaskedGroupNorm, WhisperFeaturesPreprocessor, conv_output_lengths, trim_whisper_positions, use_masked_group_norm
-from mmagent.encoders.base import Encoder, EncoderError, EncoderOutput, pool, register_source, unknown_name
+from mmagent.encoders.base import Encoder, EncoderOutput, pool, register_source
+from mmagent.encoders.hf_backbone import hf_layer_groups, hf_output_dim, is_model_type, load_hf_backbone
 from mmagent.encoders.preprocessors import ByteTokenizer, ImagePreprocessor, TextPreprocessor, WaveformPreprocessor
 from mmagent.specs import EncoderSpec
 
 ASSETS = "{assets}"  # placeholder the model loader replaces with the saved assets folder
-
-
-def is_model_type(name: str) -> bool:
-    from transformers import CONFIG_MAPPING
-
-    return name in CONFIG_MAPPING
-
-
-def not_found(spec: EncoderSpec, error: Exception) -> EncoderError:
-    """The name is no local folder, model type or reachable hub model: say so, with close model types."""
-    from transformers import CONFIG_MAPPING
-
-    cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    base = unknown_name("hf model", spec.name, CONFIG_MAPPING.keys(), listing="not a local folder, a model type or a hub model that can be loaded")
-    return EncoderError(f"{base}: {cause}")
-
-
-def load_hf_backbone(spec: EncoderSpec) -> nn.Module:
-    """AutoModel from the hub/folder (pretrained) or from a config (random init)."""
-    from transformers import AutoConfig, AutoModel
-
-    try:
-        if spec.pretrained:
-            model = AutoModel.from_pretrained(spec.name, trust_remote_code=False, **spec.config)
-        else:
-            if is_model_type(spec.name):
-                config = AutoConfig.for_model(spec.name, **spec.config)
-            else:
-                config = AutoConfig.from_pretrained(spec.name, trust_remote_code=False, **spec.config)
-            model = AutoModel.from_config(config)
-    except OSError as e:  # transformers' "not a local folder and not a valid model identifier"
-        raise not_found(spec, e) from e
-    if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
-        model = model.get_encoder()  # T5 / Whisper / BART: the encoder half is what we need
-    return model
-
-
-def hf_layer_groups(model: nn.Module) -> list[nn.Module]:
-    """[embeddings..., block 0, block 1, ...]: the largest ModuleList is taken as the block stack;
-    top-level modules named like embeddings / feature extractors / stem convs go first."""
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
-    if not lists:
-        return [model]
-    blocks = max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
-    stem_words = ("embed", "feature_extractor", "feature_projection", "conv1", "conv2", "patch", "stem", "masked_spec")
-    stem = [m for n, m in model.named_children() if any(w in n for w in stem_words) and m is not blocks]
-    for _, m in model.named_children():  # embeddings nested one level down (e.g. ViT's .embeddings)
-        if hasattr(m, "embeddings") and m is not blocks:
-            stem.append(m.embeddings)
-    return [nn.ModuleList(stem), *blocks]
-
-
-def hf_output_dim(config: Any) -> int:
-    for key in ("hidden_size", "d_model"):
-        if isinstance(getattr(config, key, None), int):
-            return int(getattr(config, key))
-    sizes = getattr(config, "hidden_sizes", None)
-    if sizes:
-        return int(sizes[-1])
-    raise ValueError(f"cannot tell the output width of {type(config).__name__}")
 
 
 class HFEncoderBase(Encoder):

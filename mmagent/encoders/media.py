@@ -119,3 +119,21 @@ def load_audio(item: Any, target_sr: int, max_seconds: float | None = None, defa
 
         tensor = AF.resample(tensor, sr, target_sr)
     return tensor
+
+
+def audio_seconds(item: Any, default_sr: int) -> float:
+    """Duration of an audio item without decoding it where possible (a file's header); arrays are
+    taken to be at ``default_sr`` unless they carry their rate. Used to group clips of similar
+    length into batches, so an unreadable file counts as 0 s (its row fails later, with the reason)."""
+    try:
+        if isinstance(item, (str, Path)):
+            import soundfile as sf
+
+            return float(sf.info(str(item)).duration)
+        if isinstance(item, dict) and "array" in item:
+            return len(item["array"]) / float(item.get("sampling_rate", default_sr))
+        if isinstance(item, tuple) and len(item) == 2:
+            return np.asarray(item[0]).shape[-1] / float(item[1])
+        return np.asarray(item).shape[-1] / float(default_sr)
+    except Exception:
+        return 0.0

@@ -5,6 +5,7 @@ They are plain picklable objects so DataLoader workers can run them.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mmagent.encoders.base import Preprocessor
-from mmagent.encoders.media import load_audio, load_image
+from mmagent.encoders.media import audio_seconds, load_audio, load_image
 
 
 # -- text -----------------------------------------------------------------------------------
@@ -28,7 +29,10 @@ class ByteTokenizer:
 
 
 class TextPreprocessor(Preprocessor):
-    """Tokenize one string (no padding here: ``collate`` pads to the longest in the batch)."""
+    """Tokenize one string (no padding here: ``collate`` pads to the longest in the batch).
+
+    :meth:`warmed` tokenizes a whole column at once (one batched call of a fast tokenizer) into a
+    copy that keeps the ids, so a dataset is tokenized once, not once per epoch."""
 
     pad_values = {"input_ids": 0}
 
@@ -36,14 +40,34 @@ class TextPreprocessor(Preprocessor):
         self.tokenizer, self.max_length = tokenizer, max_length
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_values = {"input_ids": float(pad if pad is not None else 0)}
+        self._ids: dict[str, list[int]] = {}
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        if isinstance(self.tokenizer, ByteTokenizer):
+            return [self.tokenizer(t, self.max_length) for t in texts]
+        return list(self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"])
+
+    def warmed(self, items: Sequence[Any]) -> TextPreprocessor:
+        """A copy that has tokenized ``items`` already (its calls look them up)."""
+        out = copy.copy(self)
+        out._ids = dict(self._ids)
+        texts = sorted({str(i) for i in items if i is not None} - set(out._ids))
+        for start in range(0, len(texts), 4096):  # bounded batches: bounded memory
+            chunk = texts[start : start + 4096]
+            out._ids.update(zip(chunk, self._tokenize(chunk)))
+        return out
+
+    def ids(self, item: Any) -> list[int]:
+        text = "" if item is None else str(item)
+        found = self._ids.get(text)
+        return found if found is not None else self._tokenize([text])[0]
 
     def __call__(self, item: Any) -> dict[str, Tensor]:
-        text = "" if item is None else str(item)
-        if isinstance(self.tokenizer, ByteTokenizer):
-            ids = self.tokenizer(text, self.max_length)
-        else:
-            ids = self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
-        return {"input_ids": torch.tensor(ids, dtype=torch.long)}
+        return {"input_ids": torch.tensor(self.ids(item), dtype=torch.long)}
+
+    def length(self, item: Any) -> float:
+        """Tokens (what a batch is padded over)."""
+        return float(len(self.ids(item)))
 
     def placeholder(self) -> dict[str, Tensor]:
         return self("")
@@ -109,6 +133,13 @@ class WaveformPreprocessor(Preprocessor):
 
     def __call__(self, item: Any) -> dict[str, Tensor]:
         return {"input_values": self.waveform(item)}
+
+    def length(self, item: Any) -> float | None:
+        """Seconds of audio (from the file header), when batches are padded to their longest clip;
+        None for fixed-size features (subclasses that pad nothing)."""
+        if not self.pad_values:
+            return None
+        return min(audio_seconds(item, self.sample_rate), self.max_seconds)
 
     def placeholder(self) -> dict[str, Tensor]:
         return {"input_values": torch.zeros(self.sample_rate // 10)}

@@ -35,7 +35,7 @@ from mmagent.model import MultimodalModel
 # resume point on (the trainer says so and logs the change), so the result is not that of an
 # uninterrupted run with either setting. The others do not change what is learned: when to stop
 # early, checkpoint frequency, the frozen-feature cache (same features), data-loading processes,
-# the device, the test table (used only after training), the agent policy, the tuning space, and
+# the device, threads, torch.compile and the AdamW kernel (the same arithmetic), the test table (used only after training), the agent policy, the tuning space, and
 # where the config file lives. Everything else (data, inputs, targets, fusion, optimizer, seed,
 # precision, selection metric) is refused: a resumed run would be neither the old run nor the new.
 RESUME_MAY_CHANGE = (
@@ -45,6 +45,9 @@ RESUME_MAY_CHANGE = (
     "train.checkpoint_every_steps",
     "train.cache_frozen_encoders",
     "train.cpu",
+    "train.threads",
+    "train.compile",
+    "train.fused_optimizer",
     "data.num_workers",
     "data.test",
     "agent",

@@ -106,3 +106,29 @@ def any_process(accelerator: Any, flag: bool) -> bool:
 
     votes = accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum")
     return bool(votes.item() > 0)
+
+
+def fresh_accelerate_state() -> None:
+    """Accelerate keeps one process-wide state and keeps the first ``Accelerator``'s mixed precision
+    and device; runs in one process (tuning trials, tests, notebooks) may differ there, so each
+    single-process run starts from a clean state."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return  # inside a distributed launch the state is the launch's
+    try:
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    except (ImportError, AttributeError):  # another accelerate version: keep its state
+        pass
+
+
+def multiprocess_without_accelerator() -> bool:
+    """Launched as several processes (torchrun / ``accelerate launch --multi_gpu``) on a machine
+    without GPUs: Accelerate only sets up gloo DDP when told to use the CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch
+    from accelerate.utils import is_mlu_available, is_npu_available, is_xpu_available
+
+    return not (torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mlu_available())

@@ -33,12 +33,14 @@ from mmagent.runs import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_LOG, SKIPPED_ROWS
 from mmagent.specs import ModelSpec
 from mmagent.training import tracking
 from mmagent.training.checkpoint import checkpoint_spec, load_checkpoint, prepare_resume, save_checkpoint, truncate_log
-from mmagent.training.distributed import any_process
+from mmagent.training.distributed import any_process, fresh_accelerate_state, multiprocess_without_accelerator
 from mmagent.training.evaluate import evaluate
 from mmagent.training.metrics import main_metric
 from mmagent.training.metrics_log import MetricsLog, compact_metrics, record_shard
-from mmagent.training.sampling import EpochShuffleSampler, SeededItems
+from mmagent.training.sampling import LengthGroupedSampler, SeededItems, train_sampler
+from mmagent.training.speedups import compile_encoders, make_optimizer, use_fused
 from mmagent.training.splits import load_splits, write_skipped
+from mmagent.training.threads import apply_thread_policy
 from mmagent.training.warm_start import check_init_from, warm_start_model
 
 # Called after each epoch with (epoch, validation score); returning True stops training (Optuna pruning).
@@ -134,7 +136,7 @@ def train(
     accelerator = Accelerator(
         mixed_precision=mixed_precision(config),
         gradient_accumulation_steps=t.grad_accum,
-        cpu=t.cpu or _multiprocess_without_accelerator(),
+        cpu=t.cpu or multiprocess_without_accelerator(),
         # frozen / cached encoders and dropped modalities leave parameters unused in some steps
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         **tracking.accelerator_kwargs(config, run_dir),
@@ -148,6 +150,9 @@ def train(
     load_from, changed = prepare_resume(run_dir, ckpt_dir, config_json, main, accelerator.wait_for_everyone) if resume else (None, {})
     if t.init_from and load_from is None:
         check_init_from(config)  # the parent run describes this model: refused before reading any data
+    # threads before any work; a resumed run keeps the count it was trained with unless told
+    # otherwise (sums, and so the weights, can differ in their last bits with another count)
+    threads = apply_thread_policy(t.threads, config.loader_workers, previous=_checkpoint_threads(load_from))
     splits = load_splits(config, train_data)
     model = build_model(config, splits.train, checkpoint_spec(load_from) if load_from else None)
     check_agent_labels(config.agent, model.spec.targets)
@@ -174,8 +179,8 @@ def train(
         caches[split] = FeatureCache()
         caches[split].build(model, getattr(splits, split), frozen, keep_tokens, t.batch_size, device, config.loader_workers, progress and main)  # type: ignore[union-attr]
 
-    sampler = EpochShuffleSampler(len(splits.train), t.seed)
     train_ds = MultimodalDataset(splits.train, model, training=True, skip=set(frozen))
+    sampler = train_sampler(train_ds, t.batch_size, t.seed, t.group_by_length)
     # Its own generator: starting an iterator must not draw from the global RNG, or a resumed run's
     # dropout masks would differ from the uninterrupted run's.
     loader_rng = torch.Generator().manual_seed(t.seed)
@@ -194,7 +199,9 @@ def train(
     )
     val_loader = make_loader(model, splits.validation, t.batch_size, num_workers=config.loader_workers, cache=caches["validation"])
 
-    optimizer = torch.optim.AdamW(param_groups(model, config))
+    fused = use_fused(t.fused_optimizer, device)
+    optimizer = make_optimizer(param_groups(model, config), fused)
+    compiled = compile_encoders(model) if t.compile else []
     micro_per_epoch = len(train_ds) // t.batch_size if drop_last else math.ceil(len(train_ds) / t.batch_size / accelerator.num_processes)
     steps_per_epoch = math.ceil(micro_per_epoch / t.grad_accum)
     total_steps = min(t.max_steps or 10**12, t.epochs * steps_per_epoch)
@@ -219,6 +226,23 @@ def train(
     log = MetricsLog(run_dir / METRICS_LOG, enabled=main, track=accelerator.log)  # also to the tracker
     if changed:
         log.write({"event": "resume", "step": state["global_step"], "changed": {k: list(v) for k, v in changed.items()}})
+    speed = {
+        "threads": threads.threads,
+        "threads_reason": f"{threads.source}: {threads.reason}",
+        "batches": type(sampler).__name__,
+        "fused_optimizer": fused,
+        "compiled": compiled,
+        "mixed_precision": accelerator.mixed_precision,
+    }
+    state["threads"] = threads.threads
+    log.write({"event": "speed", **speed})
+    if main and progress:
+        print(
+            f"speed: {threads.threads} torch thread(s) ({speed['threads_reason']}); "
+            + f"{'length-grouped' if isinstance(sampler, LengthGroupedSampler) else 'shuffled'} batches; AdamW {'fused' if fused else 'foreach'}"
+            + (f"; compiled {', '.join(compiled)}" if compiled else "")
+            + f"; precision {accelerator.mixed_precision}"
+        )
     stopped_early = stopped_by_request = False
 
     def checkpoint() -> None:
@@ -341,29 +365,15 @@ class _LossOnly(torch.nn.Module):
         return self.model.loss(out, batch["targets"])[0]
 
 
-def fresh_accelerate_state() -> None:
-    """Accelerate keeps one process-wide state and keeps the first ``Accelerator``'s mixed precision
-    and device; runs in one process (tuning trials, tests, notebooks) may differ there, so each
-    single-process run starts from a clean state."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return  # inside a distributed launch the state is the launch's
-    try:
-        from accelerate.state import AcceleratorState, GradientState
+def _checkpoint_threads(folder: Path | None) -> int | None:
+    """The thread count a checkpoint was trained with (None: no checkpoint, or one from before threads were recorded)."""
+    path = folder / "progress.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    import json
 
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    except (ImportError, AttributeError):  # another accelerate version: keep its state
-        pass
-
-
-def _multiprocess_without_accelerator() -> bool:
-    """Launched as several processes (torchrun / ``accelerate launch --multi_gpu``) on a machine
-    without GPUs: Accelerate only sets up gloo DDP when told to use the CPU."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    from accelerate.utils import is_mlu_available, is_npu_available, is_xpu_available
-
-    return not (torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mlu_available())
+    value = json.loads(path.read_text()).get("threads")
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def _selection_metric(config: ExperimentConfig, model: MultimodalModel) -> tuple[str, str, bool]:
