@@ -46,6 +46,9 @@ def drift_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         Image.fromarray(np.clip(pixels + 90, 0, 255).astype(np.uint8)).save(folder / f"bright/{i}.png")
     tables["brighter"] = _save(frame.assign(image=[f"bright/{i}.png" for i in range(len(frame))]), folder, "brighter.csv")
     tables["new_label"] = _new_label_rows(folder, len(frame), rng)
+    # Label shares moved: traffic drawn like the training data, but of one label only.
+    many = pd.read_csv(write_multimodal_table(folder, 450, 4, "many.csv"))
+    tables["one_label"] = _save(many[many.label == many.label.iloc[0]], folder, "one_label.csv")
     return tables
 
 
@@ -122,7 +125,7 @@ def test_rows_like_training_score_low_and_need_no_retraining(drift_run: dict[str
         ("brighter", "psi", "image", "brightness"),
         ("out_of_range", "psi", "x", "x"),
         ("new_label", "embedding_shift", "image", None),
-        ("new_label", "label_shift", "prediction", None),
+        ("one_label", "label_shift", "prediction", None),
     ],
 )
 def test_shifted_rows_raise_the_relevant_score(drift_run: dict[str, Path], table: str, score: str, inp: str, feature: str | None) -> None:
