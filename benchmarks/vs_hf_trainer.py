@@ -117,7 +117,7 @@ def worker_mmagent(args: argparse.Namespace) -> dict[str, Any]:
     import click
 
     from mmagent.cli import app
-    from mmagent.training.report import read_metrics_log
+    from mmagent.runs import read_metrics_log
 
     cfg = args.table_dir / "mmagent.yaml"
     with H.timed_tqdm(H.CLOCK, last_phase=f"epoch {args.epochs}/{args.epochs}"):
