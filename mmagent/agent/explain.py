@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,9 +30,6 @@ from mmagent.agent.policies import Decision
 from mmagent.data.tables import is_empty, resolve_media
 from mmagent.encoders.preprocessors import ByteTokenizer
 from mmagent.inference import make_loader, to_device
-
-if TYPE_CHECKING:
-    from mmagent.agent.agent import Agent
 
 WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -59,8 +56,9 @@ class Explanation:
         }
 
 
-def explain_record(agent: Agent, record: dict[str, Any], base_dir: str | Path = ".") -> Explanation:
-    """See :meth:`mmagent.agent.Agent.explain`."""
+def explain_record(agent: Any, record: dict[str, Any], base_dir: str | Path = ".") -> Explanation:
+    """See :meth:`mmagent.agent.Agent.explain`. ``agent``: a loaded Agent (typed ``Any``: naming the
+    class here would make agent.py and this module import each other)."""
     if not isinstance(record, dict):
         raise ValueError(f"explain takes one record (a mapping of column -> value), got {type(record).__name__}")
     table, transcripts = agent.prepare([record], base_dir)
