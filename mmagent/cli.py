@@ -17,7 +17,7 @@ from typing import Any, Optional
 import typer
 
 from mmagent import cli_drift, cli_explain, cli_lifecycle, cli_report
-from mmagent.cli_support import decision_row, load_saved, model_folder, prediction_row, resolve_device, user_errors
+from mmagent.cli_support import decision_row, load_saved, model_folder, prediction_row, record_from_json, resolve_device, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="mmagent: fine-tune multimodal encoders into agents that predict, explain and act.")
 
@@ -162,12 +162,7 @@ def predict(
     where = resolve_device(device)
     agent = load_saved(run_dir, lambda: Agent.load(run_dir, device=where))
     if record is not None:
-        try:
-            rec = json.loads(record)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--record is not valid JSON: {e}") from None
-        if not isinstance(rec, dict):
-            raise ValueError("--record must be a JSON object of column -> value")
+        rec = record_from_json(record)
         out: Any = agent.act(rec).model_dump() if act else agent.predict(rec)[0]
         typer.echo(json.dumps(out, indent=2))
         return

@@ -7,14 +7,13 @@ Writes ``DIR/explanation.json`` (what ``POST /v1/explain`` returns), one
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from mmagent.cli_support import load_saved, resolve_device, user_errors
+from mmagent.cli_support import load_saved, record_from_json, resolve_device, user_errors
 
 commands = typer.Typer()
 
@@ -28,13 +27,7 @@ def read_record(record: str) -> tuple[dict[str, Any], Path]:
         if not path.is_file():
             raise FileNotFoundError(f"--record: no such file {path}")
         text, base = path.read_text(encoding="utf-8"), path.parent
-    try:
-        rec = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--record is not valid JSON: {e}") from None
-    if not isinstance(rec, dict):
-        raise ValueError("--record must be a JSON object of column -> value")
-    return rec, base
+    return record_from_json(text), base
 
 
 def safe_name(name: str) -> str:

@@ -47,6 +47,19 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def record_from_json(text: str) -> dict[str, Any]:
+    """``--record``'s JSON: one object of column -> value, or a one-line error naming the option."""
+    import json
+
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--record is not valid JSON: {e}") from None
+    if not isinstance(record, dict):
+        raise ValueError("--record must be a JSON object of column -> value")
+    return record
+
+
 def resolve_device(choice: str) -> str:
     """``cpu`` | ``cuda`` | ``auto`` (a GPU when one is visible) -> a torch device string."""
     import torch
