@@ -29,7 +29,9 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _config(table: Path, image: bool = False, **train_opts: Any) -> ExperimentConfig:
     """36 training rows, batch 8: 5 optimizer steps per epoch. The image input has random crops/flips
-    and the gated fusion random modality dropout: both must replay exactly after a resume."""
+    and the gated fusion random modality dropout: both must replay exactly after a resume. The thread
+    count is pinned: left to the thread policy it follows the machine's load, and a sum over another
+    count of threads differs in its last bits (these tests compare weights bit for bit)."""
     inputs: list[dict[str, Any]] = [{"column": "x", "modality": "numeric"}]
     if image:
         inputs.insert(0, {"column": "image", "modality": "image", "encoder": {"source": "timm", "name": "test_resnet", "pretrained": False, "image_size": 32}})
@@ -39,7 +41,7 @@ def _config(table: Path, image: bool = False, **train_opts: Any) -> ExperimentCo
             "inputs": inputs,
             "targets": [{"column": "label"}],
             "fusion": {"type": "gated", "hidden_dim": 16},
-            "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "seed": 1, **train_opts},
+            "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "seed": 1, "threads": 1, **train_opts},
         }
     )
 
