@@ -76,6 +76,9 @@ def fit(
         None, "--agent", help="YAML file with the agent block (policy type, playbook, escalation, alerts), merged into the recipe's"
     ),
     seed: int = typer.Option(0, "--seed", help="random seed of every candidate and of the search"),
+    metric: Optional[str] = typer.Option(
+        None, "--metric", help="validation metric to rank candidates on: accuracy | macro_f1 | mcc | auroc (classification), rmse | mae | r2 (regression)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
 ) -> None:
     """Infer the columns, search encoders / freezing / hyperparameters within a time budget, and
@@ -105,6 +108,7 @@ def fit(
         column_types=column_type,
         agent=agent_block,
         seed=seed,
+        metric=metric,
         progress=not quiet,
     )
 

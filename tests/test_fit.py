@@ -35,6 +35,7 @@ def fitted(mm_tables, tmp_path_factory):
         time_budget=BUDGET,
         preset="balanced",
         encoders=_tiny_encoders(mm_tables["train"]),
+        metric="macro_f1",  # not the default: candidates must be ranked on it
         progress=False,
     )
     return result, time.monotonic() - start
@@ -53,6 +54,9 @@ def test_fit_honours_the_budget_and_ranks_candidates(fitted):
     best = result.leaderboard.best()
     assert best is not None and best.name == result.best
     assert best.score == max(r.score for r in done)
+    assert result.leaderboard.metric == "label/macro_f1"
+    logged = [json.loads(s) for s in (best.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert best.score == max(e["validation"]["label"]["macro_f1"] for e in logged if "validation" in e)
     board = (result.run_dir / "leaderboard.md").read_text()
     assert best.name in board and "*" in board and "what differs" in board
 
@@ -90,6 +94,7 @@ def test_config_yaml_reproduces_the_chosen_model(fitted, tmp_path):
     result, _ = fitted
     raw = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert [(t["column"], t["type"]) for t in raw["targets"]] == [("label", "classification")]
+    assert raw["train"]["metric"] == "label/macro_f1"
     again = train(load_config(result.run_dir / "config.yaml"), tmp_path / "again", progress=False)
     chosen = json.loads((result.run_dir / "metrics.json").read_text())
     assert again.metrics["validation"]["label"]["accuracy"] == pytest.approx(chosen["validation"]["label"]["accuracy"], abs=1e-9)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmagent.search.ladder import SampleCost, rung_params, search_space, strategy_encoder, strategy_of
+from mmagent.search.ladder import PRESETS, SampleCost, plan_rungs, rung_params, search_space, strategy_encoder, strategy_of
 
 RAW = {
     "inputs": [
@@ -70,3 +70,44 @@ def test_cost_model_charges_cached_encoders_once():
     assert cost.epoch_seconds("partial", 1000, 100) == pytest.approx(1000 * (0.001 + 0.01) + 100 * (0.001 + 0.06 - 0.05))
     assert cost.affordable_epochs("full", 10, 10.0, 1000, 100, done={"voice"}) == 0
     assert cost.affordable_epochs("full", 10, 100.0, 1000, 100, done={"voice"}) == 5
+
+
+def test_probe_epochs_are_not_eaten_by_the_feature_cache():
+    """A slow frozen encoder (Whisper over thousands of clips) makes caching take most of the
+    probe's quarter; the probe must still get its epochs, which take seconds on cached features."""
+    cost = SampleCost(
+        load={"image": 0.002, "voice": 0.01},
+        encode={"image": 0.01, "voice": 0.1},
+        train={"probe": 0.0005, "partial": 0.05, "lora": 0.1, "full": 0.15},
+        forward=0.12,
+        always_frozen=["voice"],
+        tunable=["image"],
+    )
+    plan = PRESETS["balanced"]
+    rungs = plan_rungs(cost, list(plan.strategies), plan, 900.0, 2400, 300)
+    assert cost.setup_seconds("probe", 2400, 300) > 0.25 * 900  # the case that left the probe 1 epoch
+    assert rungs[0].strategy == "probe" and rungs[0].epochs == plan.probe_epochs
+    # what is left after the probe decides the fine-tuning rungs: partial fits, the rest is skipped with its reason
+    assert [(r.strategy, r.epochs > 0) for r in rungs] == [("probe", True), ("partial", True), ("lora", False), ("full", False)]
+    assert all("one epoch needs" in r.skipped for r in rungs[2:])
+    spent = cost.setup_seconds("probe", 2400, 300) + sum(r.epochs * cost.epoch_seconds(r.strategy, 2400, 300) for r in rungs)
+    assert spent <= 900.0
+
+
+def test_cheapest_rung_runs_even_when_nothing_fits():
+    cost = SampleCost(
+        load={"t": 1.0}, encode={"t": 1.0}, train={"probe": 1.0, "partial": 1.0, "lora": 1.0, "full": 1.0}, forward=1.0, always_frozen=[], tunable=["t"]
+    )
+    plan = PRESETS["balanced"]
+    rungs = plan_rungs(cost, list(plan.strategies), plan, 10.0, 1000, 100)
+    assert (rungs[0].strategy, rungs[0].epochs) == ("probe", 1) and all(r.epochs == 0 for r in rungs[1:])
+
+
+def test_unknown_selection_metric_is_refused_before_any_work(tmp_path):
+    from mmagent.search.fit import fit
+
+    table = tmp_path / "t.csv"
+    table.write_text("text,label\n" + "".join(f"row {i},{'ab'[i % 2]}\n" for i in range(20)))
+    with pytest.raises(ValueError, match="--metric 'r2'.*accuracy, macro_f1, mcc, auroc"):
+        fit(table, "label", tmp_path / "run", metric="r2", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -33,7 +33,18 @@ from mmagent.data.tables import Table, as_table, read_table
 from mmagent.io import write_text
 from mmagent.runs import read_metrics
 from mmagent.search.columns import Schema, ignore_split_keys, infer_schema, parse_column_types
-from mmagent.search.ladder import PRESETS, Preset, SampleCost, encoder_blocks, measure_cost, rung_params, search_space, speech_inputs, tunable_inputs
+from mmagent.search.ladder import (
+    PRESETS,
+    Preset,
+    SampleCost,
+    encoder_blocks,
+    measure_cost,
+    plan_rungs,
+    rung_params,
+    search_space,
+    speech_inputs,
+    tunable_inputs,
+)
 from mmagent.search.leaderboard import Leaderboard, Progress
 
 # What each kind of column becomes when no recipe names encoders: offline zoo weights.
@@ -119,13 +130,15 @@ def fit(
     agent: dict[str, Any] | None = None,
     encoders: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
+    metric: str | None = None,
     progress: bool = True,
 ) -> FitResult:
     """Fit an agent to ``train`` (a CSV / JSONL / Parquet file or a DataFrame) that predicts
     ``label``, within ``time_budget`` (default: the preset's). ``agent``: the agent block (policy,
     playbook, escalation; relative paths from the training table's folder), else the recipe's.
     ``encoders``: modality -> encoder spec, to use instead of the recipe's / the zoo's. See the
-    module docstring."""
+    module docstring. ``metric``: the validation metric candidates are ranked on (and early
+    stopping watches), e.g. ``auroc`` or ``mcc``; default: accuracy / macro-F1 / RMSE by task."""
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset!r}: use one of {', '.join(PRESETS)}")
     plan = PRESETS[preset]
@@ -139,6 +152,8 @@ def fit(
         schema = ignore_split_keys(schema, table, [read_table(p) for p in (data["validation"], data["test"]) if p])
         clock.say(f"schema of {table.source} ({len(table)} rows):\n{schema.table()}")
         raw = base_config(schema, data, recipe, encoders, seed)
+        if metric is not None:
+            raw["train"]["metric"] = selection_metric(schema, metric)
         if agent:
             raw["agent"] = copy.deepcopy(agent)
         elif recipe:
@@ -210,29 +225,18 @@ class _Search:
         self.reserve = min(0.3 * clock.budget, 15.0 + 1.5 * per_sample * passes)
 
     def _ladder(self, seconds: float) -> list[dict[str, Any]]:
-        """The rungs that can finish at least one epoch, cheapest first, each with as many epochs
-        as its share of the time allows (the probe at most a quarter: fine-tuning usually wins);
-        the others go on the leaderboard as skipped, with the reason."""
+        """The rungs :func:`plan_rungs` can afford, as search parameters, cheapest first; the
+        others go on the leaderboard as skipped, with the reason."""
         rungs: list[dict[str, Any]] = []
-        total, cached = seconds, set()
-        n = (self.n_train, self.n_val)
-        for strategy in self.strategies:
-            wanted = self.plan.probe_epochs if strategy == "probe" else self.plan.finetune_epochs
-            share = min(seconds, 0.25 * total) if strategy == "probe" and len(self.strategies) > 1 else seconds
-            epochs = self.cost.affordable_epochs(strategy, wanted, share, *n, done=cached)
-            if epochs == 0 and not rungs:
-                epochs = 1  # the cheapest rung always runs: the deadline cuts it mid-epoch if need be
-            elif epochs == 0:
-                need = self.cost.setup_seconds(strategy, *n, done=cached) + self.cost.epoch_seconds(strategy, *n)
-                self.leaderboard.skipped(strategy, f"one epoch needs ~{need:.0f} s, ~{max(0.0, seconds):.0f} s of the budget left for it")
+        for rung in plan_rungs(self.cost, self.strategies, self.plan, seconds, self.n_train, self.n_val):
+            if rung.skipped:
+                self.leaderboard.skipped(rung.strategy, rung.skipped)
                 continue
-            rungs.append(rung_params(self.raw, strategy, self.blocks, epochs))
-            seconds -= self.cost.setup_seconds(strategy, *n, done=cached) + epochs * self.cost.epoch_seconds(strategy, *n)
-            cached |= self.cost.cached(strategy)
-            if strategy == self.strategies[0] and speech_inputs(self.raw):
+            rungs.append(rung_params(self.raw, rung.strategy, self.blocks, rung.epochs))
+            if len(rungs) == 1 and speech_inputs(self.raw):
                 # right after the first rung: the same, with speech on a CNN trained from scratch
                 # (small and fast; early stopping ends it, the deadline bounds it)
-                rungs.append(rung_params(self.raw, strategy, self.blocks, self.plan.probe_epochs, scratch=True))
+                rungs.append(rung_params(self.raw, rung.strategy, self.blocks, self.plan.probe_epochs, scratch=True))
         return rungs
 
     def run(self) -> bool:
@@ -285,6 +289,17 @@ class _Search:
         if best.status == "cut by budget":
             raw["train"]["max_steps"] = best.steps
         return raw
+
+
+def selection_metric(schema: Schema, metric: str) -> str:
+    """``train.metric`` for ranking candidates on ``metric``; refused, with the choices, when the
+    task does not have it (before any work)."""
+    from mmagent.training.metrics import SELECTABLE_METRICS
+
+    choices = SELECTABLE_METRICS[schema.task]
+    if metric not in choices:
+        raise ValueError(f"--metric {metric!r}: a {schema.task} label ({schema.label!r}) is ranked on one of {', '.join(choices)}")
+    return f"{schema.label}/{metric}"
 
 
 def max_trials(n_rungs: int, n_validation: int) -> int:

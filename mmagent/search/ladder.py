@@ -89,6 +89,42 @@ class SampleCost(BaseModel):
         return max(0, min(wanted, math.floor(left / per_epoch)))
 
 
+class RungPlan(BaseModel):
+    """One rung of the ladder: its strategy and epochs, or (epochs 0) why it is skipped."""
+
+    strategy: Strategy
+    epochs: int
+    skipped: str = ""
+
+
+def plan_rungs(cost: SampleCost, strategies: list[Strategy], plan: Preset, seconds: float, n_train: int, n_validation: int) -> list[RungPlan]:
+    """How many epochs each rung gets out of ``seconds``, cheapest first. The probe gets at most a
+    quarter of the training time, counted *after* caching the frozen encoders' outputs: that
+    one-off pass is paid whatever the probe's epochs, and with a slow encoder (Whisper over 3,000
+    clips: ~5 min) charging it to the probe's quarter left the probe a single epoch on features
+    that make an epoch take seconds. A rung that cannot finish one epoch is skipped with the
+    reason; the cheapest always runs (the deadline cuts it mid-epoch if need be)."""
+    rungs: list[RungPlan] = []
+    cached: set[str] = set()
+    n = (n_train, n_validation)
+    for strategy in strategies:
+        wanted = plan.probe_epochs if strategy == "probe" else plan.finetune_epochs
+        setup = cost.setup_seconds(strategy, *n, done=cached)
+        share = seconds
+        if strategy == "probe" and len(strategies) > 1:
+            share = min(seconds, setup + 0.25 * max(0.0, seconds - setup))
+        epochs = cost.affordable_epochs(strategy, wanted, share, *n, done=cached)
+        if epochs == 0 and rungs:
+            need = setup + cost.epoch_seconds(strategy, *n)
+            rungs.append(RungPlan(strategy=strategy, epochs=0, skipped=f"one epoch needs ~{need:.0f} s, ~{max(0.0, seconds):.0f} s of the budget left for it"))
+            continue
+        epochs = max(epochs, 1)
+        rungs.append(RungPlan(strategy=strategy, epochs=epochs))
+        seconds -= setup + epochs * cost.epoch_seconds(strategy, *n)
+        cached |= cost.cached(strategy)
+    return rungs
+
+
 def tunable_inputs(raw: dict[str, Any]) -> list[int]:
     """Indexes of inputs whose pretrained encoder the strategies act on."""
     return [

@@ -11,6 +11,12 @@ from mmagent.specs import IGNORE_INDEX, UNSEEN_INDEX, TargetSpec
 
 # Main metric per task type and whether larger is better: used for early stopping and ablations.
 MAIN_METRIC = {"classification": ("accuracy", True), "multilabel": ("macro_f1", True), "regression": ("rmse", False)}
+#: The validation metrics a model can be selected on, per task (the first is the default).
+SELECTABLE_METRICS = {
+    "classification": ("accuracy", "macro_f1", "mcc", "auroc"),
+    "multilabel": ("macro_f1", "micro_f1", "subset_accuracy", "auroc"),
+    "regression": ("rmse", "mae", "r2"),
+}
 
 
 def main_metric(spec: TargetSpec) -> tuple[str, bool]:
