@@ -184,3 +184,18 @@ def test_recipe_alerts_on_absent_labels_are_dropped_not_fatal():
     keep = {"targets": [{"column": "sentiment", "type": "classification"}]}
     _fit_recipe_alerts(keep, "finance", Table(pd.DataFrame({"sentiment": ["negative", "positive"]})), "sentiment", Progress(10, enabled=False))
     assert "agent" not in keep  # the recipe's rule applies: nothing to change
+
+
+def test_audio_window_follows_the_clips(tmp_path):
+    from mmagent.search.columns import audio_window
+
+    rng = np.random.default_rng(1)
+    seconds = [0.4 + 0.02 * i for i in range(38)] + [7.5, 9.0]  # two outliers among short clips
+    for i, s in enumerate(seconds):
+        sf.write(tmp_path / f"{i}.wav", rng.normal(0, 0.1, int(16000 * s)).astype("float32"), 16000)
+    frame = pd.DataFrame({"clip": [f"{i}.wav" for i in range(len(seconds))] + [""], "label": ["a", "b"] * 20 + ["a"]})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    window, why = audio_window(read_table(tmp_path / "t.csv"), "clip")
+    assert window == 1.5 and type(window) is float and "95 %" in why  # the 95th percentile (1.46 s) rounded up, not the 9 s outlier
+    long_window, _ = audio_window(read_table(tmp_path / "t.csv"), "clip", longest=1.0)
+    assert long_window == 1.0

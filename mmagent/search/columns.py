@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from mmagent.data.tables import Table, is_empty, parse_number, resolve_media
-from mmagent.encoders.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, MediaError, load_audio, load_image
+from mmagent.encoders.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, MediaError, audio_seconds, load_audio, load_image
 
 ColumnKind = Literal["text", "categorical", "numeric", "image", "audio", "ignore"]
 TaskKind = Literal["classification", "multilabel", "regression"]
@@ -281,3 +281,20 @@ def _check_media(table: Table, column: str, present: list[Any], kind: str, missi
         return "ignore", f"{kind} paths, but none of {tried} sampled files decodes ({failures[0]})"
     note = f"; {len(failures)} of {tried} sampled files do not decode ({failures[0]})" if failures else ""
     return kind, f"{kind} file paths; {ok} of {tried} sampled files decode{note}{missing}"  # type: ignore[return-value]
+
+
+def audio_window(table: Table, column: str, sample: int = 64, longest: float = 30.0) -> tuple[float, str]:
+    """The clip length an audio encoder should take for ``column``: the 95th percentile of the
+    durations of a spread-out sample of its files (read from the headers), rounded up to half a
+    second, between 1 s and ``longest``. Whisper's cost grows with its window: spoken digits
+    (under a second) in the 5 s default window cost 5x the work for nothing."""
+    present = [v for v in table.frame[column].tolist() if not is_empty(v)]
+    if not present:
+        return longest, "no clips to measure"
+    picks = sorted(set(np.linspace(0, len(present) - 1, num=min(sample, len(present))).round().astype(int).tolist()))
+    durations = [d for d in (audio_seconds(resolve_media(present[i], table.base_dir), 16_000) for i in picks) if d > 0]
+    if not durations:
+        return longest, "no sampled clip has a readable length"
+    p95 = float(np.percentile(durations, 95))
+    window = float(min(longest, max(1.0, np.ceil(2 * p95) / 2)))
+    return window, f"{window:g} s window: 95 % of {len(durations)} sampled clips last <= {p95:.2f} s (longest {max(durations):.2f} s)"

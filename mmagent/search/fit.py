@@ -32,7 +32,7 @@ import yaml
 from mmagent.data.tables import Table, as_table, read_table
 from mmagent.io import write_text
 from mmagent.runs import read_metrics
-from mmagent.search.columns import Schema, ignore_split_keys, infer_schema, parse_column_types
+from mmagent.search.columns import Schema, audio_window, ignore_split_keys, infer_schema, parse_column_types
 from mmagent.search.ladder import (
     PRESETS,
     Preset,
@@ -152,6 +152,8 @@ def fit(
         schema = ignore_split_keys(schema, table, [read_table(p) for p in (data["validation"], data["test"]) if p])
         clock.say(f"schema of {table.source} ({len(table)} rows):\n{schema.table()}")
         raw = base_config(schema, data, recipe, encoders, seed)
+        if not (encoders and "audio" in encoders):  # the user's own audio encoder keeps its window
+            _fit_audio_windows(raw, table, clock)
         if metric is not None:
             raw["train"]["metric"] = selection_metric(schema, metric)
         if agent:
@@ -308,6 +310,14 @@ def max_trials(n_rungs: int, n_validation: int) -> int:
     luckiest, not the best (BreastMNIST: validation AUC 0.95, test 0.88). One candidate per four
     validation rows keeps that selection bias small; the ladder's rungs always run."""
     return max(n_rungs + 4, n_validation // 4)
+
+
+def _fit_audio_windows(raw: dict[str, Any], table: Table, clock: Progress) -> None:
+    """Each audio input's clip length, from its files (see :func:`audio_window`)."""
+    for inp in raw["inputs"]:
+        if inp["modality"] == "audio":
+            inp["encoder"]["max_seconds"], why = audio_window(table, inp["column"])
+            clock.say(f"audio {inp['column']!r}: {why}")
 
 
 def _fit_recipe_alerts(raw: dict[str, Any], recipe: str, table: Table, label: str, clock: Progress) -> None:
