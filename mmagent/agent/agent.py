@@ -178,7 +178,7 @@ class Agent:
         return {i: t for i, t in zip(rows, texts) if t}
 
     def _probabilities(self, table: Table, drop: Iterable[str] = ()) -> dict[str, np.ndarray]:
-        loader = make_loader(self.model, table, self.batch_size, with_targets=False)
+        loader = make_loader(self.model, table, self.batch_size, with_targets=False, by_length=True)
         preds = run_model(self.model, loader, self.device, drop, runner=self.runner)
         out = {}
         for name, head in self.model.heads.items():

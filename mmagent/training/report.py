@@ -31,11 +31,11 @@ def finalize_run(run_dir: Path, config: ExperimentConfig, splits: Splits, device
     model = MultimodalModel.load(run_dir / runs.MODEL_DIR).to(device)
     bs = config.train.batch_size
     metrics: dict[str, Any] = {}
-    val_loader = make_loader(model, splits.validation, bs, num_workers=config.loader_workers)
+    val_loader = make_loader(model, splits.validation, bs, num_workers=config.loader_workers, by_length=True)
     metrics["validation"], val_preds = evaluate(model, val_loader, device)
     eval_loader, test_preds = val_loader, None
     if splits.test is not None:
-        eval_loader = make_loader(model, splits.test, bs, num_workers=config.loader_workers)
+        eval_loader = make_loader(model, splits.test, bs, num_workers=config.loader_workers, by_length=True)
         metrics["test"], test_preds = evaluate(model, eval_loader, device)
     calibration: dict[str, Any] = calibrate(model, val_preds, test_preds)
     escalation = escalation_threshold(model, val_preds, calibration, config.agent)

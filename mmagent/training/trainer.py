@@ -197,7 +197,7 @@ def train(
         collate_fn=Collator(model, caches["train"]),
         generator=loader_rng,
     )
-    val_loader = make_loader(model, splits.validation, t.batch_size, num_workers=config.loader_workers, cache=caches["validation"])
+    val_loader = make_loader(model, splits.validation, t.batch_size, num_workers=config.loader_workers, cache=caches["validation"], by_length=True)
 
     fused = use_fused(t.fused_optimizer, device)
     optimizer = make_optimizer(param_groups(model, config), fused)
