@@ -111,3 +111,13 @@ def test_unknown_selection_metric_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="--metric 'r2'.*accuracy, macro_f1, mcc, auroc"):
         fit(table, "label", tmp_path / "run", metric="r2", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_candidate_cap_follows_the_validation_size():
+    """One candidate per four validation rows (a small validation set cannot rank more without
+    picking a lucky one), never fewer than the ladder's rungs plus a few searched ones."""
+    from mmagent.search.fit import max_trials
+
+    assert max_trials(4, 78) == 19  # BreastMNIST: 78 validation images
+    assert max_trials(4, 1001) == 250  # Banking77
+    assert max_trials(5, 12) == 9  # tiny validation: the rungs and 4 more
