@@ -65,7 +65,9 @@ def test_outputs_come_back_in_table_order():
     config = config_from_dict(
         {
             "data": {"train": "unused.csv"},
-            "inputs": [{"column": "text", "modality": "text", "encoder": {"source": "hf", "name": "bert", "pretrained": False, "config": TINY_BERT, "max_length": 48}}],
+            "inputs": [
+                {"column": "text", "modality": "text", "encoder": {"source": "hf", "name": "bert", "pretrained": False, "config": TINY_BERT, "max_length": 48}}
+            ],
             "targets": [{"column": "label"}],
             "fusion": {"type": "concat", "hidden_dim": 16},
         }

@@ -53,6 +53,7 @@ class Candidate:
     planned_epochs: int = 0
     steps: int = 0
     run_dir: Path | None = None
+    loss: float = math.nan  # validation log-loss at the best epoch: breaks ties in score
 
     @classmethod
     def from_result(cls, number: int, result: Any) -> Candidate:
@@ -74,6 +75,7 @@ class Candidate:
             result.planned_epochs,
             int(epochs[-1]["step"]) if epochs else 0,
             Path(result.run_dir),
+            _loss_at(epochs, result.best_epoch, result.metric.split("/", 1)[0]),
         )
 
     def describe(self) -> str:
@@ -89,6 +91,14 @@ class Candidate:
         if "fusion.modality_dropout" in p:
             parts.append(f"modality dropout {p['fusion.modality_dropout']:.2f}")
         return ", ".join(parts)
+
+
+def _loss_at(epochs: list[dict[str, Any]], epoch: int, target: str) -> float:
+    """The validation log-loss logged at ``epoch`` (NaN when not logged: regression, old runs)."""
+    for e in epochs:
+        if e.get("epoch") == epoch:
+            return float(e.get("validation", {}).get(target, {}).get("log_loss", math.nan))
+    return math.nan
 
 
 @dataclass
@@ -115,7 +125,8 @@ class Leaderboard:
         usable = [r for r in self.rows if r.status in ("done", "cut by budget") and not math.isnan(r.score) and r.run_dir is not None]
         if not usable:
             return None
-        return max(usable, key=lambda r: r.score if self.larger_better else -r.score)
+        # Ties in score (a saturated validation accuracy) go to the lower validation log-loss.
+        return max(usable, key=lambda r: (r.score if self.larger_better else -r.score, -r.loss if not math.isnan(r.loss) else -math.inf))
 
     def _records(self) -> list[dict[str, Any]]:
         best = self.best()
@@ -125,6 +136,7 @@ class Leaderboard:
                 "candidate": r.name,
                 "what differs": r.describe(),
                 f"validation {self.metric or 'score'}": "" if math.isnan(r.score) else f"{r.score:.4f}",
+                "log loss": "" if math.isnan(r.loss) else f"{r.loss:.4f}",
                 "epochs": f"{r.epochs_run}/{r.planned_epochs}" if r.planned_epochs else "",
                 "seconds": f"{r.seconds:.0f}" if r.seconds else "",
                 "status": r.status,

@@ -35,7 +35,7 @@ from mmagent.training import tracking
 from mmagent.training.checkpoint import checkpoint_spec, load_checkpoint, prepare_resume, save_checkpoint, truncate_log
 from mmagent.training.distributed import any_process, fresh_accelerate_state, multiprocess_without_accelerator
 from mmagent.training.evaluate import evaluate
-from mmagent.training.metrics import main_metric
+from mmagent.training.metrics import is_better, main_metric
 from mmagent.training.metrics_log import MetricsLog, compact_metrics, record_shard
 from mmagent.training.sampling import LengthGroupedSampler, SeededItems, train_sampler
 from mmagent.training.speedups import compile_encoders, make_optimizer, use_fused
@@ -304,9 +304,10 @@ def train(
                 f"validation has no usable rows for {metric_target}/{metric_name} (n={metrics[metric_target].get('n')}, labels unseen in training: {metrics[metric_target].get('unseen_labels')}); give a larger validation set or data.validation_fraction"
             )
         score = metrics[metric_target][metric_name]
-        improved = state["best_score"] is None or (score > state["best_score"] if larger_better else score < state["best_score"])
+        loss = metrics[metric_target].get("log_loss")
+        improved = is_better(score, loss, state["best_score"], state.get("best_loss"), larger_better)
         if improved:
-            state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
+            state.update(best_score=score, best_loss=loss, best_epoch=epoch + 1, bad_epochs=0)
             if main:
                 model.save(run_dir / "model")
         else:
