@@ -154,3 +154,35 @@ def test_one_bad_record_does_not_cost_a_call_per_request(blame, error, most: int
     assert [o for i, o in enumerate(out) if i != 5] == [[f"R{i}"] for i in range(n) if i != 5]
     if error is DataError:  # the bad request's error names its own record, not the batch's row
         assert [p.row for p in out[5].problems] == [0]
+
+
+def test_a_lone_client_is_not_made_to_wait() -> None:
+    """A (a full batch on its own) runs at once; B, the same client's next request after that
+    batch of one request, runs at once too instead of waiting max_wait for company; C and D
+    arrive together (a batch of two requests); E, alone after that batch, waits again (more
+    clients may be about) until F joins it."""
+    clock = FakeClock()
+    calls: list[tuple[float, list]] = []
+
+    def model(records: list) -> list:
+        calls.append((clock(), list(records)))
+        return records
+
+    async def go() -> None:
+        b = MicroBatcher(model, max_batch_size=2, max_wait_ms=MAX_WAIT_S * 1000, clock=clock)
+        b.start()
+        assert await asyncio.wait_for(b.submit(["a1", "a2"]), 20) == ["a1", "a2"]
+        clock.t = 100.0
+        assert await asyncio.wait_for(b.submit(["b"]), 20) == ["b"]  # the clock never moves: no wait
+        clock.t = 200.0
+        await asyncio.wait_for(asyncio.gather(b.submit(["c"]), b.submit(["d"])), 20)
+        clock.t = 300.0
+        e = asyncio.ensure_future(b.submit(["e"]))
+        await asyncio.sleep(0.2)
+        assert not e.done() and len(calls) == 3, "E should wait for company"
+        clock.t = 360.0
+        await asyncio.wait_for(asyncio.gather(e, b.submit(["f"])), 20)
+        await b.stop()
+
+    asyncio.run(go())
+    assert calls == [(0.0, ["a1", "a2"]), (100.0, ["b"]), (200.0, ["c", "d"]), (360.0, ["e", "f"])]

@@ -11,7 +11,10 @@ model was busy with the previous batch is not made to wait again (its deadline m
 past: the batch then flushes with whatever is queued). Times come from ``clock`` (injectable, so
 tests can control them).
 While the model runs, new requests queue up and form the next batch: under load, batches fill
-without waiting.
+without waiting. A lone client is not made to wait: when the previous batch held a single request
+and nothing else is queued, the request runs at once (the wait could only add latency: one
+client's next request cannot arrive before this one is answered). The first request after
+several arrived together waits as usual.
 
 A request larger than ``max_batch_size`` runs alone (it is never split). Records are meant to be
 checked before they are submitted; if a batched call fails anyway, the failing requests are found
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,6 +86,7 @@ class MicroBatcher:
         self._pending_records = 0
         self._carry: _Job | None = None  # a request that did not fit the previous batch
         self._taken: list[_Job] = []  # taken off the queue, not answered yet
+        self._last_requests = 0  # requests in the previous batch (0: none yet)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -137,6 +142,8 @@ class MicroBatcher:
         self._taken = batch  # from here on, stop() fails them instead of dropping them
         # The oldest request's deadline: every later one arrived after it, so has a later deadline.
         deadline = first.queued_at + self.max_wait
+        if self._last_requests == 1 and self._queue.empty():
+            deadline = -math.inf  # a lone client (see the module's docstring): no wait
         while size < self.max_batch_size:
             try:
                 job = self._queue.get_nowait()
@@ -153,6 +160,7 @@ class MicroBatcher:
                 break
             batch.append(job)
             size += len(job.records)
+        self._last_requests = len(batch)
         return batch
 
     async def _run(self) -> None:
