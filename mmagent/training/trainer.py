@@ -300,8 +300,9 @@ def train(
         train_seconds = time.perf_counter() - start  # the loop alone: throughput figures use it
         metrics, _ = evaluate(model, val_loader, device)
         if metric_name not in metrics[metric_target]:
+            why = "AUROC needs rows of every class" if metric_name == "auroc" else "no usable rows"
             raise ValueError(
-                f"validation has no usable rows for {metric_target}/{metric_name} (n={metrics[metric_target].get('n')}, labels unseen in training: {metrics[metric_target].get('unseen_labels')}); give a larger validation set or data.validation_fraction"
+                f"validation cannot score {metric_target}/{metric_name}: {why} (n={metrics[metric_target].get('n')}, labels unseen in training: {metrics[metric_target].get('unseen_labels')}); give a larger validation set or data.validation_fraction"
             )
         score = metrics[metric_target][metric_name]
         loss = metrics[metric_target].get("log_loss")
