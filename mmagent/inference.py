@@ -69,8 +69,8 @@ class TorchRunner:
 
 
 #: What one forward call costs besides its rows, in units of the batch's longest row (Python
-#: dispatch of every layer, allocations). Measured with the zoo MiniLM on 2 CPU cores (batch 1
-#: against batch 16): ~4 rows of 8 tokens, ~2.5 of 16, ~1 of 32; 3 suits short requests.
+#: dispatch of every layer, allocations). A draft measurement with the zoo MiniLM on 2 CPU cores
+#: (batch 1 against batch 16) gave ~4 rows of 8 tokens, ~2.5 of 16, ~1 of 32; 3 suits short requests.
 CALL_COST_ROWS = 3.0
 
 

@@ -101,6 +101,10 @@ def _loss_at(epochs: list[dict[str, Any]], epoch: int, target: str) -> float:
     return math.nan
 
 
+def _known(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
 @dataclass
 class Leaderboard:
     """Candidates in the order they ran; ``best`` is the top validation score among those that
@@ -125,8 +129,13 @@ class Leaderboard:
         usable = [r for r in self.rows if r.status in ("done", "cut by budget") and not math.isnan(r.score) and r.run_dir is not None]
         if not usable:
             return None
-        # Ties in score (a saturated validation accuracy) go to the lower validation log-loss.
-        return max(usable, key=lambda r: (r.score if self.larger_better else -r.score, -r.loss if not math.isnan(r.loss) else -math.inf))
+        from mmagent.training.metrics import is_better  # the trainer's rule: ties go to the lower log-loss
+
+        best = usable[0]
+        for r in usable[1:]:
+            if is_better(r.score, _known(r.loss), best.score, _known(best.loss), self.larger_better):
+                best = r
+        return best
 
     def _records(self) -> list[dict[str, Any]]:
         best = self.best()

@@ -34,7 +34,6 @@ METRIC_NAMES = {
     "multilabel": {"subset_accuracy", "micro_f1", "macro_f1", "auroc"},
     "regression": {"mae", "rmse", "r2"},
 }
-LOWER_IS_BETTER = ("rmse", "mae", "loss")
 
 
 class FloatParam(BaseModel):
@@ -236,7 +235,7 @@ def base_config_dict(config: ExperimentConfig) -> dict[str, Any]:
 
 def objective_metric(config: ExperimentConfig, spec: TuneSpec) -> tuple[str, str]:
     """(TARGET/METRIC, direction) the study optimizes."""
-    from mmagent.training.metrics import MAIN_METRIC
+    from mmagent.training.metrics import LOWER_IS_BETTER, MAIN_METRIC
 
     metric = spec.metric or config.train.metric
     if metric is None:

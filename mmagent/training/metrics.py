@@ -11,6 +11,8 @@ from mmagent.specs import IGNORE_INDEX, UNSEEN_INDEX, TargetSpec
 
 # Main metric per task type and whether larger is better: used for early stopping and ablations.
 MAIN_METRIC = {"classification": ("accuracy", True), "multilabel": ("macro_f1", True), "regression": ("rmse", False)}
+#: Metrics where a smaller value is better (the rest: larger is better).
+LOWER_IS_BETTER = ("rmse", "mae", "loss", "log_loss")
 #: The validation metrics a model can be selected on, per task (the first is the default).
 SELECTABLE_METRICS = {
     "classification": ("accuracy", "macro_f1", "mcc", "auroc"),

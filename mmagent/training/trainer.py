@@ -35,7 +35,7 @@ from mmagent.training import tracking
 from mmagent.training.checkpoint import checkpoint_spec, load_checkpoint, prepare_resume, save_checkpoint, truncate_log
 from mmagent.training.distributed import any_process, fresh_accelerate_state, multiprocess_without_accelerator
 from mmagent.training.evaluate import evaluate
-from mmagent.training.metrics import is_better, main_metric
+from mmagent.training.metrics import LOWER_IS_BETTER, is_better, main_metric
 from mmagent.training.metrics_log import MetricsLog, compact_metrics, record_shard
 from mmagent.training.sampling import LengthGroupedSampler, SeededItems, train_sampler
 from mmagent.training.speedups import compile_encoders, make_optimizer, use_fused
@@ -383,7 +383,7 @@ def _selection_metric(config: ExperimentConfig, model: MultimodalModel) -> tuple
         target, name = config.train.metric.split("/", 1)
         if target not in model.heads:
             raise ValueError(f"train.metric: unknown target {target!r}; targets: {list(model.heads)}")
-        larger = name not in ("rmse", "mae", "loss")
+        larger = name not in LOWER_IS_BETTER
         return target, name, larger
     first = next(iter(model.heads))
     name, larger = main_metric(model.heads[first].spec)
