@@ -79,6 +79,9 @@ def fit(
     metric: Optional[str] = typer.Option(
         None, "--metric", help="validation metric to rank candidates on: accuracy | macro_f1 | mcc | auroc (classification), rmse | mae | r2 (regression)"
     ),
+    ensemble: Optional[bool] = typer.Option(
+        None, "--ensemble/--no-ensemble", help="average the best candidates when that wins on validation (default: the preset's: balanced and best do)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
 ) -> None:
     """Infer the columns, search encoders / freezing / hyperparameters within a time budget, and
@@ -109,6 +112,7 @@ def fit(
         agent=agent_block,
         seed=seed,
         metric=metric,
+        ensemble=ensemble,
         progress=not quiet,
     )
 
@@ -133,12 +137,12 @@ def evaluate(
     """Metrics of a trained run on a labelled table, printed as JSON."""
     from mmagent.data.tables import read_table
     from mmagent.data.validation import validate_table
+    from mmagent.ensemble import load_model
     from mmagent.inference import make_loader
-    from mmagent.model import MultimodalModel
     from mmagent.training.evaluate import evaluate as run_eval
 
     where = resolve_device(device)
-    model = load_saved(run_dir, lambda: MultimodalModel.load(model_folder(run_dir), map_location=where)).to(where)
+    model = load_saved(run_dir, lambda: load_model(model_folder(run_dir), map_location=where)).to(where)
     unknown = [d for d in drop_input if d not in model.input_names]
     if unknown:
         raise ValueError(f"--drop-input {unknown}: not an input of this model; inputs: {model.input_names}")

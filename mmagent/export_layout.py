@@ -32,8 +32,11 @@ class FlatWrapper(nn.Module):
 
 # -- batches ------------------------------------------------------------------------------------
 def load_model(run_dir: str | Path) -> MultimodalModel:
+    """A run's model (an ensemble exports as one graph of all its members)."""
+    from mmagent.ensemble import load_model as load_saved_model
+
     run_dir = Path(run_dir)
-    return MultimodalModel.load(run_dir / "model" if (run_dir / "model").is_dir() else run_dir).eval()
+    return load_saved_model(run_dir / "model" if (run_dir / "model").is_dir() else run_dir).eval()  # type: ignore[return-value]
 
 
 def default_data(run_dir: str | Path) -> Path | None:

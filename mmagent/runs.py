@@ -4,7 +4,8 @@
 
     RUN_DIR/
       config.json          the validated experiment config (agent block resolved)
-      model/               the best model (model.json, model.safetensors, assets/)
+      model/               the best model (model.json, model.safetensors, assets/); a fit's ensemble adds
+                           members/<i>/ (the other models) and ensemble.json (see mmagent.ensemble)
       metrics.json         final metrics per split, ablation, calibration
       metrics.jsonl        the training log: one line per step / epoch
       calibration.json     temperatures per target (+ the chosen escalation threshold)
@@ -12,6 +13,8 @@
       report.html          the same as one self-contained page (figures embedded, no external links)
       predictions.npz      logits, outputs and targets of the split the report shows (test, else validation)
       leaderboard.csv/.md  the candidates ``mmagent fit`` tried (fit runs only)
+      config.yaml          fit runs: the config ``mmagent train`` reproduces the model from
+                           (an ensemble: its first model; config.member-<i>.yaml the others)
       checkpoints/last/    the latest training checkpoint (for --resume)
       skipped_rows.csv     rows left out by data.on_bad_row: skip
       lineage.json         a warm-started update: its parent run, the parent's weights checksum, data fingerprints
@@ -56,6 +59,7 @@ LINEAGE_FILE = "lineage.json"
 ESCALATION_KEY = "_escalation_threshold"
 MARKER_FILE = ".mmagent-run"
 CHECKSUMS_FILE = "checksums.sha256"
+ENSEMBLE_FILE = "ensemble.json"  # in a model folder: the other members and every member's temperatures
 
 
 class RunFolderError(ValueError):
@@ -170,6 +174,15 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> Path:
     if finished:
         raise FileExistsError(f"{run_dir} holds a finished run ({', '.join(finished)}); choose another folder (nothing in it is overwritten)")
     return ckpt_dir
+
+
+def check_new_run_dir(output: str | Path, command: str) -> None:
+    """For commands that write a whole new run (``fit``, ``update``): :func:`check_run_dir`, and
+    refuse even an mmagent folder that holds anything but its marker (never mix two runs)."""
+    output = Path(output)
+    check_run_dir(output, resume=False)
+    if output.is_dir() and any(p.name != MARKER_FILE for p in output.iterdir()):
+        raise FileExistsError(f"{output} already holds files: {command} writes a new run folder; choose another -o")
 
 
 def create_run_dir(run_dir: str | Path, resume: bool = False) -> None:

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -36,9 +37,56 @@ def fitted(mm_tables, tmp_path_factory):
         preset="balanced",
         encoders=_tiny_encoders(mm_tables["train"]),
         metric="macro_f1",  # not the default: candidates must be ranked on it
+        ensemble=False,  # one model: its logged scores and its config are compared below
         progress=False,
     )
     return result, time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def fitted_ensemble(mm_tables, tmp_path_factory):
+    """A fit whose ensemble is kept whatever its validation score (the choice itself is tested in
+    test_ensemble.py): what promotion makes of an ensemble."""
+    from mmagent.search.ensembling import EnsembleChoice
+    from mmagent.search.fit import fit
+
+    out = tmp_path_factory.mktemp("fit-ensemble") / "run"
+    start = time.monotonic()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(EnsembleChoice, "wins", property(lambda self: True))
+        result = fit(mm_tables["train"], "label", out, test=mm_tables["test"], time_budget=BUDGET, encoders=_tiny_encoders(mm_tables["train"]), progress=False)
+    return result, time.monotonic() - start
+
+
+def test_a_kept_ensemble_becomes_the_run(fitted_ensemble):
+    import pandas as pd
+
+    from mmagent import Agent
+    from mmagent.ensemble import EnsembleModel
+
+    result, wall = fitted_ensemble
+    assert wall <= 1.1 * BUDGET, f"fit took {wall:.0f} s for a {BUDGET} s budget"
+    best = result.leaderboard.best()
+    assert result.best == best.name == "ensemble" and best.strategy == "ensemble"
+    members = best.params["members"]
+    assert 2 <= len(members) <= 3 and members[0] == next(r.name for r in result.leaderboard.ranked() if r is not best)  # the best single candidate first
+    agent = Agent.load(result.run_dir)
+    assert isinstance(agent.model, EnsembleModel) and len(agent.model.members) == len(members)
+    # the run's test metrics are the ensemble's: the agent's answers on the test table agree
+    test = pd.read_csv(mm_tables_test(result))
+    probs = agent.probabilities(test.drop(columns=["label"]).to_dict("records"), base_dir=mm_tables_test(result).parent)["label"]
+    labels = agent.model.heads["label"].spec.labels
+    accuracy = float((np.array(labels)[probs.argmax(1)] == test["label"].astype(str).to_numpy()).mean())
+    assert json.loads((result.run_dir / "metrics.json").read_text())["test"]["label"]["accuracy"] == pytest.approx(accuracy)
+    # config.yaml reproduces the first member, config.member-K.yaml the others
+    first = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert first["train"]["epochs"] >= 1 and first["inputs"]
+    assert sorted(p.name for p in result.run_dir.glob("config.member-*.yaml")) == [f"config.member-{i}.yaml" for i in range(1, len(members))]
+    assert "average of" in (result.run_dir / "leaderboard.md").read_text()
+
+
+def mm_tables_test(result) -> Path:
+    return Path(yaml.safe_load((result.run_dir / "config.yaml").read_text())["data"]["test"])
 
 
 def test_fit_honours_the_budget_and_ranks_candidates(fitted):

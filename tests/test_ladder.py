@@ -116,7 +116,7 @@ def test_unknown_selection_metric_is_refused_before_any_work(tmp_path):
 def test_candidate_cap_follows_the_validation_size():
     """One candidate per four validation rows (a small validation set cannot rank more without
     picking a lucky one), never fewer than the ladder's rungs plus a few searched ones."""
-    from mmagent.search.fit import max_trials
+    from mmagent.search.ladder import max_trials
 
     assert max_trials(4, 78) == 19  # BreastMNIST: 78 validation images
     assert max_trials(4, 1001) == 250  # Banking77

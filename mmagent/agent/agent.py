@@ -20,6 +20,7 @@ from mmagent.agent.policies import Decision, Policy, build_policy
 from mmagent.agent.spec import split_agent_config
 from mmagent.data.tables import Table, as_table, is_empty, resolve_media
 from mmagent.data.validation import DataError, Problem, check_rows
+from mmagent.ensemble import load_model
 from mmagent.inference import ModelRunner, TorchRunner, make_loader, run_model
 from mmagent.model import MultimodalModel
 
@@ -89,7 +90,7 @@ class Agent:
         if backend == "onnx" and torch.device(device).type != "cpu":
             raise ValueError(f"the onnx backend runs on the CPU (onnxruntime's CPU provider); use device='cpu', not {str(device)!r}")
         run_dir = Path(run_dir)
-        model = MultimodalModel.load(runs.model_dir(run_dir))
+        model = load_model(runs.model_dir(run_dir))  # one model, or an ensemble of them
         calibration = runs.read_calibration(run_dir)
         agent_cfg = dict(runs.read_config(run_dir).get("agent") or {})
         chosen = calibration.get(runs.ESCALATION_KEY)

@@ -16,6 +16,7 @@ and returns the explained score (the calibrated probability of the explained lab
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -98,11 +99,16 @@ def text_token_scores(scorer: Scorer, name: str, keep: list[bool]) -> tuple[np.n
     ids = scorer.batch["inputs"][name]["input_ids"]
     pad = int(getattr(encoder.preprocessor, "pad_values", {}).get("input_ids", 0))
     baseline = torch.where(torch.tensor(keep, device=ids.device)[None, :], ids, torch.full_like(ids, pad))
-    layer = embedding_layer(encoder)
-    if layer is not None:
-        lig = LayerIntegratedGradients(lambda x: scorer(name, {"input_ids": x}), layer)
-        attr = lig.attribute(ids, baselines=baseline, n_steps=IG_STEPS, internal_batch_size=IG_STEPS)
-        return attr.sum(-1)[0].detach().cpu().numpy(), "integrated_gradients"
+    # An ensemble: every member's embedding layer, interpolated together, so the scores add up to
+    # the ensemble's change in probability, not to one member's share of it.
+    layers = [embedding_layer(m.encoders[name]) for m in getattr(scorer.model, "members", [scorer.model])]
+    if all(layer is not None for layer in layers):
+        with warnings.catch_warnings():  # Captum's caution about layers that feed one another: members' never do
+            warnings.filterwarnings("ignore", message="Multiple layers provided")
+            lig = LayerIntegratedGradients(lambda x: scorer(name, {"input_ids": x}), layers if len(layers) > 1 else layers[0])
+            attr = lig.attribute(ids, baselines=baseline, n_steps=IG_STEPS, internal_batch_size=IG_STEPS)
+        total = sum(a.sum(-1) for a in attr) if isinstance(attr, list) else attr.sum(-1)
+        return total[0].detach().cpu().numpy(), "integrated_gradients"
     occlusion = Occlusion(lambda x: scorer(name, {"input_ids": x.round().long()}))
     attr = occlusion.attribute(ids.float(), sliding_window_shapes=(1,), baselines=float(pad), perturbations_per_eval=16)
     return attr[0].detach().cpu().numpy() * np.logical_not(keep), "occlusion"
@@ -134,7 +140,9 @@ def image_heat(scorer: Scorer, name: str) -> tuple[np.ndarray, str]:
     pixels = scorer.batch["inputs"][name]["pixel_values"]
     side_h, side_w = pixels.shape[-2:]
     forward = lambda x: scorer(name, {"pixel_values": x})
-    layer = _gradcam_layer(scorer.model.encoders[name], lambda: forward(pixels))
+    # Grad-CAM reads one network's feature maps; an ensemble's members each have their own: occlusion.
+    ensemble = hasattr(scorer.model, "members")
+    layer = None if ensemble else _gradcam_layer(scorer.model.encoders[name], lambda: forward(pixels))
     if layer is not None:
         cam = LayerGradCam(forward, layer).attribute(pixels, relu_attributions=True)
         heat = LayerAttribution.interpolate(cam.detach(), (side_h, side_w), interpolate_mode="bilinear")[0, 0]

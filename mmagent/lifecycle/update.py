@@ -28,10 +28,22 @@ from mmagent.data.dataset import fit_targets
 from mmagent.data.tables import Table, is_empty, label_text, read_table, resolve_media
 from mmagent.data.validation import validate_table
 from mmagent.io import atomic_path, removed_on_failure, write_json
-from mmagent.runs import CHECKPOINTS_DIR, LINEAGE_FILE, MARKER_FILE, RunFolderError, check_run_dir, create_run_dir, model_dir, read_config, sha256_file
+from mmagent.runs import CHECKPOINTS_DIR, LINEAGE_FILE, RunFolderError, check_new_run_dir, create_run_dir, model_dir, read_config, sha256_file
 from mmagent.training.warm_start import added_labels, check_init_from
 
 TRAIN_TABLE = "data/train.parquet"
+
+
+def _ensemble_note(parent: Path, say: bool) -> dict[str, str]:
+    """An ensemble parent (from ``fit``) warm-starts the update from its first model only."""
+    from mmagent.ensemble import is_ensemble
+
+    if not is_ensemble(model_dir(parent)):
+        return {}
+    note = "the parent is an ensemble: the update warm-starts from its first (best) model and is one model"
+    if say:
+        print(f"note: {note}")
+    return {"note": note}
 
 
 @dataclass
@@ -60,9 +72,7 @@ def update(
         raise ValueError(f"--replay must be >= 0 (a share of the new table's rows), got {replay}")
     config = update_config(parent, output.resolve() / TRAIN_TABLE, validation, test, overrides or [])
     check_init_from(config)
-    check_run_dir(output, resume=False)
-    if output.is_dir() and any(p.name != MARKER_FILE for p in output.iterdir()):
-        raise FileExistsError(f"{output} already holds files: update writes a new run folder; choose another -o")
+    check_new_run_dir(output, "update")
     new, _ = validate_table(read_table(data), config.inputs, config.targets, config.data.on_bad_row)
     old_path, replayed = None, None
     if replay > 0:
@@ -71,7 +81,7 @@ def update(
         replayed, _ = validate_table(old, config.inputs, config.targets, "skip")  # rows the parent skipped stay out
     frame = merge_tables([new] + ([replayed] if replayed is not None else []), media_columns(config))
     lineage = {
-        "parent": {"run": str(parent), "weights_sha256": sha256_file(model_dir(parent) / "model.safetensors")},
+        "parent": {"run": str(parent), "weights_sha256": sha256_file(model_dir(parent) / "model.safetensors"), **_ensemble_note(parent, progress)},
         "data": {
             "new": {"path": str(Path(data).resolve()), "sha256": sha256_file(Path(data)), "rows": len(new)},
             "replay": None

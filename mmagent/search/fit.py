@@ -31,13 +31,14 @@ import yaml
 
 from mmagent.data.tables import Table, as_table, read_table
 from mmagent.io import write_text
-from mmagent.runs import read_metrics
+from mmagent.runs import check_new_run_dir, create_run_dir, read_metrics
 from mmagent.search.columns import Schema, audio_window, ignore_split_keys, infer_schema, parse_column_types
 from mmagent.search.ladder import (
     PRESETS,
     Preset,
     SampleCost,
     encoder_blocks,
+    max_trials,
     measure_cost,
     plan_rungs,
     rung_params,
@@ -131,6 +132,7 @@ def fit(
     encoders: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
     metric: str | None = None,
+    ensemble: bool | None = None,
     progress: bool = True,
 ) -> FitResult:
     """Fit an agent to ``train`` (a CSV / JSONL / Parquet file or a DataFrame) that predicts
@@ -138,13 +140,17 @@ def fit(
     playbook, escalation; relative paths from the training table's folder), else the recipe's.
     ``encoders``: modality -> encoder spec, to use instead of the recipe's / the zoo's. See the
     module docstring. ``metric``: the validation metric candidates are ranked on (and early
-    stopping watches), e.g. ``auroc`` or ``mcc``; default: accuracy / macro-F1 / RMSE by task."""
+    stopping watches), e.g. ``auroc`` or ``mcc``; default: accuracy / macro-F1 / RMSE by task.
+    ``ensemble``: average the best candidates' calibrated probabilities when that beats the best
+    one on validation (default: the preset's; each prediction then runs every member)."""
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset!r}: use one of {', '.join(PRESETS)}")
     plan = PRESETS[preset]
     budget = parse_duration(time_budget) or plan.budget_seconds
     clock = Progress(budget, enabled=progress)
-    run_dir = _new_run_dir(Path(output))
+    run_dir = Path(output)
+    check_new_run_dir(run_dir, "fit")  # fit never mixes runs or overwrites files it did not write
+    create_run_dir(run_dir)
     try:  # nothing is left behind when the table or the settings are refused
         data = {"train": _materialize(train, run_dir), "validation": _absolute(validation), "test": _absolute(test)}
         table = read_table(data["train"])
@@ -160,16 +166,18 @@ def fit(
             raw["agent"] = copy.deepcopy(agent)
         elif recipe:
             _fit_recipe_alerts(raw, recipe, table, label, clock)
-        search = _Search(raw, run_dir, plan, clock, seed)
+        search = _Search(raw, run_dir, plan, clock, seed, plan.ensemble if ensemble is None else ensemble)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     interrupted = search.run()
+    if search.ensemble and not interrupted:
+        search.try_ensemble()
     board = search.leaderboard
     best = board.best()
     if best is None:
         raise FitError(f"no candidate finished within the budget ({budget:.0f} s): give a larger --time-budget\n{board.table()}")
-    _promote(best.run_dir, run_dir, search.final_raw(best), clock)
+    _promote(best.run_dir, run_dir, [search.final_raw(r) for r in (search.members if best.strategy == "ensemble" else [best])], clock)
     board.write(run_dir)
     write_text(run_dir / "schema.md", f"# Inferred schema\n\n```\n{schema.table()}\n```\n")
     from mmagent.training.report_html import write_html_report
@@ -179,7 +187,8 @@ def fit(
         if other is not best and other.run_dir is not None:
             shutil.rmtree(other.run_dir / "model", ignore_errors=True)
     clock.say(f"leaderboard (validation {board.metric}):\n{board.table()}")
-    clock.say(f"chosen: {best.name} ({best.describe()}); run folder: {run_dir}; reproduce: mmagent train {run_dir / 'config.yaml'} -o NEW_RUN")
+    again = " (its first model; config.member-*.yaml the others)" if best.strategy == "ensemble" else ""
+    clock.say(f"chosen: {best.name} ({best.describe()}); run folder: {run_dir}; reproduce: mmagent train {run_dir / 'config.yaml'} -o NEW_RUN{again}")
     for split, metrics in read_metrics(run_dir).items():
         if split in ("validation", "test"):
             for target, m in metrics.items():
@@ -191,19 +200,22 @@ def fit(
 class _Search:
     """The ladder and the search: one study whose first trials are the ladder's affordable rungs."""
 
-    def __init__(self, raw: dict[str, Any], run_dir: Path, plan: Preset, clock: Progress, seed: int) -> None:
+    def __init__(self, raw: dict[str, Any], run_dir: Path, plan: Preset, clock: Progress, seed: int, ensemble: bool = False) -> None:
         from mmagent.config import config_from_dict
         from mmagent.inference import make_loader
+        from mmagent.search.ensembling import MAX_MEMBERS
         from mmagent.training.splits import load_splits
         from mmagent.training.trainer import build_model
 
         self.raw, self.run_dir, self.plan, self.clock, self.seed = raw, run_dir, plan, clock, seed
+        self.ensemble, self.members = ensemble, []
         config = config_from_dict(copy.deepcopy(raw))  # every key checked before any work
         splits = load_splits(config)  # every row of every table checked, all problems at once
         self.n_train, self.n_val = len(splits.train), len(splits.validation)
+        self.validation, self.batch_size = splits.validation, config.train.batch_size
         model = build_model(config, splits.train)
         self.blocks = encoder_blocks(model, raw)
-        bs = config.train.batch_size
+        bs = self.batch_size
         sample = splits.train.subset(list(range(min(len(splits.train), 2 * min(bs, 16)))))
         self.cost: SampleCost = measure_cost(model, make_loader(model, sample, bs), raw, self.blocks)
         del model
@@ -217,13 +229,14 @@ class _Search:
         # With no pretrained encoder to fine-tune, every rung would be the same model.
         self.strategies = list(plan.strategies) if tunable_inputs(raw) else ["full"]
         self.leaderboard = Leaderboard(metric="", larger_better=raw["targets"][0]["type"] != "regression")
-        # Time kept back for promoting the winner: validation, test, ablation, calibration and drift-profile passes.
+        # Time kept back for promoting the winner: passes for validation, test, ablation, calibration
+        # and the drift profile (validation and up to 512 training rows), plus a fixed allowance for
+        # the report's plots and files; capped, so a slow measurement cannot leave no time to train.
         n_test = len(splits.test) if splits.test is not None else 0
-        # (plus a fixed allowance for the report's plots and files).
-        # Capped, so a slow measurement (a busy machine) cannot leave no time to train.
         per_sample = sum(c.load.values()) + c.forward
-        # The drift profile adds a pass over validation and up to 512 training rows.
         passes = self.n_val + n_test * (len(raw["inputs"]) + 2) + self.n_val + min(self.n_train, 512)
+        if ensemble:  # choosing one scores each possible member on validation; then every pass runs each member
+            passes = MAX_MEMBERS * (passes + self.n_val)
         self.reserve = min(0.3 * clock.budget, 15.0 + 1.5 * per_sample * passes)
 
     def _ladder(self, seconds: float) -> list[dict[str, Any]]:
@@ -279,6 +292,12 @@ class _Search:
             self.clock.say("interrupted: the search stopped; keeping the best candidate so far")
         return result.interrupted
 
+    def try_ensemble(self) -> None:
+        """Average the best candidates when that beats the best one on validation."""
+        from mmagent.search.ensembling import add_ensemble
+
+        self.members = add_ensemble(self.leaderboard, self.validation, self.batch_size, self.run_dir / "trials" / "ensemble", self.clock.say)
+
     def _report(self, line: str) -> None:
         self.clock.say(line)
 
@@ -302,14 +321,6 @@ def selection_metric(schema: Schema, metric: str) -> str:
     if metric not in choices:
         raise ValueError(f"--metric {metric!r}: a {schema.task} label ({schema.label!r}) is ranked on one of {', '.join(choices)}")
     return f"{schema.label}/{metric}"
-
-
-def max_trials(n_rungs: int, n_validation: int) -> int:
-    """How many candidates a validation set of ``n_validation`` rows can rank. Each extra candidate
-    is one more draw at a noisy score: with 78 validation images, the best of 250 candidates is the
-    luckiest, not the best (BreastMNIST: validation AUC 0.95, test 0.88). One candidate per four
-    validation rows keeps that selection bias small; the ladder's rungs always run."""
-    return max(n_rungs + 4, n_validation // 4)
 
 
 def _fit_audio_windows(raw: dict[str, Any], table: Table, clock: Progress) -> None:
@@ -337,9 +348,9 @@ def _fit_recipe_alerts(raw: dict[str, Any], recipe: str, table: Table, label: st
         raw["agent"] = {**raw.get("agent", {}), "alerts": kept}
 
 
-def _promote(candidate: Path, run_dir: Path, raw: dict[str, Any], clock: Progress) -> None:
+def _promote(candidate: Path, run_dir: Path, configs: list[dict[str, Any]], clock: Progress) -> None:
     """Make the winner the run: copy it in, evaluate on validation + test, calibrate, report, and
-    write the config that reproduces it."""
+    write the configs that reproduce it (an ensemble's first model, then config.member-<i>.yaml)."""
     from mmagent.search.objective import finalize_candidate
 
     clock.say("evaluating the chosen model on validation and test, calibrating, writing the report ...")
@@ -351,19 +362,8 @@ def _promote(candidate: Path, run_dir: Path, raw: dict[str, Any], clock: Progres
             shutil.rmtree(target)
         item.replace(target)
     staged.rmdir()
-    write_text(run_dir / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
-
-
-def _new_run_dir(output: Path) -> Path:
-    """Create the run folder (marked as mmagent's); refuse a folder that holds anything but an
-    unfinished mmagent run (fit never mixes runs or overwrites files it did not write)."""
-    from mmagent.runs import MARKER_FILE, check_run_dir, create_run_dir
-
-    check_run_dir(output, resume=False)
-    if output.is_dir() and any(p.name != MARKER_FILE for p in output.iterdir()):
-        raise FileExistsError(f"{output} already holds files: fit writes a new run folder; choose another -o")
-    create_run_dir(output)
-    return output
+    for i, raw in enumerate(configs):
+        write_text(run_dir / (f"config.member-{i}.yaml" if i else "config.yaml"), yaml.safe_dump(raw, sort_keys=False))
 
 
 def _materialize(train: Any, run_dir: Path) -> str:

@@ -4,6 +4,7 @@ candidates (what differs, validation score, time, how each ended), in the termin
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import time
@@ -81,6 +82,8 @@ class Candidate:
     def describe(self) -> str:
         """What this candidate changes: strategy and its hyperparameters, briefly."""
         p = self.params
+        if self.strategy == "ensemble":
+            return f"average of {', '.join(p.get('members', []))} (calibrated probabilities)"
         parts = [self.strategy]
         if "train.lr" in p and self.strategy != "probe":
             parts.append(f"lr {p['train.lr']:.1e}")
@@ -126,16 +129,26 @@ class Leaderboard:
                 self.rows.append(Candidate(f"{number:02d}", "?", status=f"failed: {result.errors[number].splitlines()[0][:120]}"))
 
     def best(self) -> Candidate | None:
-        usable = [r for r in self.rows if r.status in ("done", "cut by budget") and not math.isnan(r.score) and r.run_dir is not None]
-        if not usable:
-            return None
-        from mmagent.training.metrics import is_better  # the trainer's rule: ties go to the lower log-loss
+        """The chosen candidate: a kept ensemble (kept only when it beat the best single one on
+        validation, see :mod:`mmagent.search.ensembling`), else the top of :meth:`ranked`."""
+        kept = [r for r in self.rows if r.strategy == "ensemble" and r.status == "done" and r.run_dir is not None]
+        if kept:
+            return kept[-1]
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
 
-        best = usable[0]
-        for r in usable[1:]:
-            if is_better(r.score, _known(r.loss), best.score, _known(best.loss), self.larger_better):
-                best = r
-        return best
+    def ranked(self, statuses: tuple[str, ...] = ("done", "cut by budget")) -> list[Candidate]:
+        """Rows with a validation score and a model, best first (the trainer's rule: ties go to
+        the lower log-loss; equal rows keep their order). ``statuses``: which rows count."""
+        from mmagent.training.metrics import is_better
+
+        def order(a: Candidate, b: Candidate) -> int:
+            if is_better(a.score, _known(a.loss), b.score, _known(b.loss), self.larger_better):
+                return -1
+            return 1 if is_better(b.score, _known(b.loss), a.score, _known(a.loss), self.larger_better) else 0
+
+        usable = [r for r in self.rows if r.status in statuses and not math.isnan(r.score) and r.run_dir is not None]
+        return sorted(usable, key=functools.cmp_to_key(order))
 
     def _records(self) -> list[dict[str, Any]]:
         best = self.best()

@@ -11,10 +11,10 @@ import torch
 
 from mmagent import runs
 from mmagent.agent.fitting import calibrate, escalation_threshold
+from mmagent.ensemble import load_model
 from mmagent.inference import Predictions, make_loader
 from mmagent.io import atomic_path, write_json, write_text
 from mmagent.lifecycle.profile import profile_at_end_of_training
-from mmagent.model import MultimodalModel
 from mmagent.training.evaluate import ablation_table, evaluate
 from mmagent.training.figures import render_figures
 from mmagent.training.report_data import RunReport, load_run_report
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 def finalize_run(run_dir: Path, config: ExperimentConfig, splits: Splits, device: torch.device, progress: bool = True) -> dict[str, Any]:
     """Evaluate the saved best model on validation (and test), calibrate it, and write
     calibration.json, metrics.json, predictions.npz, plots, report.md and report.html."""
-    model = MultimodalModel.load(run_dir / runs.MODEL_DIR).to(device)
+    model = load_model(run_dir / runs.MODEL_DIR).to(device)  # one model, or an ensemble
     bs = config.train.batch_size
     metrics: dict[str, Any] = {}
     val_loader = make_loader(model, splits.validation, bs, num_workers=config.loader_workers, by_length=True)

@@ -29,6 +29,7 @@ class RunReport:
     epochs: list[dict[str, Any]] = field(default_factory=list)  # its validation lines
     predictions: tuple[str, dict[str, dict[str, Any]]] | None = None  # (split, per-target arrays)
     leaderboard: list[dict[str, str]] = field(default_factory=list)  # leaderboard.csv rows (fit)
+    members: int = 1  # models averaged (an ensemble from fit); spec, config and training log are the first's
 
     @property
     def eval_split(self) -> str:
@@ -47,7 +48,12 @@ class RunReport:
 
     def fusion_type(self) -> str:
         fusion = self.config.get("fusion")
-        return str(fusion.get("type")) if isinstance(fusion, dict) else self.spec.fusion.type
+        kind = str(fusion.get("type")) if isinstance(fusion, dict) else self.spec.fusion.type
+        if self.members > 1:  # the training curves below are the first member's too
+            return (
+                f"{kind} (an ensemble of {self.members} models averaging calibrated probabilities; fusion, encoders and training curves are the first model's)"
+            )
+        return kind
 
 
 def load_run_report(run_dir: str | Path) -> RunReport:
@@ -76,6 +82,7 @@ def load_run_report(run_dir: str | Path) -> RunReport:
         epochs=runs.read_metrics_log(run_dir, "epoch"),
         predictions=runs.read_predictions(run_dir),
         leaderboard=_read_csv(run_dir / runs.LEADERBOARD_CSV),
+        members=1 + len(runs.read_json(run_dir / runs.MODEL_DIR / runs.ENSEMBLE_FILE).get("members") or []),
     )
 
 
