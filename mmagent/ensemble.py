@@ -81,6 +81,12 @@ class EnsembleModel(nn.Module):
         self.temperatures = [dict(t) for t in (temperatures or [{} for _ in members])]
         if len(self.temperatures) != len(members):
             raise ValueError(f"{len(members)} members but {len(self.temperatures)} temperature sets")
+        # Per member, input -> an earlier member whose encoder has the very same weights (a frozen
+        # pretrained encoder shared by probes): its output is reused, not computed again.
+        self.reuse: list[dict[str, int]] = [
+            {k: next(i for i in range(j + 1) if _same_encoder(members[i], m, k)) for k in m.encoders} for j, m in enumerate(members)
+        ]
+        self.reuse = [{k: i for k, i in r.items() if i != j} for j, r in enumerate(self.reuse)]
 
     @property
     def primary(self) -> MultimodalModel:
@@ -109,7 +115,9 @@ class EnsembleModel(nn.Module):
         taken: a frozen encoder's cache belongs to one member."""
         if cached:
             raise ValueError("an ensemble runs its members' encoders itself: cached features belong to one member")
-        outs = [m(inputs, present) for m in self.members]
+        outs: list[ModelOutput] = []
+        for member, reuse in zip(self.members, self.reuse):
+            outs.append(member(inputs, present, {k: outs[i].features[k] for k, i in reuse.items()}))
         logits = {}
         for name, head in self.heads.items():
             kind = head.spec.type
@@ -151,6 +159,19 @@ class EnsembleModel(nn.Module):
         if any(folder.resolve() not in p.parents for p in paths):
             raise RunFolderError(f"{folder / ENSEMBLE_FILE}: a member lies outside the ensemble folder")
         return cls([primary] + [MultimodalModel.load(p, map_location) for p in paths], temperatures, check=False).eval()
+
+
+def _same_encoder(x: MultimodalModel, y: MultimodalModel, key: str) -> bool:
+    """Input ``key``'s encoders in ``x`` and ``y`` compute the same function: the same class and
+    pooling, equal parameters and buffers."""
+    a, b = x.encoders[key], y.encoders[key]
+    if a is b:
+        return True
+    pooling = [next(i.encoder.pooling for i in m.spec.inputs if i.key == key) for m in (x, y)]
+    if type(a) is not type(b) or pooling[0] != pooling[1]:
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def is_ensemble(folder: str | Path) -> bool:

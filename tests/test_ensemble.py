@@ -263,3 +263,20 @@ def test_the_onnx_backend_runs_the_whole_ensemble(ensemble_run: Path) -> None:
     got = Agent.load(ensemble_run, backend="onnx").probabilities(records)
     for name in ("y", "tags", "v"):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
+def test_an_encoder_shared_by_members_runs_once() -> None:
+    """Probes share their frozen pretrained encoder: the ensemble computes its output once, and
+    the answer is the same as running every member in full."""
+    a, b = _model(0), _model(1, fusion="concat")
+    b.encoders["t"].load_state_dict(a.encoders["t"].state_dict())  # the same pretrained text encoder
+    ens = EnsembleModel([a, b]).eval()
+    assert ens.reuse == [{}, {"t": 0}]  # the numeric MLPs differ: each runs its own
+    calls = []
+    b.encoders["t"].register_forward_hook(lambda *_: calls.append(1))
+    inputs, present = _batch(a)
+    with torch.no_grad():
+        got = ens(inputs, present).logits["y"]
+        assert calls == []
+        want = torch.stack([m(inputs, present).logits["y"].softmax(-1) for m in (a, b)]).mean(0).log()
+    torch.testing.assert_close(got, want)

@@ -172,7 +172,10 @@ def fit(
         raise
     interrupted = search.run()
     if search.ensemble and not interrupted:
-        search.try_ensemble()
+        try:
+            search.try_ensemble()
+        except KeyboardInterrupt:  # Ctrl-C while scoring an ensemble: the best single candidate stays
+            interrupted = True
     board = search.leaderboard
     best = board.best()
     if best is None:
