@@ -4,10 +4,11 @@ Every method works on one collated record (a batch of one, as :func:`mmagent.inf
 gives it) through a :class:`Scorer`, which runs the whole model with one input's tensors replaced
 and returns the explained score (the calibrated probability of the explained label):
 
-- text: Integrated Gradients over the encoder's token embeddings (``LayerIntegratedGradients``);
-  encoders without a reachable embedding layer fall back to occluding one token at a time;
+- text: Integrated Gradients over the encoder's token embeddings (``LayerIntegratedGradients``;
+  an ensemble's members' embeddings together); encoders without a reachable embedding layer fall
+  back to occluding one token at a time;
 - image: Grad-CAM on the last convolution that still has a spatial map (CNN encoders), else
-  occlusion of square patches (ViT-style encoders, or any encoder without such a convolution);
+  occlusion of square patches (ViT-style encoders, ensembles, any encoder without such a convolution);
 - audio: occlusion of time windows of the waveform, each occluded clip run through the encoder's
   own preprocessor, so every audio encoder (mel-CNN, wav2vec2, Whisper, ...) works the same way;
 - numeric: Integrated Gradients from the training mean (the standardizer's ``mean``);

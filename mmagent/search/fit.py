@@ -10,10 +10,10 @@ Read top to bottom, one fit is:
    and full fine-tuning as the budget allows; then, with time left, a search (TPE sampler,
    successive-halving pruning) over strategy, learning rates, fusion, modality dropout and epochs.
    Every candidate shares the frozen-feature cache and stops at the deadline;
-5. the best candidate on validation becomes the run: evaluated on test, calibrated, reported,
-   with its leaderboard and a ``config.yaml`` that ``mmagent train`` reproduces it from.
-
-Ctrl-C (or SIGTERM) during the search stops it and still promotes the best finished candidate.
+5. average the best candidates when that beats the best one on validation (``ensembling.py``);
+6. the winner becomes the run: evaluated on test, calibrated, reported, with its leaderboard and
+   a ``config.yaml`` that ``mmagent train`` reproduces it from. Ctrl-C (or SIGTERM) during the
+   search stops it and still promotes the best finished candidate.
 """
 
 from __future__ import annotations
