@@ -10,8 +10,9 @@ validation. It stands in for a :class:`~mmagent.model.MultimodalModel` wherever 
 - Its logits are the log of the members' averaged calibrated probabilities (multilabel: the logit
   of the average; regression: the averaged output), so softmax / sigmoid of them give the average
   back, and metrics, a temperature on top and escalation thresholds apply unchanged.
-- What needs one network (Grad-CAM, the fused embedding that drift profiles watch, a warm-started
-  update, the ONNX export) uses :attr:`primary`: the first member, the best single candidate.
+- What needs one network (the fused embedding that drift profiles watch, a warm-started update)
+  uses :attr:`primary`: the first member, the best single candidate. The ONNX export is one graph
+  of all members; explanations go through all of them (Grad-CAM gives way to occlusion).
 
 Saved as a folder: the primary as a plain model folder (``model.json``, ``model.safetensors``,
 ``assets/``: what reads one network finds it where it always is), ``members/<i>/`` (the others,
@@ -69,11 +70,11 @@ class EnsembleModel(nn.Module):
     """Members' calibrated probabilities averaged (see the module docstring). ``temperatures``:
     per member, target -> the temperature its logits are divided by (fitted on validation)."""
 
-    def __init__(self, members: list[MultimodalModel], temperatures: list[dict[str, float]] | None = None, check: bool = True) -> None:
+    def __init__(self, members: list[MultimodalModel], temperatures: list[dict[str, float]] | None = None) -> None:
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
-        for i, m in enumerate(members[1:] if check else [], 1):  # (on load: checked when it was built)
+        for i, m in enumerate(members[1:], 1):
             why = incompatibility(members[0].spec, m.spec)
             if why:
                 raise ValueError(f"ensemble member {i} cannot be averaged with member 0: {why}")
@@ -81,6 +82,9 @@ class EnsembleModel(nn.Module):
         self.temperatures = [dict(t) for t in (temperatures or [{} for _ in members])]
         if len(self.temperatures) != len(members):
             raise ValueError(f"{len(members)} members but {len(self.temperatures)} temperature sets")
+        bad = [(i, k, t) for i, ts in enumerate(self.temperatures) for k, t in ts.items() if not (isinstance(t, (int, float)) and 0 < t < float("inf"))]
+        if bad:
+            raise ValueError(f"ensemble temperatures must be positive numbers; member {bad[0][0]}, target {bad[0][1]!r}: {bad[0][2]!r}")
         # Per member, input -> an earlier member whose encoder has the very same weights (a frozen
         # pretrained encoder shared by probes): its output is reused, not computed again.
         self.reuse: list[dict[str, int]] = [
@@ -158,7 +162,10 @@ class EnsembleModel(nn.Module):
         paths = [(folder / n).resolve() for n in names]
         if any(folder.resolve() not in p.parents for p in paths):
             raise RunFolderError(f"{folder / ENSEMBLE_FILE}: a member lies outside the ensemble folder")
-        return cls([primary] + [MultimodalModel.load(p, map_location) for p in paths], temperatures, check=False).eval()
+        try:
+            return cls([primary] + [MultimodalModel.load(p, map_location) for p in paths], temperatures).eval()
+        except ValueError as e:  # members that cannot be averaged, bad temperatures: name the file
+            raise RunFolderError(f"{folder / ENSEMBLE_FILE}: {e}") from None
 
 
 def _same_encoder(x: MultimodalModel, y: MultimodalModel, key: str) -> bool:

@@ -97,6 +97,10 @@ def test_manifest_cannot_point_outside_the_folder(tmp_path: Path) -> None:
     write_checksums(tmp_path / "model")
     with pytest.raises(RunFolderError, match="outside the ensemble folder"):
         load_model(tmp_path / "model")
+    manifest.write_text('{"members": ["members/1"], "temperatures": [{"y": 1.0}, {"y": -2.0}]}')  # edited, checksums rewritten
+    write_checksums(tmp_path / "model")
+    with pytest.raises(RunFolderError, match="ensemble.json: ensemble temperatures must be positive"):
+        load_model(tmp_path / "model")
 
 
 def test_members_preprocessed_differently_are_refused() -> None:
@@ -200,9 +204,9 @@ def test_fit_does_not_keep_an_ensemble_that_does_not_win(tmp_path: Path, monkeyp
     assert not (tmp_path / "ensemble").exists() and "not kept" in lines[-1]
 
 
-def test_ties_go_to_the_lower_log_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Saturated validation (every candidate right everywhere): the average is kept when it is the
-    more confident one, by the trainer's tie rule."""
+def test_a_tie_needs_a_clearly_lower_log_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saturated validation (every candidate right everywhere): the average is kept only when its
+    log-loss is clearly (5 %) lower than the best single candidate's."""
     from mmagent.search.ensembling import choose_ensemble
 
     y = np.array([0, 1, 2])
@@ -212,8 +216,36 @@ def test_ties_go_to_the_lower_log_loss(tmp_path: Path, monkeypatch: pytest.Monke
     _fake_validation(monkeypatch, [unsure, sure], y)
     choice = choose_ensemble(board, None, 8)
     assert choice is not None and choice.score == choice.single_score == 1.0
-    assert choice.loss < choice.single_loss and choice.wins
+    assert choice.loss < 0.95 * choice.single_loss and choice.wins
     assert not math.isnan(choice.loss)
+    nearly = np.eye(3) * 0.85 + 0.15 / 3  # a second candidate about as sure as the first
+    board = _board([1.0, 1.0], tmp_path / "again")
+    _fake_validation(monkeypatch, [sure, nearly], y)
+    choice = choose_ensemble(board, None, 8)
+    assert choice.score == choice.single_score and choice.loss > 0.95 * choice.single_loss and not choice.wins
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("out of memory"), KeyboardInterrupt()])
+def test_a_failure_while_ensembling_keeps_the_best_single_candidate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException) -> None:
+    from mmagent.search import ensembling
+    from mmagent.search.fit import _Search
+    from mmagent.search.leaderboard import Progress
+
+    search = object.__new__(_Search)  # just what try_ensemble reads
+    search.leaderboard, search.reserve, search.run_dir, search.device = _board([0.9, 0.8], tmp_path), 1.0, tmp_path, "cpu"
+    search.validation, search.batch_size = None, 8
+    lines: list[str] = []
+    search.clock = Progress(3600, enabled=False)
+    search.clock.say = lines.append
+
+    def fail(board, *args, **kwargs):
+        board.rows.append(board.rows[0].__class__("ensemble", "ensemble", status="done", score=1.0, run_dir=tmp_path))
+        raise failure
+
+    monkeypatch.setattr(ensembling, "add_ensemble", fail)
+    assert search.try_ensemble() is isinstance(failure, KeyboardInterrupt)  # Ctrl-C still ends the fit
+    assert search.leaderboard.best().name == "00-full" and all(r.strategy != "ensemble" for r in search.leaderboard.rows)
+    assert "keeping the best single candidate" in lines[-1]
 
 
 def test_candidates_preprocessed_differently_are_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -263,6 +295,25 @@ def test_the_onnx_backend_runs_the_whole_ensemble(ensemble_run: Path) -> None:
     got = Agent.load(ensemble_run, backend="onnx").probabilities(records)
     for name in ("y", "tags", "v"):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
+def test_explaining_an_ensemble_whose_members_share_their_text_encoder() -> None:
+    """The probes' case: one shared encoder runs once, and Integrated Gradients goes through it alone."""
+    from mmagent.agent.attributions import Scorer, text_token_scores
+
+    a, b = _model(0), _model(1)
+    b.encoders["t"].load_state_dict(a.encoders["t"].state_dict())
+    ens = EnsembleModel([a, b]).eval()
+    inputs, present = _batch(a)
+    batch = {"inputs": {k: {n: t[:1] for n, t in v.items()} for k, v in inputs.items()}, "present": present[:1]}
+    scorer = Scorer(ens, batch, "y", 0, 1.0)
+    ids = batch["inputs"]["t"]["input_ids"]
+    keep = [i == 0 or i == ids.shape[1] - 1 for i in range(ids.shape[1])]
+    scores, method = text_token_scores(scorer, "t", keep)
+    baseline = torch.where(torch.tensor(keep)[None, :], ids, torch.zeros_like(ids))
+    with torch.no_grad():
+        change = float(scorer("t", {"input_ids": ids})[0] - scorer("t", {"input_ids": baseline})[0])
+    assert method == "integrated_gradients" and float(scores.sum()) == pytest.approx(change, abs=0.05 * abs(change) + 2e-3)
 
 
 def test_an_encoder_shared_by_members_runs_once() -> None:

@@ -174,15 +174,15 @@ def test_recipe_alerts_on_absent_labels_are_dropped_not_fatal():
     import pandas as pd
 
     from mmagent.data.tables import Table
-    from mmagent.search.fit import _fit_recipe_alerts
+    from mmagent.search.fit_config import fit_recipe_alerts
     from mmagent.search.leaderboard import Progress
 
     raw = {"targets": [{"column": "movement", "type": "classification"}]}
     table = Table(pd.DataFrame({"text": ["a", "b"], "movement": ["up", "down"]}))
-    _fit_recipe_alerts(raw, "finance", table, "movement", Progress(10, enabled=False))
+    fit_recipe_alerts(raw, "finance", table, "movement", Progress(10, enabled=False))
     assert raw["agent"]["alerts"] == []
     keep = {"targets": [{"column": "sentiment", "type": "classification"}]}
-    _fit_recipe_alerts(keep, "finance", Table(pd.DataFrame({"sentiment": ["negative", "positive"]})), "sentiment", Progress(10, enabled=False))
+    fit_recipe_alerts(keep, "finance", Table(pd.DataFrame({"sentiment": ["negative", "positive"]})), "sentiment", Progress(10, enabled=False))
     assert "agent" not in keep  # the recipe's rule applies: nothing to change
 
 

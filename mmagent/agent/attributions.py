@@ -102,7 +102,10 @@ def text_token_scores(scorer: Scorer, name: str, keep: list[bool]) -> tuple[np.n
     baseline = torch.where(torch.tensor(keep, device=ids.device)[None, :], ids, torch.full_like(ids, pad))
     # An ensemble: every member's embedding layer, interpolated together, so the scores add up to
     # the ensemble's change in probability, not to one member's share of it.
-    layers = [embedding_layer(m.encoders[name]) for m in getattr(scorer.model, "members", [scorer.model])]
+    # (A member that reuses another's identical encoder never runs its own: leave that one out.)
+    members = getattr(scorer.model, "members", [scorer.model])
+    reuse = getattr(scorer.model, "reuse", [{} for _ in members])
+    layers = [embedding_layer(m.encoders[name]) for m, r in zip(members, reuse) if name not in r]
     if all(layer is not None for layer in layers):
         with warnings.catch_warnings():  # Captum's caution about layers that feed one another: members' never do
             warnings.filterwarnings("ignore", message="Multiple layers provided")

@@ -4,7 +4,10 @@ The candidates are taken best-first (the leaderboard's order), skipping any whos
 preprocessed differently from the best one's (an ensemble feeds one batch to all its members).
 Each gets a temperature fitted on validation; the ensemble of the top *k* (k = 2 .. MAX_MEMBERS)
 averages their calibrated probabilities. The best *k* wins only if it beats the best single
-candidate on the validation metric (ties: the lower validation log-loss, the trainer's rule).
+candidate on the validation metric, or ties it with a log-loss at least ``TIE_MARGIN`` lower:
+averaging probabilities almost never raises the log-loss, so on a saturated validation split
+(FSDD: 300 of 300) a bare tie-break would keep an ensemble that changes nothing and costs one
+forward pass per member on every prediction.
 
 Only *k* is chosen on validation, not which candidates: a greedy pick among dozens of candidates
 on a few hundred validation rows would fit the validation split's noise.
@@ -21,6 +24,7 @@ import numpy as np
 from mmagent.search.leaderboard import Candidate, Leaderboard
 
 MAX_MEMBERS = 3  # each member adds one model's cost to every prediction
+TIE_MARGIN = 0.05  # on a tied metric, the ensemble's log-loss must be this much lower (relative)
 
 
 @dataclass
@@ -40,17 +44,13 @@ class EnsembleChoice:
 
     @property
     def wins(self) -> bool:
-        """Strictly better than the best single candidate on validation."""
-        from mmagent.training.metrics import is_better
-
-        return is_better(self.score, _known(self.loss), self.single_score, _known(self.single_loss), self.larger_better)
+        """Better than the best single candidate on validation (see the module docstring)."""
+        if self.score != self.single_score:
+            return self.score > self.single_score if self.larger_better else self.score < self.single_score
+        return not math.isnan(self.loss) and not math.isnan(self.single_loss) and self.loss <= (1 - TIE_MARGIN) * self.single_loss
 
     def describe(self) -> str:
         return f"average of {len(self.rows)}: " + ", ".join(r.name for r in self.rows)
-
-
-def _known(value: float) -> float | None:
-    return None if math.isnan(value) else value
 
 
 def choose_ensemble(board: Leaderboard, validation: Any, batch_size: int, device: Any = "cpu", max_members: int = MAX_MEMBERS) -> EnsembleChoice | None:
@@ -58,23 +58,25 @@ def choose_ensemble(board: Leaderboard, validation: Any, batch_size: int, device
     ``None`` when fewer than two candidates can be averaged; else the best size (see ``wins``)."""
     from mmagent.ensemble import incompatibility
     from mmagent.model import MultimodalModel
+    from mmagent.specs import ModelSpec
 
     target, metric = board.metric.split("/", 1)
     best = board.best()
     if best is None or best.run_dir is None:
         return None
-    rows, models = [], []
+    rows, specs = [], []
     for row in board.ranked():
         if len(rows) == max_members:
             break
-        model_dir = row.run_dir / "model" if row.run_dir is not None else None
-        if model_dir is None or not (model_dir / "model.json").is_file():
+        saved = row.run_dir / "model" / "model.json" if row.run_dir is not None else None
+        if saved is None or not saved.is_file():
             continue
-        model = MultimodalModel.load(model_dir).to(device)
-        if models and incompatibility(models[0].spec, model.spec):
+        spec = ModelSpec.model_validate_json(saved.read_text())  # compared before any weights load
+        if specs and incompatibility(specs[0], spec):
             continue
         rows.append(row)
-        models.append(model)
+        specs.append(spec)
+    models = [MultimodalModel.load(r.run_dir / "model").to(device) for r in rows]  # type: ignore[operator]
     if len(models) < 2:
         return None
     outputs, temperatures, truth = zip(*(_calibrated(m, validation, batch_size, device) for m in models))
@@ -133,14 +135,14 @@ def _score(spec: Any, outputs: np.ndarray, y: np.ndarray, metric: str) -> tuple[
     return float(m.get(metric, math.nan)), (float(loss) if isinstance(loss, float) and math.isfinite(loss) else None)
 
 
-def add_ensemble(board: Leaderboard, validation: Any, batch_size: int, folder: Any, say: Any = print) -> list[Candidate]:
+def add_ensemble(board: Leaderboard, validation: Any, batch_size: int, folder: Any, say: Any = print, device: Any = "cpu") -> list[Candidate]:
     """Choose an ensemble (:func:`choose_ensemble`) and put it on ``board``: a promotable candidate
     in ``folder`` when it beats the best single one on validation, else a row saying it did not.
     Returns the members (best first) when kept, else ``[]``."""
     import time
 
     start = time.monotonic()
-    choice = choose_ensemble(board, validation, batch_size)
+    choice = choose_ensemble(board, validation, batch_size, device)
     if choice is None:
         say("no ensemble: fewer than two finished candidates share the best one's preprocessing")
         return []

@@ -32,7 +32,8 @@ import yaml
 from mmagent.data.tables import Table, as_table, read_table
 from mmagent.io import write_text
 from mmagent.runs import check_new_run_dir, create_run_dir, read_metrics
-from mmagent.search.columns import Schema, audio_window, ignore_split_keys, infer_schema, parse_column_types
+from mmagent.search.columns import Schema, ignore_split_keys, infer_schema, parse_column_types
+from mmagent.search.fit_config import base_config, fit_audio_windows, fit_recipe_alerts, selection_metric
 from mmagent.search.ladder import (
     PRESETS,
     Preset,
@@ -47,15 +48,6 @@ from mmagent.search.ladder import (
     tunable_inputs,
 )
 from mmagent.search.leaderboard import Leaderboard, Progress
-
-# What each kind of column becomes when no recipe names encoders: offline zoo weights.
-DEFAULT_ENCODERS: dict[str, dict[str, Any]] = {
-    "text": {"source": "zoo", "name": "minilm-l6", "max_length": 64},
-    "image": {"source": "zoo", "name": "efficientnet-lite0"},
-    "audio": {"source": "zoo", "name": "whisper-tiny.en", "max_seconds": 5.0, "freeze": "all"},
-    "numeric": {"source": "builtin", "name": "mlp"},
-    "categorical": {"source": "builtin", "name": "hash-embedding"},
-}
 
 
 class FitError(ValueError):
@@ -86,35 +78,6 @@ def parse_duration(value: str | float | int | None) -> float | None:
     if not parts or "".join(f"{n}{u}" for n, u in parts) != re.sub(r"\s+", "", text):
         raise ValueError(f"time budget {value!r}: use e.g. 90s, 20m, 1h30m or a number of seconds")
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
-
-
-def base_config(
-    schema: Schema, data: dict[str, str | None], recipe: str | None = None, encoders: dict[str, dict[str, Any]] | None = None, seed: int = 0
-) -> dict[str, Any]:
-    """The raw config the schema implies (before any strategy): one input per used column, numeric
-    columns together in one input, encoders from ``encoders`` / the recipe / the zoo."""
-    from mmagent.tasks.recipes import get_recipe
-
-    chosen = {**DEFAULT_ENCODERS, **(get_recipe(recipe).encoders if recipe else {}), **(encoders or {})}
-    inputs: list[dict[str, Any]] = []
-    for kind in ("text", "image", "audio", "categorical"):
-        inputs += [{"column": c, "modality": kind, "encoder": copy.deepcopy(chosen[kind])} for c in schema.of_kind(kind)]
-    numeric = schema.of_kind("numeric")
-    if numeric:
-        inputs.append({"column": numeric, "modality": "numeric", "encoder": copy.deepcopy(chosen["numeric"])})
-    if not inputs:
-        raise ValueError(f"no usable input column: every column but {schema.label!r} was ignored (see the schema above); set kinds with --column-type")
-    several = len(inputs) > 1
-    raw: dict[str, Any] = {
-        "data": {k: v for k, v in data.items() if v},
-        "inputs": inputs,
-        "targets": [{"column": schema.label, "type": schema.task}],
-        "fusion": {"type": "gated" if several else "concat", "hidden_dim": 256, "modality_dropout": 0.2 if several else 0.0},
-        "train": {"batch_size": 32, "seed": seed},
-    }
-    if recipe:
-        raw["recipe"] = recipe
-    return raw
 
 
 def fit(
@@ -159,28 +122,26 @@ def fit(
         clock.say(f"schema of {table.source} ({len(table)} rows):\n{schema.table()}")
         raw = base_config(schema, data, recipe, encoders, seed)
         if not (encoders and "audio" in encoders):  # the user's own audio encoder keeps its window
-            _fit_audio_windows(raw, table, clock)
+            fit_audio_windows(raw, table, clock)
         if metric is not None:
             raw["train"]["metric"] = selection_metric(schema, metric)
         if agent:
             raw["agent"] = copy.deepcopy(agent)
         elif recipe:
-            _fit_recipe_alerts(raw, recipe, table, label, clock)
+            fit_recipe_alerts(raw, recipe, table, label, clock)
         search = _Search(raw, run_dir, plan, clock, seed, plan.ensemble if ensemble is None else ensemble)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     interrupted = search.run()
     if search.ensemble and not interrupted:
-        try:
-            search.try_ensemble()
-        except KeyboardInterrupt:  # Ctrl-C while scoring an ensemble: the best single candidate stays
-            interrupted = True
+        interrupted = search.try_ensemble()
     board = search.leaderboard
     best = board.best()
     if best is None:
         raise FitError(f"no candidate finished within the budget ({budget:.0f} s): give a larger --time-budget\n{board.table()}")
-    _promote(best.run_dir, run_dir, [search.final_raw(r) for r in (search.members if best.strategy == "ensemble" else [best])], clock)
+    members = [r for name in best.params.get("members", []) for r in board.rows if r.name == name] if best.strategy == "ensemble" else [best]
+    _promote(best.run_dir, run_dir, [search.final_raw(r) for r in members], clock)
     board.write(run_dir)
     write_text(run_dir / "schema.md", f"# Inferred schema\n\n```\n{schema.table()}\n```\n")
     from mmagent.training.report_html import write_html_report
@@ -204,6 +165,8 @@ class _Search:
     """The ladder and the search: one study whose first trials are the ladder's affordable rungs."""
 
     def __init__(self, raw: dict[str, Any], run_dir: Path, plan: Preset, clock: Progress, seed: int, ensemble: bool = False) -> None:
+        import torch
+
         from mmagent.config import config_from_dict
         from mmagent.inference import make_loader
         from mmagent.search.ensembling import MAX_MEMBERS
@@ -211,11 +174,12 @@ class _Search:
         from mmagent.training.trainer import build_model
 
         self.raw, self.run_dir, self.plan, self.clock, self.seed = raw, run_dir, plan, clock, seed
-        self.ensemble, self.members = ensemble, []
+        self.ensemble = ensemble
         config = config_from_dict(copy.deepcopy(raw))  # every key checked before any work
         splits = load_splits(config)  # every row of every table checked, all problems at once
         self.n_train, self.n_val = len(splits.train), len(splits.validation)
         self.validation, self.batch_size = splits.validation, config.train.batch_size
+        self.device = "cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu"
         model = build_model(config, splits.train)
         self.blocks = encoder_blocks(model, raw)
         bs = self.batch_size
@@ -289,17 +253,36 @@ class _Search:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+        from mmagent.training.metrics import LOWER_IS_BETTER
+
         self.leaderboard.metric = result.metric
+        self.leaderboard.larger_better = result.metric.rsplit("/", 1)[-1] not in LOWER_IS_BETTER  # r2 is a regression metric to maximise
         self.leaderboard.fill(result)
         if result.interrupted:
             self.clock.say("interrupted: the search stopped; keeping the best candidate so far")
         return result.interrupted
 
-    def try_ensemble(self) -> None:
-        """Average the best candidates when that beats the best one on validation."""
+    def try_ensemble(self) -> bool:
+        """Average the best candidates when that beats the best one on validation. Whatever goes
+        wrong there (an error, too little time left) keeps the best single candidate; True when
+        interrupted (Ctrl-C, SIGTERM)."""
         from mmagent.search.ensembling import add_ensemble
 
-        self.members = add_ensemble(self.leaderboard, self.validation, self.batch_size, self.run_dir / "trials" / "ensemble", self.clock.say)
+        if self.clock.left() < 0.8 * self.reserve:  # the search overran its share of the budget
+            self.clock.say("no ensemble: too little of the budget left to score one")
+            return False
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+        try:
+            add_ensemble(self.leaderboard, self.validation, self.batch_size, self.run_dir / "trials" / "ensemble", self.clock.say, self.device)
+        except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - an ensemble is optional: never lose the search for it
+            self.leaderboard.rows = [r for r in self.leaderboard.rows if r.strategy != "ensemble"]
+            stopped = isinstance(e, KeyboardInterrupt)
+            self.clock.say(f"no ensemble ({'interrupted' if stopped else f'{type(e).__name__}: {e}'}): keeping the best single candidate")
+            return stopped
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        return False
 
     def _report(self, line: str) -> None:
         self.clock.say(line)
@@ -313,42 +296,6 @@ class _Search:
         if best.status == "cut by budget":
             raw["train"]["max_steps"] = best.steps
         return raw
-
-
-def selection_metric(schema: Schema, metric: str) -> str:
-    """``train.metric`` for ranking candidates on ``metric``; refused, with the choices, when the
-    task does not have it (before any work)."""
-    from mmagent.training.metrics import SELECTABLE_METRICS
-
-    choices = SELECTABLE_METRICS[schema.task]
-    if metric not in choices:
-        raise ValueError(f"--metric {metric!r}: a {schema.task} label ({schema.label!r}) is ranked on one of {', '.join(choices)}")
-    return f"{schema.label}/{metric}"
-
-
-def _fit_audio_windows(raw: dict[str, Any], table: Table, clock: Progress) -> None:
-    """Each audio input's clip length, from its files (see :func:`audio_window`)."""
-    for inp in raw["inputs"]:
-        if inp["modality"] == "audio":
-            inp["encoder"]["max_seconds"], why = audio_window(table, inp["column"])
-            clock.say(f"audio {inp['column']!r}: {why}")
-
-
-def _fit_recipe_alerts(raw: dict[str, Any], recipe: str, table: Table, label: str, clock: Progress) -> None:
-    """Keep the recipe's default alert rules whose label this table has (the finance recipe's
-    ``negative`` means nothing on an up/down task); the user's own rules are checked, not dropped."""
-    from mmagent.data.tables import is_empty, label_text
-    from mmagent.tasks.recipes import get_recipe
-
-    rules = get_recipe(recipe).agent.get("alerts")
-    if not rules or raw["targets"][0]["type"] != "classification":
-        return
-    labels = {label_text(v) for v in table.frame[label].tolist() if not is_empty(v)}
-    kept = [r for r in rules if r.get("label") is None or r["label"] in labels]
-    if len(kept) < len(rules):
-        dropped = sorted({r["label"] for r in rules if r not in kept})
-        clock.say(f"recipe {recipe}: alert rule(s) on {dropped} dropped: {label!r} has labels {sorted(labels)[:10]}")
-        raw["agent"] = {**raw.get("agent", {}), "alerts": kept}
 
 
 def _promote(candidate: Path, run_dir: Path, configs: list[dict[str, Any]], clock: Progress) -> None:

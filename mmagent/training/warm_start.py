@@ -10,7 +10,8 @@ dropout, learning rates, epochs) come from the new config.
 
 The new config must describe the same model as the parent: the same inputs (column, modality,
 encoder and its preprocessing), targets (column, type) and fusion shape. A difference is refused
-before any work, naming the input, target or key.
+before any work, naming the input, target or key. A parent that is an ensemble (from ``fit``)
+gives its first model, the best single candidate (``mmagent update`` says so in lineage.json).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def warm_start_model(config: ExperimentConfig, train: Table) -> MultimodalModel:
     """The parent's model, grown by the labels ``train`` adds, with the new config's training
     settings (freezing, dropout); see the module docstring."""
     parent_path = check_init_from(config)
-    parent = MultimodalModel.load(model_dir(parent_path))
+    parent = MultimodalModel.load(model_dir(parent_path))  # an ensemble's folder holds its first model here
     added = added_labels(parent.spec.targets, fit_targets(train, config.targets))
     wanted = {t.column: t for t in config.targets}
     targets = [

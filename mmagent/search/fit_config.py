@@ -1,0 +1,86 @@
+"""The config ``mmagent fit`` starts from: what the inferred schema implies (one input per used
+column, encoders from the recipe or the offline zoo), with the audio windows read off the files,
+the ranking metric checked against the task, and the recipe's alert rules kept where they apply."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from mmagent.data.tables import Table
+from mmagent.search.columns import Schema, audio_window
+from mmagent.search.leaderboard import Progress
+
+# What each kind of column becomes when no recipe names encoders: offline zoo weights.
+DEFAULT_ENCODERS: dict[str, dict[str, Any]] = {
+    "text": {"source": "zoo", "name": "minilm-l6", "max_length": 64},
+    "image": {"source": "zoo", "name": "efficientnet-lite0"},
+    "audio": {"source": "zoo", "name": "whisper-tiny.en", "max_seconds": 5.0, "freeze": "all"},
+    "numeric": {"source": "builtin", "name": "mlp"},
+    "categorical": {"source": "builtin", "name": "hash-embedding"},
+}
+
+
+def base_config(
+    schema: Schema, data: dict[str, str | None], recipe: str | None = None, encoders: dict[str, dict[str, Any]] | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """The raw config the schema implies (before any strategy): one input per used column, numeric
+    columns together in one input, encoders from ``encoders`` / the recipe / the zoo."""
+    from mmagent.tasks.recipes import get_recipe
+
+    chosen = {**DEFAULT_ENCODERS, **(get_recipe(recipe).encoders if recipe else {}), **(encoders or {})}
+    inputs: list[dict[str, Any]] = []
+    for kind in ("text", "image", "audio", "categorical"):
+        inputs += [{"column": c, "modality": kind, "encoder": copy.deepcopy(chosen[kind])} for c in schema.of_kind(kind)]
+    numeric = schema.of_kind("numeric")
+    if numeric:
+        inputs.append({"column": numeric, "modality": "numeric", "encoder": copy.deepcopy(chosen["numeric"])})
+    if not inputs:
+        raise ValueError(f"no usable input column: every column but {schema.label!r} was ignored (see the schema above); set kinds with --column-type")
+    several = len(inputs) > 1
+    raw: dict[str, Any] = {
+        "data": {k: v for k, v in data.items() if v},
+        "inputs": inputs,
+        "targets": [{"column": schema.label, "type": schema.task}],
+        "fusion": {"type": "gated" if several else "concat", "hidden_dim": 256, "modality_dropout": 0.2 if several else 0.0},
+        "train": {"batch_size": 32, "seed": seed},
+    }
+    if recipe:
+        raw["recipe"] = recipe
+    return raw
+
+
+def selection_metric(schema: Schema, metric: str) -> str:
+    """``train.metric`` for ranking candidates on ``metric``; refused, with the choices, when the
+    task does not have it (before any work)."""
+    from mmagent.training.metrics import SELECTABLE_METRICS
+
+    choices = SELECTABLE_METRICS[schema.task]
+    if metric not in choices:
+        raise ValueError(f"--metric {metric!r}: a {schema.task} label ({schema.label!r}) is ranked on one of {', '.join(choices)}")
+    return f"{schema.label}/{metric}"
+
+
+def fit_audio_windows(raw: dict[str, Any], table: Table, clock: Progress) -> None:
+    """Each audio input's clip length, from its files (see :func:`audio_window`)."""
+    for inp in raw["inputs"]:
+        if inp["modality"] == "audio":
+            inp["encoder"]["max_seconds"], why = audio_window(table, inp["column"])
+            clock.say(f"audio {inp['column']!r}: {why}")
+
+
+def fit_recipe_alerts(raw: dict[str, Any], recipe: str, table: Table, label: str, clock: Progress) -> None:
+    """Keep the recipe's default alert rules whose label this table has (the finance recipe's
+    ``negative`` means nothing on an up/down task); the user's own rules are checked, not dropped."""
+    from mmagent.data.tables import is_empty, label_text
+    from mmagent.tasks.recipes import get_recipe
+
+    rules = get_recipe(recipe).agent.get("alerts")
+    if not rules or raw["targets"][0]["type"] != "classification":
+        return
+    labels = {label_text(v) for v in table.frame[label].tolist() if not is_empty(v)}
+    kept = [r for r in rules if r.get("label") is None or r["label"] in labels]
+    if len(kept) < len(rules):
+        dropped = sorted({r["label"] for r in rules if r not in kept})
+        clock.say(f"recipe {recipe}: alert rule(s) on {dropped} dropped: {label!r} has labels {sorted(labels)[:10]}")
+        raw["agent"] = {**raw.get("agent", {}), "alerts": kept}
