@@ -45,9 +45,12 @@ def test_space_and_rungs_cover_speech_and_fusion():
     speech = space["inputs.2.encoder"]["choices"]  # Whisper frozen or its top half fine-tuned, or the scratch CNN
     assert [(c["name"], c.get("freeze")) for c in speech[:2]] == [("whisper-tiny.en", "all"), ("whisper-tiny.en", 1)]
     assert speech[2] == {"source": "builtin", "name": "mel-cnn", "max_seconds": 4.0}
-    rung = rung_params(RAW, "partial", BLOCKS, epochs=3)
-    assert rung["inputs.2.encoder"]["name"] == "whisper-tiny.en" and strategy_of(rung["inputs.2.encoder"]) == "partial"
-    assert rung["train.epochs"] == 3 and rung["fusion.type"] == "gated"
+    rung = rung_params(RAW, "partial", BLOCKS, epochs=3)  # beside text and image, the rungs keep Whisper frozen
+    assert rung["inputs.2.encoder"]["name"] == "whisper-tiny.en" and strategy_of(rung["inputs.2.encoder"]) == "probe"
+    assert strategy_of(rung["inputs.0.encoder"]) == "partial" and rung["train.epochs"] == 3 and rung["fusion.type"] == "gated"
+    speech_only = {"inputs": [RAW["inputs"][2], RAW["inputs"][3]], "fusion": RAW["fusion"]}
+    alone = rung_params(speech_only, "lora", {}, epochs=3)  # the only pretrained encoder: the rungs fine-tune it
+    assert strategy_of(alone["inputs.0.encoder"]) == "lora"
     scratch = rung_params(RAW, "probe", BLOCKS, epochs=9, scratch=True)
     assert strategy_of(scratch["inputs.2.encoder"]) == "scratch" and scratch["inputs.0.encoder"]["freeze"] == "all"
     for key, value in rung.items():  # every rung is a point of the space (Optuna replays it exactly)
