@@ -87,10 +87,12 @@ class EnsembleModel(nn.Module):
             raise ValueError(f"ensemble temperatures must be positive numbers; member {bad[0][0]}, target {bad[0][1]!r}: {bad[0][2]!r}")
         # Per member, input -> an earlier member whose encoder has the very same weights (a frozen
         # pretrained encoder shared by probes): its output is reused, not computed again.
-        self.reuse: list[dict[str, int]] = [
-            {k: next(i for i in range(j + 1) if _same_encoder(members[i], m, k)) for k in m.encoders} for j, m in enumerate(members)
-        ]
-        self.reuse = [{k: i for k, i in r.items() if i != j} for j, r in enumerate(self.reuse)]
+        self.reuse: list[dict[str, int]] = [{} for _ in members]
+        for j, member in enumerate(members):
+            for key in member.encoders:
+                earlier = next((i for i in range(j) if _same_encoder(members[i], member, key)), None)
+                if earlier is not None:
+                    self.reuse[j][key] = earlier
 
     @property
     def primary(self) -> MultimodalModel:

@@ -49,8 +49,9 @@ class EnsembleChoice:
             return self.score > self.single_score if self.larger_better else self.score < self.single_score
         return not math.isnan(self.loss) and not math.isnan(self.single_loss) and self.loss <= (1 - TIE_MARGIN) * self.single_loss
 
-    def describe(self) -> str:
-        return f"average of {len(self.rows)}: " + ", ".join(r.name for r in self.rows)
+    def row(self, status: str, seconds: float, run_dir: Any = None) -> Candidate:
+        """This ensemble as a leaderboard row (its ``describe`` names the members)."""
+        return Candidate("ensemble", "ensemble", {"members": [r.name for r in self.rows]}, status, self.score, seconds, run_dir=run_dir, loss=self.loss)
 
 
 def choose_ensemble(board: Leaderboard, validation: Any, batch_size: int, device: Any = "cpu", max_members: int = MAX_MEMBERS) -> EnsembleChoice | None:
@@ -61,9 +62,6 @@ def choose_ensemble(board: Leaderboard, validation: Any, batch_size: int, device
     from mmagent.specs import ModelSpec
 
     target, metric = board.metric.split("/", 1)
-    best = board.best()
-    if best is None or best.run_dir is None:
-        return None
     rows, specs = [], []
     for row in board.ranked():
         if len(rows) == max_members:
@@ -76,9 +74,9 @@ def choose_ensemble(board: Leaderboard, validation: Any, batch_size: int, device
             continue
         rows.append(row)
         specs.append(spec)
-    models = [MultimodalModel.load(r.run_dir / "model").to(device) for r in rows]  # type: ignore[operator]
-    if len(models) < 2:
+    if len(rows) < 2:
         return None
+    models = [MultimodalModel.load(r.run_dir / "model").to(device) for r in rows]  # type: ignore[operator]
     outputs, temperatures, truth = zip(*(_calibrated(m, validation, batch_size, device) for m in models))
     spec = models[0].heads[target].spec
     y = truth[0][target]
@@ -148,11 +146,12 @@ def add_ensemble(board: Leaderboard, validation: Any, batch_size: int, folder: A
         return []
     tried = ", ".join(f"top {k}: {score:.4f}" for k, (score, _) in sorted(choice.tried.items()))
     if not choice.wins:
-        board.rows.append(rejected_row(choice, time.monotonic() - start))
+        board.rows.append(choice.row("not better than the best single", time.monotonic() - start))
         say(f"ensemble not kept: averaging did not beat the best candidate on validation ({tried})")
         return []
     board.rows.append(save_candidate(choice, folder, time.monotonic() - start))
-    say(f"ensemble kept: {choice.describe()} (validation {tried}); each prediction runs {len(choice.rows)} models (--no-ensemble keeps one)")
+    row = board.rows[-1]
+    say(f"ensemble kept: {row.describe()} (validation {tried}); each prediction runs {len(choice.rows)} models (--no-ensemble keeps one)")
     return choice.rows
 
 
@@ -171,11 +170,4 @@ def save_candidate(choice: EnsembleChoice, folder: Any, seconds: float) -> Candi
         if item.name != "model" and item.is_file():
             shutil.copy2(item, folder / item.name)
     EnsembleModel([m.cpu() for m in choice.models], choice.temperatures).save(folder / "model")
-    return Candidate("ensemble", "ensemble", {"members": [r.name for r in choice.rows]}, "done", choice.score, seconds, run_dir=folder, loss=choice.loss)
-
-
-def rejected_row(choice: EnsembleChoice, seconds: float) -> Candidate:
-    """A leaderboard row for an ensemble that did not beat the best single candidate."""
-    return Candidate(
-        "ensemble", "ensemble", {"members": [r.name for r in choice.rows]}, "not better than the best single", choice.score, seconds, loss=choice.loss
-    )
+    return choice.row("done", seconds, folder)
