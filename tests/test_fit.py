@@ -83,6 +83,7 @@ def test_a_kept_ensemble_becomes_the_run(fitted_ensemble):
     assert first["train"]["epochs"] >= 1 and first["inputs"]
     assert sorted(p.name for p in result.run_dir.glob("config.member-*.yaml")) == [f"config.member-{i}.yaml" for i in range(1, len(members))]
     assert "average of" in (result.run_dir / "leaderboard.md").read_text()
+    assert "an ensemble of 2 models" in (result.run_dir / "report.md").read_text() or "an ensemble of 3 models" in (result.run_dir / "report.md").read_text()
 
 
 def mm_tables_test(result) -> Path:
