@@ -135,6 +135,7 @@ def evaluate(
     device: str = typer.Option("auto", "--device", help="cpu | cuda | auto (a GPU when one is visible)"),
 ) -> None:
     """Metrics of a trained run on a labelled table, printed as JSON."""
+    from mmagent.agent.escalation import measure_run
     from mmagent.data.tables import read_table
     from mmagent.data.validation import validate_table
     from mmagent.ensemble import load_model
@@ -147,7 +148,9 @@ def evaluate(
     if unknown:
         raise ValueError(f"--drop-input {unknown}: not an input of this model; inputs: {model.input_names}")
     table, _ = validate_table(read_table(data), model.spec.inputs, model.spec.targets, "error")
-    metrics, _ = run_eval(model, make_loader(model, table, batch_size), where, drop=drop_input)
+    metrics, preds = run_eval(model, make_loader(model, table, batch_size), where, drop=drop_input)
+    if trust := measure_run(run_dir, preds):  # the agent's rules on this table: answered, error among answered, sets, unknown
+        metrics["escalation"] = trust
     typer.echo(json.dumps(metrics, indent=2))
 
 

@@ -34,14 +34,17 @@ class Predictions:
     outputs: dict[str, np.ndarray]  # probabilities, or values for regression
     targets: dict[str, np.ndarray]
     gates: np.ndarray | None  # (N, M) for gated fusion
+    fused: np.ndarray | None = None  # (N, D): the vector the heads read (the unknown-input score's features)
 
 
 @dataclass
 class BatchOutput:
-    """One forward pass: logits per target and gated fusion's per-input weights (if any)."""
+    """One forward pass: logits per target, gated fusion's per-input weights (if any) and the fused
+    vector the heads read."""
 
     logits: dict[str, torch.Tensor]
     gates: torch.Tensor | None = None
+    fused: torch.Tensor | None = None
 
 
 @runtime_checkable
@@ -65,7 +68,7 @@ class TorchRunner:
     def __call__(self, batch: dict[str, Any], present: torch.Tensor) -> BatchOutput:
         moved = to_device({"inputs": batch["inputs"], "cached": batch.get("cached")}, self.device)
         out = self.model(moved["inputs"], present.to(self.device), moved["cached"])
-        return BatchOutput(out.logits, out.gates)
+        return BatchOutput(out.logits, out.gates, out.fused)
 
 
 #: What one forward call costs besides its rows, in units of the batch's longest row (Python
@@ -157,7 +160,7 @@ def run_model(
     drop_idx = [model.input_names.index(d) for d in drop]
     logits: dict[str, list] = {k: [] for k in model.heads}
     targets: dict[str, list] = {k: [] for k in model.heads}
-    gates = []
+    gates, fused = [], []
     for batch in loader:
         present = batch["present"].clone()
         present[:, drop_idx] = False
@@ -168,9 +171,12 @@ def run_model(
                 targets[k].append(batch["targets"][k].cpu())
         if out.gates is not None:
             gates.append(out.gates.float().cpu())
+        if out.fused is not None:
+            fused.append(out.fused.float().cpu())
     cat = {k: torch.cat(v) for k, v in logits.items()}
     targets_cat = {k: torch.cat(v) for k, v in targets.items() if v}
     gates_cat = torch.cat(gates) if gates else None
+    fused_cat = torch.cat(fused) if fused else None
     order = getattr(getattr(loader, "batch_sampler", None), "order", None)
     if order is not None:  # length-ordered batches: back to table order
         back = torch.empty(len(order), dtype=torch.long)
@@ -178,9 +184,11 @@ def run_model(
         cat = {k: v[back] for k, v in cat.items()}
         targets_cat = {k: v[back] for k, v in targets_cat.items()}
         gates_cat = gates_cat[back] if gates_cat is not None else None
+        fused_cat = fused_cat[back] if fused_cat is not None else None
     return Predictions(
         logits={k: v.numpy() for k, v in cat.items()},
         outputs={k: model.heads[k].predict(v).numpy() for k, v in cat.items()},
         targets={k: v.numpy() for k, v in targets_cat.items()},
         gates=gates_cat.numpy() if gates_cat is not None else None,
+        fused=fused_cat.numpy() if fused_cat is not None else None,
     )

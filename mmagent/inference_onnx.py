@@ -38,7 +38,8 @@ EXPORT_DIR = "onnx"
 EXPORT_FILE = "model.onnx"
 META_FILE = "export.json"
 KIND = "mmagent-onnx-runner"  # marks a folder this module wrote (never overwrite one it did not)
-TOLERANCE = 1e-4  # max abs difference of logits / gates vs PyTorch
+TOLERANCE = 1e-4  # max abs difference of logits / gates / fused vectors vs PyTorch
+FORMAT = 2  # 2: the graph also returns the fused vector (the unknown-input score reads it)
 
 
 class OnnxBackendError(ValueError):
@@ -47,7 +48,8 @@ class OnnxBackendError(ValueError):
 
 
 class _GatedWrapper(FlatWrapper):
-    """:class:`FlatWrapper` that also returns gated fusion's (B, M) gates (the agent's contributions)."""
+    """:class:`FlatWrapper` that also returns gated fusion's (B, M) gates (the agent's contributions)
+    and the (B, D) fused vector (the unknown-input score's features)."""
 
     def __init__(self, model: MultimodalModel, layout: list[tuple[str, str]], gates: bool) -> None:
         super().__init__(model, layout)
@@ -59,7 +61,7 @@ class _GatedWrapper(FlatWrapper):
             inputs.setdefault(name, {})[key] = t
         out = self.model(inputs, tensors[-1])
         logits = tuple(out.logits[t] for t in self.targets)
-        return logits + ((out.gates,) if self.gates else ())
+        return logits + ((out.gates,) if self.gates else ()) + (out.fused,)
 
 
 class OnnxRunner:
@@ -82,7 +84,7 @@ class OnnxRunner:
         self.path, self.layout, self.targets, self.gates, self.threads = path, layout, targets, gates, threads
         self.names = tensor_names(layout)
         self.feeds = {i.name for i in self.session.get_inputs()}  # unused inputs are pruned from the graph
-        self.outputs = [f"logits.{t}" for t in targets] + (["gates"] if gates else [])
+        self.outputs = output_names(targets, gates)
         self.info: dict[str, Any] = {}
 
     def __call__(self, batch: dict[str, Any], present: Tensor) -> BatchOutput:
@@ -90,7 +92,13 @@ class OnnxRunner:
         feed = {n: t.detach().cpu().numpy() for n, t in zip(self.names, flat) if n in self.feeds}
         out = self.session.run(self.outputs, feed)
         logits = {t: torch.from_numpy(np.asarray(o)) for t, o in zip(self.targets, out)}
-        return BatchOutput(logits, torch.from_numpy(np.asarray(out[-1])) if self.gates else None)
+        gates = torch.from_numpy(np.asarray(out[len(self.targets)])) if self.gates else None
+        return BatchOutput(logits, gates, torch.from_numpy(np.asarray(out[-1])))
+
+
+def output_names(targets: list[str], gates: bool) -> list[str]:
+    """The graph's outputs, in order: logits per target, gates (gated fusion), the fused vector."""
+    return [f"logits.{t}" for t in targets] + (["gates"] if gates else []) + ["fused"]
 
 
 # -- example batches ----------------------------------------------------------------------------
@@ -161,7 +169,13 @@ def _valid(folder: Path, fingerprint: str) -> bool:
     except (OSError, ValueError):
         return False
     path = folder / EXPORT_FILE
-    return meta.get("kind") == KIND and meta.get("model_sha256") == fingerprint and path.is_file() and sha256_file(path) == meta.get("onnx_sha256")
+    return (
+        meta.get("kind") == KIND
+        and meta.get("format") == FORMAT
+        and meta.get("model_sha256") == fingerprint
+        and path.is_file()
+        and sha256_file(path) == meta.get("onnx_sha256")
+    )
 
 
 def _ours(folder: Path) -> bool:
@@ -197,7 +211,7 @@ def ensure_export(run_dir: str | Path, model: MultimodalModel, batches: list[dic
         return folder, False
     layout = _layout(model, batches)
     names = tensor_names(layout)
-    outputs = [f"logits.{t}" for t in model.heads] + (["gates"] if gates else [])
+    outputs = output_names(list(model.heads), gates)
     started = time.perf_counter()
     with atomic_dir(folder) as tmp:
         try:
@@ -217,6 +231,7 @@ def ensure_export(run_dir: str | Path, model: MultimodalModel, batches: list[dic
             raise OnnxBackendError(f"the onnx backend cannot run {run_dir}: {what}. Serve it with --backend torch") from e
         meta = {
             "kind": KIND,
+            "format": FORMAT,
             "model_sha256": fingerprint,
             "onnx_sha256": sha256_file(tmp / EXPORT_FILE),
             "inputs": names,
@@ -233,8 +248,9 @@ def _layout(model: MultimodalModel, batches: list[dict[str, Any]]) -> list[tuple
 
 
 def max_difference(a: BatchOutput, b: BatchOutput) -> float:
-    """Largest absolute difference between two forward passes' logits and gates."""
-    pairs = [(a.logits[k], b.logits[k]) for k in a.logits] + ([(a.gates, b.gates)] if a.gates is not None and b.gates is not None else [])
+    """Largest absolute difference between two forward passes' logits, gates and fused vectors."""
+    pairs = [(a.logits[k], b.logits[k]) for k in a.logits]
+    pairs += [(x, y) for x, y in ((a.gates, b.gates), (a.fused, b.fused)) if x is not None and y is not None]
     return max(float((x.double().cpu() - y.double().cpu()).abs().max()) if x.numel() else 0.0 for x, y in pairs)
 
 

@@ -8,7 +8,8 @@
                            members/<i>/ (the other models) and ensemble.json (see mmagent.ensemble)
       metrics.json         final metrics per split, ablation, calibration
       metrics.jsonl        the training log: one line per step / epoch
-      calibration.json     temperatures per target (+ the chosen escalation threshold)
+      calibration.json     temperatures per target, prediction-set quantile, the escalation threshold and its guarantee
+      unknown.json         the unknown-input score: its kind, threshold, how both were chosen (+ unknown.safetensors)
       report.md, plots/    the human-readable report
       report.html          the same as one self-contained page (figures embedded, no external links)
       predictions.npz      logits, outputs and targets of the split the report shows (test, else validation)
@@ -59,6 +60,8 @@ LINEAGE_FILE = "lineage.json"
 ESCALATION_KEY = "_escalation_threshold"
 MARKER_FILE = ".mmagent-run"
 CHECKSUMS_FILE = "checksums.sha256"
+UNKNOWN_FILE = "unknown.json"  # the unknown-input score's choice and threshold (mmagent.agent.unknown)
+UNKNOWN_WEIGHTS = "unknown.safetensors"  # its class means and whitening matrix
 ENSEMBLE_FILE = "ensemble.json"  # in a model folder: the other members and every member's temperatures
 
 

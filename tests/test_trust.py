@@ -28,6 +28,7 @@ from mmagent.specs import UNSEEN_INDEX, TargetSpec
 from mmagent.training.figures import reliability, to_png
 from mmagent.training.metrics import classification_metrics
 from mmagent.training.report import _calibration_lines
+from mmagent.training.report_trust import trust_summary
 from mmagent.training.trainer import build_model, train
 
 LABELS = ["a", "b", "c"]
@@ -157,7 +158,7 @@ def test_an_unreached_precision_target_warns_at_load_and_in_the_report(tmp_path:
     run = _saved_run(tmp_path, {runs.ESCALATION_KEY: UNREACHED}, {"type": "default", "threshold": 0.5})
     with pytest.warns(UserWarning, match="not reached"):
         Agent.load(run)
-    assert "Warning: the escalation target was not reached" in "\n".join(_calibration_lines({runs.ESCALATION_KEY: UNREACHED}))
+    assert "The escalation target was not reached" in "\n".join(trust_summary({runs.ESCALATION_KEY: UNREACHED}, {}).warnings)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Agent.load(run, policy={"type": "default"})  # the caller's own policy: nothing to warn about

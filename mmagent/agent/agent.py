@@ -16,12 +16,15 @@ import numpy as np
 import torch
 
 from mmagent import runs
+from mmagent.agent.conformal import prediction_sets
 from mmagent.agent.policies import Decision, Policy, build_policy
+from mmagent.agent.policy_base import Assessment
 from mmagent.agent.spec import split_agent_config
+from mmagent.agent.unknown import UnknownDetector
 from mmagent.data.tables import Table, as_table, is_empty, resolve_media
 from mmagent.data.validation import DataError, Problem, check_rows
 from mmagent.ensemble import load_model
-from mmagent.inference import ModelRunner, TorchRunner, make_loader, run_model
+from mmagent.inference import ModelRunner, Predictions, TorchRunner, make_loader, run_model
 from mmagent.model import MultimodalModel
 
 if TYPE_CHECKING:
@@ -41,6 +44,8 @@ class Agent:
         batch_size: int = 32,
         speech_to_text: dict[str, str] | str | None = None,
         runner: ModelRunner | None = None,
+        unknown: UnknownDetector | None = None,
+        escalation: dict[str, Any] | None = None,
     ) -> None:
         self.model = model.to(device).eval()
         self.policy = policy
@@ -53,6 +58,10 @@ class Agent:
         self.speech_to_text = self._speech_columns(speech_to_text)
         self.version: str | None = None  # set by whoever loaded it as a version (the server, the registry); stamped on decisions
         self.runner: ModelRunner = runner or TorchRunner(self.model, self.device)  # the forward pass; all else is shared
+        # What makes "escalate when unsure" true (fitted with the run, see mmagent.agent.escalation):
+        # the unknown-input score, and the prediction sets' quantile and rules from calibration.json.
+        self.unknown = unknown if unknown is not None and unknown.target == self.target else None
+        self.escalation = escalation if escalation and escalation.get("target") == self.target else None
 
     def _speech_columns(self, setting: dict[str, str] | str | None) -> dict[str, str] | None:
         """``{audio: COLUMN, text: COLUMN}``: a record with audio but no text gets a transcript.
@@ -98,12 +107,18 @@ class Agent:
             spec: Any = policy
         else:
             spec = split_agent_config(agent_cfg)[1] or None
-            if chosen is not None and isinstance(spec, dict):
+            if chosen is not None and isinstance(spec, dict) and "threshold" in chosen:
                 key = "refer_below" if spec.get("type") == "medical" else "threshold"
-                spec = {**spec, key: chosen["threshold"]}
+                if chosen.get("reached", True) or "max_error" not in chosen:  # an uncertified promise escalates all (see assess)
+                    spec = {**spec, key: min(float(chosen["threshold"]), 1.0)}
                 if not chosen.get("reached", True):
+                    what = (
+                        "every input is escalated"
+                        if "max_error" in chosen
+                        else f"the agent escalates below {chosen['threshold']:.3f}, the threshold with the best precision"
+                    )
                     warnings.warn(
-                        f"{run_dir}: the escalation target was not reached on validation ({chosen.get('note')}); the agent escalates below {chosen['threshold']:.3f}, the threshold with the best precision",
+                        f"{run_dir}: the escalation target was not reached on validation ({chosen.get('note') or chosen.get('guarantee')}); {what}",
                         UserWarning,
                         stacklevel=2,
                     )
@@ -120,6 +135,8 @@ class Agent:
             device,
             speech_to_text=agent_cfg.get("speech_to_text"),
             runner=runner,
+            unknown=UnknownDetector.load(run_dir),
+            escalation=chosen if policy is None else None,
         )
 
     # -- predict ------------------------------------------------------------------------------
@@ -178,9 +195,12 @@ class Agent:
         texts = get_transcriber(self.device).transcribe(items)
         return {i: t for i, t in zip(rows, texts) if t}
 
-    def _probabilities(self, table: Table, drop: Iterable[str] = ()) -> dict[str, np.ndarray]:
+    def _run(self, table: Table, drop: Iterable[str] = ()) -> Predictions:
         loader = make_loader(self.model, table, self.batch_size, with_targets=False, by_length=True)
-        preds = run_model(self.model, loader, self.device, drop, runner=self.runner)
+        return run_model(self.model, loader, self.device, drop, runner=self.runner)
+
+    def _probabilities(self, table: Table, drop: Iterable[str] = (), preds: Predictions | None = None) -> dict[str, np.ndarray]:
+        preds = preds if preds is not None else self._run(table, drop)
         out = {}
         for name, head in self.model.heads.items():
             t = self.temperatures.get(name, 1.0)
@@ -193,12 +213,41 @@ class Agent:
         """Calibrated probabilities (or regression values) per target, one row per record."""
         return self._probabilities(self.prepare(data, base_dir)[0], drop)
 
+    def assess(self, preds: Predictions, probs: np.ndarray) -> list[Assessment]:
+        """Per row, for the agent's target: the unknown-input score and verdict and the conformal
+        prediction set (``probs``: its calibrated probabilities), with the run's escalation rules."""
+        n = len(probs)
+        out = [Assessment() for _ in range(n)]
+        if self.unknown is not None:
+            scores = self.unknown.score(preds.fused, preds.logits[self.target])
+            flagged = self.unknown.is_unknown(scores) & bool((self.escalation or {}).get("unknown_escalates", True))
+            for a, score, flag in zip(out, scores, flagged):
+                a.unknown_score, a.unknown_threshold, a.unknown = float(score), self.unknown.threshold, bool(flag)
+        esc = self.escalation
+        spec = self.model.heads[self.target].spec
+        if esc is not None and spec.type == "classification" and "set_quantile" in esc:
+            members = prediction_sets(probs, float(esc["set_quantile"]))
+            uncertified = None if esc.get("reached", True) or "max_error" not in esc else esc.get("guarantee")
+            for a, row, p in zip(out, members, probs):
+                order = np.argsort(-p, kind="stable")
+                a.prediction_set = [spec.labels[j] for j in order if row[j]]
+                a.set_level, a.set_escalates, a.uncertified = float(esc["set_alpha"]), bool(esc.get("set_escalates")), uncertified
+        return out
+
     def predict(self, data: Any, base_dir: str | Path = ".") -> list[dict[str, Any]]:
         """For each record: ``{target: {"label": ..., "probabilities": {label: p}}}`` (multilabel:
-        ``labels``; regression: ``value``)."""
-        probs = self.probabilities(data, base_dir)
-        n = len(next(iter(probs.values())))
-        return [{name: self._describe(name, probs[name][i]) for name in self.model.heads} for i in range(n)]
+        ``labels``; regression: ``value``); the agent's target adds ``unknown``, ``unknown_score``
+        and ``prediction_set`` when the run has them."""
+        table = self.prepare(data, base_dir)[0]
+        preds = self._run(table)
+        probs = self._probabilities(table, preds=preds)
+        out = [{name: self._describe(name, probs[name][i]) for name in self.model.heads} for i in range(len(table))]
+        for row, a in zip(out, self.assess(preds, probs[self.target])):
+            if a.unknown_score is not None:
+                row[self.target].update(unknown=a.unknown, unknown_score=a.unknown_score)
+            if a.prediction_set is not None:
+                row[self.target]["prediction_set"] = a.prediction_set
+        return out
 
     def _describe(self, name: str, row: np.ndarray) -> dict[str, Any]:
         spec = self.model.heads[name].spec
@@ -223,14 +272,16 @@ class Agent:
     def decide(self, table: Table, transcripts: dict[int, str] | None = None, explain: bool = True) -> list[Decision]:
         """Decisions for a table :meth:`prepare` returned (with its transcripts)."""
         transcripts = transcripts or {}
-        probs = self._probabilities(table)
+        preds = self._run(table)
+        probs = self._probabilities(table, preds=preds)
         spec = self.model.heads[self.target].spec
         contributions = self._contributions(table, probs) if explain else [{}] * len(table)
+        assessments = self.assess(preds, probs[self.target])
         decisions = []
         for i in range(len(table)):
             row = probs[self.target][i]
             given = {"value": float(row)} if spec.type == "regression" else {lab: float(v) for lab, v in zip(spec.labels, row)}
-            decision = self.policy.decide(self.target, given, spec.type, contributions=contributions[i])
+            decision = self.policy.decide(self.target, given, spec.type, contributions=contributions[i], assessment=assessments[i])
             decision.transcript = transcripts.get(i)
             decision.model_version = self.version
             decisions.append(decision)

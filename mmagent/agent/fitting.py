@@ -1,5 +1,5 @@
-"""Fitting a run's calibration from held-out predictions: a temperature per target and the
-confidence threshold at which the agent escalates.
+"""Fitting a run's calibration from held-out predictions: a temperature per target (the
+escalation thresholds and unknown-input score are fitted in :mod:`mmagent.agent.escalation`).
 
 Training calls these at the end of a run and stores the result in the run folder's
 ``calibration.json``; the agent only reads it back. The temperature is fitted on the validation
@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmagent.agent.calibration import choose_threshold, expected_calibration_error, fit_temperature, fit_temperature_binary
-from mmagent.agent.spec import AgentSpec
+from mmagent.agent.calibration import expected_calibration_error, fit_temperature, fit_temperature_binary
 from mmagent.inference import Predictions
 from mmagent.model import MultimodalModel
 
@@ -72,22 +71,6 @@ def calibrate(model: MultimodalModel, validation: Predictions, test: Predictions
             entry["note"] = f"the fitted temperature reached the bound of the safe range {list(SAFE_TEMPERATURE)}"
         out[name] = entry
     return out
-
-
-def escalation_threshold(model: MultimodalModel, preds: Predictions, calibration: dict[str, Any], agent: AgentSpec) -> dict[str, Any] | None:
-    """``agent.escalation: {target_precision: 0.95}`` (or ``target_coverage``): pick the confidence
-    threshold on calibrated validation predictions of the agent's target. ``reached`` is False
-    (with a ``note``) when no threshold meets the precision target."""
-    wanted = agent.escalation.model_dump(exclude_none=True) if agent.escalation else None
-    target = agent.target or next(iter(model.heads))
-    if not wanted or model.heads[target].spec.type != "classification":
-        return None
-    logits = torch.from_numpy(preds.logits[target]) / calibration.get(target, {}).get("temperature", 1.0)
-    y = torch.from_numpy(preds.targets[target])
-    keep = y >= 0
-    conf, pred = logits[keep].softmax(-1).max(-1)
-    choice = choose_threshold(conf, pred == y[keep], **wanted)
-    return {"target": target, **choice.model_dump()}
 
 
 def reliability_curve(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int = RELIABILITY_BINS) -> list[dict[str, float]]:

@@ -6,6 +6,11 @@ per-label probabilities) or, for a regression target, ``{"value": v}``. Policies
 ``type`` from a dict / YAML file with :func:`build_policy`:
 
 * ``default`` - predict the top label; escalate when confidence < ``threshold``.
+
+Every policy also hands over an input the run's unknown-input score flags, and (when the run
+promises an error level) one whose conformal prediction set is not a single label, with its own
+action (:class:`~mmagent.agent.policy_base.Assessment`; ``escalate``, ``handoff``,
+``refer_to_clinician``, finance's ``flag`` for an unknown input and ``abstain`` otherwise).
 * ``customer_service`` - reply from a playbook per intent; hand off to a human when unsure or out
   of scope.
 * ``medical`` - always report every finding with its probability; refer to a clinician when
@@ -117,6 +122,11 @@ class CustomerServicePolicy(Policy):
 
     spec_class = CustomerServiceSpec
     spec: CustomerServiceSpec
+    escalate_action = unknown_action = "handoff"  # a request it cannot answer goes to a person
+
+    def _hand_over(self, decision: Decision, reason: str, unknown: bool) -> None:
+        super()._hand_over(decision, reason, unknown)
+        decision.reply = self.spec.handoff_reply
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> CustomerServicePolicy:
@@ -185,6 +195,15 @@ class MedicalPolicy(Policy):
 
     spec_class = MedicalSpec
     spec: MedicalSpec
+    escalate_action = unknown_action = "refer_to_clinician"
+
+    def _hand_over(self, decision: Decision, reason: str, unknown: bool) -> None:
+        referred = decision.escalated
+        super()._hand_over(decision, reason, unknown)
+        if unknown:  # not the kind of input it grades: no finding is reported at all
+            decision.reply = f"{decision.target}: not graded: {reason}. Referred to a clinician."
+        elif not referred:
+            decision.reply = f"{decision.reply}. Referred to a clinician: {reason}."
 
     def _p(self, p: float) -> str:
         return f"{p:.{self.spec.decimals}f} probability"
@@ -264,6 +283,7 @@ class FinancePolicy(Policy):
 
     spec_class = FinanceSpec
     spec: FinanceSpec
+    escalate_action, unknown_action = "abstain", "flag"  # an input unlike the training data is flagged for review
 
     def _decide(self, pred: PredictionView, decision: Decision) -> Decision:
         fired: list[tuple[AlertRule, str]] = []

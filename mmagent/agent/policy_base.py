@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,6 +49,36 @@ class Decision(BaseModel):
     contributions: dict[str, float] = Field(default_factory=dict, description="per-input contribution, from the explainer")
     transcript: str | None = Field(None, description="speech-to-text of a spoken request that came without text")
     model_version: str | None = Field(None, description="the model version that decided (set when the agent was loaded as a registered version)")
+    unknown: bool = Field(False, description="the input is unlike what the model was trained on (its unknown score is above the run's threshold)")
+    unknown_score: float | None = Field(None, description="the unknown-input score (higher: less like the training data); None when the run has none")
+    prediction_set: list[str] | None = Field(None, description="the labels the conformal prediction set keeps at the run's error level")
+
+
+@dataclass
+class Assessment:
+    """What the agent knows about one prediction beyond its probabilities: the unknown-input score
+    and verdict, the conformal prediction set, and whether the run's escalation rules turn a
+    set that is not a single label (or a promise no threshold could keep) into an escalation."""
+
+    unknown_score: float | None = None
+    unknown_threshold: float | None = None
+    unknown: bool = False
+    prediction_set: list[str] | None = None
+    set_level: float | None = None  # the set's miscoverage: it holds the true label with probability >= 1 - this
+    set_escalates: bool = False
+    uncertified: str | None = None  # why nothing may be answered (no threshold kept the error promise)
+
+    def escalation_reason(self) -> str | None:
+        """Why these rules escalate the input, in words for the person it goes to (None: they don't)."""
+        if self.unknown:
+            return f"outside what I was trained on (unknown score {fmt_prob(self.unknown_score or 0.0)} > {fmt_prob(self.unknown_threshold or 0.0)})"
+        if self.set_escalates and self.prediction_set is not None and len(self.prediction_set) != 1:
+            level = f"{1 - (self.set_level or 0.0):.0%}"
+            if not self.prediction_set:
+                return f"no label is likely enough (empty prediction set at {level})"
+            names = self.prediction_set
+            return f"could be {names[0]} or {names[1]}" + (f" (or {len(names) - 2} more)" if len(names) > 2 else "") + f" (prediction set at {level})"
+        return self.uncertified
 
 
 class PredictionView:
@@ -128,6 +159,8 @@ class Policy:
 
     name: ClassVar[str] = ""
     spec_class: ClassVar[type[PolicySpec]] = PolicySpec
+    escalate_action: ClassVar[str] = "escalate"  # the action of an input the policy hands over
+    unknown_action: ClassVar[str] = "escalate"  # the action of an input unlike the training data
 
     def __init__(self, spec: PolicySpec | Mapping[str, Any] | None = None) -> None:
         if spec is None or isinstance(spec, Mapping):
@@ -142,14 +175,31 @@ class Policy:
         probs: Mapping[str, float],
         task_type: TaskType = "classification",
         contributions: Mapping[str, float] | None = None,
+        assessment: Assessment | None = None,
     ) -> Decision:
         """Decide for one target. ``probs``: label -> probability, or ``{"value": v}`` for
-        regression. ``contributions`` (per-input attribution) is copied into the decision."""
+        regression. ``contributions`` (per-input attribution) is copied into the decision.
+        ``assessment``: the unknown-input verdict and prediction set; an unknown input, or a set
+        that is not a single label when the run promises an error level, is escalated whatever
+        the probabilities say."""
         pred = PredictionView(target, probs, task_type)
         decision = self._decide(pred, self._base(pred))
         if contributions:
             decision.contributions = {str(k): float(v) for k, v in contributions.items()}
+        if assessment is not None:
+            decision.unknown, decision.unknown_score = assessment.unknown, assessment.unknown_score
+            decision.prediction_set = assessment.prediction_set
+            reason = assessment.escalation_reason()
+            if reason:
+                self._hand_over(decision, reason, assessment.unknown)
         return decision
+
+    def _hand_over(self, decision: Decision, reason: str, unknown: bool) -> None:
+        """Escalate ``decision`` for ``reason`` (first among its reasons); subclasses add their reply."""
+        earlier = decision.reason if decision.escalated else None  # a reply's note ("not in the playbook") no longer applies
+        decision.action = self.unknown_action if unknown else (decision.action if decision.escalated else self.escalate_action)
+        decision.escalated = True
+        decision.reason = "; ".join(r for r in (reason, earlier) if r)
 
     def _base(self, pred: PredictionView) -> Decision:
         """The policy-independent part of a decision; action "predict" until a policy says otherwise."""

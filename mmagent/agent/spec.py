@@ -15,22 +15,48 @@ from mmagent.agent.policies import FinanceSpec, PolicyConfigError, load_policy_s
 from mmagent.specs import TargetSpec
 
 # Agent-config keys that are not policy settings.
-AGENT_KEYS = ("target", "escalation", "speech_to_text")
+AGENT_KEYS = ("target", "escalation", "unknown", "speech_to_text")
+DEFAULT_SET_LEVEL = 0.1  # prediction sets' miscoverage when the user states no error level
 
 
 class EscalationSpec(BaseModel):
-    """Choose the policy's confidence threshold on held-out predictions: the lowest one whose
-    answered share reaches ``target_precision``, or the one answering ``target_coverage``."""
+    """What the user accepts, kept on held-out predictions (see :mod:`mmagent.agent.conformal`):
+
+    * ``max_error``: the error among answered requests, with probability >= ``confidence`` over the
+      validation draw (Learn then Test). Decisions carry conformal prediction sets at this level and
+      escalate when the set is not a single label.
+    * ``target_precision``: the same promise spelled as precision (``max_error = 1 - precision``).
+    * ``target_coverage``: answer that share of requests, the most confident first (no error promise).
+    """
 
     model_config = ConfigDict(extra="forbid")
-    target_precision: float | None = Field(None, gt=0.0, le=1.0)
-    target_coverage: float | None = Field(None, gt=0.0, le=1.0)
+    max_error: float | None = Field(None, gt=0.0, lt=1.0, description="error accepted among answered requests")
+    target_precision: float | None = Field(None, gt=0.0, lt=1.0, description="precision of answered requests (1 - max_error)")
+    target_coverage: float | None = Field(None, gt=0.0, le=1.0, description="share of requests answered")
+    confidence: float = Field(0.9, ge=0.5, lt=1.0, description="probability that the max_error promise holds (1 - delta)")
 
     @model_validator(mode="after")
     def _one(self) -> EscalationSpec:
-        if (self.target_precision is None) == (self.target_coverage is None):
-            raise ValueError("give exactly one of target_precision or target_coverage")
+        if sum(x is not None for x in (self.max_error, self.target_precision, self.target_coverage)) != 1:
+            raise ValueError("give exactly one of max_error, target_precision or target_coverage")
         return self
+
+    @property
+    def error_level(self) -> float | None:
+        """The error accepted among answered requests (None for a coverage target)."""
+        if self.max_error is not None:
+            return self.max_error
+        return None if self.target_precision is None else round(1.0 - self.target_precision, 10)
+
+
+class UnknownSpec(BaseModel):
+    """The unknown-input score (see :mod:`mmagent.agent.unknown`): fitted with every run; an input
+    scoring above its threshold is escalated as "outside what I was trained on"."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="escalate inputs the score flags as unknown")
+    false_alarm: float = Field(0.05, gt=0.0, lt=0.5, description="share of inputs like the training data that may be flagged unknown")
+    score: Literal["auto", "mahalanobis", "msp", "energy"] = Field("auto", description="auto: chosen per run with held-out classes")
 
 
 class SpeechColumns(BaseModel):
@@ -42,13 +68,14 @@ class SpeechColumns(BaseModel):
 
 
 class AgentSpec(BaseModel):
-    """The agent block. Keys other than ``target``, ``escalation`` and ``speech_to_text`` are the
+    """The agent block. Keys other than ``target``, ``escalation``, ``unknown`` and ``speech_to_text`` are the
     policy's settings; they are validated by the policy's own spec and, once validated, are
     self-contained (a playbook file named by a customer-service policy is read and embedded)."""
 
     model_config = ConfigDict(extra="allow")
     target: str | None = Field(None, description="the target the agent acts on (default: the first)")
     escalation: EscalationSpec | None = None
+    unknown: UnknownSpec = Field(default_factory=UnknownSpec)
     speech_to_text: Literal["auto"] | SpeechColumns | None = None
 
     @property

@@ -48,6 +48,7 @@ from mmagent.search.ladder import (
     tunable_inputs,
 )
 from mmagent.search.leaderboard import Leaderboard, Progress
+from mmagent.training.report import UNKNOWN_FIT_ROWS
 
 
 class FitError(ValueError):
@@ -197,11 +198,12 @@ class _Search:
         self.strategies = list(plan.strategies) if tunable_inputs(raw) else ["full"]
         self.leaderboard = Leaderboard(metric="", larger_better=raw["targets"][0]["type"] != "regression")
         # Time kept back for promoting the winner: passes for validation, test, ablation, calibration
-        # and the drift profile (validation and up to 512 training rows), plus a fixed allowance for
+        # the drift profile (validation and up to 512 training rows) and the unknown-input score's
+        # Gaussians (up to UNKNOWN_FIT_ROWS training rows), plus a fixed allowance for
         # the report's plots and files; capped, so a slow measurement cannot leave no time to train.
         n_test = len(splits.test) if splits.test is not None else 0
         per_sample = sum(c.load.values()) + c.forward
-        passes = self.n_val + n_test * (len(raw["inputs"]) + 2) + self.n_val + min(self.n_train, 512)
+        passes = self.n_val + n_test * (len(raw["inputs"]) + 2) + self.n_val + min(self.n_train, 512) + min(self.n_train, UNKNOWN_FIT_ROWS)
         if ensemble:  # choosing one scores each possible member on validation; then every pass runs each member
             passes = MAX_MEMBERS * (passes + self.n_val)
         self.reserve = min(0.3 * clock.budget, 15.0 + 1.5 * per_sample * passes)

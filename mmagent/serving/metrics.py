@@ -42,7 +42,25 @@ class Metrics:
         self.ready = Gauge("mmagent_model_ready", "1 once the model is loaded", registry=self.registry)
         self.model_version = Info("mmagent_model", "the model version in service", registry=self.registry)
         self.swaps = Counter("mmagent_model_swaps_total", "live swaps to a new model version", registry=self.registry)
+        self.outcomes = Counter(
+            "mmagent_outcomes_total",
+            "records by outcome: unknown (unlike the training data), escalated (handed over, unknown or not), answered",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
         self.queue = Gauge("mmagent_queue_records", "records waiting for the model", ["kind"], registry=self.registry)
+
+    def count_outcomes(self, kind: str, results: list[Any]) -> None:
+        """Count what ``/v1/predict`` (dicts per target) or ``/v1/act`` (decisions) answered."""
+        for r in results:
+            if kind == "act":
+                get = r.get if isinstance(r, dict) else lambda key, default=None, r=r: getattr(r, key, default)
+                unknown, escalated = bool(get("unknown", False)), bool(get("escalated", False))
+            else:
+                unknown, escalated = any(isinstance(t, dict) and t.get("unknown") for t in r.values()), False
+            if unknown:
+                self.outcomes.labels(kind, "unknown").inc()
+            self.outcomes.labels(kind, "escalated" if escalated else "answered" if kind == "act" else "predicted").inc()
 
     def batch_observer(self, kind: str) -> Callable[[int, int, float], None]:
         """The micro-batcher's ``on_batch`` callback for ``kind`` (predict / act)."""

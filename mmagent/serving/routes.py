@@ -139,6 +139,7 @@ def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
     )
     async def predict(request: Request, state: ServingState = Depends(get_state), batcher: MicroBatcher = Depends(_batcher("predict"))) -> Any:
         version, results = await _run(request, state, batcher.submit)
+        state.metrics.count_outcomes("predict", results)
         return {"predictions": results, "model_version": version}
 
     @router.post(
@@ -152,6 +153,7 @@ def build_router(spec: ModelSpec, settings: ServeSettings) -> APIRouter:
     )
     async def act(request: Request, state: ServingState = Depends(get_state), batcher: MicroBatcher = Depends(_batcher("act"))) -> Any:
         version, results = await _run(request, state, batcher.submit)
+        state.metrics.count_outcomes("act", results)
         return {"decisions": results, "model_version": version}
 
     @router.post(

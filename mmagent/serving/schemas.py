@@ -72,6 +72,9 @@ class TargetPrediction(BaseModel):
     labels: Optional[list[str]] = Field(None, description="multilabel: labels with probability >= 0.5")
     probabilities: Optional[dict[str, float]] = Field(None, description="calibrated probability per label")
     value: Optional[float] = Field(None, description="regression: the predicted value")
+    unknown: Optional[bool] = Field(None, description="the agent's target: the input is unlike what the model was trained on")
+    unknown_score: Optional[float] = Field(None, description="the agent's target: the unknown-input score (higher: less like the training data)")
+    prediction_set: Optional[list[str]] = Field(None, description="the agent's target: the labels of the conformal prediction set at the run's error level")
 
 
 class PredictResponse(BaseModel):

@@ -42,9 +42,53 @@ def render_figures(report: RunReport) -> dict[str, bytes]:
         for target, c in report.calibration.items():
             if isinstance(c, dict) and c.get("reliability"):
                 made[figure_name("reliability", target)] = to_png(reliability(target, c))
+        if report.unknown.get("histogram"):
+            made[figure_name("unknown_scores")] = to_png(unknown_scores(report.unknown))
+        curve = (report.calibration.get("_escalation_threshold") or {}).get("held_out", {}).get("risk_coverage")
+        if curve:
+            made[figure_name("risk_coverage")] = to_png(risk_coverage(curve, report.calibration["_escalation_threshold"]))
     finally:
         plt.close("all")
     return made
+
+
+def unknown_scores(unknown: dict[str, Any]) -> Any:
+    """Histograms of the unknown-input score: known validation inputs against held-out classes (the
+    stand-ins for the unknown), with the threshold."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    known, held = unknown["histogram"].get("known") or [], unknown["histogram"].get("held_out") or []
+    values = np.asarray(known + held, dtype=float)
+    bins = np.linspace(values.min(), values.max(), 40) if len(values) else 10
+    ax.hist(known, bins=bins, alpha=0.6, density=True, label=f"known ({len(known)})")
+    if held:
+        ax.hist(held, bins=bins, alpha=0.6, density=True, label=f"held-out classes ({len(held)})")
+    if unknown.get("threshold") is not None:
+        ax.axvline(unknown["threshold"], color="black", ls="--", lw=1, label="threshold")
+    ax.set(xlabel=f"{unknown.get('kind')} score (higher: less known)", ylabel="density", title=f"unknown-input score ({unknown.get('target')})")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def risk_coverage(curve: list[dict[str, float]], escalation: dict[str, Any]) -> Any:
+    """Error among answered against the share answered (most confident first), on held-out data."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot([p["coverage"] for p in curve], [p["error"] for p in curve], "o-", ms=3, label="confidence alone")
+    held = escalation.get("held_out") or {}
+    if held.get("error_among_answered") is not None:
+        ax.plot([held["coverage"]], [held["error_among_answered"]], "r*", ms=10, label="the agent's rules")
+    if escalation.get("max_error") is not None:
+        ax.axhline(escalation["max_error"], color="grey", ls="--", lw=1, label="promised max error")
+    ax.set(
+        xlim=(0, 1.02),
+        ylim=(0, None),
+        xlabel="share answered",
+        ylabel="error among answered",
+        title=f"risk-coverage on {str(held.get('split', '')).split(' ')[0]}",
+    )
+    ax.legend(fontsize=7)
+    return fig
 
 
 def curves(steps: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> Any:

@@ -10,19 +10,26 @@ import numpy as np
 import torch
 
 from mmagent import runs
-from mmagent.agent.fitting import calibrate, escalation_threshold
-from mmagent.ensemble import load_model
-from mmagent.inference import Predictions, make_loader
+from mmagent.agent.escalation import fit_detector, fit_escalation
+from mmagent.agent.fitting import calibrate
+from mmagent.ensemble import EnsembleModel, load_model
+from mmagent.inference import Predictions, make_loader, run_model
 from mmagent.io import atomic_path, write_json, write_text
 from mmagent.lifecycle.profile import profile_at_end_of_training
 from mmagent.training.evaluate import ablation_table, evaluate
 from mmagent.training.figures import render_figures
 from mmagent.training.report_data import RunReport, load_run_report
 from mmagent.training.report_html import write_html_report
+from mmagent.training.report_trust import HEADER, TrustSummary, trust_summary
 
 if TYPE_CHECKING:
     from mmagent.config import ExperimentConfig
+    from mmagent.data.tables import Table
     from mmagent.training.splits import Splits
+
+#: Training rows the unknown-input score's Gaussians are fitted on (a seeded sample beyond this):
+#: enough for class means and a shrunk covariance, one bounded pass whatever the table's size.
+UNKNOWN_FIT_ROWS = 2000
 
 
 def finalize_run(run_dir: Path, config: ExperimentConfig, splits: Splits, device: torch.device, progress: bool = True) -> dict[str, Any]:
@@ -38,7 +45,7 @@ def finalize_run(run_dir: Path, config: ExperimentConfig, splits: Splits, device
         eval_loader = make_loader(model, splits.test, bs, num_workers=config.loader_workers, by_length=True)
         metrics["test"], test_preds = evaluate(model, eval_loader, device)
     calibration: dict[str, Any] = calibrate(model, val_preds, test_preds)
-    escalation = escalation_threshold(model, val_preds, calibration, config.agent)
+    escalation = fit_trust(run_dir, model, config, splits.train, val_preds, test_preds, calibration, device)
     if escalation:
         calibration[runs.ESCALATION_KEY] = escalation
     write_json(run_dir / runs.CALIBRATION_FILE, calibration)
@@ -51,8 +58,33 @@ def finalize_run(run_dir: Path, config: ExperimentConfig, splits: Splits, device
     if progress:
         print(f"run saved to {run_dir} (report: {run_dir / runs.REPORT_FILE}, {run_dir / runs.REPORT_HTML_FILE})")
         if escalation and not escalation.get("reached", True):
-            print(f"warning: escalation target not reached: {escalation.get('note')}")
+            print(f"warning: escalation target not reached: {escalation.get('note') or escalation.get('guarantee')}")
     return metrics
+
+
+def fit_trust(
+    run_dir: Path,
+    model: Any,
+    config: ExperimentConfig,
+    train: Table,
+    val_preds: Predictions,
+    test_preds: Predictions | None,
+    calibration: dict[str, Any],
+    device: torch.device,
+) -> dict[str, Any] | None:
+    """Fit the agent target's unknown-input detector (saved as ``unknown.json``) on a sample of
+    training rows and validation, then its escalation thresholds (returned for calibration.json)."""
+    target = config.agent.target or next(iter(model.heads))
+    kind = model.heads[target].spec.type
+    rows = np.random.default_rng(0).permutation(len(train))[:UNKNOWN_FIT_ROWS]
+    loader = make_loader(model, train.subset(np.sort(rows)), config.train.batch_size, num_workers=config.loader_workers, by_length=True)
+    detector = fit_detector(target, kind, run_model(model, loader, device), val_preds, config.agent, allow_energy=not isinstance(model, EnsembleModel))
+    if detector is not None:
+        detector.save(run_dir)
+    if kind != "classification":
+        return None
+    temperature = float(calibration.get(target, {}).get("temperature", 1.0))
+    return fit_escalation(target, val_preds, temperature, config.agent, detector, test_preds)
 
 
 def save_predictions(run_dir: Path, split: str, preds: Predictions) -> None:
@@ -120,6 +152,7 @@ def write_markdown_report(report: RunReport, plots: list[str]) -> None:
     lines += [f"| {name} | " + " | ".join(_fmt(row.get(c)) for c in cols) + " |" for name, row in ablation.items()]
     if calibration:
         lines += _calibration_lines(calibration)
+    lines += _trust_lines(trust_summary(calibration, report.unknown))
     if history:
         lines += ["", "## Training history", "", "| epoch | step | seconds | validation |", "|---|---|---|---|"]
         lines += [
@@ -142,9 +175,14 @@ def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
         for t, c in entries.items()
     ]
     lines += [f"\nNote ({t}): {c['note']}." for t, c in entries.items() if c.get("note")]
-    c = calibration.get(runs.ESCALATION_KEY)
-    if c:
-        lines += ["", f"Escalation threshold chosen on validation: {c['threshold']:.3f} (precision {c['precision']:.3f}, coverage {c['coverage']:.3f})."]
-        if not c.get("reached", True):
-            lines += ["", f"**Warning: the escalation target was not reached.** {c.get('note') or ''} The agent uses the threshold with the best precision."]
+    return lines
+
+
+def _trust_lines(summary: TrustSummary) -> list[str]:
+    if not summary:
+        return []
+    lines = ["", "## Unknown inputs and escalation", ""]
+    lines += [f"{s}\n" for s in summary.sentences] + [f"**Warning:** {w}\n" for w in summary.warnings]
+    if summary.rows:
+        lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)] + ["| " + " | ".join(r) + " |" for r in summary.rows]
     return lines

@@ -29,6 +29,7 @@ class RunReport:
     epochs: list[dict[str, Any]] = field(default_factory=list)  # its validation lines
     predictions: tuple[str, dict[str, dict[str, Any]]] | None = None  # (split, per-target arrays)
     leaderboard: list[dict[str, str]] = field(default_factory=list)  # leaderboard.csv rows (fit)
+    unknown: dict[str, Any] = field(default_factory=dict)  # unknown.json: the unknown-input score's choice
     members: int = 1  # models averaged (an ensemble from fit); spec, config and training log are the first's
 
     @property
@@ -82,6 +83,7 @@ def load_run_report(run_dir: str | Path) -> RunReport:
         epochs=runs.read_metrics_log(run_dir, "epoch"),
         predictions=runs.read_predictions(run_dir),
         leaderboard=_read_csv(run_dir / runs.LEADERBOARD_CSV),
+        unknown=runs.read_json(run_dir / runs.UNKNOWN_FILE),
         members=1 + len(runs.read_json(run_dir / runs.MODEL_DIR / runs.ENSEMBLE_FILE).get("members") or []),
     )
 

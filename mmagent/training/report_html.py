@@ -22,6 +22,7 @@ from mmagent import runs
 from mmagent.io import write_text
 from mmagent.training.figures import figure_name, render_figures
 from mmagent.training.report_data import RunReport, load_run_report
+from mmagent.training.report_trust import HEADER, trust_summary
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; padding: 0 1rem; }
@@ -50,7 +51,7 @@ def render_html(report: RunReport, figures: dict[str, bytes]) -> str:
     body = _header(report) + _headline(report)
     for target in report.spec.targets:
         body += _target_section(report, target.column, target.type, figures)
-    body += _curves(report, figures) + _ablation(report, figures) + _calibration(report, figures) + _leaderboard(report)
+    body += _curves(report, figures) + _ablation(report, figures) + _calibration(report, figures) + _trust(report, figures) + _leaderboard(report)
     title = f"mmagent run report: {report.run_dir.resolve().name}"
     return (
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(title)}</title>\n'
@@ -170,11 +171,24 @@ def _calibration(report: RunReport, figures: dict[str, bytes]) -> str:
             out += f'<p class="note">Note: {_e(c["note"])}.</p>'
         out += _figure(figures, figure_name("reliability", target), f"Accuracy against confidence per bin, before and after temperature scaling, on {phrase}.")
         out += "</div>"
-    esc = report.calibration.get(runs.ESCALATION_KEY)
-    if esc:
-        out += f"<p>Escalation threshold chosen on validation: {_fmt(esc['threshold'])} (precision {_fmt(esc['precision'])}, coverage {_fmt(esc['coverage'])}).</p>"
-        if not esc.get("reached", True):
-            out += f'<p class="warning">The escalation target was not reached. {_e(esc.get("note") or "")} The agent uses the threshold with the best precision.</p>'
+    return out + "</section>\n"
+
+
+def _trust(report: RunReport, figures: dict[str, bytes]) -> str:
+    summary = trust_summary(report.calibration, report.unknown)
+    if not summary:
+        return ""
+    out = '<section id="unknown"><h2>Unknown inputs and escalation</h2>'
+    out += "".join(f"<p>{_e(s).replace('**', '')}</p>" for s in summary.sentences)
+    out += "".join(f'<p class="warning">{_e(w)}</p>' for w in summary.warnings)
+    if summary.rows:
+        out += _table(HEADER, summary.rows, "escalation")
+    out += _figure(
+        figures,
+        figure_name("unknown_scores"),
+        "Unknown-input scores of known validation inputs and of held-out classes standing in for the unknown; the line is the threshold.",
+    )
+    out += _figure(figures, figure_name("risk_coverage"), "Error among answered inputs against the share answered, most confident first.")
     return out + "</section>\n"
 
 

@@ -1,4 +1,4 @@
-// Rendering the answer: the decision (action, reply, escalation, probabilities, contributions,
+// Rendering the answer: the decision (action, reply, escalation, unknown score, prediction set, probabilities, contributions,
 // transcript) and the explanation (/v1/explain: heatmap, word scores, audio over time, ...).
 // Every value from the server goes in as text (textContent), never as HTML.
 import { el } from "./form.js";
@@ -32,6 +32,9 @@ export function renderDecision(d) {
   if (d.reply) row(list, "reply", d.reply, "reply");
   row(list, "escalated", d.escalated ? `yes: ${d.action.replace(/_/g, " ")}` : "no", "escalated");
   if (d.reason) row(list, "reason", d.reason, "reason");
+  if (d.unknown_score !== null && d.unknown_score !== undefined)
+    row(list, "unknown input", `${d.unknown ? "yes" : "no"} (score ${d.unknown_score.toPrecision(3)})`, "unknown");
+  if (Array.isArray(d.prediction_set)) row(list, "prediction set", d.prediction_set.length ? d.prediction_set.join(", ") : "(empty)", "prediction-set");
   if (d.transcript) row(list, "heard", d.transcript, "transcript");
   const probs = Object.entries(d.probabilities || {}).sort((a, b) => b[1] - a[1]);
   bars(document.getElementById("probabilities"), probs, { scale: 1, cls: "probability" });
