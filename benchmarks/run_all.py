@@ -25,7 +25,17 @@ from pathlib import Path
 from benchmarks.common import DRAFT_ENV, ROOT, default_data_root, refuse_dirty_tree, tree_state
 
 #: Section 1 of issue 7: quality on real data.
-QUALITY: list[str] = ["fit_quality", "banking77", "fsdd", "av_digits", "breastmnist", "financial_phrasebank", "stocknet", "lifecycle_banking77"]
+QUALITY: list[str] = [
+    "fit_quality",
+    "banking77",
+    "fsdd",
+    "av_digits",
+    "breastmnist",
+    "financial_phrasebank",
+    "stocknet",
+    "lifecycle_banking77",
+    "unknown_inputs",
+]
 #: Section 2: speed (framework overhead, vs the Hugging Face Trainer, frozen cache, memory); extend this list.
 SPEED: list[str] = ["overhead", "vs_hf_trainer", "frozen_cache", "tune_cache", "serve_load", "gpu_throughput"]
 #: Benchmarks that generate their own data (no --data-root).

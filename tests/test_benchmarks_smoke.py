@@ -64,7 +64,7 @@ def test_run_all_fails_without_data(tmp_path: Path) -> None:
     assert "error: data root" in proc.stdout and str(missing) in proc.stdout and "no benchmark ran" in proc.stdout
 
 
-@pytest.mark.parametrize("name,folder", [("fsdd", "fsdd"), ("vs_hf_trainer", "banking77"), ("overhead", "banking77")])
+@pytest.mark.parametrize("name,folder", [("fsdd", "fsdd"), ("vs_hf_trainer", "banking77"), ("overhead", "banking77"), ("unknown_inputs", "banking77")])
 def test_benchmark_fails_without_its_dataset(tmp_path: Path, name: str, folder: str) -> None:
     """A smoke run with no data fails (exit 2) naming the missing folder; it never measures
     something else or passes silently."""
