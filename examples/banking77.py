@@ -72,7 +72,7 @@ def make_config(paths: dict[str, Path], args: argparse.Namespace | None = None) 
         targets=[{"column": LABEL, "type": "classification"}],
         fusion={"type": "concat", "modality_dropout": 0.0},
         train={"epochs": 3, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "seed": SEED, "metric": f"{LABEL}/accuracy"},
-        agent={"type": "customer_service", "target": LABEL, "threshold": 0.5, "escalation": {"target_precision": 0.95}, "intents": PLAYBOOK},
+        agent={"type": "customer_service", "target": LABEL, "threshold": 0.5, "escalation": {"max_error": 0.05}, "intents": PLAYBOOK},
     )
     return with_recipe(config, "customer_service", Path(paths["train"]).parent)
 

@@ -291,3 +291,41 @@ def test_the_onnx_backend_gives_the_same_unknown_scores(trained_run: Path, tmp_p
     torch_scores = [d.unknown_score for d in Agent.load(run).act_many(records, explain=False)]
     onnx_scores = [d.unknown_score for d in Agent.load(run, backend="onnx").act_many(records, explain=False)]
     np.testing.assert_allclose(onnx_scores, torch_scores, rtol=1e-3, atol=1e-3)
+
+
+def test_a_rising_share_of_unknown_inputs_calls_for_retraining(trained_run: Path) -> None:
+    from mmagent.agent import Agent
+    from mmagent.lifecycle import drift
+    from mmagent.lifecycle.profile import read_profile
+
+    profile = read_profile(trained_run)
+    assert profile["predictions"]["unknown_share"] <= 0.15  # validation: about the 5 % false alarms asked for
+    agent = Agent.load(trained_run)
+    rows, _ = _clusters(60, [0, 1, 2], np.random.default_rng(8), dim=3)
+    same = [d.model_dump() for d in agent.act_many([dict(zip(COLUMNS, r / 2.0)) for r in rows], explain=False)]
+    shifted = same[:30] + [d.model_dump() for d in agent.act_many([far(30.0 + i) for i in range(30)], explain=False)]
+    calm = drift.score(profile, drift.observe.summarize_results(same, agent.target))
+    assert not any("unlike the training data" in r for r in calm["reasons"])
+    alarm = drift.score(profile, drift.observe.summarize_results(shifted, agent.target))
+    assert alarm["retrain"] and any("of inputs unlike the training data" in r for r in alarm["reasons"]), alarm["reasons"]
+
+
+def test_an_ensemble_is_scored_on_its_first_members_fused_vector_and_never_by_energy() -> None:
+    import torch
+
+    from mmagent.ensemble import EnsembleModel
+    from mmagent.inference import TorchRunner
+    from tests.test_ensemble import _batch, _model
+
+    members = [_model(0), _model(1)]
+    inputs, present = _batch(members[0])
+    with torch.no_grad():
+        out = TorchRunner(EnsembleModel(members).eval())({"inputs": inputs}, present)
+        first = members[0](inputs, present)
+    torch.testing.assert_close(out.fused, first.fused)
+    # Its logits are log-probabilities: their logsumexp is 0 for every input, so energy says nothing.
+    np.testing.assert_allclose(torch.logsumexp(out.logits["y"], -1).numpy(), 0.0, atol=1e-4)
+    rng = np.random.default_rng(9)
+    x, y = _clusters(600, [0, 1, 2, 3, 4, 5], rng)
+    det = fit_unknown_detector("y", x, y, x[:200], rng.normal(size=(200, 6)), y[:200], allow_energy=False)
+    assert set(det.info["fold_auroc"]) == {"mahalanobis", "msp"}

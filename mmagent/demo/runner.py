@@ -70,7 +70,7 @@ def plan_customer_service(folder: Path, quick: bool) -> DemoPlan:
         path = folder / f"spoken_{i}.wav"
         speak(sentence, path, rate=140, voice="en-us")
         examples.append((f'spoken: "{sentence}"', {"audio": str(path)}))
-    agent = {"type": "customer_service", "playbook": str(folder / "playbook.json"), "escalation": {"target_precision": 0.9}}
+    agent = {"type": "customer_service", "playbook": str(folder / "playbook.json"), "escalation": {"max_error": 0.1}}
     return DemoPlan(_write_splits(frame, folder), "intent", "customer_service", "2m" if quick else "4m", "fast" if quick else "balanced", examples, agent=agent)
 
 

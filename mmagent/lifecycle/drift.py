@@ -16,6 +16,8 @@ Scores (each row of :func:`score`'s ``scores`` names its input and feature):
   (Banking77's 67 intents, 300 rows), which would otherwise call for retraining on every batch.
 - ``escalation_share``: the share of decisions escalated now (the rule looks at its rise over
   validation's share).
+- ``unknown_share``: the share of inputs the unknown-input score flags now (new intents, another
+  topic, the wrong kind of scan); the rule looks at its rise over validation's share.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class DriftThresholds(BaseModel):
     confidence_drop: float = Field(0.10, gt=0, description="fall of the mean confidence")
     label_shift: float = Field(0.25, gt=0, description="total variation distance of predicted-label shares")
     escalation_rise: float = Field(0.10, gt=0, description="rise of the share of escalated decisions")
+    unknown_rise: float = Field(0.10, gt=0, description="rise of the share of inputs flagged unknown (unlike the training data)")
     min_rows: int = Field(50, ge=1, description="fewer observations than this: scores shown, no verdict")
 
 
@@ -84,19 +87,12 @@ def score(profile: Mapping[str, Any], observations: Mapping[str, Sequence[Any]],
     if labels and answers["label"].get("all_shares"):
         tvd = label_shift(answers["label"]["all_shares"], labels, answers["label"]["n"])
         add("label_shift", observe.PREDICTION, "label", tvd, t.label_shift, len(labels), len(labels) >= t.min_rows and tvd > t.label_shift)
-    escalated = observations.get(f"{observe.PREDICTION}/escalated") or []
-    if escalated:
-        share = float(np.mean(escalated))
-        rise = share - answers.get("escalation_share", 0.0)
-        add(
-            "escalation_share",
-            observe.PREDICTION,
-            "escalated",
-            share,
-            t.escalation_rise,
-            len(escalated),
-            len(escalated) >= t.min_rows and rise > t.escalation_rise,
-        )
+    for name, feature, limit in (("escalation_share", "escalated", t.escalation_rise), ("unknown_share", "unknown", t.unknown_rise)):
+        flags = observations.get(f"{observe.PREDICTION}/{feature}") or []
+        if flags:
+            share = float(np.mean(flags))
+            rise = share - answers.get(name, 0.0)
+            add(name, observe.PREDICTION, feature, share, limit, len(flags), len(flags) >= t.min_rows and rise > limit)
 
     n = max((r["rows"] for r in rows), default=0)
     reasons = [_reason(r, answers) for r in rows if r["fired"]]
@@ -129,6 +125,8 @@ def _reason(row: Mapping[str, Any], answers: Mapping[str, Any]) -> str:
         return f"predictions: mean confidence fell by {v:.3f} (> {th:g})"
     if row["score"] == "label_shift":
         return f"predictions: label shares moved by {v:.3f} total variation beyond sampling noise (> {th:g})"
+    if row["score"] == "unknown_share":
+        return f"predictions: {v:.1%} of inputs unlike the training data vs {answers.get('unknown_share', 0.0):.1%} on validation (rise > {th:.0%}): new kinds of request?"
     return f"predictions: {v:.1%} escalated vs {answers.get('escalation_share', 0.0):.1%} on validation (rise > {th:.0%})"
 
 

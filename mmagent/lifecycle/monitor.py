@@ -100,6 +100,7 @@ class DriftMonitor:
             "confidence_shift": GaugeMetricFamily("mmagent_drift_confidence_shift", "mean confidence on validation minus over the recent window"),
             "label_shift": GaugeMetricFamily("mmagent_drift_label_shift", "total variation distance of predicted-label shares vs validation"),
             "escalation_share": GaugeMetricFamily("mmagent_escalation_share", "share of /v1/act decisions escalated in the recent window"),
+            "unknown_share": GaugeMetricFamily("mmagent_unknown_share", "share of inputs flagged unknown (unlike the training data) in the recent window"),
         }
         for row in result["scores"]:
             value = math.nan if row["value"] is None else float(row["value"])

@@ -11,7 +11,8 @@ One record becomes a few numbers or category names, keyed ``INPUT/FEATURE``:
 - numeric: one feature per column (the value); categorical: ``category`` (the value as text);
 - text / image / audio: ``embedding_distance``, the cosine distance of the encoder's pooled output
   to the nearest training centroid (see :func:`distances`);
-- the agent's answer: ``prediction/label``, ``prediction/confidence`` and ``prediction/escalated``.
+- the agent's answer: ``prediction/label``, ``prediction/confidence``, ``prediction/escalated`` and
+  ``prediction/unknown`` (the input was flagged unlike the training data).
 
 The same functions summarise the training data (the profile), a table (``mmagent drift``) and the
 server's traffic (the live monitor), so the three can never measure different things.
@@ -186,8 +187,9 @@ def embedding_observations(
 
 # -- the agent's answers ---------------------------------------------------------------------------
 def summarize_results(results: Sequence[Mapping[str, Any]], target: str) -> Observations:
-    """Label, confidence and escalation from decisions (``/v1/act``, ``Decision`` dumps) or
-    predictions (``{target: {label, probabilities}}``); escalation only from decisions."""
+    """Label, confidence, unknown-input verdict and escalation from decisions (``/v1/act``,
+    ``Decision`` dumps) or predictions (``{target: {label, probabilities}}``); escalation only
+    from decisions."""
     out: Observations = {}
     for res in results:
         decision = "action" in res
@@ -202,6 +204,8 @@ def summarize_results(results: Sequence[Mapping[str, Any]], target: str) -> Obse
             out.setdefault(f"{PREDICTION}/confidence", []).append(float(confidence))
         if decision:
             out.setdefault(f"{PREDICTION}/escalated", []).append(1.0 if res.get("escalated") else 0.0)
+        if answer.get("unknown") is not None:  # a run with an unknown-input score
+            out.setdefault(f"{PREDICTION}/unknown", []).append(1.0 if answer.get("unknown") else 0.0)
     return out
 
 

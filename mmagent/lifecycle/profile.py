@@ -10,7 +10,7 @@ Reference data, and why:
   texts; training texts would all score 1.0) and the embedding distance (centroids are the mean
   pooled embeddings of training rows, one per training label when the target is a class, else
   one per input; the distance is to the nearest centroid);
-- the agent's answers (label shares, confidence, escalation share) are those on validation.
+- the agent's answers (label shares, confidence, escalation and unknown-input shares) are those on validation.
 
 Numeric features are kept as quantile bins (up to :data:`MAX_BINS`, at least :data:`MIN_PER_BIN`
 reference rows each) and categorical ones as the shares of their frequent values, everything else
@@ -116,6 +116,7 @@ def build_profile(agent: Any, train: Table, validation: Table, seed: int = 0) ->
             "label": categorical_bins(answers.get(f"{observe.PREDICTION}/label", [])),
             "confidence": numeric_bins(answers.get(f"{observe.PREDICTION}/confidence", [])),
             "escalation_share": float(np.mean(answers[f"{observe.PREDICTION}/escalated"])) if answers.get(f"{observe.PREDICTION}/escalated") else 0.0,
+            "unknown_share": float(np.mean(answers[f"{observe.PREDICTION}/unknown"])) if answers.get(f"{observe.PREDICTION}/unknown") else 0.0,
         },
     }
 
