@@ -41,8 +41,9 @@ SPEED: list[str] = ["overhead", "vs_hf_trainer", "frozen_cache", "tune_cache", "
 #: Benchmarks that generate their own data (no --data-root).
 GENERATED_DATA: set[str] = {"tune_cache", "serve_load"}
 # Smoke runs that do more than a few steps: fit_quality fits all six data sets (20 s budget each);
-# serve_load exports MiniLM to ONNX and starts four servers.
-SMOKE_TIMEOUT: dict[str, float] = {"fit_quality": 900.0, "serve_load": 600.0}
+# serve_load exports MiniLM to ONNX and starts four servers; unknown_inputs fits three (about 80 s
+# on an idle 2-core machine, over 200 s on a busy one).
+SMOKE_TIMEOUT: dict[str, float] = {"fit_quality": 900.0, "serve_load": 600.0, "unknown_inputs": 450.0}
 BENCHMARKS: list[str] = QUALITY + SPEED
 
 

@@ -17,7 +17,7 @@ Errors name the key (``inputs.0.encoder.source``) and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -37,7 +37,7 @@ class DataSpec(BaseModel):
     test: str | None = None
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.9, description="split of train when no validation file is given")
     on_bad_row: Literal["error", "skip"] = "error"
-    num_workers: int | Literal["auto"] = Field(
+    num_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
         "auto", description="DataLoader worker processes that decode media; auto: up to 4 when there are image/audio inputs and cores to spare, else 0"
     )
 
@@ -198,9 +198,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:  # an image, a zip, a Latin-1 file: say which file, not the codec's words
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.object[e.start]:#04x} at offset {e.start}); a config is YAML text") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys (data, inputs, targets, ...)")
     raw = apply_overrides(raw, overrides or [])

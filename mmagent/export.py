@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from mmagent import runs
 from mmagent.data.tables import read_table
 from mmagent.export_layout import FlatWrapper, check_batches, default_data, dynamic_dims, flatten, load_model, tensor_names
 from mmagent.export_onnx import ExportError, export_onnx, first_line
@@ -122,6 +123,8 @@ def export(
     if quantize not in (None, "int8"):
         raise ValueError(f"--quantize: only 'int8' is supported, got {quantize!r}")
     start = time.perf_counter()
+    if (Path(run_dir) / "model.json").is_file() or (Path(run_dir) / runs.MODEL_DIR).is_dir():
+        runs.verify_run(run_dir)  # integrity before anything is written
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     model = load_model(run_dir)

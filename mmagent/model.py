@@ -19,7 +19,7 @@ from mmagent.encoders import EncoderOutput, build_encoder
 from mmagent.fusion import build_fusion
 from mmagent.io import atomic_dir, write_json
 from mmagent.runs import RunFolderError, verify_checksums, write_checksums
-from mmagent.specs import ModelSpec
+from mmagent.specs import InputSpec, ModelSpec
 from mmagent.tasks.heads import Head
 
 
@@ -35,7 +35,7 @@ class MultimodalModel(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.encoders = nn.ModuleDict({i.key: build_encoder(i.encoder, i.modality) for i in spec.inputs})
+        self.encoders = nn.ModuleDict({i.key: _build(n, i) for n, i in enumerate(spec.inputs)})
         self.fusion = build_fusion(spec.fusion, {k: e.output_dim for k, e in self.encoders.items()})
         self.heads = nn.ModuleDict({t.column: Head(t, self.fusion.output_dim, spec.head_dropout) for t in spec.targets})
 
@@ -109,6 +109,18 @@ class MultimodalModel(nn.Module):
             raise ValueError(f"{folder}: weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
         model.eval()
         return model
+
+
+def _build(n: int, inp: InputSpec) -> nn.Module:
+    """Input ``n``'s encoder; a spec the source refuses (an HF config whose hidden size does not
+    divide by its heads, a missing option) is an error naming the config key, not the library's words alone."""
+    try:
+        return build_encoder(inp.encoder, inp.modality)
+    except (ValueError, TypeError, KeyError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if message.startswith("inputs."):
+            raise
+        raise ValueError(f"inputs.{n}.encoder ({inp.encoder.source}:{inp.encoder.name}, input {inp.key!r}): {message}") from e
 
 
 def _safe(name: str) -> str:

@@ -100,9 +100,17 @@ def read_calibration(run_dir: str | Path) -> dict[str, Any]:
     return read_json(Path(run_dir) / CALIBRATION_FILE)
 
 
-def temperatures(calibration: dict[str, Any]) -> dict[str, float]:
-    """Target -> fitted temperature, from a calibration mapping."""
-    return {k: float(v["temperature"]) for k, v in calibration.items() if isinstance(v, dict) and "temperature" in v}
+def temperatures(calibration: dict[str, Any], source: str = CALIBRATION_FILE) -> dict[str, float]:
+    """Target -> fitted temperature, from a calibration mapping. A temperature that is not a
+    positive finite number (0 would turn every probability into NaN) is an error naming the target."""
+    out = {}
+    for k, v in calibration.items():
+        if isinstance(v, dict) and "temperature" in v:
+            t = v["temperature"]
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
+                raise RunFolderError(f"{source}: {k}.temperature must be a positive number, got {t!r}")
+            out[k] = float(t)
+    return out
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
@@ -216,6 +224,38 @@ def write_checksums(folder: str | Path, files: Iterable[Path] | None = None) -> 
     paths = sorted(files) if files is not None else sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS_FILE)
     lines = [f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}" for p in paths]
     (folder / CHECKSUMS_FILE).write_text("\n".join(lines) + "\n")
+
+
+#: Files of a run folder the agent reads besides its model; sealed with checksums when the run ends.
+SEALED_FILES = (CONFIG_FILE, CALIBRATION_FILE, UNKNOWN_FILE, UNKNOWN_WEIGHTS)
+
+
+def seal_run(run_dir: str | Path) -> None:
+    """Write ``RUN_DIR/checksums.sha256`` over the run's :data:`SEALED_FILES` (the model folder has
+    its own), so that a changed config, calibration or unknown-input score is refused at load."""
+    run_dir = Path(run_dir)
+    write_checksums(run_dir, [run_dir / f for f in SEALED_FILES if (run_dir / f).is_file()])
+
+
+def verify_run(run_dir: str | Path, model: bool = True) -> Path:
+    """Check a run folder before anything reads or adopts it: the model folder's checksums (with
+    ``model``; loading a model checks them too) and the run's sealed files. Returns the run folder;
+    a folder that is not a run, or any changed, truncated or missing file, is a
+    :class:`RunFolderError` naming it."""
+    run_dir = Path(run_dir)
+    folder = model_dir(run_dir)
+    if not (folder / "model.json").is_file():
+        raise RunFolderError(f"{run_dir} is not a run folder (no {MODEL_DIR}/model.json)")
+    if model:
+        verify_checksums(folder)
+    if folder != run_dir:
+        try:
+            verify_checksums(run_dir)
+        except RunFolderError as e:
+            raise RunFolderError(
+                f"{e} (a run's config, calibration and unknown-input score are sealed when it ends: to act differently, pass another policy to Agent.load / --policy, or train a new run)"
+            ) from None
+    return run_dir
 
 
 def verify_checksums(folder: str | Path) -> None:

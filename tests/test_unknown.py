@@ -329,3 +329,9 @@ def test_an_ensemble_is_scored_on_its_first_members_fused_vector_and_never_by_en
     x, y = _clusters(600, [0, 1, 2, 3, 4, 5], rng)
     det = fit_unknown_detector("y", x, y, x[:200], rng.normal(size=(200, 6)), y[:200], allow_energy=False)
     assert set(det.info["fold_auroc"]) == {"mahalanobis", "msp"}
+
+
+def test_a_disabled_unknown_score_still_reports_its_verdict_but_hands_nothing_over() -> None:
+    shown = Assessment(unknown_score=9.0, unknown_threshold=2.0, unknown=True, unknown_escalates=False, prediction_set=["billing"])
+    d = build_policy({"type": "customer_service"}).decide("y", PROBS, assessment=shown)
+    assert d.unknown and not d.escalated and d.action == "reply"

@@ -98,7 +98,7 @@ class Agent:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
         if backend == "onnx" and torch.device(device).type != "cpu":
             raise ValueError(f"the onnx backend runs on the CPU (onnxruntime's CPU provider); use device='cpu', not {str(device)!r}")
-        run_dir = Path(run_dir)
+        run_dir = runs.verify_run(run_dir, model=False)  # the sealed files; loading the model checks its own
         model = load_model(runs.model_dir(run_dir))  # one model, or an ensemble of them
         calibration = runs.read_calibration(run_dir)
         agent_cfg = dict(runs.read_config(run_dir).get("agent") or {})
@@ -130,7 +130,7 @@ class Agent:
         return cls(
             model,
             build_policy(spec, base_dir=run_dir),
-            runs.temperatures(calibration),
+            runs.temperatures(calibration, str(run_dir / runs.CALIBRATION_FILE)),
             agent_cfg.get("target"),
             device,
             speech_to_text=agent_cfg.get("speech_to_text"),
@@ -144,6 +144,18 @@ class Agent:
         """Records / table -> a checked :class:`Table`, plus transcripts of spoken requests that
         came without text (row -> transcript)."""
         records = [data] if isinstance(data, dict) else data
+        if records is None or isinstance(records, (int, float, bool, bytes)) or (isinstance(records, list) and not all(isinstance(r, dict) for r in records)):
+            raise DataError([Problem("<records>", -1, "records", f"records must be a dict, a list of dicts or a table, got {type(data).__name__}")])
+        if isinstance(records, list):  # records as the server gets them: the same verdict for an unknown column
+            columns = [c for inp in self.model.spec.inputs for c in inp.columns]
+            unknown = [
+                Problem("<records>", i, str(c), f"unknown column {c!r}; this model's input columns are {columns}")
+                for i, r in enumerate(records)
+                for c in r
+                if c not in columns
+            ]
+            if unknown:
+                raise DataError(unknown)
         if isinstance(records, list) and any(isinstance(r, dict) and not r for r in records):
             columns = ", ".join(c for inp in self.model.spec.inputs for c in inp.columns)
             raise DataError(
@@ -220,9 +232,9 @@ class Agent:
         out = [Assessment() for _ in range(n)]
         if self.unknown is not None:
             scores = self.unknown.score(preds.fused, preds.logits[self.target])
-            flagged = self.unknown.is_unknown(scores) & bool((self.escalation or {}).get("unknown_escalates", True))
-            for a, score, flag in zip(out, scores, flagged):
-                a.unknown_score, a.unknown_threshold, a.unknown = float(score), self.unknown.threshold, bool(flag)
+            escalates = bool((self.escalation or {}).get("unknown_escalates", True))  # agent.unknown.enabled
+            for a, score, flag in zip(out, scores, self.unknown.is_unknown(scores)):
+                a.unknown_score, a.unknown_threshold, a.unknown, a.unknown_escalates = float(score), self.unknown.threshold, bool(flag), escalates
         esc = self.escalation
         spec = self.model.heads[self.target].spec
         if esc is not None and spec.type == "classification" and "set_quantile" in esc:

@@ -62,7 +62,8 @@ class Assessment:
 
     unknown_score: float | None = None
     unknown_threshold: float | None = None
-    unknown: bool = False
+    unknown: bool = False  # the score is above the run's threshold
+    unknown_escalates: bool = True  # agent.unknown.enabled: an unknown input is handed over
     prediction_set: list[str] | None = None
     set_level: float | None = None  # the set's miscoverage: it holds the true label with probability >= 1 - this
     set_escalates: bool = False
@@ -70,7 +71,7 @@ class Assessment:
 
     def escalation_reason(self) -> str | None:
         """Why these rules escalate the input, in words for the person it goes to (None: they don't)."""
-        if self.unknown:
+        if self.unknown and self.unknown_escalates:
             return f"outside what I was trained on (unknown score {fmt_prob(self.unknown_score or 0.0)} > {fmt_prob(self.unknown_threshold or 0.0)})"
         if self.set_escalates and self.prediction_set is not None and len(self.prediction_set) != 1:
             level = f"{1 - (self.set_level or 0.0):.0%}"
@@ -191,7 +192,7 @@ class Policy:
             decision.prediction_set = assessment.prediction_set
             reason = assessment.escalation_reason()
             if reason:
-                self._hand_over(decision, reason, assessment.unknown)
+                self._hand_over(decision, reason, assessment.unknown and assessment.unknown_escalates)
         return decision
 
     def _hand_over(self, decision: Decision, reason: str, unknown: bool) -> None:

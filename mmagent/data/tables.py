@@ -73,9 +73,31 @@ def read_table(path: str | Path, base_dir: str | Path | None = None) -> Table:
                 frame = pd.read_parquet(path)
         except DataError:
             raise
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
         except Exception as e:
             raise ValueError(f"{path}: cannot read table: {e}") from e
     return Table(frame, str(path), base_dir if base_dir is not None else path.parent)
+
+
+def not_utf8(path: Path) -> DataError:
+    """The first byte of ``path`` that is not UTF-8, named by line, row and (CSV / TSV) column:
+    pandas reports a position inside whatever chunk it was decoding, and no row."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        return table_error(str(path), "cannot read table: not UTF-8 text")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = ""
+        sep = {".csv": b",", ".tsv": b"\t"}.get(path.suffix.lower())
+        if sep and line > 1:
+            header = data[: data.find(b"\n")].rstrip(b"\r").split(sep)
+            cell = data[data.rfind(b"\n", 0, e.start) + 1 : e.start].count(sep)
+            column = header[cell].decode("utf-8", errors="replace").strip('"') if cell < len(header) else ""
+        where = f"line {line}" + (f" (row {line - 1})" if sep and line > 1 else "")
+        message = f"byte {data[e.start]:#04x} is not UTF-8: save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 IN > OUT)"
+        return DataError([Problem(str(path), line - 2 if sep else line - 1, column, message, where)])
 
 
 def _refuse_duplicates(source: str, names: list[str]) -> None:
@@ -98,8 +120,8 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
 
     try:
         text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: cannot read table: not UTF-8 text ({e})") from None
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
             records = json.loads(text, object_pairs_hook=pairs)
@@ -134,7 +156,27 @@ def as_table(data: Any, base_dir: str | Path = ".") -> Table:
         return Table(data, base_dir=base_dir)
     if isinstance(data, dict):
         data = [data]
-    return Table(pd.DataFrame.from_records(list(data)), "<records>", base_dir)
+    records = list(data)
+    broken = [
+        Problem("<records>", i, str(k), SURROGATE_MESSAGE) for i, r in enumerate(records) if isinstance(r, dict) for k, v in r.items() if has_lone_surrogate(v)
+    ]
+    if broken:  # pandas' string arrays would raise a bare UnicodeEncodeError
+        raise DataError(broken)
+    return Table(pd.DataFrame.from_records(records), "<records>", base_dir)
+
+
+SURROGATE_MESSAGE = "text holds a lone surrogate (half of a broken UTF-16 pair) that no tokenizer can read; fix or drop that character"
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """A string that cannot be written as UTF-8 (``"\\ud800"`` from a JSON escape or a bad decode)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
 
 
 def is_empty(value: Any) -> bool:

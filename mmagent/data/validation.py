@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from mmagent.data.errors import DataError, Problem, table_error
-from mmagent.data.tables import Table, is_empty, label_text, parse_number, resolve_media, show_cell, split_labels
+from mmagent.data.tables import SURROGATE_MESSAGE, Table, has_lone_surrogate, is_empty, label_text, parse_number, resolve_media, show_cell, split_labels
 from mmagent.encoders.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, MediaError, load_audio, load_image
 from mmagent.specs import InputSpec, TargetSpec
 
@@ -150,10 +150,14 @@ def check_rows(table: Table, inputs: list[InputSpec], targets: list[TargetSpec],
             elif inp.modality == "text" and not isinstance(values[0], str):
                 # str(["a", "b"]) would train on "['a', 'b']": refuse rather than guess
                 add(row, inp.columns[0], f"text must be a string, got {type(values[0]).__name__} {show_cell(values[0])}")
+            elif inp.modality == "text" and has_lone_surrogate(values[0]):
+                add(row, inp.columns[0], SURROGATE_MESSAGE)
             elif inp.modality == "categorical" and isinstance(values[0], (list, tuple, dict)):
                 add(row, inp.columns[0], f"a category must be a single value, got {type(values[0]).__name__} {show_cell(values[0])}")
             elif inp.modality in ("image", "audio") and isinstance(values[0], (str, Path)):
                 media.append((row, inp.columns[0], resolve_media(str(values[0]).strip(), table.base_dir), inp.modality))
+            elif inp.modality in ("image", "audio") and (why := media_value_problem(inp.modality, values[0])):
+                add(row, inp.columns[0], why)
         if not any_input:
             add(row, ", ".join(c for i in inputs for c in i.columns), "every input is empty")
         if need_targets:
@@ -162,6 +166,44 @@ def check_rows(table: Table, inputs: list[InputSpec], targets: list[TargetSpec],
         if message:
             add(row, column, message)
     return sorted(problems, key=lambda p: p.row)
+
+
+def media_value_problem(modality: str, value: Any) -> str | None:
+    """What is wrong with an in-memory image or audio value (a path is checked by decoding it):
+    a number or a list where a file belongs, an array of a shape no image has, a clip without its
+    sampling rate. None when it can be used."""
+    import numpy as np
+    from PIL import Image
+
+    if modality == "image":
+        if isinstance(value, (Image.Image, bytes, bytearray)):
+            return None
+        if hasattr(value, "shape") or isinstance(value, (list, tuple)):
+            try:
+                arr = np.asarray(value, dtype=np.float32)
+            except (TypeError, ValueError):
+                return "an image array must hold numbers"
+            hwc = arr.ndim == 3 and (arr.shape[-1] in (1, 3, 4) or arr.shape[0] in (1, 3))
+            if not (arr.ndim == 2 or hwc) or min(arr.shape, default=0) == 0:
+                return f"an image array must be H x W, H x W x C or C x H x W with C in 1, 3 (or 4 last), got shape {tuple(arr.shape)}"
+            return None if np.isfinite(arr).all() else "the image array holds NaN or infinite values"
+        return f"an image must be a file path (relative to the table's folder), bytes, a PIL image or an array, got {type(value).__name__} {show_cell(value)}"
+    if isinstance(value, dict) and "array" in value:
+        value = (value["array"], value.get("sampling_rate"))
+    if isinstance(value, tuple) and len(value) == 2:
+        wave, rate = value
+        if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+            return f"an audio clip is (samples, sampling rate in Hz); the rate must be a positive integer, got {rate!r}"
+        value = wave
+    if hasattr(value, "shape") or isinstance(value, list):
+        try:
+            arr = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            return "an audio array must hold numbers"
+        if arr.ndim not in (1, 2) or arr.size == 0:
+            return f"an audio array must be samples or channels x samples, got shape {tuple(arr.shape)}"
+        return None if np.isfinite(arr).all() else "the audio array holds NaN or infinite values"
+    return f"audio must be a file path (relative to the table's folder), (samples, rate) or an array, got {type(value).__name__} {show_cell(value)}"
 
 
 def _decode_all(media: list[tuple[int, str, Path, str]]) -> list[str | None]:

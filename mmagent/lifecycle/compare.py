@@ -168,15 +168,17 @@ def compare(run_a: str | Path, run_b: str | Path, data: str | Path, latency_reco
 
 
 def _single_record_latency(agents: list[Any], table: Table, n: int) -> list[list[float]]:
-    records = table.records[: max(0, n)]
+    # A request holds the model's inputs only (the label column and the rest would be refused).
+    columns = {c for agent in agents for inp in agent.model.spec.inputs for c in inp.columns}
+    records = [{c: v for c, v in r.items() if c in columns} for r in table.records[: max(0, n)]]
     out: list[list[float]] = [[], []]
     if records:
         for agent in agents:  # warm-up: first-call costs (lazy init, allocator) are not latency
-            agent.predict(records[0], table.base_dir)
+            agent.predict(_own(agent, records[0]), table.base_dir)
     for k, record in enumerate(records):
         for i in (0, 1) if k % 2 == 0 else (1, 0):
             start = time.perf_counter()
-            agents[i].predict(record, table.base_dir)
+            agents[i].predict(_own(agents[i], record), table.base_dir)
             out[i].append(time.perf_counter() - start)
     return out
 
@@ -221,3 +223,9 @@ def _f(x: float | None, digits: int = 4, sign: bool = False) -> str:
     if x is None or x != x:
         return "-"
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _own(agent: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` restricted to ``agent``'s input columns (two agents may read different ones)."""
+    mine = {c for inp in agent.model.spec.inputs for c in inp.columns}
+    return {c: v for c, v in record.items() if c in mine}

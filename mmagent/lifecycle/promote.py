@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from mmagent.lifecycle.compare import OVERALL, Comparison, compare
-from mmagent.lifecycle.registry import ALIAS_PATTERN, Registry, RegistryError, Version, read_spec
+from mmagent.lifecycle.registry import ALIAS_PATTERN, Registry, RegistryError, Version
+from mmagent.runs import verify_run
 
 
 @dataclass
@@ -107,7 +108,7 @@ def promote(
     registry either way (see the module docstring)."""
     if min_support < 1:
         raise ValueError(f"--min-support {min_support}: must be >= 1")
-    read_spec(run)  # a run folder, an evaluation table and a valid alias before the registry is touched
+    verify_run(run)  # an intact run folder, an evaluation table and a valid alias before the registry is touched
     if not Path(data).is_file():
         raise FileNotFoundError(f"--data {data}: file not found")
     if not ALIAS_PATTERN.fullmatch(alias):

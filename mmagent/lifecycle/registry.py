@@ -35,7 +35,7 @@ MARKER = ".mmagent-registry"
 ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # What Agent.load reads from a run: the model folder, the config (policy, playbook embedded) and
 # the calibration (temperatures, escalation threshold).
-LOADED_FILES = (runs.CONFIG_FILE, runs.CALIBRATION_FILE)
+LOADED_FILES = runs.SEALED_FILES + (runs.CHECKSUMS_FILE,)
 
 
 class RegistryError(ValueError):
@@ -113,7 +113,7 @@ class Registry:
 
     def register(self, run_dir: str | Path) -> Version:
         """Register ``run_dir`` (an existing version when the same run, unchanged, is registered)."""
-        run_dir = Path(run_dir).resolve()
+        run_dir = runs.verify_run(Path(run_dir).resolve())  # integrity before trust: nothing is written for a damaged run
         spec = read_spec(run_dir)
         files = manifest(run_dir)
         for v in self.versions():

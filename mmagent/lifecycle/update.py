@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mmagent import runs
 from mmagent.config import ExperimentConfig, apply_overrides, config_from_dict
 from mmagent.data.dataset import fit_targets
 from mmagent.data.tables import Table, is_empty, label_text, read_table, resolve_media
@@ -67,7 +68,7 @@ def update(
     docstring. Everything is checked (config, parent, tables) before the run folder is created."""
     from mmagent.training.trainer import train
 
-    parent, output = Path(parent).resolve(), Path(output)
+    parent, output = runs.verify_run(Path(parent).resolve()), Path(output)  # never warm-start from a damaged run
     if not replay >= 0:
         raise ValueError(f"--replay must be >= 0 (a share of the new table's rows), got {replay}")
     config = update_config(parent, output.resolve() / TRAIN_TABLE, validation, test, overrides or [])

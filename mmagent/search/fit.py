@@ -68,17 +68,34 @@ class FitResult:
     interrupted: bool = False
 
 
+#: The smallest budget fit accepts: the cost measurement, one probe epoch on a small table and the
+#: final evaluation need about this on 2 CPU cores (less is refused, never silently stretched).
+MIN_BUDGET_SECONDS = 20.0
+
+
 def parse_duration(value: str | float | int | None) -> float | None:
-    """``"30m"``, ``"1h30m"``, ``"90s"``, ``"2h"`` or a number of seconds -> seconds."""
-    if value is None or isinstance(value, (int, float)):
-        return None if value is None else float(value)
-    text = value.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|m|s)", text)
-    if not parts or "".join(f"{n}{u}" for n, u in parts) != re.sub(r"\s+", "", text):
+    """``"30m"``, ``"1h30m"``, ``"90s"``, ``"2h"`` or a number of seconds -> seconds (None: not
+    given). A budget under :data:`MIN_BUDGET_SECONDS` (0 included) is refused with that minimum."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError(f"time budget {value!r}: use e.g. 90s, 20m, 1h30m or a number of seconds")
-    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip().lower()
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|m|s)", text)
+        if re.fullmatch(r"[-+]?\d+(\.\d+)?", text):  # a negative number is a number, refused below
+            seconds = float(text)
+        elif parts and "".join(f"{n}{u}" for n, u in parts) == re.sub(r"\s+", "", text):
+            seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+        else:
+            raise ValueError(f"time budget {value!r}: use e.g. 90s, 20m, 1h30m or a number of seconds")
+    if not seconds >= MIN_BUDGET_SECONDS or seconds == float("inf"):
+        raise ValueError(
+            f"time budget {value!r}: fit needs at least {MIN_BUDGET_SECONDS:g}s (measuring costs, one probe and the final evaluation); give 20s or more"
+        )
+    return seconds
 
 
 def fit(
@@ -110,7 +127,8 @@ def fit(
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset!r}: use one of {', '.join(PRESETS)}")
     plan = PRESETS[preset]
-    budget = parse_duration(time_budget) or plan.budget_seconds
+    given = parse_duration(time_budget)
+    budget = plan.budget_seconds if given is None else given
     clock = Progress(budget, enabled=progress)
     run_dir = Path(output)
     check_new_run_dir(run_dir, "fit")  # fit never mixes runs or overwrites files it did not write

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mmagent.data.tables import SURROGATE_MESSAGE
 from mmagent.serving.media import Cost, Media, Upload, check_request_budget, inspect_media
 from mmagent.serving.schemas import MULTIPART, ApiError, BigInt, type_name
 from mmagent.serving.settings import ServeSettings
@@ -163,7 +164,7 @@ def _check_value(col: str, value: Any, modality: str, settings: ServeSettings, i
         if len(value) > settings.max_text_chars:
             raise ApiError(422, f"column {col!r}: text of {len(value)} characters is over the limit of {settings.max_text_chars}", col, i)
         if _SURROGATE.search(value):  # a lone UTF-16 surrogate: valid JSON escape, not valid text
-            raise ApiError(422, f"column {col!r}: text holds an unpaired surrogate (\\ud800-\\udfff), which is not valid Unicode", col, i)
+            raise ApiError(422, f"column {col!r}: {SURROGATE_MESSAGE}", col, i)  # the Agent API's words too
         return value if value.strip() else None
     if modality == "numeric":
         return _number(col, value, i)

@@ -49,6 +49,7 @@ def finalize_run(run_dir: Path, config: ExperimentConfig, splits: Splits, device
     if escalation:
         calibration[runs.ESCALATION_KEY] = escalation
     write_json(run_dir / runs.CALIBRATION_FILE, calibration)
+    runs.seal_run(run_dir)  # config, calibration and unknown-input score: refused at load if changed
     ablation = ablation_table(model, eval_loader, device, metrics.get("test", metrics["validation"]))
     rows = {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test) if splits.test is not None else 0}
     write_json(run_dir / runs.METRICS_FILE, {**metrics, "ablation": ablation, "calibration": calibration, "rows": rows})
