@@ -17,7 +17,7 @@ from typing import Any, Optional
 import typer
 
 from mmagent import cli_drift, cli_explain, cli_lifecycle, cli_report
-from mmagent.cli_support import decision_row, load_saved, model_folder, prediction_row, record_from_json, resolve_device, user_errors
+from mmagent.cli_support import decision_row, load_saved, model_folder, prediction_row, read_agent_file, record_from_json, resolve_device, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="mmagent: fine-tune multimodal encoders into agents that predict, explain and act.")
 
@@ -63,8 +63,8 @@ def train(
 @app.command()
 @user_errors
 def fit(
-    train: Path = typer.Argument(..., help="training table (CSV/JSONL/Parquet): one row per example"),
-    label: str = typer.Option(..., "--label", help="the column to predict"),
+    train: Optional[Path] = typer.Argument(None, help="training table (CSV/JSONL/Parquet): one row per example"),
+    label: Optional[str] = typer.Option(None, "--label", help="the column to predict"),
     output: Path = typer.Option(..., "-o", "--output", help="run folder to create (the chosen model, leaderboard, report)"),
     validation: Optional[Path] = typer.Option(None, "--validation", help="validation table (default: a stratified 10 % of TRAIN)"),
     test: Optional[Path] = typer.Option(None, "--test", help="test table, scored once on the chosen model"),
@@ -83,22 +83,14 @@ def fit(
         None, "--ensemble/--no-ensemble", help="average the best candidates when that wins on validation (default: the preset's: balanced and best do)"
     ),
     quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue the unfinished fit in -o (its table, settings and finished candidates; --time-budget: new time)"
+    ),
 ) -> None:
     """Infer the columns, search encoders / freezing / hyperparameters within a time budget, and
     keep the best model as the run (loadable with Agent.load; config.yaml reproduces it)."""
     from mmagent.search.fit import fit as run_fit
 
-    agent_block = None
-    if agent is not None:
-        import yaml
-
-        if not agent.is_file():
-            raise FileNotFoundError(f"--agent: file not found: {agent}")
-        agent_block = yaml.safe_load(agent.read_text()) or {}
-        if not isinstance(agent_block, dict):
-            raise ValueError(f"--agent {agent}: the file must hold a mapping (type: ..., playbook: ...)")
-        if isinstance(agent_block.get("playbook"), str):  # relative to the agent file, like a config's paths
-            agent_block["playbook"] = str((agent.parent / agent_block["playbook"]).resolve())
     run_fit(
         train,
         label,
@@ -109,11 +101,12 @@ def fit(
         preset=preset,
         recipe=recipe,
         column_types=column_type,
-        agent=agent_block,
+        agent=read_agent_file(agent) if agent is not None else None,
         seed=seed,
         metric=metric,
         ensemble=ensemble,
         progress=not quiet,
+        resume=resume,
     )
 
 

@@ -114,3 +114,17 @@ def prediction_row(result: dict[str, Any]) -> dict[str, Any]:
             else:
                 flat[f"{target}:{k}"] = "|".join(v) if isinstance(v, list) else v
     return flat
+
+
+def read_agent_file(path: Path) -> dict[str, Any]:
+    """``fit --agent FILE``: the agent block in a YAML file; a playbook named in it is relative to it."""
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--agent: file not found: {path}")
+    block = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(block, dict):
+        raise ValueError(f"--agent {path}: the file must hold a mapping (type: ..., playbook: ...)")
+    if isinstance(block.get("playbook"), str):  # relative to the agent file, like a config's paths
+        block["playbook"] = str((path.parent / block["playbook"]).resolve())
+    return block

@@ -62,6 +62,7 @@ def search_within_budget(
     on_trial: Callable[[str], None] | None = None,
     prune_queued: bool = True,
     startup_trials: int | None = None,
+    previous: dict[int, CandidateResult] | None = None,
 ) -> SearchResult:
     """Search ``space`` (the ``tune.space`` mapping: dotted config path -> ``{type: float|int|
     categorical, ...}``) around ``base_config`` (a raw config dict) for at most ``time_limit``
@@ -77,6 +78,8 @@ def search_within_budget(
       quarter of ``n_trials``, 2 to 10).
     - ``prune_queued``: False lets the ``first_params`` candidates run to the end (they still
       report their scores to the pruner).
+    - ``previous``: candidates an interrupted search finished (``trials/<n>``, see
+      :mod:`mmagent.search.resume`): kept in the result; new ones are numbered after them.
     A KeyboardInterrupt (Ctrl-C) ends the search; the result then holds the candidates so far.
     Each candidate's folder holds its best model (``Agent.load`` works; ``finalize_candidate``
     makes the full report). A failing candidate is recorded in ``errors``; after three failures in
@@ -89,15 +92,16 @@ def search_within_budget(
     metric, direction = objective_metric(config, TuneSpec(metric=metric))
     out_dir = Path(out_dir)
     trials_dir = out_dir / "trials"
-    if trials_dir.exists() and any(trials_dir.iterdir()):
+    if trials_dir.exists() and any(p.name not in {str(n) for n in previous or {}} for p in trials_dir.iterdir()):
         raise FileExistsError(f"{trials_dir} already holds candidates: give a new output folder")
+    offset = max(previous, default=-1) + 1 if previous else 0  # a resumed search numbers on
     spec = pruner if isinstance(pruner, PrunerSpec) else PrunerSpec.model_validate(pruner or {"type": "hyperband"})
     if spec.type == "hyperband" and spec.max_resource is None:
         epochs = params_space.get("train.epochs")
         spec = spec.model_copy(update={"max_resource": epochs.high if isinstance(epochs, IntParam) else config.train.epochs})
     store = store if store is not None else FeatureCacheStore()
 
-    candidates: dict[int, CandidateResult] = {}
+    candidates: dict[int, CandidateResult] = dict(previous or {})
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest_params(trial, params_space)
@@ -107,15 +111,12 @@ def search_within_budget(
             # teach the pruner, but a fine-tuning run that starts behind a probe after one warm-up
             # epoch must not be cut.
             queued = trial.number < len(first_params or [])
-            result = run_candidate(
-                cfg, trials_dir / str(trial.number), store=store, trial=trial, deadline=deadline, train_data=train_data, prune=prune_queued or not queued
-            )
+            folder = trials_dir / str(offset + trial.number)
+            result = run_candidate(cfg, folder, store=store, trial=trial, deadline=deadline, train_data=train_data, prune=prune_queued or not queued)
         except CandidatePruned as pruned:
-            pruned.result.params = params
-            candidates[trial.number] = pruned.result
+            _keep(candidates, offset + trial.number, pruned.result, params)
             raise
-        result.params = params
-        candidates[trial.number] = result
+        _keep(candidates, offset + trial.number, result, params)
         return result.score
 
     failures = [0]
@@ -126,14 +127,14 @@ def search_within_budget(
             study.stop()  # the same error every time (bad data, missing files): no point going on
         if progress or on_trial is not None:
             used = monotonic() - start
-            done = candidates.get(trial.number)
+            done = candidates.get(offset + trial.number)
             value = (
                 ""
                 if done is None
                 else f" {metric} {done.score:.4f} after {done.epochs_run} epoch(s) in {done.seconds:.0f}s"
                 + (" (cut by the deadline)" if done.cut_short else "")
             )
-            line = f"candidate {trial.number}: {trial.state.name.lower()}{value}; search time used {used:.0f}s of {time_limit:.0f}s"
+            line = f"candidate {offset + trial.number}: {trial.state.name.lower()}{value}; search time used {used:.0f}s of {time_limit:.0f}s"
             (on_trial or print)(line)
 
     interrupted = False
@@ -162,6 +163,16 @@ def search_within_budget(
     finally:
         optuna.logging.set_verbosity(verbosity)
     best = best_trial(study)
+    errors = {offset + k: v for k, v in trial_errors(study).items()}
     return SearchResult(
-        study, metric, direction, candidates, candidates.get(best.number) if best is not None else None, monotonic() - start, trial_errors(study), interrupted
+        study, metric, direction, candidates, candidates.get(offset + best.number) if best is not None else None, monotonic() - start, errors, interrupted
     )
+
+
+def _keep(candidates: dict[int, CandidateResult], number: int, result: CandidateResult, params: dict[str, Any]) -> None:
+    """Record a finished candidate, in memory and beside its model (a resumed fit reads it back)."""
+    from mmagent.search.resume import save_candidate
+
+    result.params, result.trial_number = params, number
+    candidates[number] = result
+    save_candidate(result.run_dir, result)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import shutil
 import signal
 from dataclasses import dataclass
@@ -29,11 +28,20 @@ from typing import Any
 
 import yaml
 
-from mmagent.data.tables import Table, as_table, read_table
+from mmagent.data.tables import read_table
 from mmagent.io import write_text
 from mmagent.runs import check_new_run_dir, create_run_dir, read_metrics
 from mmagent.search.columns import Schema, ignore_split_keys, infer_schema, parse_column_types
-from mmagent.search.fit_config import base_config, fit_audio_windows, fit_recipe_alerts, selection_metric
+from mmagent.search.fit_config import (  # noqa: F401 - parse_duration is part of this module's API
+    MIN_BUDGET_SECONDS,
+    absolute_path,
+    base_config,
+    fit_audio_windows,
+    fit_recipe_alerts,
+    materialize_table,
+    parse_duration,
+    selection_metric,
+)
 from mmagent.search.ladder import (
     PRESETS,
     Preset,
@@ -48,6 +56,7 @@ from mmagent.search.ladder import (
     tunable_inputs,
 )
 from mmagent.search.leaderboard import Leaderboard, Progress
+from mmagent.search.resume import load_for_resume, record_time, save_settings, unfinished
 from mmagent.training.report import UNKNOWN_FIT_ROWS
 
 
@@ -68,39 +77,9 @@ class FitResult:
     interrupted: bool = False
 
 
-#: The smallest budget fit accepts: the cost measurement, one probe epoch on a small table and the
-#: final evaluation need about this on 2 CPU cores (less is refused, never silently stretched).
-MIN_BUDGET_SECONDS = 20.0
-
-
-def parse_duration(value: str | float | int | None) -> float | None:
-    """``"30m"``, ``"1h30m"``, ``"90s"``, ``"2h"`` or a number of seconds -> seconds (None: not
-    given). A budget under :data:`MIN_BUDGET_SECONDS` (0 included) is refused with that minimum."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ValueError(f"time budget {value!r}: use e.g. 90s, 20m, 1h30m or a number of seconds")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        text = value.strip().lower()
-        parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|m|s)", text)
-        if re.fullmatch(r"[-+]?\d+(\.\d+)?", text):  # a negative number is a number, refused below
-            seconds = float(text)
-        elif parts and "".join(f"{n}{u}" for n, u in parts) == re.sub(r"\s+", "", text):
-            seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
-        else:
-            raise ValueError(f"time budget {value!r}: use e.g. 90s, 20m, 1h30m or a number of seconds")
-    if not seconds >= MIN_BUDGET_SECONDS or seconds == float("inf"):
-        raise ValueError(
-            f"time budget {value!r}: fit needs at least {MIN_BUDGET_SECONDS:g}s (measuring costs, one probe and the final evaluation); give 20s or more"
-        )
-    return seconds
-
-
 def fit(
     train: str | Path | Any,
-    label: str,
+    label: str | None,
     output: str | Path,
     *,
     validation: str | Path | None = None,
@@ -115,6 +94,7 @@ def fit(
     metric: str | None = None,
     ensemble: bool | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> FitResult:
     """Fit an agent to ``train`` (a CSV / JSONL / Parquet file or a DataFrame) that predicts
     ``label``, within ``time_budget`` (default: the preset's). ``agent``: the agent block (policy,
@@ -123,18 +103,47 @@ def fit(
     module docstring. ``metric``: the validation metric candidates are ranked on (and early
     stopping watches), e.g. ``auroc`` or ``mcc``; default: accuracy / macro-F1 / RMSE by task.
     ``ensemble``: average the best candidates' calibrated probabilities when that beats the best
-    one on validation (default: the preset's; each prediction then runs every member)."""
+    one on validation (default: the preset's; each prediction then runs every member).
+    ``resume``: continue the unfinished fit in ``output`` (killed, or failed before promoting a
+    model): its table and settings from ``fit.json``, its finished candidates kept, the budget
+    left (or ``time_budget``) spent on new ones; ``train`` and ``label`` are then ignored
+    (see :mod:`mmagent.search.resume`)."""
+    run_dir = Path(output)
+    previous: dict[int, Any] = {}
+    used_before = 0.0
+    if resume:
+        settings, previous = load_for_resume(run_dir)
+        train, label, validation, test = settings["train"], settings["label"], settings["validation"], settings["test"]
+        preset, recipe, column_types, agent = settings["preset"], settings["recipe"], settings["column_types"], settings["agent"]
+        encoders, seed, metric, ensemble = settings["encoders"], settings["seed"], settings["metric"], settings["ensemble"]
+        used_before = float(settings.get("used_seconds") or 0.0)
+        if time_budget is None:  # what the first attempt had left, never less than a fit needs
+            time_budget = max(MIN_BUDGET_SECONDS, float(settings["budget"]) - used_before)
+    elif unfinished(run_dir):
+        raise FileExistsError(
+            f"{run_dir} holds an unfinished fit: `mmagent fit --resume -o {run_dir}` continues it (its finished candidates are kept), or choose another -o"
+        )
+    if label is None or train is None:
+        raise ValueError("fit needs the training table and --label (or --resume with the folder of an unfinished fit)")
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset!r}: use one of {', '.join(PRESETS)}")
     plan = PRESETS[preset]
     given = parse_duration(time_budget)
     budget = plan.budget_seconds if given is None else given
     clock = Progress(budget, enabled=progress)
-    run_dir = Path(output)
-    check_new_run_dir(run_dir, "fit")  # fit never mixes runs or overwrites files it did not write
-    create_run_dir(run_dir)
+    if not resume:
+        check_new_run_dir(run_dir, "fit")  # fit never mixes runs or overwrites files it did not write
+        create_run_dir(run_dir)
     try:  # nothing is left behind when the table or the settings are refused
-        data = {"train": _materialize(train, run_dir), "validation": _absolute(validation), "test": _absolute(test)}
+        data = {"train": materialize_table(train, run_dir), "validation": absolute_path(validation), "test": absolute_path(test)}
+        if resume:
+            clock.say(f"resuming the fit in {run_dir}: {len(previous)} finished candidate(s) kept, {budget:.0f} s of budget for the rest")
+        else:
+            save_settings(
+                run_dir,
+                {**data, "label": label, "budget": budget, "preset": preset, "recipe": recipe, "column_types": column_types, "agent": agent}
+                | {"encoders": encoders, "seed": seed, "metric": metric, "ensemble": ensemble},
+            )
         table = read_table(data["train"])
         schema = infer_schema(table, label, parse_column_types(column_types))
         schema = ignore_split_keys(schema, table, [read_table(p) for p in (data["validation"], data["test"]) if p])
@@ -148,9 +157,10 @@ def fit(
             raw["agent"] = copy.deepcopy(agent)
         elif recipe:
             fit_recipe_alerts(raw, recipe, table, label, clock)
-        search = _Search(raw, run_dir, plan, clock, seed, plan.ensemble if ensemble is None else ensemble)
+        search = _Search(raw, run_dir, plan, clock, seed, plan.ensemble if ensemble is None else ensemble, previous, used_before)
     except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if not resume:  # a resumed folder keeps its finished candidates whatever happens
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise
     interrupted = search.run()
     if search.ensemble and not interrupted:
@@ -183,7 +193,17 @@ def fit(
 class _Search:
     """The ladder and the search: one study whose first trials are the ladder's affordable rungs."""
 
-    def __init__(self, raw: dict[str, Any], run_dir: Path, plan: Preset, clock: Progress, seed: int, ensemble: bool = False) -> None:
+    def __init__(
+        self,
+        raw: dict[str, Any],
+        run_dir: Path,
+        plan: Preset,
+        clock: Progress,
+        seed: int,
+        ensemble: bool = False,
+        previous: dict[int, Any] | None = None,
+        used_before: float = 0.0,
+    ) -> None:
         import torch
 
         from mmagent.config import config_from_dict
@@ -194,6 +214,7 @@ class _Search:
 
         self.raw, self.run_dir, self.plan, self.clock, self.seed = raw, run_dir, plan, clock, seed
         self.ensemble = ensemble
+        self.previous, self.used_before = previous or {}, used_before  # a resumed fit's finished candidates
         config = config_from_dict(copy.deepcopy(raw))  # every key checked before any work
         splits = load_splits(config)  # every row of every table checked, all problems at once
         self.n_train, self.n_val = len(splits.train), len(splits.validation)
@@ -247,10 +268,11 @@ class _Search:
         from mmagent.search.budget import search_within_budget
 
         seconds = self.clock.left() - self.reserve
-        rungs = self._ladder(seconds)
+        done = {json.dumps(c.params, sort_keys=True, default=str) for c in self.previous.values()}
+        rungs = [r for r in self._ladder(seconds) if json.dumps(r, sort_keys=True, default=str) not in done]  # none trained twice
         max_epochs = max(self.plan.probe_epochs, 2 * self.plan.finetune_epochs)
         space = search_space(self.raw, self.strategies, self.blocks, max_epochs)
-        n_trials = max_trials(len(rungs), self.n_val) if self.plan.search else len(rungs)
+        n_trials = max(1, max_trials(len(rungs), self.n_val) - len(self.previous)) if self.plan.search else max(1, len(rungs))
         if self.plan.search and n_trials < 10_000:
             self.clock.say(f"at most {n_trials} candidates: {self.n_val} validation rows cannot rank more without picking a lucky one")
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
@@ -269,6 +291,7 @@ class _Search:
                 storage=f"sqlite:///{self.run_dir / 'search.db'}",
                 on_trial=self._report,
                 prune_queued=False,
+                previous=self.previous,
             )
         finally:
             if previous is not None:
@@ -306,6 +329,7 @@ class _Search:
 
     def _report(self, line: str) -> None:
         self.clock.say(line)
+        record_time(self.run_dir, self.used_before + self.clock.elapsed())  # what a resumed fit has left
 
     def final_raw(self, best: Any) -> dict[str, Any]:
         """The winner's complete config (as trained, with the test table); when the budget cut it
@@ -334,27 +358,6 @@ def _promote(candidate: Path, run_dir: Path, configs: list[dict[str, Any]], cloc
     staged.rmdir()
     for i, raw in enumerate(configs):
         write_text(run_dir / (f"config.member-{i}.yaml" if i else "config.yaml"), yaml.safe_dump(raw, sort_keys=False))
-
-
-def _materialize(train: Any, run_dir: Path) -> str:
-    """A file path for the training table: DataFrames are written into the run folder, so the
-    config that reproduces the run can name them."""
-    if isinstance(train, (str, Path)):
-        return _absolute(train)  # type: ignore[return-value]
-    table = train if isinstance(train, Table) else as_table(train)
-    path = run_dir / "data" / "train.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.frame.to_parquet(path, index=False)
-    return str(path)
-
-
-def _absolute(path: str | Path | None) -> str | None:
-    if path is None:
-        return None
-    p = Path(path).expanduser().resolve()
-    if not p.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    return str(p)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -5,9 +5,11 @@ the ranking metric checked against the task, and the recipe's alert rules kept w
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 from typing import Any
 
-from mmagent.data.tables import Table
+from mmagent.data.tables import Table, as_table
 from mmagent.search.columns import Schema, audio_window
 from mmagent.search.leaderboard import Progress
 
@@ -84,3 +86,54 @@ def fit_recipe_alerts(raw: dict[str, Any], recipe: str, table: Table, label: str
         dropped = sorted({r["label"] for r in rules if r not in kept})
         clock.say(f"recipe {recipe}: alert rule(s) on {dropped} dropped: {label!r} has labels {sorted(labels)[:10]}")
         raw["agent"] = {**raw.get("agent", {}), "alerts": kept}
+
+
+#: The smallest budget fit accepts: the cost measurement, one probe epoch on a small table and the
+#: final evaluation need about this on 2 CPU cores (less is refused, never silently stretched).
+MIN_BUDGET_SECONDS = 20.0
+
+
+def parse_duration(value: str | float | int | None) -> float | None:
+    """``"30m"``, ``"1h30m"``, ``"90s"``, ``"2h"`` or a number of seconds -> seconds (None: not
+    given). A budget under :data:`MIN_BUDGET_SECONDS` (0 included) is refused with that minimum."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"time budget {value!r}: use e.g. 90s, 20m, 1h30m or a number of seconds")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip().lower()
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|m|s)", text)
+        if re.fullmatch(r"[-+]?\d+(\.\d+)?", text):  # a negative number is a number, refused below
+            seconds = float(text)
+        elif parts and "".join(f"{n}{u}" for n, u in parts) == re.sub(r"\s+", "", text):
+            seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+        else:
+            raise ValueError(f"time budget {value!r}: use e.g. 90s, 20m, 1h30m or a number of seconds")
+    if not seconds >= MIN_BUDGET_SECONDS or seconds == float("inf"):
+        raise ValueError(
+            f"time budget {value!r}: fit needs at least {MIN_BUDGET_SECONDS:g}s (measuring costs, one probe and the final evaluation); give 20s or more"
+        )
+    return seconds
+
+
+def materialize_table(train: Any, run_dir: Path) -> str:
+    """A file path for the training table: DataFrames are written into the run folder, so the
+    config that reproduces the run can name them."""
+    if isinstance(train, (str, Path)):
+        return absolute_path(train)  # type: ignore[return-value]
+    table = train if isinstance(train, Table) else as_table(train)
+    path = run_dir / "data" / "train.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.frame.to_parquet(path, index=False)
+    return str(path)
+
+
+def absolute_path(path: str | Path | None) -> str | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    return str(p)
