@@ -91,7 +91,7 @@ def fit(
     keep the best model as the run (loadable with Agent.load; config.yaml reproduces it)."""
     from mmagent.search.fit import fit as run_fit
 
-    run_fit(
+    result = run_fit(
         train,
         label,
         output,
@@ -108,6 +108,9 @@ def fit(
         progress=not quiet,
         resume=resume,
     )
+    if not result.beats_baseline:  # a run that learnt nothing usable is not a success
+        typer.echo(f"error: {result.baseline['note']}", err=True)  # type: ignore[index]
+        raise typer.Exit(3)
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:

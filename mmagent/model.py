@@ -120,7 +120,12 @@ def _build(n: int, inp: InputSpec) -> nn.Module:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if message.startswith("inputs."):
             raise
-        raise ValueError(f"inputs.{n}.encoder ({inp.encoder.source}:{inp.encoder.name}, input {inp.key!r}): {message}") from e
+        named = f"inputs.{n}.encoder ({inp.encoder.source}:{inp.encoder.name}, input {inp.key!r}): {message}"
+        try:
+            error = type(e)(named) if isinstance(e, ValueError) else ValueError(named)  # keep EncoderError and kin
+        except TypeError:  # an exception class that takes other arguments
+            error = ValueError(named)
+        raise error from e
 
 
 def _safe(name: str) -> str:

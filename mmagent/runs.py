@@ -58,6 +58,7 @@ TENSORBOARD_DIR = "tensorboard"
 LINEAGE_FILE = "lineage.json"
 # calibration.json: the key of the escalation threshold, next to the per-target entries
 ESCALATION_KEY = "_escalation_threshold"
+BASELINE_KEY = "_baseline"  # the run against the obvious baseline (majority class / training mean) on validation
 MARKER_FILE = ".mmagent-run"
 CHECKSUMS_FILE = "checksums.sha256"
 UNKNOWN_FILE = "unknown.json"  # the unknown-input score's choice and threshold (mmagent.agent.unknown)

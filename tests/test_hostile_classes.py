@@ -295,3 +295,21 @@ def test_an_invalid_hf_encoder_config_names_the_key_path(tmp_path: Path) -> None
     }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
     _refused(_cli("train", tmp_path / "cfg.yaml", "-o", tmp_path / "run"), "inputs.0.encoder (hf:bert", "hidden size (30) is not a multiple")
+
+
+# -- a full disk or a read-only folder is a clear error and leaves nothing half-written ------------------
+def test_fit_into_a_read_only_folder_is_one_clear_line_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    table, blocked = _table(tmp_path / "t.csv", 0), tmp_path / "ro"
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):  # tests may run as root, for whom chmod does not make a folder read-only
+        if str(path).startswith(str(blocked)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    text = _refused(_cli("fit", table, "--label", "label", "-o", blocked / "run", "--time-budget", "20s"), str(blocked / "run"), "Read-only file system")
+    assert len([line for line in text.split("error:") if line.strip()]) == 1 and not blocked.exists()

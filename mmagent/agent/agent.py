@@ -62,6 +62,7 @@ class Agent:
         # the unknown-input score, and the prediction sets' quantile and rules from calibration.json.
         self.unknown = unknown if unknown is not None and unknown.target == self.target else None
         self.escalation = escalation if escalation and escalation.get("target") == self.target else None
+        self.blocked: str | None = None  # why every input is escalated (a run that does not beat its baseline)
 
     def _speech_columns(self, setting: dict[str, str] | str | None) -> dict[str, str] | None:
         """``{audio: COLUMN, text: COLUMN}``: a record with audio but no text gets a transcript.
@@ -127,7 +128,10 @@ class Agent:
             from mmagent.inference_onnx import load_onnx_runner
 
             runner = load_onnx_runner(run_dir, model, threads)
-        return cls(
+        baseline = calibration.get(runs.BASELINE_KEY) or {}
+        if baseline.get("beats") is False:
+            warnings.warn(f"{run_dir}: {baseline.get('note')}", UserWarning, stacklevel=2)
+        agent = cls(
             model,
             build_policy(spec, base_dir=run_dir),
             runs.temperatures(calibration, str(run_dir / runs.CALIBRATION_FILE)),
@@ -138,6 +142,8 @@ class Agent:
             unknown=UnknownDetector.load(run_dir),
             escalation=chosen if policy is None else None,
         )
+        agent.blocked = baseline.get("note") if baseline.get("beats") is False else None
+        return agent
 
     # -- predict ------------------------------------------------------------------------------
     def prepare(self, data: Any, base_dir: str | Path = ".") -> tuple[Table, dict[int, str]]:
@@ -244,6 +250,9 @@ class Agent:
                 order = np.argsort(-p, kind="stable")
                 a.prediction_set = [spec.labels[j] for j in order if row[j]]
                 a.set_level, a.set_escalates, a.uncertified = float(esc["set_alpha"]), bool(esc.get("set_escalates")), uncertified
+        if self.blocked:
+            for a in out:
+                a.uncertified = self.blocked
         return out
 
     def predict(self, data: Any, base_dir: str | Path = ".") -> list[dict[str, Any]]:

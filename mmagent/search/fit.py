@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from mmagent import runs
 from mmagent.data.tables import read_table
 from mmagent.io import write_text
 from mmagent.runs import check_new_run_dir, create_run_dir, read_metrics
@@ -55,7 +56,7 @@ from mmagent.search.ladder import (
     speech_inputs,
     tunable_inputs,
 )
-from mmagent.search.leaderboard import Leaderboard, Progress
+from mmagent.search.leaderboard import Candidate, Leaderboard, Progress
 from mmagent.search.resume import load_for_resume, record_time, save_settings, unfinished
 from mmagent.training.report import UNKNOWN_FIT_ROWS
 
@@ -75,6 +76,13 @@ class FitResult:
     seconds: float
     budget_seconds: float
     interrupted: bool = False
+    baseline: dict[str, Any] | None = None  # the chosen model against the majority-class / mean baseline
+
+    @property
+    def beats_baseline(self) -> bool:
+        """False when the chosen model does not beat the obvious baseline on validation (the agent
+        then escalates every input; ``mmagent fit`` exits with status 3)."""
+        return self.baseline is None or bool(self.baseline["beats"])
 
 
 def fit(
@@ -171,6 +179,9 @@ def fit(
         raise FitError(f"no candidate finished within the budget ({budget:.0f} s): give a larger --time-budget\n{board.table()}")
     members = [r for name in best.params.get("members", []) for r in board.rows if r.name == name] if best.strategy == "ensemble" else [best]
     _promote(best.run_dir, run_dir, [search.final_raw(r) for r in members], clock)
+    baseline = runs.read_calibration(run_dir).get(runs.BASELINE_KEY)
+    if baseline:  # on the leaderboard, never chosen: what any candidate had to beat
+        board.rows.append(Candidate("baseline", baseline["kind"], status=f"{baseline['kind']} baseline", score=baseline["baseline"]))
     board.write(run_dir)
     write_text(run_dir / "schema.md", f"# Inferred schema\n\n```\n{schema.table()}\n```\n")
     from mmagent.training.report_html import write_html_report
@@ -187,7 +198,9 @@ def fit(
             for target, m in metrics.items():
                 shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("accuracy", "macro_f1", "mcc", "auroc", "rmse", "r2") if isinstance(m.get(k), float))
                 clock.say(f"{split} {target}: {shown} (n={m.get('n')}); report: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
-    return FitResult(run_dir, schema, board, best.name, clock.elapsed(), budget, interrupted)
+    if baseline and not baseline["beats"]:
+        clock.say(f"WARNING: {baseline['note']}")
+    return FitResult(run_dir, schema, board, best.name, clock.elapsed(), budget, interrupted, baseline)
 
 
 class _Search:

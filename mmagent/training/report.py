@@ -16,8 +16,10 @@ from mmagent.ensemble import EnsembleModel, load_model
 from mmagent.inference import Predictions, make_loader, run_model
 from mmagent.io import atomic_path, write_json, write_text
 from mmagent.lifecycle.profile import profile_at_end_of_training
+from mmagent.training.baseline import compare_with_baseline, verdict
 from mmagent.training.evaluate import ablation_table, evaluate
 from mmagent.training.figures import render_figures
+from mmagent.training.metrics import main_metric
 from mmagent.training.report_data import RunReport, load_run_report
 from mmagent.training.report_html import write_html_report
 from mmagent.training.report_trust import HEADER, TrustSummary, trust_summary
@@ -48,6 +50,9 @@ def finalize_run(run_dir: Path, config: ExperimentConfig, splits: Splits, device
     escalation = fit_trust(run_dir, model, config, splits.train, val_preds, test_preds, calibration, device)
     if escalation:
         calibration[runs.ESCALATION_KEY] = escalation
+    baseline = baseline_check(model, config, splits.train, val_preds, metrics["validation"])
+    if baseline:  # sealed with the calibration: the agent reads it back and escalates all if not beaten
+        calibration[runs.BASELINE_KEY] = baseline
     write_json(run_dir / runs.CALIBRATION_FILE, calibration)
     runs.seal_run(run_dir)  # config, calibration and unknown-input score: refused at load if changed
     ablation = ablation_table(model, eval_loader, device, metrics.get("test", metrics["validation"]))
@@ -58,9 +63,26 @@ def finalize_run(run_dir: Path, config: ExperimentConfig, splits: Splits, device
     profile_at_end_of_training(run_dir, splits.train, splits.validation, device)  # drift_profile.json, for drift watch
     if progress:
         print(f"run saved to {run_dir} (report: {run_dir / runs.REPORT_FILE}, {run_dir / runs.REPORT_HTML_FILE})")
+        if baseline and not baseline["beats"]:
+            print(f"WARNING: {baseline['note']}")
         if escalation and not escalation.get("reached", True):
             print(f"warning: escalation target not reached: {escalation.get('note') or escalation.get('guarantee')}")
     return metrics
+
+
+def baseline_check(model: Any, config: ExperimentConfig, train: Table, val_preds: Predictions, val_metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's selection metric on validation against the obvious baseline's (see
+    :mod:`mmagent.training.baseline`), with the sentence to show when the model does not beat it."""
+    target, _, metric = (config.train.metric or "").partition("/")
+    target = target or config.agent.target or next(iter(model.heads))
+    spec = model.heads[target].spec
+    metric = metric or main_metric(spec)[0]
+    if target not in val_preds.targets or metric not in val_metrics.get(target, {}):
+        return None
+    check = compare_with_baseline(spec, metric, val_metrics[target][metric], train, val_preds.targets[target])
+    if check and not check["beats"]:
+        check["note"] = verdict(check)
+    return check
 
 
 def fit_trust(

@@ -33,6 +33,13 @@ def trust_summary(calibration: dict[str, Any], unknown: dict[str, Any]) -> Trust
             + (f" (AUROC: {aurocs})" if aurocs else "")
             + f"; threshold {_num(threshold)}: {unknown.get('guarantee')}."
         )
+    baseline = calibration.get(runs.BASELINE_KEY) or {}
+    if baseline and not baseline.get("beats", True):
+        out.warnings.append(str(baseline.get("note")).capitalize() + ".")
+    elif baseline:
+        out.sentences.append(
+            f"Against the {baseline['kind']} baseline on validation: {baseline['metric']} {baseline['model']:.4g} vs {baseline['baseline']:.4g}."
+        )
     esc = calibration.get(runs.ESCALATION_KEY) or {}
     if "max_error" in esc:
         line = f"Escalation promise: {esc.get('guarantee')}." + (
