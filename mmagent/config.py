@@ -16,6 +16,7 @@ Errors name the key (``inputs.0.encoder.source``) and what is allowed.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -127,6 +128,21 @@ class ExperimentConfig(BaseModel):
     def model_spec(self) -> ModelSpec:
         return ModelSpec(inputs=self.inputs, targets=self.targets, fusion=self.fusion, head_dropout=self.head_dropout)
 
+    def with_params(self, params: dict[str, Any]) -> ExperimentConfig:
+        """This config with values set at dotted paths (``{"train.lr": 1e-4, "inputs.0.encoder":
+        {...}, "inputs.0.encoder.freeze": "all"}``; shorter paths first, so a whole block is
+        replaced before one of its keys is set), validated again: a search's candidate, an override."""
+        raw = self.model_dump(mode="json")
+        for key in sorted(params, key=lambda k: k.count(".")):
+            try:
+                set_dotted(raw, key, copy.deepcopy(params[key]))
+            except (IndexError, ValueError, TypeError, KeyError, AttributeError) as e:
+                raise ConfigError(f"{key}: no such key path ({e})") from None
+        try:
+            return type(self).model_validate(raw)
+        except ValidationError as e:
+            raise ConfigError("invalid config with " + ", ".join(sorted(params)) + ":\n" + format_validation_error(e)) from None
+
     def resolve(self, path: str | None) -> Path | None:
         if path is None:
             return None
@@ -134,7 +150,8 @@ class ExperimentConfig(BaseModel):
         return p if p.is_absolute() else Path(self.base_dir) / p
 
 
-def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.0.c`` in a raw (YAML-like) config mapping, creating the mappings / lists on the way."""
     keys = dotted.split(".")
     node: Any = raw
     for i, key in enumerate(keys[:-1]):
@@ -159,7 +176,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, value = item.split("=", 1)
         try:
-            _set_dotted(raw, key.strip(), yaml.safe_load(value))
+            set_dotted(raw, key.strip(), yaml.safe_load(value))
         except (IndexError, ValueError, TypeError, KeyError) as e:
             raise ConfigError(f"override {item!r}: no such key path ({e})") from e
     return raw

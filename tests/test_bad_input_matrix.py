@@ -161,14 +161,15 @@ def test_duplicate_key_and_bad_line_in_jsonl(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", [5, ["a", "b"], {"k": 1}])
 def test_text_that_is_not_a_string_in_the_python_api(bad: object, tmp_path: Path) -> None:
-    from mmagent.training.trainer import train
+    from mmagent.search.fit import fit
 
     rs = [{"text": f"word {i}", "x": float(i), "label": "ab"[i % 2]} for i in range(N)]
     rs[4]["text"] = bad
     run = tmp_path / "run"
-    with pytest.raises(DataError) as info:
-        train(config_from_dict(config(tmp_path / "unused.csv")), run, progress=False, train_data=pd.DataFrame(rs))
-    assert f"row 5, column 'text': text must be a string, got {type(bad).__name__}" in str(info.value)
+    with pytest.raises(DataError) as info:  # a table given as a DataFrame (what fit's Python API takes), checked like a file
+        fit(pd.DataFrame(rs), "label", run, time_budget=20, progress=False)
+    kind = "number" if isinstance(bad, int) else type(bad).__name__
+    assert f"row 5, column 'text': holds {kind}" in str(info.value) and "where its other rows hold text" in str(info.value)
     assert not run.exists()
 
 

@@ -244,24 +244,19 @@ def test_a_last_batch_of_one_row_does_not_break_batchnorm(tmp_path):
     assert result.global_step == 1  # one full batch; the 1-row remainder was dropped, not trained on
 
 
-def test_checked_tables_are_reused_until_the_file_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A fit search trains many candidates on the same files: their rows (and media) are checked once.
-    from mmagent.config import load_config
+def test_a_fit_checks_every_row_once_for_all_its_candidates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Checking decodes every image and audio clip: a search of many candidates must not repeat it.
+    from mmagent.data import validation
+    from mmagent.search.fit import fit
     from mmagent.training import splits
 
-    config = load_config(_small_config(tmp_path, n=60))
+    table = tmp_path / "t.csv"
+    x = np.random.default_rng(0).normal(size=200)
+    pd.DataFrame({"x": x, "label": np.where(x > 0, "up", "down")}).to_csv(table, index=False)
     calls: list[str] = []
-    real = splits.validate_table
-    monkeypatch.setattr(splits, "validate_table", lambda table, *a, **k: calls.append(table.source) or real(table, *a, **k))
-    monkeypatch.setattr(splits, "_CHECKED", {})
-    first = splits.load_splits(config)
-    again = splits.load_splits(config.model_copy(update={"train": config.train.model_copy(update={"lr": 0.5})}))
-    assert len(calls) == 1 and again.train.records == first.train.records
-    train_file = Path(config.resolve(config.data.train))
-    frame = pd.read_csv(train_file)
-    frame.loc[0, "text"] = "an edited row"
-    frame.to_csv(train_file, index=False)
-    os.utime(train_file, ns=(time.time_ns(), time.time_ns() + 10**9))
-    changed = splits.load_splits(config)
-    assert len(calls) == 2
-    assert "an edited row" in [r["text"] for r in changed.train.records + changed.validation.records]
+    real = validation.validate_table
+    monkeypatch.setattr(splits, "validate_table", lambda t, *a, **k: calls.append(t.source) or real(t, *a, **k))
+    result = fit(table, "label", tmp_path / "run", time_budget=30, progress=False, ensemble=False)
+    trained = [r for r in result.leaderboard.rows if r.run_dir is not None]
+    assert len(trained) >= 2, "the test needs a search of several candidates"
+    assert calls == [str(table)]  # the training table, checked once (the validation split is cut from it)

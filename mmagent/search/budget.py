@@ -20,8 +20,9 @@ import optuna
 from mmagent.config import config_from_dict
 from mmagent.data.feature_store import FeatureCacheStore
 from mmagent.search.objective import CandidatePruned, CandidateResult, run_candidate, suggest_params, trial_config
-from mmagent.search.space import CategoricalParam, IntParam, PrunerSpec, TuneSpec, base_config_dict, choice_label, objective_metric, parse_space
+from mmagent.search.space import CategoricalParam, IntParam, PrunerSpec, TuneSpec, choice_label, objective_metric, parse_space, search_base
 from mmagent.search.study import best_trial, make_pruner, trial_errors
+from mmagent.training.splits import Splits
 
 
 @dataclass
@@ -55,7 +56,7 @@ def search_within_budget(
     metric: str | None = None,
     seed: int = 0,
     first_params: list[dict[str, Any]] | None = None,
-    train_data: Any = None,
+    splits: Splits | None = None,
     base_dir: str | Path = ".",
     storage: str | None = None,
     progress: bool = False,
@@ -72,6 +73,8 @@ def search_within_budget(
       the space); ``{"type": "successive_halving"}`` or any :class:`PrunerSpec`.
     - ``store``: shared frozen-encoder outputs (default: a fresh in-memory store).
     - ``first_params``: parameter sets (config values) tried first, e.g. a recipe's defaults.
+    - ``splits``: the checked tables every candidate trains on (the space must not change them,
+      see :func:`~mmagent.training.splits.shares_splits`); default: each candidate reads its own.
     - ``storage``: an Optuna storage URL (default: in memory).
     - ``on_trial``: called with a one-line summary after each trial (``progress`` prints it).
     - ``startup_trials``: random trials before the TPE sampler models the space (default: a
@@ -87,7 +90,7 @@ def search_within_budget(
     start = monotonic()
     deadline = start + time_limit
     config = config_from_dict(dict(base_config), base_dir=base_dir)
-    base = base_config_dict(config)
+    base = search_base(config)
     params_space = parse_space(space, base)
     metric, direction = objective_metric(config, TuneSpec(metric=metric))
     out_dir = Path(out_dir)
@@ -112,7 +115,7 @@ def search_within_budget(
             # epoch must not be cut.
             queued = trial.number < len(first_params or [])
             folder = trials_dir / str(offset + trial.number)
-            result = run_candidate(cfg, folder, store=store, trial=trial, deadline=deadline, train_data=train_data, prune=prune_queued or not queued)
+            result = run_candidate(cfg, folder, store=store, trial=trial, deadline=deadline, splits=splits, prune=prune_queued or not queued)
         except CandidatePruned as pruned:
             _keep(candidates, offset + trial.number, pruned.result, params)
             raise

@@ -178,7 +178,7 @@ def fit(
     if best is None:
         raise FitError(f"no candidate finished within the budget ({budget:.0f} s): give a larger --time-budget\n{board.table()}")
     members = [r for name in best.params.get("members", []) for r in board.rows if r.name == name] if best.strategy == "ensemble" else [best]
-    _promote(best.run_dir, run_dir, [search.final_raw(r) for r in members], clock)
+    _promote(best.run_dir, run_dir, [search.final_raw(r) for r in members], clock, search.splits)
     baseline = runs.read_calibration(run_dir).get(runs.BASELINE_KEY)
     if baseline:  # on the leaderboard, never chosen: what any candidate had to beat
         board.rows.append(Candidate("baseline", baseline["kind"], status=f"{baseline['kind']} baseline", score=baseline["baseline"]))
@@ -229,7 +229,7 @@ class _Search:
         self.ensemble = ensemble
         self.previous, self.used_before = previous or {}, used_before  # a resumed fit's finished candidates
         config = config_from_dict(copy.deepcopy(raw))  # every key checked before any work
-        splits = load_splits(config)  # every row of every table checked, all problems at once
+        self.splits = splits = load_splits(config)  # every row of every table checked, once: every candidate trains on these
         self.n_train, self.n_val = len(splits.train), len(splits.validation)
         self.validation, self.batch_size = splits.validation, config.train.batch_size
         self.device = "cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu"
@@ -305,6 +305,7 @@ class _Search:
                 on_trial=self._report,
                 prune_queued=False,
                 previous=self.previous,
+                splits=self.splits,
             )
         finally:
             if previous is not None:
@@ -355,14 +356,14 @@ class _Search:
         return raw
 
 
-def _promote(candidate: Path, run_dir: Path, configs: list[dict[str, Any]], clock: Progress) -> None:
+def _promote(candidate: Path, run_dir: Path, configs: list[dict[str, Any]], clock: Progress, splits: Any) -> None:
     """Make the winner the run: copy it in, evaluate on validation + test, calibrate, report, and
     write the configs that reproduce it (an ensemble's first model, then config.member-<i>.yaml)."""
     from mmagent.search.objective import finalize_candidate
 
     clock.say("evaluating the chosen model on validation and test, calibrating, writing the report ...")
     staged = run_dir / ".promoted"
-    finalize_candidate(candidate, staged)
+    finalize_candidate(candidate, staged, splits=splits)
     for item in staged.iterdir():
         target = run_dir / item.name
         if target.is_dir():

@@ -124,6 +124,7 @@ def materialize_table(train: Any, run_dir: Path) -> str:
     if isinstance(train, (str, Path)):
         return absolute_path(train)  # type: ignore[return-value]
     table = train if isinstance(train, Table) else as_table(train)
+    _refuse_mixed_columns(table)  # before Arrow, whose error names neither the row nor the value
     path = run_dir / "data" / "train.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     table.frame.to_parquet(path, index=False)
@@ -137,3 +138,28 @@ def absolute_path(path: str | Path | None) -> str | None:
     if not p.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     return str(p)
+
+
+def _refuse_mixed_columns(table: Table) -> None:
+    """A column of an in-memory table holds one kind of value: strings, numbers, lists or mappings.
+    A mix (a number or a list in a text column) is named by row and column, like a bad file row."""
+    from mmagent.data.errors import DataError, Problem
+    from mmagent.data.tables import is_empty, show_cell
+
+    def kind(v: Any) -> str:
+        return "text" if isinstance(v, str) else "number" if isinstance(v, (int, float)) else type(v).__name__
+
+    problems = []
+    import pandas as pd
+
+    for column in [c for c in table.frame.columns if pd.api.types.is_object_dtype(table.frame[c])]:
+        values = [(i, v) for i, v in enumerate(table.frame[column].tolist()) if not is_empty(v)]
+        kinds = [kind(v) for _, v in values]
+        if len(set(kinds)) > 1:
+            usual = max(set(kinds), key=kinds.count)
+            row, value = next((i, v) for (i, v), k in zip(values, kinds) if k != usual)
+            problems.append(
+                Problem(table.source, row, str(column), f"holds {kind(value)} {show_cell(value)} where its other rows hold {usual}", table.where(row))
+            )
+    if problems:
+        raise DataError(problems)

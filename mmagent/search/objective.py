@@ -18,29 +18,21 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from pydantic import ValidationError
 
-from mmagent.config import ConfigError, ExperimentConfig, _set_dotted, config_from_dict, format_validation_error
+from mmagent.config import ExperimentConfig, config_from_dict
 from mmagent.runs import read_metrics_log
 from mmagent.search.space import CategoricalParam, FloatParam, IntParam, TuneSpec, objective_metric, suggest
 from mmagent.search.study import trial_dir
 
 if TYPE_CHECKING:
     from mmagent.data.feature_store import FeatureCacheStore
+    from mmagent.training.splits import Splits
 
 
-def trial_config(base_raw: dict[str, Any], params: dict[str, Any], metric: str | None = None) -> ExperimentConfig:
-    """The base config with the parameters applied (shorter paths first, so ``inputs.0.encoder``
-    is replaced before ``inputs.0.encoder.freeze`` is set) and, when given, ``metric`` as train.metric."""
-    raw = copy.deepcopy(base_raw)
-    for key in sorted(params, key=lambda k: k.count(".")):
-        _set_dotted(raw, key, params[key])
-    if metric is not None:
-        raw.setdefault("train", {})["metric"] = metric
-    try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError("invalid trial config:\n" + format_validation_error(e)) from None
+def trial_config(base: ExperimentConfig, params: dict[str, Any], metric: str | None = None) -> ExperimentConfig:
+    """The base config with the trial's parameters (see :meth:`ExperimentConfig.with_params`) and,
+    when given, ``metric`` as train.metric."""
+    return base.with_params({**params, **({"train.metric": metric} if metric is not None else {})})
 
 
 @dataclass
@@ -77,7 +69,7 @@ def run_candidate(
     store: FeatureCacheStore | None = None,
     trial: optuna.Trial | None = None,
     deadline: float | None = None,
-    train_data: Any = None,
+    splits: Splits | None = None,
     progress: bool = False,
     base_dir: str | Path = ".",
     finalize: bool = False,
@@ -95,6 +87,7 @@ def run_candidate(
       optimizer step, validates that partial epoch and keeps the best model so far, so the run
       folder stays loadable (``Agent.load``). ``cut_short`` says it happened.
     - ``store``: frozen encoders' outputs shared across candidates.
+    - ``splits``: the checked tables, loaded once by the search (default: read and checked here).
     - ``finalize``: also evaluate, calibrate and write the report (else the folder holds the model,
       config and metrics log only; :func:`finalize_candidate` can do it later).
     """
@@ -132,7 +125,7 @@ def run_candidate(
             run_dir,
             progress=progress,
             on_epoch_end=on_epoch_end,
-            train_data=train_data,
+            splits=splits,
             finalize=finalize,
             feature_cache_store=store,
             stop_requested=past_deadline if deadline is not None else None,
@@ -171,10 +164,10 @@ def run_candidate(
 
 
 def finalize_candidate(
-    run_dir: str | Path, dest: str | Path, *, train_data: Any = None, progress: bool = False, extra_json: dict[str, Any] | None = None
+    run_dir: str | Path, dest: str | Path, *, splits: Splits | None = None, progress: bool = False, extra_json: dict[str, Any] | None = None
 ) -> Path:
     """Copy a candidate's run folder to ``dest`` and finalize it there: evaluation on validation
-    (and test), calibration, report. ``train_data`` as given to :func:`run_candidate`;
+    (and test), calibration, report. ``splits``: as given to :func:`run_candidate`;
     ``extra_json``: file name -> content, written with it. ``dest`` appears complete or not at all."""
     import torch
 
@@ -190,7 +183,7 @@ def finalize_candidate(
                 continue
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
         device = torch.device("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu")
-        finalize_run(tmp, cfg, load_splits(cfg, train_data), device, progress=progress)
+        finalize_run(tmp, cfg, splits if splits is not None else load_splits(cfg), device, progress=progress)
         for name, content in (extra_json or {}).items():
             write_json(tmp / name, content)
     return dest
@@ -200,20 +193,30 @@ class TuneObjective:
     """The ``mmagent tune`` objective: suggest the space's parameters, train the trial's config
     into ``TUNE_DIR/trials/<n>`` (no final report), return its best validation score."""
 
-    def __init__(self, base_raw: dict[str, Any], spec: TuneSpec, metric: str, tune_dir: Path, study_name: str, store: FeatureCacheStore | None) -> None:
-        self.base_raw, self.spec, self.metric, self.tune_dir, self.study_name, self.store = base_raw, spec, metric, tune_dir, study_name, store
+    def __init__(
+        self,
+        base: ExperimentConfig,
+        spec: TuneSpec,
+        metric: str,
+        tune_dir: Path,
+        study_name: str,
+        store: FeatureCacheStore | None,
+        splits: Splits | None = None,
+    ) -> None:
+        self.base, self.spec, self.metric, self.tune_dir, self.study_name, self.store = base, spec, metric, tune_dir, study_name, store
+        self.splits = splits  # checked once for every trial, when no trial can change them
 
     def __call__(self, trial: optuna.Trial) -> float:
         run_dir = trial_dir(self.tune_dir, self.study_name, trial.number)
         try:
             params = suggest_params(trial, self.spec.space or {})
-            cfg = trial_config(self.base_raw, params, self.metric)
+            cfg = trial_config(self.base, params, self.metric)
         except Exception as e:
             trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
             raise
         if run_dir.exists():  # left by an earlier study of the same name whose storage is gone
             shutil.rmtree(run_dir)
-        return run_candidate(cfg, run_dir, store=self.store, trial=trial).score
+        return run_candidate(cfg, run_dir, store=self.store, trial=trial, splits=self.splits).score
 
 
 def suggest_params(trial: optuna.Trial, space: dict[str, FloatParam | IntParam | CategoricalParam]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mmagent.config import ConfigError, ExperimentConfig, _set_dotted, format_validation_error
+from mmagent.config import ConfigError, ExperimentConfig
 
 if TYPE_CHECKING:
     import optuna
@@ -169,39 +169,37 @@ def default_space(config: ExperimentConfig) -> dict[str, dict[str, Any]]:
     return space
 
 
-def parse_space(space: dict[str, Any], base_raw: dict[str, Any]) -> dict[str, FloatParam | IntParam | CategoricalParam]:
+def parse_space(space: dict[str, Any], base: ExperimentConfig) -> dict[str, FloatParam | IntParam | CategoricalParam]:
     """Validate a space given as a plain dict (``{"train.lr": {"type": "float", ...}}``) and check
     that every parameter, at its bounds and for every choice, gives a valid config when applied to
-    ``base_raw``. Errors name the key (``tune.space.train.lr.low: ...``)."""
+    ``base``. Errors name the key (``tune.space.train.lr.low: ...``)."""
     try:
         spec = TuneSpec.model_validate({"space": space})
     except ValidationError as e:
         raise ConfigError("invalid tune block:\n" + _fmt_errors(e, "tune")) from None
     if not spec.space:
         raise ConfigError("tune.space is empty: declare at least one parameter")
-    problems = _space_problems(spec.space, base_raw)
+    problems = _space_problems(spec.space, base)
     if problems:
         raise ConfigError("invalid tune block:\n" + "\n".join(problems))
     return spec.space
 
 
-def _space_problems(space: dict[str, FloatParam | IntParam | CategoricalParam], base_raw: dict[str, Any]) -> list[str]:
+def _space_problems(space: dict[str, FloatParam | IntParam | CategoricalParam], base: ExperimentConfig) -> list[str]:
     problems = []
     for key, param in space.items():
         candidates = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high]
         for value in candidates:
             try:
-                raw = copy.deepcopy(base_raw)
-                _set_dotted(raw, key, copy.deepcopy(value))
-                ExperimentConfig.model_validate(raw)
-            except (IndexError, ValueError, TypeError, KeyError, AttributeError) as e:
-                detail = format_validation_error(e).strip() if isinstance(e, ValidationError) else f"no such key path ({e})"
+                base.with_params({key: value})
+            except ConfigError as e:
+                detail = str(e).split("\n", 1)[-1].strip()
                 problems.append(f"  tune.space.{key} = {value!r} does not give a valid config: {detail}")
                 break
     return problems
 
 
-def parse_tune_spec(config: ExperimentConfig, base_raw: dict[str, Any] | None = None) -> TuneSpec:
+def parse_tune_spec(config: ExperimentConfig, base: ExperimentConfig | None = None) -> TuneSpec:
     """Validate ``config.tune`` and check that every parameter path, at its bounds and for every
     choice, still gives a valid config. Errors name the key (``tune.space.train.lr.low: ...``)."""
     try:
@@ -212,8 +210,7 @@ def parse_tune_spec(config: ExperimentConfig, base_raw: dict[str, Any] | None = 
         spec.space = TuneSpec.model_validate({"space": default_space(config)}).space
     if not spec.space:
         raise ConfigError("tune.space is empty: declare at least one parameter")
-    base_raw = base_raw if base_raw is not None else base_config_dict(config)
-    problems = _space_problems(spec.space, base_raw)
+    problems = _space_problems(spec.space, base if base is not None else search_base(config))
     if spec.metric:
         target, name = spec.metric.split("/", 1)
         types = {t.column: t.type for t in config.targets}
@@ -226,11 +223,10 @@ def parse_tune_spec(config: ExperimentConfig, base_raw: dict[str, Any] | None = 
     return spec
 
 
-def base_config_dict(config: ExperimentConfig) -> dict[str, Any]:
-    """The validated config as a plain dict (recipe already applied), without the tune block."""
-    raw = config.model_dump(mode="json")
-    raw["tune"] = {}
-    return raw
+def search_base(config: ExperimentConfig) -> ExperimentConfig:
+    """The validated config (recipe already applied) without its tune block: what every trial's
+    parameters are set on (:meth:`ExperimentConfig.with_params`)."""
+    return config.with_params({"tune": {}})
 
 
 def objective_metric(config: ExperimentConfig, spec: TuneSpec) -> tuple[str, str]:

@@ -25,7 +25,7 @@ from mmagent.data.feature_store import FeatureCacheStore
 from mmagent.io import atomic_dir, write_json
 from mmagent.search.objective import TuneObjective, finalize_candidate, trial_config
 from mmagent.search.report import write_tune_report
-from mmagent.search.space import TuneSpec, base_config_dict, objective_metric, params_from_recorded, parse_tune_spec
+from mmagent.search.space import TuneSpec, objective_metric, params_from_recorded, parse_tune_spec, search_base
 from mmagent.search.study import (
     DEFAULT_STUDY,
     TrialWatcher,
@@ -38,6 +38,7 @@ from mmagent.search.study import (
     trial_dir,
     trial_errors,
 )
+from mmagent.training.splits import load_splits, shares_splits
 
 if TYPE_CHECKING:
     import optuna
@@ -86,8 +87,8 @@ def tune(
     if trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {trials}")
     tune_dir = Path(tune_dir)
-    base_raw = base_config_dict(config)
-    spec = parse_tune_spec(config, base_raw)
+    base = search_base(config)
+    spec = parse_tune_spec(config, base)
     metric, direction = objective_metric(config, spec)
     tune_dir.mkdir(parents=True, exist_ok=True)
     study_name = study_name or DEFAULT_STUDY
@@ -97,7 +98,7 @@ def tune(
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress lines come from TrialWatcher
     try:
-        return _tune(config, spec, base_raw, metric, direction, tune_dir, trials, timeout, url, study_name, progress)
+        return _tune(config, spec, base, metric, direction, tune_dir, trials, timeout, url, study_name, progress)
     finally:
         optuna.logging.set_verbosity(verbosity)
 
@@ -105,7 +106,7 @@ def tune(
 def _tune(
     config: ExperimentConfig,
     spec: TuneSpec,
-    base_raw: dict[str, Any],
+    base: ExperimentConfig,
     metric: str,
     direction: str,
     tune_dir: Path,
@@ -128,7 +129,8 @@ def _tune(
     study.pruner = make_pruner(spec.pruner)
 
     store = None if spec.cache == "off" else FeatureCacheStore(tune_dir / "cache" if spec.cache == "disk" else None)
-    objective = TuneObjective(base_raw, spec, metric, tune_dir, study_name, store)
+    splits = load_splits(base) if shares_splits(spec.space or {}) else None  # rows checked once, not per trial
+    objective = TuneObjective(base, spec, metric, tune_dir, study_name, store, splits)
     watcher = TrialWatcher(spec.keep_models, tune_dir, progress)
     interrupted = False
     try:
@@ -143,7 +145,7 @@ def _tune(
         best = best_trial(study)
         best_dir = None
         if best is not None and not interrupted:
-            best_dir = finalize_best(study, best, base_raw, spec, tune_dir, metric, store, progress)
+            best_dir = finalize_best(study, best, base, spec, tune_dir, metric, store, progress)
         watcher.cleanup(study)
         report = write_tune_report(study, tune_dir, metric, direction, mask_url(url), best_dir, store)
     counts = state_counts(study)
@@ -169,7 +171,7 @@ def _tune(
 def finalize_best(
     study: optuna.Study,
     best: optuna.trial.FrozenTrial,
-    base_raw: dict[str, Any],
+    base: ExperimentConfig,
     spec: TuneSpec,
     tune_dir: Path,
     metric: str,
@@ -190,7 +192,7 @@ def finalize_best(
     if (src / "model" / "model.json").is_file() and (src / "config.json").is_file():
         finalize_candidate(src, best_dir, extra_json={"tune_trial.json": marker})
     else:
-        cfg = trial_config(base_raw, params_from_recorded(best.params, spec.space or {}), metric)
+        cfg = trial_config(base, params_from_recorded(best.params, spec.space or {}), metric)
         with atomic_dir(best_dir) as tmp:
             train(cfg, tmp, progress=False, finalize=True, feature_cache_store=store)
             shutil.rmtree(tmp / "checkpoints", ignore_errors=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from mmagent.config import ExperimentConfig
 from mmagent.data.errors import table_error
-from mmagent.data.tables import Table, as_table, read_table
+from mmagent.data.tables import Table, read_table
 from mmagent.data.validation import MIN_TRAIN_ROWS, Problem, check_training_data, validate_table
 from mmagent.io import write_text
 
@@ -23,18 +23,10 @@ class Splits:
     skipped: list[Problem] = field(default_factory=list)
 
 
-# Checked tables by file identity and what the check depends on: a ``fit`` search trains dozens
-# of candidates on the same files, and checking decodes every image and audio clip once more.
-_CHECKED: dict[tuple[Any, ...], tuple[Table, list[Problem]]] = {}
-_CHECKED_MAX = 8
-
-
-def load_splits(config: ExperimentConfig, train_data: Any = None) -> Splits:
-    """Read train / validation / test, check every row (all problems reported at once)."""
-    if train_data is not None:
-        train, skipped = validate_table(as_table(train_data), config.inputs, config.targets, config.data.on_bad_row)
-    else:
-        train, skipped = _checked_file(config, config.data.train)  # type: ignore[arg-type]
+def load_splits(config: ExperimentConfig) -> Splits:
+    """Read train / validation / test, check every row (all problems reported at once). Done once
+    per fit or tune: the candidates get these :class:`Splits`, not the files."""
+    train, skipped = _checked_file(config, config.data.train)  # type: ignore[arg-type]
     skipped = list(skipped)
     if config.data.validation:
         validation, bad = _checked_file(config, config.data.validation)
@@ -49,25 +41,14 @@ def load_splits(config: ExperimentConfig, train_data: Any = None) -> Splits:
 
 
 def _checked_file(config: ExperimentConfig, name: str) -> tuple[Table, list[Problem]]:
-    """``validate_table`` on a file, remembered while the file is unchanged (same size and mtime)
-    and the inputs (but their encoders, which checking does not use), targets and bad-row policy
-    are the same. Tables are never modified after checking, so sharing them is safe."""
-    path = Path(config.resolve(name))
-    stat = path.stat()
-    key = (
-        str(path.resolve()),
-        stat.st_mtime_ns,
-        stat.st_size,
-        tuple(i.model_dump_json(exclude={"encoder"}) for i in config.inputs),
-        tuple(t.model_dump_json() for t in config.targets),
-        config.data.on_bad_row,
-    )
-    if key not in _CHECKED:
-        if len(_CHECKED) >= _CHECKED_MAX:
-            _CHECKED.pop(next(iter(_CHECKED)))
-        _CHECKED[key] = validate_table(read_table(path), config.inputs, config.targets, config.data.on_bad_row)
-    table, problems = _CHECKED[key]
-    return table, list(problems)
+    return validate_table(read_table(Path(config.resolve(name))), config.inputs, config.targets, config.data.on_bad_row)  # type: ignore[arg-type]
+
+
+def shares_splits(params: Any) -> bool:
+    """Whether trials that set these dotted paths can all use the base config's :class:`Splits`:
+    only encoders, training and fusion settings (not the data, the targets, an input's columns, or
+    the seed that cuts a validation split off the training table)."""
+    return all(not (k.startswith(("data", "targets", "train.seed")) or (k.startswith("inputs") and ".encoder" not in k)) for k in params)
 
 
 def split_validation(table: Table, config: ExperimentConfig) -> tuple[Table, Table]:

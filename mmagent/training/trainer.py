@@ -39,7 +39,7 @@ from mmagent.training.metrics import LOWER_IS_BETTER, is_better, main_metric
 from mmagent.training.metrics_log import MetricsLog, compact_metrics, record_shard
 from mmagent.training.sampling import LengthGroupedSampler, SeededItems, train_sampler
 from mmagent.training.speedups import compile_encoders, make_optimizer, use_fused
-from mmagent.training.splits import load_splits, write_skipped
+from mmagent.training.splits import Splits, load_splits, write_skipped
 from mmagent.training.threads import apply_thread_policy
 from mmagent.training.warm_start import check_init_from, warm_start_model
 
@@ -105,7 +105,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_epoch_end: EpochCallback | None = None,
-    train_data: Any = None,
+    splits: Splits | None = None,
     finalize: bool = True,
     feature_cache_store: Any = None,
     stop_requested: StopHook | None = None,
@@ -153,7 +153,7 @@ def train(
     # threads before any work; a resumed run keeps the count it was trained with unless told
     # otherwise (sums, and so the weights, can differ in their last bits with another count)
     threads = apply_thread_policy(t.threads, config.loader_workers, previous=_checkpoint_threads(load_from))
-    splits = load_splits(config, train_data)
+    splits = splits if splits is not None else load_splits(config)  # a search passes the splits it checked once
     model = build_model(config, splits.train, checkpoint_spec(load_from) if load_from else None)
     check_agent_labels(config.agent, model.spec.targets)
     if main:
