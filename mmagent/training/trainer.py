@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,17 +25,17 @@ from mmagent.agent.spec import check_agent_labels, resolve_agent_config
 from mmagent.config import ExperimentConfig
 from mmagent.data.dataset import Collator, FeatureCache, MultimodalDataset, fit_targets
 from mmagent.data.tables import Table
-from mmagent.inference import make_loader, to_device
+from mmagent.inference import make_loader
 from mmagent.io import write_text
 from mmagent.model import MultimodalModel
 from mmagent.runs import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_LOG, SKIPPED_ROWS_FILE, check_run_dir, create_run_dir
 from mmagent.specs import ModelSpec
 from mmagent.training import tracking
-from mmagent.training.checkpoint import checkpoint_spec, load_checkpoint, prepare_resume, save_checkpoint, truncate_log
-from mmagent.training.distributed import any_process, fresh_accelerate_state, multiprocess_without_accelerator
-from mmagent.training.evaluate import evaluate
-from mmagent.training.metrics import LOWER_IS_BETTER, is_better, main_metric
-from mmagent.training.metrics_log import MetricsLog, compact_metrics, record_shard
+from mmagent.training.checkpoint import checkpoint_spec, load_checkpoint, prepare_resume, truncate_log
+from mmagent.training.distributed import fresh_accelerate_state, multiprocess_without_accelerator
+from mmagent.training.loop import Run, TrainState, checkpoint, should_stop, train_one_epoch, validate_and_select
+from mmagent.training.metrics import LOWER_IS_BETTER, main_metric
+from mmagent.training.metrics_log import MetricsLog
 from mmagent.training.sampling import LengthGroupedSampler, SeededItems, train_sampler
 from mmagent.training.speedups import compile_encoders, make_optimizer, use_fused
 from mmagent.training.splits import Splits, load_splits, write_skipped
@@ -123,10 +122,43 @@ def train(
     and shared across trainings (``mmagent.data.feature_store.FeatureCacheStore``).
     ``stop_requested``: checked after each optimizer step; when it returns True the current
     (partial) epoch is validated and training ends as after its last epoch (a time budget)."""
+    run, state, splits = setup(config, run_dir, resume, progress, splits, feature_cache_store)
+    accelerator, t = run.accelerator, run.config.train
+
+    # 4-5. the loop: an epoch of steps, validation and the best model, a checkpoint, stop or go on
+    stopped_early = stopped_by_request = False
+    while state.epoch < t.epochs and state.global_step < run.total_steps:
+        started = time.perf_counter()
+        stopped_by_request = train_one_epoch(run, state, stop_requested)
+        partial = stopped_by_request and state.batches_done < run.micro_per_epoch
+        score = validate_and_select(run, state, started, time.perf_counter() - started, partial)
+        if not partial:
+            state.epoch, state.batches_done = state.epoch + 1, 0
+        checkpoint(run, state)
+        if stopped_by_request:
+            break
+        if should_stop(run, state) or (on_epoch_end is not None and on_epoch_end(state.epoch, score)):
+            stopped_early = True
+            break
+
+    result = TrainResult(run.run_dir, float(state.best_score), state.best_epoch, state.global_step, stopped_early, stopped_by_request=stopped_by_request)  # type: ignore[arg-type]
+    accelerator.wait_for_everyone()
+    if run.main and finalize:
+        from mmagent.training.report import finalize_run
+
+        result.metrics = finalize_run(run.run_dir, run.config, splits, accelerator.device, progress)
+        tracking.log_artifacts(accelerator, run.config, run.run_dir)
+    accelerator.end_training()
+    return result
+
+
+def setup(
+    config: ExperimentConfig, run_dir: str | Path, resume: bool, progress: bool, splits: Splits | None, feature_cache_store: Any
+) -> tuple[Run, TrainState, Splits]:
+    """Steps 1-3 of a run: check everything before writing anything, build the model (or restore a
+    checkpoint), cache frozen encoders' outputs, make the loaders, optimizer and schedule."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
 
     run_dir = Path(run_dir)
     t = config.train
@@ -166,20 +198,59 @@ def train(
     device = accelerator.device
     model.to(device)
 
-    # 3. cache frozen encoders' outputs
+    # 3. cache frozen encoders' outputs; the loaders read them instead of running those encoders
     frozen = [k for k, e in model.encoders.items() if e.is_frozen] if t.cache_frozen_encoders else []
-    keep_tokens = config.fusion.type == "cross_attention"
+    caches = _frozen_caches(model, splits, config, frozen, feature_cache_store, device, progress and main)
+    train_ds, sampler, train_items, train_loader, drop_last = _train_loader(model, splits.train, config, frozen, caches["train"], accelerator.num_processes)
+    val_loader = make_loader(model, splits.validation, t.batch_size, num_workers=config.loader_workers, cache=caches["validation"], by_length=True)
+
+    optimizer, scheduler, fused, compiled, micro_per_epoch, total_steps = _optimization(
+        model, config, len(train_ds), drop_last, accelerator.num_processes, device
+    )
+
+    state = TrainState()
+    if load_from is not None:
+        state = TrainState.restored(load_checkpoint(load_from, model, optimizer, scheduler, accelerator.scaler))
+        if main:
+            truncate_log(run_dir / METRICS_LOG, state.log_bytes)  # drop lines logged after the checkpoint
+            print(f"resuming from {ckpt_dir}: epoch {state.epoch + 1}, step {state.global_step}")
+    # DDP wraps a module whose forward returns only the loss (see _LossOnly); ``model`` stays the bare
+    # model. The scheduler is not prepared: Accelerate would step it once per process per step.
+    wrapped, optimizer, prepared_loader = accelerator.prepare(_LossOnly(model), optimizer, train_loader)
+    log = MetricsLog(run_dir / METRICS_LOG, enabled=main, track=accelerator.log)  # also to the tracker
+    if changed:
+        log.write({"event": "resume", "step": state.global_step, "changed": {k: list(v) for k, v in changed.items()}})
+    state.threads = threads.threads
+    _log_speed(log, threads, sampler, fused, compiled, accelerator.mixed_precision, main and progress)
+    run = Run(
+        config, run_dir, ckpt_dir, config_json, accelerator, model, wrapped, optimizer, scheduler, prepared_loader, train_items, val_loader,
+        micro_per_epoch, total_steps, _selection_metric(config, model), log, progress,
+    )  # fmt: skip
+    return run, state, splits
+
+
+def _frozen_caches(
+    model: MultimodalModel, splits: Splits, config: ExperimentConfig, frozen: list[str], store: Any, device: torch.device, show: bool
+) -> dict[str, FeatureCache | None]:
+    """Frozen encoders' outputs on train and validation, computed once (or taken from a ``store``
+    shared by a search's candidates)."""
+    t, keep_tokens = config.train, config.fusion.type == "cross_attention"
     caches: dict[str, FeatureCache | None] = {"train": None, "validation": None}
     for split in caches if frozen else ():
-        if feature_cache_store is not None:
-            caches[split] = feature_cache_store.get(
-                model, getattr(splits, split), frozen, keep_tokens, t.batch_size, device, config.loader_workers, progress and main
-            )
+        if store is not None:
+            caches[split] = store.get(model, getattr(splits, split), frozen, keep_tokens, t.batch_size, device, config.loader_workers, show)
             continue
         caches[split] = FeatureCache()
-        caches[split].build(model, getattr(splits, split), frozen, keep_tokens, t.batch_size, device, config.loader_workers, progress and main)  # type: ignore[union-attr]
+        caches[split].build(model, getattr(splits, split), frozen, keep_tokens, t.batch_size, device, config.loader_workers, show)  # type: ignore[union-attr]
+    return caches
 
-    train_ds = MultimodalDataset(splits.train, model, training=True, skip=set(frozen))
+
+def _train_loader(
+    model: MultimodalModel, table: Table, config: ExperimentConfig, frozen: list[str], cache: FeatureCache | None, processes: int
+) -> tuple[MultimodalDataset, Any, SeededItems, DataLoader, bool]:
+    """The training set, its sampler (shuffled or length-grouped, seeded by epoch) and loader."""
+    t = config.train
+    train_ds = MultimodalDataset(table, model, training=True, skip=set(frozen))
     sampler = train_sampler(train_ds, t.batch_size, t.seed, t.group_by_length)
     # Its own generator: starting an iterator must not draw from the global RNG, or a resumed run's
     # dropout masks would differ from the uninterrupted run's.
@@ -187,22 +258,29 @@ def train(
     train_items = SeededItems(train_ds, t.seed)
     # A last batch of one row breaks BatchNorm in training ("more than 1 value per channel"): drop
     # it (one row an epoch; the epoch order changes every epoch, so no row is always left out).
-    drop_last = accelerator.num_processes == 1 and len(train_ds) % t.batch_size == 1 and len(train_ds) > 1
-    train_loader = DataLoader(
+    drop_last = processes == 1 and len(train_ds) % t.batch_size == 1 and len(train_ds) > 1
+    loader = DataLoader(
         train_items,
         batch_size=t.batch_size,
         sampler=sampler,
         drop_last=drop_last,
         num_workers=config.loader_workers,
-        collate_fn=Collator(model, caches["train"]),
+        collate_fn=Collator(model, cache),
         generator=loader_rng,
     )
-    val_loader = make_loader(model, splits.validation, t.batch_size, num_workers=config.loader_workers, cache=caches["validation"], by_length=True)
+    return train_ds, sampler, train_items, loader, drop_last
 
+
+def _optimization(model: MultimodalModel, config: ExperimentConfig, rows: int, drop_last: bool, processes: int, device: torch.device) -> tuple[Any, ...]:
+    """AdamW over the two learning-rate groups, the warmup + decay schedule over the run's optimizer
+    steps, and the step counts: ``(optimizer, scheduler, fused, compiled, micro_per_epoch, total_steps)``."""
+    from transformers import get_scheduler
+
+    t = config.train
     fused = use_fused(t.fused_optimizer, device)
     optimizer = make_optimizer(param_groups(model, config), fused)
     compiled = compile_encoders(model) if t.compile else []
-    micro_per_epoch = len(train_ds) // t.batch_size if drop_last else math.ceil(len(train_ds) / t.batch_size / accelerator.num_processes)
+    micro_per_epoch = rows // t.batch_size if drop_last else math.ceil(rows / t.batch_size / processes)
     steps_per_epoch = math.ceil(micro_per_epoch / t.grad_accum)
     total_steps = min(t.max_steps or 10**12, t.epochs * steps_per_epoch)
     scheduler = get_scheduler(
@@ -211,145 +289,27 @@ def train(
         num_warmup_steps=int(t.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
+    return optimizer, scheduler, fused, compiled, micro_per_epoch, total_steps
 
-    state = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_score": None, "best_epoch": -1, "bad_epochs": 0, "history": []}
-    if load_from is not None:
-        state = load_checkpoint(load_from, model, optimizer, scheduler, accelerator.scaler)
-        if main:
-            truncate_log(run_dir / METRICS_LOG, state.get("log_bytes"))  # drop lines logged after the checkpoint
-            print(f"resuming from {ckpt_dir}: epoch {state['epoch'] + 1}, step {state['global_step']}")
-    # DDP wraps a module whose forward returns only the loss (see _LossOnly); ``model`` stays the bare
-    # model. The scheduler is not prepared: Accelerate would step it once per process per step.
-    wrapped, optimizer, prepared_loader = accelerator.prepare(_LossOnly(model), optimizer, train_loader)
 
-    metric_target, metric_name, larger_better = _selection_metric(config, model)
-    log = MetricsLog(run_dir / METRICS_LOG, enabled=main, track=accelerator.log)  # also to the tracker
-    if changed:
-        log.write({"event": "resume", "step": state["global_step"], "changed": {k: list(v) for k, v in changed.items()}})
+def _log_speed(log: MetricsLog, threads: Any, sampler: Any, fused: bool, compiled: list[str], precision: str, show: bool) -> None:
+    """What makes this run fast or slow, in the log (and on screen)."""
     speed = {
         "threads": threads.threads,
         "threads_reason": f"{threads.source}: {threads.reason}",
         "batches": type(sampler).__name__,
         "fused_optimizer": fused,
         "compiled": compiled,
-        "mixed_precision": accelerator.mixed_precision,
+        "mixed_precision": precision,
     }
-    state["threads"] = threads.threads
     log.write({"event": "speed", **speed})
-    if main and progress:
+    if show:
         print(
             f"speed: {threads.threads} torch thread(s) ({speed['threads_reason']}); "
             + f"{'length-grouped' if isinstance(sampler, LengthGroupedSampler) else 'shuffled'} batches; AdamW {'fused' if fused else 'foreach'}"
             + (f"; compiled {', '.join(compiled)}" if compiled else "")
-            + f"; precision {accelerator.mixed_precision}"
+            + f"; precision {precision}"
         )
-    stopped_early = stopped_by_request = False
-
-    def checkpoint() -> None:
-        if main:
-            state["log_bytes"] = log.size()
-            save_checkpoint(
-                ckpt_dir, model, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, scheduler, state, accelerator.scaler, config_json
-            )
-        accelerator.wait_for_everyone()
-
-    while state["epoch"] < t.epochs and state["global_step"] < total_steps:
-        epoch = state["epoch"]
-        # Accelerate's loader re-sets the sampler's epoch from its own counter on every pass;
-        # setting it here keeps data order a function of (seed, epoch) even after --resume.
-        prepared_loader.set_epoch(epoch)
-        train_items.epoch = epoch
-        wrapped.train()
-        batches = accelerator.skip_first_batches(prepared_loader, state["batches_done"]) if state["batches_done"] else prepared_loader
-        bar = tqdm(
-            batches, total=micro_per_epoch, initial=state["batches_done"], desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (progress and main), leave=False
-        )
-        start = time.perf_counter()
-        seen: list[int] | None = [] if os.environ.get("MMAGENT_RECORD_SHARDS") == "1" else None
-        for batch in bar:
-            if seen is not None:
-                seen.extend(batch["index"].tolist())
-            with accelerator.accumulate(wrapped):
-                batch = to_device(batch, device)
-                loss = wrapped(batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and t.max_grad_norm:
-                    accelerator.clip_grad_norm_(wrapped.parameters(), t.max_grad_norm)
-                optimizer.step()
-                # one schedule step per optimizer step, whatever the number of processes
-                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            state["batches_done"] += 1
-            if accelerator.sync_gradients:
-                state["global_step"] += 1
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                log.write({"step": state["global_step"], "epoch": epoch + 1, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
-                if t.checkpoint_every_steps and state["global_step"] % t.checkpoint_every_steps == 0:
-                    checkpoint()
-                if state["global_step"] >= total_steps:
-                    break
-                if stop_requested is not None and any_process(accelerator, stop_requested()):
-                    stopped_by_request = True
-                    break
-        bar.close()
-        if seen is not None:
-            record_shard(run_dir, accelerator.process_index, accelerator.num_processes, epoch + 1, seen)
-
-        # 5. validation, best model, early stopping (every process evaluates: same decision everywhere)
-        train_seconds = time.perf_counter() - start  # the loop alone: throughput figures use it
-        metrics, _ = evaluate(model, val_loader, device)
-        if metric_name not in metrics[metric_target]:
-            why = "AUROC needs rows of every class" if metric_name == "auroc" else "no usable rows"
-            raise ValueError(
-                f"validation cannot score {metric_target}/{metric_name}: {why} (n={metrics[metric_target].get('n')}, labels unseen in training: {metrics[metric_target].get('unseen_labels')}); give a larger validation set or data.validation_fraction"
-            )
-        score = metrics[metric_target][metric_name]
-        loss = metrics[metric_target].get("log_loss")
-        improved = is_better(score, loss, state["best_score"], state.get("best_loss"), larger_better)
-        if improved:
-            state.update(best_score=score, best_loss=loss, best_epoch=epoch + 1, bad_epochs=0)
-            if main:
-                model.save(run_dir / "model")
-        else:
-            state["bad_epochs"] += 1
-        entry = {
-            "epoch": epoch + 1,
-            "step": state["global_step"],
-            "seconds": round(time.perf_counter() - start, 2),
-            "train_seconds": round(train_seconds, 2),
-            "validation": compact_metrics(metrics),
-        }
-        partial = stopped_by_request and state["batches_done"] < micro_per_epoch
-        if partial:  # the checkpoint keeps the position in the epoch: --resume finishes it
-            entry["partial"] = True
-        state["history"].append(entry)
-        log.write(entry)
-        if main and progress:
-            print(
-                f"epoch {epoch + 1}{' (stopped)' if partial else ''}: validation {metric_target}/{metric_name} = {score:.4f}" + (" (best)" if improved else "")
-            )
-        if not partial:
-            state.update(epoch=epoch + 1, batches_done=0)
-        checkpoint()
-        if stopped_by_request:
-            break
-        if t.early_stopping_patience and state["bad_epochs"] >= t.early_stopping_patience:
-            stopped_early = True
-            break
-        if on_epoch_end is not None and on_epoch_end(epoch + 1, score):
-            stopped_early = True
-            break
-
-    result = TrainResult(run_dir, float(state["best_score"]), state["best_epoch"], state["global_step"], stopped_early, stopped_by_request=stopped_by_request)
-    accelerator.wait_for_everyone()
-    if main and finalize:
-        from mmagent.training.report import finalize_run
-
-        result.metrics = finalize_run(run_dir, config, splits, device, progress)
-        tracking.log_artifacts(accelerator, config, run_dir)
-    accelerator.end_training()
-    return result
 
 
 class _LossOnly(torch.nn.Module):
