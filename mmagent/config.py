@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mmagent.agent.spec import AgentSpec
+from mmagent.metrics import MetricRef
 from mmagent.specs import FusionSpec, InputSpec, ModelSpec, TargetSpec
 
 
@@ -106,7 +107,7 @@ class ExperimentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_metric(self) -> ExperimentConfig:
-        if self.train.metric and "/" not in self.train.metric:
+        if self.train.metric and "/" not in self.train.metric:  # MetricRef.parse's rule, with this config's example
             raise ValueError(f"train.metric must look like TARGET/METRIC (e.g. {self.targets[0].column}/accuracy), got {self.train.metric!r}")
         names = [t.column for t in self.targets]
         if self.agent.target is not None and self.agent.target not in names:
@@ -127,6 +128,10 @@ class ExperimentConfig(BaseModel):
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(inputs=self.inputs, targets=self.targets, fusion=self.fusion, head_dropout=self.head_dropout)
+
+    def selection_metric(self) -> MetricRef:
+        """What picks the best epoch and candidate: ``train.metric``, else the first target's main metric."""
+        return MetricRef.parse(self.train.metric) if self.train.metric else MetricRef.main(self.targets[0])
 
     def with_params(self, params: dict[str, Any]) -> ExperimentConfig:
         """This config with values set at dotted paths (``{"train.lr": 1e-4, "inputs.0.encoder":

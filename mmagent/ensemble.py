@@ -29,11 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmagent.encoders import EncoderOutput
 from mmagent.io import atomic_dir, write_json
 from mmagent.model import ModelOutput, MultimodalModel
 from mmagent.runs import ENSEMBLE_FILE, RunFolderError, write_checksums
-from mmagent.specs import EncoderSpec, ModelSpec
+from mmagent.specs import EncoderOutput, EncoderSpec, ModelSpec
 
 MEMBERS_DIR = "members"
 # What an encoder spec says about preprocessing (the rest, freezing and LoRA, is about training).

@@ -47,7 +47,7 @@ def compare_accuracy(
     model: MultimodalModel, wrapper: FlatWrapper, runner: Runner, table: Table, layout: list[tuple[str, str]], batch_size: int, source: str
 ) -> dict[str, dict[str, float]]:
     """Main metric per target (that the table labels): PyTorch fp32 vs the exported model."""
-    from mmagent.training.metrics import main_metric, target_metrics
+    from mmagent.metrics import main_metric, target_metrics
 
     ref: dict[str, list[Tensor]] = {t: [] for t in wrapper.targets}
     got: dict[str, list[Tensor]] = {t: [] for t in wrapper.targets}

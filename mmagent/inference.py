@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 
 from mmagent.data.dataset import Collator, FeatureCache, MultimodalDataset
 from mmagent.data.tables import Table
-from mmagent.encoders.base import EncoderOutput
 from mmagent.model import MultimodalModel
+from mmagent.specs import EncoderOutput
 
 
 @dataclass

@@ -15,11 +15,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
-from mmagent.encoders import EncoderOutput, build_encoder
+from mmagent.encoders import build_encoder
 from mmagent.fusion import build_fusion
 from mmagent.io import atomic_dir, write_json
 from mmagent.runs import RunFolderError, verify_checksums, write_checksums
-from mmagent.specs import InputSpec, ModelSpec
+from mmagent.specs import EncoderOutput, InputSpec, ModelSpec
 from mmagent.tasks.heads import Head
 
 

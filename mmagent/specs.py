@@ -7,9 +7,13 @@ layer or a server's request schema needs to know about a model lives here and im
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 Modality = Literal["text", "image", "audio", "numeric", "categorical"]
 MODALITIES: tuple[str, ...] = ("text", "image", "audio", "numeric", "categorical")
@@ -167,3 +171,13 @@ class ModelSpec(BaseModel):
         if not self.inputs or not self.targets:
             raise ValueError("a model needs at least one input and one target")
         return self
+
+
+@dataclass
+class EncoderOutput:
+    """What every encoder returns for a batch of B samples, and what fusion reads: the one type
+    encoders and fusion share, so neither imports the other (torch tensors; torch-free to import)."""
+
+    tokens: Tensor  # (B, T, D) float
+    mask: Tensor  # (B, T) bool, True where a token is real
+    pooled: Tensor  # (B, D)

@@ -202,3 +202,25 @@ def test_every_name_imported_from_mmagent_exists() -> None:
                 if not hasattr(module, alias.name) and importlib.util.find_spec(f"{node.module}.{alias.name}") is None:
                     missing.append(f"{path.relative_to(root)}: from {node.module} import {alias.name}")
     assert not missing, "\n".join(missing)
+
+
+def test_config_validation_imports_no_torch() -> None:
+    # A config is checked before any work (and by tools that only read YAML): no model stack for it.
+    code = "import sys, mmagent.config, mmagent.metrics; assert 'torch' not in sys.modules, 'torch was imported'"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_fusion_and_encoders_do_not_know_each_other() -> None:
+    # They share one type, EncoderOutput, which lives with the specs.
+    for name in MODULES:
+        if name.startswith("mmagent.fusion"):
+            assert not [m for m in reachable(name) if m.startswith("mmagent.encoders")], f"{name} reaches the encoders"
+        if name.startswith("mmagent.encoders"):
+            assert not [m for m in reachable(name) if m.startswith("mmagent.fusion")], f"{name} reaches fusion"
+
+
+def test_only_search_update_and_the_cli_import_training() -> None:
+    allowed = ("mmagent.training", "mmagent.search", "mmagent.lifecycle.update", "mmagent.cli")
+    bad = sorted(f"{name} -> {m}" for name in MODULES if not name.startswith(allowed) for m in GRAPH[name] if m.startswith("mmagent.training"))
+    assert not bad, f"training imported from outside search, lifecycle.update and the CLI: {bad}"

@@ -202,8 +202,8 @@ def test_skip_mode_skips_rows_whose_media_fail_when_decoded(tmp_path: Path) -> N
 
 def test_every_allowed_metric_is_reported() -> None:
     """train.metric is checked against METRICS: each name must be one the validation computes."""
+    from mmagent.metrics import target_metrics
     from mmagent.specs import TargetSpec
-    from mmagent.training.metrics import target_metrics
 
     y2 = np.array([0, 1, 1, 0])
     probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.4, 0.6]])

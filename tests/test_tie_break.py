@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from mmagent.config import config_from_dict
+from mmagent.metrics import classification_metrics, is_better
 from mmagent.search.leaderboard import Candidate, Leaderboard
-from mmagent.training.metrics import classification_metrics, is_better
 from mmagent.training.trainer import train
 
 

@@ -23,10 +23,10 @@ from mmagent.config import ConfigError, config_from_dict
 from mmagent.data.dataset import encode_target
 from mmagent.data.tables import Table
 from mmagent.inference import Predictions
+from mmagent.metrics import classification_metrics
 from mmagent.model import MultimodalModel
 from mmagent.specs import UNSEEN_INDEX, TargetSpec
 from mmagent.training.figures import reliability, to_png
-from mmagent.training.metrics import classification_metrics
 from mmagent.training.report import _calibration_lines
 from mmagent.training.report_trust import trust_summary
 from mmagent.training.trainer import build_model, train
@@ -260,7 +260,7 @@ def test_mcc_is_zero_for_a_constant_predictor_and_follows_sklearn():
     import numpy as np
     import sklearn.metrics as skm
 
-    from mmagent.training.metrics import classification_metrics
+    from mmagent.metrics import classification_metrics
 
     y = np.array([0] * 80 + [1] * 20)
     constant = np.tile([0.9, 0.1], (100, 1))

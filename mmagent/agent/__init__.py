@@ -5,15 +5,6 @@ confidence thresholds) and decision policies (``default``, ``customer_service``,
 ``finance``).
 """
 
-from mmagent.agent.calibration import (
-    ThresholdChoice,
-    apply_temperature,
-    choose_threshold,
-    expected_calibration_error,
-    expected_calibration_error_binary,
-    fit_temperature,
-    fit_temperature_binary,
-)
 from mmagent.agent.policies import (
     CustomerServicePolicy,
     Decision,
@@ -57,11 +48,20 @@ __all__ = [
 ]
 
 
+_CALIBRATION = ("ThresholdChoice", "apply_temperature", "choose_threshold", "expected_calibration_error", "expected_calibration_error_binary")
+_CALIBRATION += ("fit_temperature", "fit_temperature_binary")
+
+
 def __getattr__(name: str) -> object:
-    # ``Agent`` pulls in torch and the model stack; loading it lazily keeps the torch-free parts
-    # (policies, the agent config block) cheap to import, e.g. for config validation.
+    # ``Agent`` and calibration pull in torch and the model stack; loading them lazily keeps the
+    # torch-free parts (policies, the agent config block) cheap to import: config validation
+    # imports no torch (tests/test_architecture.py).
     if name == "Agent":
         from mmagent.agent.agent import Agent
 
         return Agent
+    if name in _CALIBRATION:
+        from mmagent.agent import calibration
+
+        return getattr(calibration, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,9 +18,9 @@ from torch.utils.data import Dataset
 
 from mmagent.data.tables import Table, is_empty, label_text, parse_number, resolve_media, split_labels
 from mmagent.data.validation import DataError, Problem
-from mmagent.encoders.base import EncoderOutput, pad_stack
+from mmagent.encoders.base import pad_stack
 from mmagent.encoders.media import MediaError
-from mmagent.specs import IGNORE_INDEX, UNSEEN_INDEX, InputSpec, ModelSpec, TargetSpec
+from mmagent.specs import IGNORE_INDEX, UNSEEN_INDEX, EncoderOutput, InputSpec, ModelSpec, TargetSpec
 
 
 class ModelLike(Protocol):

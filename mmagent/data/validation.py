@@ -17,11 +17,12 @@ from typing import Any, Protocol, TypeVar
 from mmagent.data.errors import DataError, Problem, table_error
 from mmagent.data.tables import SURROGATE_MESSAGE, Table, has_lone_surrogate, is_empty, label_text, parse_number, resolve_media, show_cell, split_labels
 from mmagent.encoders.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, MediaError, load_audio, load_image
+from mmagent.metrics import MetricRef
 from mmagent.specs import InputSpec, TargetSpec
 
 __all__ = ["DataError", "Problem", "check_columns", "check_rows", "check_training_data", "validate_table", "METRICS", "MIN_TRAIN_ROWS"]
 
-# Validation metrics each target type reports (training/metrics.py computes them; a test keeps the
+# Validation metrics each target type reports (mmagent/metrics.py computes them; a test keeps the
 # two in step). train.metric must name one of these.
 METRICS = {
     "classification": ("accuracy", "macro_f1", "mcc", "auroc"),
@@ -302,7 +303,8 @@ def check_training_data(config: Any, splits: S) -> S:
 def _check_metric_name(config: Any) -> None:
     if not config.train.metric:
         return
-    target, _, name = config.train.metric.partition("/")
+    ref = MetricRef.parse(config.train.metric)
+    target, name = ref.target, ref.name
     types = {t.column: t.type for t in config.targets}
     if target not in types:
         raise ValueError(f"train.metric {config.train.metric!r}: unknown target {target!r}{_close(target, list(types))}; targets: {list(types)}")

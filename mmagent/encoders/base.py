@@ -19,7 +19,6 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mmagent.encoders.lora import apply_lora
-from mmagent.specs import EncoderSpec
-
-
-@dataclass
-class EncoderOutput:
-    """What every encoder returns for a batch of B samples."""
-
-    tokens: Tensor  # (B, T, D) float
-    mask: Tensor  # (B, T) bool, True where a token is real
-    pooled: Tensor  # (B, D)
+from mmagent.specs import EncoderOutput, EncoderSpec
 
 
 def pad_stack(tensors: list[Tensor], pad_value: float = 0.0) -> tuple[Tensor, Tensor]:

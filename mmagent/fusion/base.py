@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mmagent.encoders.base import EncoderOutput
-from mmagent.specs import FusionSpec
+from mmagent.specs import EncoderOutput, FusionSpec
 
 
 @dataclass

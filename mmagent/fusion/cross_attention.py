@@ -8,9 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mmagent.encoders.base import EncoderOutput
 from mmagent.fusion.base import Fusion, FusionOutput, register_fusion
-from mmagent.specs import FusionSpec
+from mmagent.specs import EncoderOutput, FusionSpec
 
 
 @register_fusion("cross_attention")

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mmagent.encoders.base import EncoderOutput
 from mmagent.fusion.base import Fusion, FusionOutput, PooledProjection, register_fusion
-from mmagent.specs import FusionSpec
+from mmagent.specs import EncoderOutput, FusionSpec
 
 
 @register_fusion("gated")

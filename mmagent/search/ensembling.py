@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mmagent.metrics import MetricRef
 from mmagent.search.leaderboard import Candidate, Leaderboard
 
 MAX_MEMBERS = 3  # each member adds one model's cost to every prediction
@@ -61,7 +62,8 @@ def choose_ensemble(board: Leaderboard, validation: Any, batch_size: int, device
     from mmagent.model import MultimodalModel
     from mmagent.specs import ModelSpec
 
-    target, metric = board.metric.split("/", 1)
+    ref = MetricRef.parse(board.metric)
+    target, metric = ref.target, ref.name
     rows, specs = [], []
     for row in board.ranked():
         if len(rows) == max_members:
@@ -81,7 +83,7 @@ def choose_ensemble(board: Leaderboard, validation: Any, batch_size: int, device
     spec = models[0].heads[target].spec
     y = truth[0][target]
     scored = {k: _score(spec, np.mean([o[target] for o in outputs[:k]], axis=0), y, metric) for k in range(1, len(models) + 1)}
-    from mmagent.training.metrics import LOWER_IS_BETTER, is_better
+    from mmagent.metrics import LOWER_IS_BETTER, is_better
 
     larger = metric not in LOWER_IS_BETTER
     chosen = 2
@@ -126,7 +128,7 @@ def _calibrated(model: Any, validation: Any, batch_size: int, device: Any) -> tu
 
 def _score(spec: Any, outputs: np.ndarray, y: np.ndarray, metric: str) -> tuple[float, float | None]:
     """``metric`` and the log-loss (None where there is none) of ``outputs`` against ``y``."""
-    from mmagent.training.metrics import target_metrics
+    from mmagent.metrics import target_metrics
 
     m = target_metrics(spec, outputs, y, detailed=False)
     loss = m.get("log_loss")

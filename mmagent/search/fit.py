@@ -310,10 +310,10 @@ class _Search:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-        from mmagent.training.metrics import LOWER_IS_BETTER
+        from mmagent.metrics import MetricRef
 
         self.leaderboard.metric = result.metric
-        self.leaderboard.larger_better = result.metric.rsplit("/", 1)[-1] not in LOWER_IS_BETTER  # r2 is a regression metric to maximise
+        self.leaderboard.larger_better = MetricRef.parse(result.metric).larger_better  # r2 is a regression metric to maximise
         self.leaderboard.fill(result)
         if result.interrupted:
             self.clock.say("interrupted: the search stopped; keeping the best candidate so far")

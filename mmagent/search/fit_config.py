@@ -55,7 +55,7 @@ def base_config(
 def selection_metric(schema: Schema, metric: str) -> str:
     """``train.metric`` for ranking candidates on ``metric``; refused, with the choices, when the
     task does not have it (before any work)."""
-    from mmagent.training.metrics import SELECTABLE_METRICS
+    from mmagent.metrics import SELECTABLE_METRICS
 
     choices = SELECTABLE_METRICS[schema.task]
     if metric not in choices:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mmagent.io import write_text
+from mmagent.metrics import MetricRef
 from mmagent.runs import LEADERBOARD_CSV, LEADERBOARD_MD
 
 
@@ -76,7 +77,7 @@ class Candidate:
             result.planned_epochs,
             int(epochs[-1]["step"]) if epochs else 0,
             Path(result.run_dir),
-            _loss_at(epochs, result.best_epoch, result.metric.split("/", 1)[0]),
+            _loss_at(epochs, result.best_epoch, MetricRef.parse(result.metric).target),
         )
 
     def describe(self) -> str:
@@ -140,7 +141,7 @@ class Leaderboard:
     def ranked(self, statuses: tuple[str, ...] = ("done", "cut by budget")) -> list[Candidate]:
         """Rows with a validation score and a model, best first (the trainer's rule: ties go to
         the lower log-loss; equal rows keep their order). ``statuses``: which rows count."""
-        from mmagent.training.metrics import is_better
+        from mmagent.metrics import is_better
 
         def order(a: Candidate, b: Candidate) -> int:
             if is_better(a.score, _known(a.loss), b.score, _known(b.loss), self.larger_better):

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mmagent.config import ConfigError, ExperimentConfig
+from mmagent.metrics import MetricRef
 
 if TYPE_CHECKING:
     import optuna
 
-# Scalar validation metrics per target type (mmagent.training.metrics) that a study can optimize.
+# Scalar validation metrics per target type (mmagent.metrics) that a study can optimize.
 METRIC_NAMES = {
     "classification": {"accuracy", "macro_f1", "auroc"},
     "multilabel": {"subset_accuracy", "micro_f1", "macro_f1", "auroc"},
@@ -212,7 +213,8 @@ def parse_tune_spec(config: ExperimentConfig, base: ExperimentConfig | None = No
         raise ConfigError("tune.space is empty: declare at least one parameter")
     problems = _space_problems(spec.space, base if base is not None else search_base(config))
     if spec.metric:
-        target, name = spec.metric.split("/", 1)
+        ref = MetricRef.parse(spec.metric)
+        target, name = ref.target, ref.name
         types = {t.column: t.type for t in config.targets}
         if target not in types:
             problems.append(f"  tune.metric: unknown target {target!r}; targets: {list(types)}")
@@ -231,14 +233,8 @@ def search_base(config: ExperimentConfig) -> ExperimentConfig:
 
 def objective_metric(config: ExperimentConfig, spec: TuneSpec) -> tuple[str, str]:
     """(TARGET/METRIC, direction) the study optimizes."""
-    from mmagent.training.metrics import LOWER_IS_BETTER, MAIN_METRIC
-
-    metric = spec.metric or config.train.metric
-    if metric is None:
-        first = config.targets[0]
-        metric = f"{first.column}/{MAIN_METRIC[first.type][0]}"
-    direction = spec.direction or ("minimize" if metric.split("/", 1)[1] in LOWER_IS_BETTER else "maximize")
-    return metric, direction
+    ref = MetricRef.parse(spec.metric) if spec.metric else config.selection_metric()
+    return str(ref), spec.direction or ("maximize" if ref.larger_better else "minimize")
 
 
 def _primitive(v: Any) -> bool:

@@ -15,8 +15,8 @@ import numpy as np
 
 from mmagent.data.dataset import encode_target
 from mmagent.data.tables import Table
+from mmagent.metrics import LOWER_IS_BETTER, target_metrics
 from mmagent.specs import TargetSpec
-from mmagent.training.metrics import LOWER_IS_BETTER, target_metrics
 
 KIND = {"classification": "majority-class", "multilabel": "label-prevalence", "regression": "training-mean"}
 

@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmagent.inference import Predictions, run_model
+from mmagent.metrics import main_metric, target_metrics
 from mmagent.model import MultimodalModel
-from mmagent.training.metrics import main_metric, target_metrics
 
 
 def compute_metrics(model: MultimodalModel, preds: Predictions, detailed: bool = True) -> dict[str, dict[str, Any]]:

@@ -16,10 +16,10 @@ from mmagent.ensemble import EnsembleModel, load_model
 from mmagent.inference import Predictions, make_loader, run_model
 from mmagent.io import atomic_path, write_json, write_text
 from mmagent.lifecycle.profile import profile_at_end_of_training
+from mmagent.metrics import MetricRef
 from mmagent.training.baseline import compare_with_baseline, verdict
 from mmagent.training.evaluate import ablation_table, evaluate
 from mmagent.training.figures import render_figures
-from mmagent.training.metrics import main_metric
 from mmagent.training.report_data import RunReport, load_run_report
 from mmagent.training.report_html import write_html_report
 from mmagent.training.report_trust import HEADER, TrustSummary, trust_summary
@@ -73,10 +73,8 @@ def finalize_run(run_dir: Path, config: ExperimentConfig, splits: Splits, device
 def baseline_check(model: Any, config: ExperimentConfig, train: Table, val_preds: Predictions, val_metrics: dict[str, Any]) -> dict[str, Any] | None:
     """The run's selection metric on validation against the obvious baseline's (see
     :mod:`mmagent.training.baseline`), with the sentence to show when the model does not beat it."""
-    target, _, metric = (config.train.metric or "").partition("/")
-    target = target or config.agent.target or next(iter(model.heads))
-    spec = model.heads[target].spec
-    metric = metric or main_metric(spec)[0]
+    ref = MetricRef.parse(config.train.metric) if config.train.metric else MetricRef.main(model.heads[config.agent.target or next(iter(model.heads))].spec)
+    target, metric, spec = ref.target, ref.name, model.heads[ref.target].spec
     if target not in val_preds.targets or metric not in val_metrics.get(target, {}):
         return None
     check = compare_with_baseline(spec, metric, val_metrics[target][metric], train, val_preds.targets[target])

@@ -34,7 +34,6 @@ from mmagent.training import tracking
 from mmagent.training.checkpoint import checkpoint_spec, load_checkpoint, prepare_resume, truncate_log
 from mmagent.training.distributed import fresh_accelerate_state, multiprocess_without_accelerator
 from mmagent.training.loop import Run, TrainState, checkpoint, should_stop, train_one_epoch, validate_and_select
-from mmagent.training.metrics import LOWER_IS_BETTER, main_metric
 from mmagent.training.metrics_log import MetricsLog
 from mmagent.training.sampling import LengthGroupedSampler, SeededItems, train_sampler
 from mmagent.training.speedups import compile_encoders, make_optimizer, use_fused
@@ -339,12 +338,7 @@ def _checkpoint_threads(folder: Path | None) -> int | None:
 
 
 def _selection_metric(config: ExperimentConfig, model: MultimodalModel) -> tuple[str, str, bool]:
-    if config.train.metric:
-        target, name = config.train.metric.split("/", 1)
-        if target not in model.heads:
-            raise ValueError(f"train.metric: unknown target {target!r}; targets: {list(model.heads)}")
-        larger = name not in LOWER_IS_BETTER
-        return target, name, larger
-    first = next(iter(model.heads))
-    name, larger = main_metric(model.heads[first].spec)
-    return first, name, larger
+    ref = config.selection_metric()
+    if ref.target not in model.heads:
+        raise ValueError(f"train.metric: unknown target {ref.target!r}; targets: {list(model.heads)}")
+    return ref.target, ref.name, ref.larger_better

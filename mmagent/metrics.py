@@ -1,15 +1,18 @@
-"""Metrics per target type (scikit-learn does the arithmetic)."""
+"""Metrics, the vocabulary everyone may import (torch-free; scikit-learn loads only when a metric is
+computed): which metric each task is judged on, which way is better, :class:`MetricRef` (the typed
+``TARGET/METRIC`` that config, training, search, export and reports all speak), and the metrics
+themselves per target type (scikit-learn's definitions)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
 
 from mmagent.specs import IGNORE_INDEX, UNSEEN_INDEX, TargetSpec
 
-# Main metric per task type and whether larger is better: used for early stopping and ablations.
+#: Main metric per task type and whether larger is better: used for early stopping and ablations.
 MAIN_METRIC = {"classification": ("accuracy", True), "multilabel": ("macro_f1", True), "regression": ("rmse", False)}
 #: Metrics where a smaller value is better (the rest: larger is better).
 LOWER_IS_BETTER = ("rmse", "mae", "loss", "log_loss")
@@ -19,6 +22,34 @@ SELECTABLE_METRICS = {
     "multilabel": ("macro_f1", "micro_f1", "subset_accuracy", "auroc"),
     "regression": ("rmse", "mae", "r2"),
 }
+
+
+@dataclass(frozen=True)
+class MetricRef:
+    """One metric of one target, e.g. ``intent/accuracy``, with the direction that is better."""
+
+    target: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> MetricRef:
+        """``"TARGET/METRIC"`` -> MetricRef (a target name may itself hold no ``/``)."""
+        target, sep, name = str(text).partition("/")
+        if not sep or not target or not name:
+            raise ValueError(f"a metric is named TARGET/METRIC (e.g. label/accuracy), got {text!r}")
+        return cls(target, name)
+
+    @classmethod
+    def main(cls, spec: TargetSpec) -> MetricRef:
+        """The target's main metric (accuracy, macro-F1 or RMSE by task)."""
+        return cls(spec.column, MAIN_METRIC[spec.type][0])
+
+    @property
+    def larger_better(self) -> bool:
+        return self.name not in LOWER_IS_BETTER
+
+    def __str__(self) -> str:
+        return f"{self.target}/{self.name}"
 
 
 def main_metric(spec: TargetSpec) -> tuple[str, bool]:
@@ -41,6 +72,8 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], 
     saw in training (``UNSEEN_INDEX``) is a wrong answer in accuracy and macro-F1 (all such labels
     together count as one class there, with F1 0: the model cannot predict them); ``unseen_labels``
     counts those rows. Rows without a label (``IGNORE_INDEX``) are left out."""
+    from sklearn import metrics as skm
+
     known = y != IGNORE_INDEX
     out: dict[str, Any] = {"n": int(known.sum()), "unseen_labels": int((y == UNSEEN_INDEX).sum())}
     if not known.any():
@@ -72,6 +105,8 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], 
 
 
 def multilabel_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], threshold: float = 0.5) -> dict[str, Any]:
+    from sklearn import metrics as skm
+
     pred = (probs >= threshold).astype(int)
     y = y.astype(int)
     out: dict[str, Any] = {
@@ -89,6 +124,8 @@ def multilabel_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], thre
 
 
 def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    from sklearn import metrics as skm
+
     known = np.isfinite(y)
     pred, y = pred[known], y[known]
     if len(y) == 0:
