@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mmagent.cli import app
-from mmagent.cli_support import error_message
+from mmagent.cli.support import error_message
 from mmagent.config import ConfigError, load_config
 from mmagent.data import DataError
 from mmagent.io import atomic_dir, removed_on_failure, write_json

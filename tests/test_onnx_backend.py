@@ -16,7 +16,7 @@ from PIL import Image
 
 from mmagent.agent import Agent
 from mmagent.demo.toy import TINY_BERT
-from mmagent.inference_onnx import EXPORT_DIR, EXPORT_FILE, META_FILE, OnnxBackendError, OnnxRunner
+from mmagent.inference.onnx import EXPORT_DIR, EXPORT_FILE, META_FILE, OnnxBackendError, OnnxRunner
 from mmagent.model import MultimodalModel
 from mmagent.specs import ModelSpec
 
@@ -85,7 +85,7 @@ def test_onnx_agent_matches_torch_and_reuses_its_export(run: Path) -> None:
     stamp = (folder / EXPORT_FILE).stat().st_mtime_ns
     again = Agent.load(run, backend="onnx")
     assert not again.runner.info["exported_now"] and (folder / EXPORT_FILE).stat().st_mtime_ns == stamp
-    from mmagent.inference_onnx import _valid, model_fingerprint
+    from mmagent.inference.onnx import _valid, model_fingerprint
 
     assert _valid(folder, model_fingerprint(run))
     original = (folder / EXPORT_FILE).read_bytes()

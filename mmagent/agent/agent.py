@@ -94,7 +94,7 @@ class Agent:
 
         ``backend``: ``torch`` runs the PyTorch model on ``device``; ``onnx`` runs the model's ONNX
         export with ONNX Runtime on the CPU (exported into the run folder on first use, see
-        :mod:`mmagent.inference_onnx`), with ``threads`` intra-op threads (default: its choice)."""
+        :mod:`mmagent.inference.onnx`), with ``threads`` intra-op threads (default: its choice)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
         if backend == "onnx" and torch.device(device).type != "cpu":
@@ -125,7 +125,7 @@ class Agent:
                     )
         runner = None
         if backend == "onnx":
-            from mmagent.inference_onnx import load_onnx_runner
+            from mmagent.inference.onnx import load_onnx_runner
 
             runner = load_onnx_runner(run_dir, model, threads)
         baseline = calibration.get(runs.BASELINE_KEY) or {}

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from mmagent.data.tables import Table
-from mmagent.export_layout import FlatWrapper, batches_of, flatten
+from mmagent.export.layout import FlatWrapper, batches_of, flatten
 from mmagent.model import MultimodalModel
 
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from mmagent.cli_support import load_saved, model_folder, resolve_device, user_errors
+from mmagent.cli.support import load_saved, model_folder, resolve_device, user_errors
 
 commands = typer.Typer()
 

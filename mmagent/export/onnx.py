@@ -1,6 +1,6 @@
 """ONNX export of a model's forward on flat tensors (torch.export / dynamo), with the encoder that
 fails named when the whole model does not export. Used by ``mmagent export`` and by the ONNX
-Runtime serving backend (:mod:`mmagent.inference_onnx`); it needs neither training nor evaluation."""
+Runtime serving backend (:mod:`mmagent.inference.onnx`); it needs neither training nor evaluation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mmagent.export_layout import FlatWrapper
+from mmagent.export.layout import FlatWrapper
 
 
 class ExportError(RuntimeError):

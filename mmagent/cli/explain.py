@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from mmagent.cli_support import load_saved, record_from_json, resolve_device, user_errors
+from mmagent.cli.support import load_saved, record_from_json, resolve_device, user_errors
 
 commands = typer.Typer()
 

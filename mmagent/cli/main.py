@@ -16,8 +16,11 @@ from typing import Any, Optional
 
 import typer
 
-from mmagent import cli_drift, cli_explain, cli_lifecycle, cli_report
-from mmagent.cli_support import decision_row, load_saved, model_folder, prediction_row, read_agent_file, record_from_json, resolve_device, user_errors
+from mmagent.cli import drift as cli_drift
+from mmagent.cli import explain as cli_explain
+from mmagent.cli import lifecycle as cli_lifecycle
+from mmagent.cli import report as cli_report
+from mmagent.cli.support import decision_row, load_saved, model_folder, prediction_row, read_agent_file, record_from_json, resolve_device, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="mmagent: fine-tune multimodal encoders into agents that predict, explain and act.")
 

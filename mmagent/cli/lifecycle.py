@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from mmagent.cli_support import resolve_device, user_errors
+from mmagent.cli.support import resolve_device, user_errors
 
 commands = typer.Typer()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mmagent.cli_support import user_errors
+from mmagent.cli.support import user_errors
 
 commands = typer.Typer()
 

@@ -4,7 +4,7 @@ The one path a sample takes at prediction time, shared by the agent, the server,
 export. Training builds on it; it never imports training.
 
 The forward pass itself goes through a :class:`ModelRunner`: :class:`TorchRunner` (the PyTorch
-model, on any device) or :class:`mmagent.inference_onnx.OnnxRunner` (the same model exported to
+model, on any device) or :class:`mmagent.inference.onnx.OnnxRunner` (the same model exported to
 ONNX, run by ONNX Runtime). Everything around it (preprocessing, collation, calibration, policy)
 is the same for both.
 """

@@ -32,9 +32,9 @@ from torch import Tensor, nn
 
 from mmagent import runs
 from mmagent.data.tables import read_table
-from mmagent.export_layout import FlatWrapper, check_batches, default_data, dynamic_dims, flatten, load_model, tensor_names
-from mmagent.export_onnx import ExportError, export_onnx, first_line
-from mmagent.export_run import Runner, compare_accuracy, max_diff
+from mmagent.export.checks import Runner, compare_accuracy, max_diff
+from mmagent.export.layout import FlatWrapper, check_batches, default_data, dynamic_dims, flatten, load_model, tensor_names
+from mmagent.export.onnx import ExportError, export_onnx, first_line
 from mmagent.model import MultimodalModel
 
 Format = Literal["onnx", "torchscript"]

@@ -3,7 +3,7 @@
     agent = Agent.load("runs/cs", backend="onnx")
     mmagent serve runs/cs --backend onnx
 
-The graph is the model's forward on collated tensors (:mod:`mmagent.export_onnx`, the same export
+The graph is the model's forward on collated tensors (:mod:`mmagent.export.onnx`, the same export
 as ``mmagent export --format onnx``), plus gated fusion's per-input gates when the model has them.
 It is made on first use into ``RUN_DIR/onnx/`` (or, when the run folder is read-only, into
 ``$MMAGENT_CACHE/onnx/<model hash>/``), written atomically with ``export.json``: the SHA-256 of
@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from mmagent.data.dataset import Collator
-from mmagent.export_layout import FlatWrapper, dynamic_dims, flatten, tensor_names
+from mmagent.export.layout import FlatWrapper, dynamic_dims, flatten, tensor_names
 from mmagent.inference import BatchOutput, TorchRunner
 from mmagent.io import atomic_dir, write_json
 from mmagent.model import MultimodalModel
@@ -203,7 +203,7 @@ def ensure_export(run_dir: str | Path, model: MultimodalModel, batches: list[dic
     """The export's folder, exported now (True) or reused (False)."""
     import warnings
 
-    from mmagent.export_onnx import ExportError, export_onnx
+    from mmagent.export.onnx import ExportError, export_onnx
 
     fingerprint = model_fingerprint(run_dir)
     folder = export_location(run_dir, fingerprint)
