@@ -23,7 +23,7 @@ from mmagent.agent.policies import build_policy
 from mmagent.agent.policy_base import Assessment
 from mmagent.agent.spec import AgentSpec, EscalationSpec
 from mmagent.agent.unknown import GaussianFeatures, UnknownDetector
-from mmagent.agent.unknown_fit import fit_unknown_detector
+from mmagent.agent.unknown_fit import Features, fit_unknown_detector
 
 
 # -- conformal pieces -------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def test_the_detector_flags_an_unseen_class_without_ever_seeing_one() -> None:
     train_x, train_y = _clusters(1200, known, rng)
     val_x, val_y = _clusters(400, known, rng)
     logits = np.zeros((len(val_y), 6))  # uninformative probabilities: the feature-space score must win
-    det = fit_unknown_detector("y", train_x, train_y, val_x, logits, val_y, false_alarm=0.05)
+    det = fit_unknown_detector("y", Features(train_x, train_y), Features(val_x, val_y, logits), false_alarm=0.05)
     assert det.kind == "mahalanobis" and det.info["folds"] == 4 and det.info["fold_auroc"]["mahalanobis"] > 0.95
     new_known, _ = _clusters(2000, known, rng)
     unseen, _ = _clusters(2000, [7, 8], rng)
@@ -128,7 +128,7 @@ def test_the_detector_flags_an_unseen_class_without_ever_seeing_one() -> None:
 def test_the_detector_round_trips_through_the_run_folder(tmp_path: Path) -> None:
     rng = np.random.default_rng(6)
     x, y = _clusters(300, [0, 1, 2], rng)
-    det = fit_unknown_detector("y", x, y, x[:100], rng.normal(size=(100, 3)), y[:100])
+    det = fit_unknown_detector("y", Features(x, y), Features(x[:100], y[:100], rng.normal(size=(100, 3))))
     det.save(tmp_path)
     back = UnknownDetector.load(tmp_path)
     assert back is not None and back.kind == det.kind and back.threshold == pytest.approx(det.threshold)
@@ -327,7 +327,7 @@ def test_an_ensemble_is_scored_on_its_first_members_fused_vector_and_never_by_en
     np.testing.assert_allclose(torch.logsumexp(out.logits["y"], -1).numpy(), 0.0, atol=1e-4)
     rng = np.random.default_rng(9)
     x, y = _clusters(600, [0, 1, 2, 3, 4, 5], rng)
-    det = fit_unknown_detector("y", x, y, x[:200], rng.normal(size=(200, 6)), y[:200], allow_energy=False)
+    det = fit_unknown_detector("y", Features(x, y), Features(x[:200], y[:200], rng.normal(size=(200, 6))), allow_energy=False)
     assert set(det.info["fold_auroc"]) == {"mahalanobis", "msp"}
 
 

@@ -19,7 +19,7 @@ from mmagent.agent.calibration import choose_threshold
 from mmagent.agent.conformal import prediction_set_quantile, prediction_sets, selective_threshold
 from mmagent.agent.spec import DEFAULT_SET_LEVEL, AgentSpec
 from mmagent.agent.unknown import UnknownDetector
-from mmagent.agent.unknown_fit import fit_unknown_detector
+from mmagent.agent.unknown_fit import Features, fit_unknown_detector
 from mmagent.inference import Predictions
 
 CURVE_POINTS = 20  # points of the risk-coverage curve kept for the report
@@ -30,17 +30,9 @@ def fit_detector(target: str, kind: str, train: Predictions, validation: Predict
     if train.fused is None or validation.fused is None:
         return None
     classes = kind == "classification" and target in train.targets and target in validation.targets
-    return fit_unknown_detector(
-        target,
-        train.fused,
-        train.targets[target].astype(int) if classes else None,
-        validation.fused,
-        validation.logits[target],
-        validation.targets[target].astype(int) if classes else None,
-        agent.unknown.false_alarm,
-        agent.unknown.score,
-        allow_energy,
-    )
+    fitted = Features(train.fused, train.targets[target].astype(int) if classes else None)
+    held = Features(validation.fused, validation.targets[target].astype(int) if classes else None, validation.logits[target])
+    return fit_unknown_detector(target, fitted, held, agent.unknown.false_alarm, agent.unknown.score, allow_energy)
 
 
 def fit_escalation(

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,25 +29,31 @@ FEATURE_MARGIN = 0.02  # AUROC a probability score must gain over the feature-sp
 HISTOGRAM_VALUES = 1000  # scores of each kind kept for the report's histogram
 
 
+@dataclass
+class Features:
+    """One split as the detector sees it: fused vectors (N, D), integer classes (None for a target
+    without classes; rows below 0 have none) and, for validation, the target's raw logits (N, C)."""
+
+    fused: np.ndarray
+    classes: np.ndarray | None
+    logits: np.ndarray | None = None
+
+    def labelled(self) -> Features:
+        """The rows that have a class (all rows of a target without classes)."""
+        if self.classes is None:
+            return self
+        keep = self.classes >= 0
+        return Features(self.fused[keep], self.classes[keep], None if self.logits is None else self.logits[keep])
+
+
 def fit_unknown_detector(
-    target: str,
-    train_fused: np.ndarray,
-    train_classes: np.ndarray | None,
-    val_fused: np.ndarray,
-    val_logits: np.ndarray,
-    val_classes: np.ndarray | None,
-    false_alarm: float = 0.05,
-    score: str = "auto",
-    allow_energy: bool = True,
-    seed: int = 0,
+    target: str, train: Features, validation: Features, false_alarm: float = 0.05, score: str = "auto", allow_energy: bool = True, seed: int = 0
 ) -> UnknownDetector:
-    """Fit the detector (see the module doc). ``*_classes``: integer labels of a classification
-    target (rows without one are dropped), or ``None`` for a target without classes."""
-    if train_classes is not None:
-        train_fused, train_classes = train_fused[train_classes >= 0], train_classes[train_classes >= 0]
-    if val_classes is not None:
-        keep = val_classes >= 0
-        val_fused, val_logits, val_classes = val_fused[keep], val_logits[keep], val_classes[keep]
+    """Fit the detector (see the module doc) on training features and validation features with
+    their logits."""
+    train, validation = train.labelled(), validation.labelled()
+    train_fused, train_classes, val_fused, val_classes = train.fused, train.classes, validation.fused, validation.classes
+    val_logits = validation.logits if validation.logits is not None else np.zeros((len(val_fused), 1))
     kinds = [k for k in SCORE_KINDS if k != "energy" or allow_energy]
     if train_classes is None:  # no classes: the probability scores have nothing to say
         kinds = ["mahalanobis"]

@@ -57,7 +57,7 @@ from mmagent.search.ladder import (
     tunable_inputs,
 )
 from mmagent.search.leaderboard import Candidate, Leaderboard, Progress
-from mmagent.search.resume import load_for_resume, record_time, save_settings, unfinished
+from mmagent.search.resume import Resumed, load_for_resume, record_time, save_settings, unfinished
 from mmagent.training.report import UNKNOWN_FIT_ROWS
 
 
@@ -165,7 +165,7 @@ def fit(
             raw["agent"] = copy.deepcopy(agent)
         elif recipe:
             fit_recipe_alerts(raw, recipe, table, label, clock)
-        search = _Search(raw, run_dir, plan, clock, seed, plan.ensemble if ensemble is None else ensemble, previous, used_before)
+        search = _Search(raw, run_dir, plan, clock, seed, plan.ensemble if ensemble is None else ensemble, Resumed(previous, used_before))
     except BaseException:
         if not resume:  # a resumed folder keeps its finished candidates whatever happens
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -214,8 +214,7 @@ class _Search:
         clock: Progress,
         seed: int,
         ensemble: bool = False,
-        previous: dict[int, Any] | None = None,
-        used_before: float = 0.0,
+        resumed: Resumed | None = None,
     ) -> None:
         import torch
 
@@ -227,7 +226,8 @@ class _Search:
 
         self.raw, self.run_dir, self.plan, self.clock, self.seed = raw, run_dir, plan, clock, seed
         self.ensemble = ensemble
-        self.previous, self.used_before = previous or {}, used_before  # a resumed fit's finished candidates
+        resumed = resumed or Resumed()
+        self.previous, self.used_before = resumed.finished, resumed.used_seconds  # a resumed fit's finished candidates
         config = config_from_dict(copy.deepcopy(raw))  # every key checked before any work
         self.splits = splits = load_splits(config)  # every row of every table checked, once: every candidate trains on these
         self.n_train, self.n_val = len(splits.train), len(splits.validation)

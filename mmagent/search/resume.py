@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,14 @@ FIT_FILE = "fit.json"
 CANDIDATE_FILE = "candidate.json"
 TRIALS_DIR = "trials"
 STAGING = (".promoted",)  # folders fit stages the winner in
+
+
+@dataclass
+class Resumed:
+    """What an interrupted fit left to build on: its finished candidates and the budget it used."""
+
+    finished: dict[int, CandidateResult] = field(default_factory=dict)
+    used_seconds: float = 0.0
 
 
 class ResumeError(ValueError):

@@ -47,7 +47,7 @@ def finalize_run(run_dir: Path, config: ExperimentConfig, splits: Splits, device
         eval_loader = make_loader(model, splits.test, bs, num_workers=config.loader_workers, by_length=True)
         metrics["test"], test_preds = evaluate(model, eval_loader, device)
     calibration: dict[str, Any] = calibrate(model, val_preds, test_preds)
-    escalation = fit_trust(run_dir, model, config, splits.train, val_preds, test_preds, calibration, device)
+    escalation = fit_trust(run_dir, model, config, splits.train, val_preds, test_preds, calibration)
     if escalation:
         calibration[runs.ESCALATION_KEY] = escalation
     baseline = baseline_check(model, config, splits.train, val_preds, metrics["validation"])
@@ -91,7 +91,6 @@ def fit_trust(
     val_preds: Predictions,
     test_preds: Predictions | None,
     calibration: dict[str, Any],
-    device: torch.device,
 ) -> dict[str, Any] | None:
     """Fit the agent target's unknown-input detector (saved as ``unknown.json``) on a sample of
     training rows and validation, then its escalation thresholds (returned for calibration.json)."""
@@ -99,7 +98,9 @@ def fit_trust(
     kind = model.heads[target].spec.type
     rows = np.random.default_rng(0).permutation(len(train))[:UNKNOWN_FIT_ROWS]
     loader = make_loader(model, train.subset(np.sort(rows)), config.train.batch_size, num_workers=config.loader_workers, by_length=True)
-    detector = fit_detector(target, kind, run_model(model, loader, device), val_preds, config.agent, allow_energy=not isinstance(model, EnsembleModel))
+    detector = fit_detector(
+        target, kind, run_model(model, loader, next(model.parameters()).device), val_preds, config.agent, allow_energy=not isinstance(model, EnsembleModel)
+    )
     if detector is not None:
         detector.save(run_dir)
     if kind != "classification":
