@@ -335,3 +335,21 @@ def test_a_disabled_unknown_score_still_reports_its_verdict_but_hands_nothing_ov
     shown = Assessment(unknown_score=9.0, unknown_threshold=2.0, unknown=True, unknown_escalates=False, prediction_set=["billing"])
     d = build_policy({"type": "customer_service"}).decide("y", PROBS, assessment=shown)
     assert d.unknown and not d.escalated and d.action == "reply"
+
+
+def test_agent_unknown_enabled_false_shows_the_score_and_hands_nothing_over(tmp_path: Path) -> None:
+    from mmagent.agent import Agent
+    from mmagent.config import config_from_dict
+    from mmagent.training.trainer import train
+
+    cfg = {
+        "data": {"train": str(cluster_table(tmp_path / "train.csv", 600, 0))},
+        "inputs": [{"column": COLUMNS, "modality": "numeric"}],
+        "targets": [{"column": "label", "type": "classification"}],
+        "fusion": {"type": "concat", "hidden_dim": 16},
+        "train": {"epochs": 3, "batch_size": 32, "lr": 1e-2, "head_lr": 1e-2, "seed": 0},
+        "agent": {"type": "default", "unknown": {"enabled": False}},
+    }
+    train(config_from_dict(cfg), tmp_path / "run", progress=False)
+    d = Agent.load(tmp_path / "run").act(far(60.0), explain=False)
+    assert d.unknown and d.unknown_score is not None and not d.escalated

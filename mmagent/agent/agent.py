@@ -238,7 +238,7 @@ class Agent:
         out = [Assessment() for _ in range(n)]
         if self.unknown is not None:
             scores = self.unknown.score(preds.fused, preds.logits[self.target])
-            escalates = bool((self.escalation or {}).get("unknown_escalates", True))  # agent.unknown.enabled
+            escalates = bool(self.unknown.info.get("escalates", True))  # agent.unknown.enabled
             for a, score, flag in zip(out, scores, self.unknown.is_unknown(scores)):
                 a.unknown_score, a.unknown_threshold, a.unknown, a.unknown_escalates = float(score), self.unknown.threshold, bool(flag), escalates
         esc = self.escalation

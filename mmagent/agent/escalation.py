@@ -32,7 +32,9 @@ def fit_detector(target: str, kind: str, train: Predictions, validation: Predict
     classes = kind == "classification" and target in train.targets and target in validation.targets
     fitted = Features(train.fused, train.targets[target].astype(int) if classes else None)
     held = Features(validation.fused, validation.targets[target].astype(int) if classes else None, validation.logits[target])
-    return fit_unknown_detector(target, fitted, held, agent.unknown.false_alarm, agent.unknown.score, allow_energy)
+    detector = fit_unknown_detector(target, fitted, held, agent.unknown.false_alarm, agent.unknown.score, allow_energy)
+    detector.info["escalates"] = agent.unknown.enabled  # the verdict is always shown; it hands over only when enabled
+    return detector
 
 
 def fit_escalation(
