@@ -232,10 +232,22 @@ SEALED_FILES = (CONFIG_FILE, CALIBRATION_FILE, UNKNOWN_FILE, UNKNOWN_WEIGHTS)
 
 
 def seal_run(run_dir: str | Path) -> None:
-    """Write ``RUN_DIR/checksums.sha256`` over the run's :data:`SEALED_FILES` (the model folder has
-    its own), so that a changed config, calibration or unknown-input score is refused at load."""
+    """Write ``RUN_DIR/checksums.sha256`` over the run's :data:`SEALED_FILES` and the model folder's
+    own listing, so that a changed config, calibration, unknown-input score or model listing is
+    refused at load; the run's marker records that it was sealed, so a deleted listing is refused too.
+    (Checksums catch damage and edits, not a forger who rewrites them: they are not signatures.)"""
     run_dir = Path(run_dir)
-    write_checksums(run_dir, [run_dir / f for f in SEALED_FILES if (run_dir / f).is_file()])
+    listing = [run_dir / MODEL_DIR / CHECKSUMS_FILE] if (run_dir / MODEL_DIR / CHECKSUMS_FILE).is_file() else []
+    write_checksums(run_dir, [run_dir / f for f in SEALED_FILES if (run_dir / f).is_file()] + listing)
+    marker = read_json(run_dir / MARKER_FILE) if (run_dir / MARKER_FILE).is_file() else {}
+    write_text(run_dir / MARKER_FILE, json.dumps({**marker, "sealed": True}) + "\n")
+
+
+def _sealed(run_dir: Path) -> bool:
+    try:
+        return bool(read_json(run_dir / MARKER_FILE).get("sealed"))
+    except RunFolderError:
+        return True  # a damaged marker: the listing is required
 
 
 def verify_run(run_dir: str | Path, model: bool = True) -> Path:
@@ -247,6 +259,10 @@ def verify_run(run_dir: str | Path, model: bool = True) -> Path:
     folder = model_dir(run_dir)
     if not (folder / "model.json").is_file():
         raise RunFolderError(f"{run_dir} is not a run folder (no {MODEL_DIR}/model.json)")
+    if folder != run_dir and _sealed(run_dir):
+        for listing in (run_dir / CHECKSUMS_FILE, folder / CHECKSUMS_FILE):
+            if not listing.is_file():
+                raise RunFolderError(f"{listing} is missing: this run was sealed when it ended; restore the file or train again")
     if model:
         verify_checksums(folder)
     if folder != run_dir:
@@ -254,7 +270,7 @@ def verify_run(run_dir: str | Path, model: bool = True) -> Path:
             verify_checksums(run_dir)
         except RunFolderError as e:
             raise RunFolderError(
-                f"{e} (a run's config, calibration and unknown-input score are sealed when it ends: to act differently, pass another policy to Agent.load / --policy, or train a new run)"
+                f"{e} (a run's config, calibration and unknown-input score are sealed when it ends: to act differently, pass another policy to Agent.load(policy=...), or train a new run)"
             ) from None
     return run_dir
 

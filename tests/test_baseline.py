@@ -46,6 +46,12 @@ def test_a_fit_that_learns_nothing_says_so_everywhere(tmp_path: Path) -> None:
         agent = Agent.load(run)
     decisions = agent.act_many([{"x": float(v)} for v in rng.normal(size=20)], explain=False)
     assert all(d.escalated and "does not beat the majority-class baseline" in d.reason for d in decisions)
+    report = (run / "report.md").read_text()
+    assert report.index("does not beat the majority-class baseline") < report.index("## Validation metrics")  # at the top
+    evaluated = CliRunner().invoke(app, ["evaluate", str(run), str(table), "--device", "cpu"])
+    assert evaluated.exit_code == 0 and json.loads(evaluated.output)["escalation"]["answered"] == 0  # the figures follow the verdict
+    refused = CliRunner().invoke(app, ["promote", str(run), "--data", str(table), "--registry", str(tmp_path / "registry")])
+    assert refused.exit_code != 0 and "not promoted" in refused.output and not (tmp_path / "registry").exists()
 
 
 def test_a_run_that_learnt_something_is_not_flagged(tmp_path: Path) -> None:

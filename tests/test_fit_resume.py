@@ -80,6 +80,24 @@ def test_a_fit_that_failed_while_promoting_resumes(tmp_path: Path, monkeypatch: 
     assert (run / "model" / "model.json").is_file() and (run / "report.md").is_file()
 
 
+def test_a_second_fit_on_the_same_folder_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    from mmagent.search.resume import LOCK_FILE, save_settings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_settings(run, {"train": str(_table(tmp_path / "t.csv")), "label": "label", "budget": 30})
+    (run / "trials" / "0").mkdir(parents=True)  # what a live fit is writing
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (run / LOCK_FILE).write_text(str(holder.pid))
+        result = CliRunner().invoke(app, ["fit", "--resume", "-o", str(run)])
+        assert result.exit_code == 2 and f"another fit is running in {run} (process {holder.pid})" in " ".join(result.output.split())
+        assert (run / "trials" / "0").is_dir()  # nothing of the running fit was touched
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_resume_needs_a_fit_to_resume(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["fit", "--resume", "-o", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "holds no fit to resume" in " ".join(result.output.split())

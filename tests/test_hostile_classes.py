@@ -61,7 +61,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _copy(run: Path, tmp_path: Path) -> Path:
     shutil.copytree(run, tmp_path / "run")
-    return tmp_path / "run"
+    return tmp_path / "run"  # (tmp_path may be a new sub-folder: copytree makes it)
 
 
 def _alter_weights(run: Path) -> Path:
@@ -101,6 +101,17 @@ def test_altered_weights_are_refused_everywhere_and_leave_no_registry_trace(fini
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "updated").exists() and not (tmp_path / "why").exists()
 
 
+def test_a_sealed_run_whose_listing_was_deleted_is_refused(finished_run: Path, tmp_path: Path) -> None:
+    from mmagent.agent import Agent
+
+    for listing in ("checksums.sha256", "model/checksums.sha256"):
+        run = _copy(finished_run, tmp_path / listing.replace("/", "-"))
+        (run / listing).unlink()
+        with pytest.raises(RunFolderError, match=f"{listing} is missing: this run was sealed"):
+            Agent.load(run)
+        _refused(_cli("predict", run, "--record", '{"x": 0.5}'), "is missing: this run was sealed")
+
+
 def test_a_run_whose_config_or_calibration_changed_after_training_is_refused(finished_run: Path, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
@@ -129,7 +140,8 @@ def test_a_temperature_that_cannot_work_is_named_not_turned_into_nan(finished_ru
     from mmagent.agent import Agent
 
     run = _copy(finished_run, tmp_path)
-    (run / "checksums.sha256").unlink()  # an older run, from before runs were sealed
+    (run / "checksums.sha256").unlink()  # an older run, from before runs were sealed:
+    (run / ".mmagent-run").write_text(json.dumps({"created": "2026-01-01"}))  # its marker says nothing of a seal
     for bad in (0, -1.0, "warm"):
         calibration = json.loads((run / "calibration.json").read_text())
         calibration["label"]["temperature"] = bad

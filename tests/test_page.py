@@ -41,7 +41,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("page")
     train_csv = write_toy_table(folder, 48, 0, "train.csv")
     run_dir = folder / "run"
-    train(config_from_dict(tiny_config(train_csv)), run_dir, progress=False, finalize=False)
+    train(config_from_dict(tiny_config(train_csv)), run_dir, progress=False)  # finished: calibration, unknown score, sets
     port = _free_port()
     log_path = folder / "server.log"
     log = open(log_path, "wb")
@@ -146,6 +146,9 @@ def test_page_decides_and_explains_a_multimodal_record(served: dict, page) -> No
     expect(page.locator("#action")).to_have_text(want.action)
     expect(page.locator("#label")).to_contain_text(want.label)
     expect(page.locator("#escalated")).to_have_text(f"yes: {want.action.replace('_', ' ')}" if want.escalated else "no")
+    assert want.unknown_score is not None and want.prediction_set is not None  # a finished run has both
+    expect(page.locator("#unknown")).to_contain_text(f"{'yes' if want.unknown else 'no'} (score ")
+    expect(page.locator("#prediction-set")).to_have_text(", ".join(want.prediction_set) or "(empty)")
     bars = page.locator("#probabilities .bar")
     expect(bars).to_have_count(len(want.probabilities))
     shown = {bars.nth(i).get_attribute("data-name"): float(bars.nth(i).get_attribute("data-value")) for i in range(bars.count())}

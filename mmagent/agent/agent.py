@@ -7,6 +7,7 @@ agent.act({"text": "...", "audio": "call.wav"})       # a Decision: reply / esca
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -113,13 +114,9 @@ class Agent:
                 if chosen.get("reached", True) or "max_error" not in chosen:  # an uncertified promise escalates all (see assess)
                     spec = {**spec, key: min(float(chosen["threshold"]), 1.0)}
                 if not chosen.get("reached", True):
-                    what = (
-                        "every input is escalated"
-                        if "max_error" in chosen
-                        else f"the agent escalates below {chosen['threshold']:.3f}, the threshold with the best precision"
-                    )
+                    what = "" if "max_error" in chosen else f"; the agent escalates below {chosen['threshold']:.3f}, the threshold with the best precision"
                     warnings.warn(
-                        f"{run_dir}: the escalation target was not reached on validation ({chosen.get('note') or chosen.get('guarantee')}); {what}",
+                        f"{run_dir}: the escalation target was not reached on validation: {chosen.get('note') or chosen.get('guarantee')}{what}",
                         UserWarning,
                         stacklevel=2,
                     )
@@ -128,6 +125,9 @@ class Agent:
             from mmagent.inference.onnx import load_onnx_runner
 
             runner = load_onnx_runner(run_dir, model, threads)
+        detector = UnknownDetector.load(run_dir)
+        if detector is not None and not math.isfinite(detector.threshold):
+            warnings.warn(f"{run_dir}: the unknown-input score flags nothing: {detector.info.get('guarantee')}", UserWarning, stacklevel=2)
         baseline = calibration.get(runs.BASELINE_KEY) or {}
         if baseline.get("beats") is False:
             warnings.warn(f"{run_dir}: {baseline.get('note')}", UserWarning, stacklevel=2)
@@ -139,7 +139,7 @@ class Agent:
             device,
             speech_to_text=agent_cfg.get("speech_to_text"),
             runner=runner,
-            unknown=UnknownDetector.load(run_dir),
+            unknown=detector,
             escalation=chosen if policy is None else None,
         )
         agent.blocked = baseline.get("note") if baseline.get("beats") is False else None

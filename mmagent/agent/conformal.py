@@ -115,7 +115,7 @@ def selective_threshold(
     risk = np.where(n > 0, errors / np.maximum(n, 1), 0.0)
     kept = holm_rejections(hoeffding_bentkus_p_value(risk, n, max_error), delta)
     total = len(conf)
-    statement = f"with probability >= {1 - delta:.0%} over the validation draw, the error among answered inputs is <= {max_error:g}"
+    statement = f"with probability >= {100 * (1 - delta):g}% over the validation draw, the error among answered inputs is <= {max_error:g}"
     if len(kept) == 0:
         return SelectiveChoice(
             threshold=float("inf"),
@@ -126,7 +126,7 @@ def selective_threshold(
             total=total,
             error=None,
             coverage=0.0,
-            guarantee=f"no threshold could be certified on {total} validation rows to keep the error among answered inputs <= {max_error:g} with probability >= {1 - delta:.0%}: every input is escalated",
+            guarantee=f"no threshold could be certified on {total} validation rows to keep the error among answered inputs <= {max_error:g} with probability >= {100 * (1 - delta):g}%: every input is escalated",
         )
     i = int(kept.min())  # the grid is increasing: the lowest certified threshold answers the most
     return SelectiveChoice(

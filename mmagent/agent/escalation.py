@@ -38,7 +38,13 @@ def fit_detector(target: str, kind: str, train: Predictions, validation: Predict
 
 
 def fit_escalation(
-    target: str, validation: Predictions, temperature: float, agent: AgentSpec, detector: UnknownDetector | None, test: Predictions | None = None
+    target: str,
+    validation: Predictions,
+    temperature: float,
+    agent: AgentSpec,
+    detector: UnknownDetector | None,
+    test: Predictions | None = None,
+    blocked: bool = False,
 ) -> dict[str, Any] | None:
     """For a classification target: the prediction sets' quantile at the user's error level, and
     the confidence threshold (``max_error``: Learn then Test over known inputs with a single-label
@@ -58,11 +64,12 @@ def fit_escalation(
         "set_quantile": min(quantile, 1.0),
         "set_escalates": level is not None,
         "unknown_escalates": detector is not None and agent.unknown.enabled,
+        "blocked": blocked,  # the run does not beat its baseline: every input is escalated
     }
     known = _known(detector, fused, logits) if entry["unknown_escalates"] else np.ones(len(y), bool)
     conf, correct = probs.max(1), probs.argmax(1) == y
     if level is not None:
-        eligible = known & (prediction_sets(probs, quantile).sum(1) == 1)
+        eligible = known & (prediction_sets(probs, quantile).sum(1) <= 1)  # a set of two or more labels is handed over
         choice = selective_threshold(conf, correct, level, round(1.0 - spec.confidence, 10), eligible)  # type: ignore[union-attr]
         entry.update(choice.model_dump(), threshold=min(choice.threshold, 1.0))
     elif spec is not None and spec.target_coverage is not None:
@@ -84,8 +91,8 @@ def measure(entry: dict[str, Any], detector: UnknownDetector | None, preds: Pred
     conf, correct = probs.max(1), probs.argmax(1) == y
     answered = known & (conf >= entry.get("threshold", 0.0))
     if entry["set_escalates"]:
-        answered &= sets.sum(1) == 1
-    if entry.get("reached") is False:
+        answered &= sets.sum(1) <= 1
+    if entry.get("reached") is False or entry.get("blocked"):
         answered[:] = False
     n_answered = int(answered.sum())
     order = np.argsort(-conf, kind="stable")
@@ -129,6 +136,7 @@ def measure_run(run_dir: str | Path, preds: Predictions) -> dict[str, Any] | Non
     calibration = runs.read_calibration(run_dir)
     entry = calibration.get(runs.ESCALATION_KEY)
     if entry and "set_quantile" in entry and entry["target"] in preds.targets:
+        entry = {**entry, "blocked": (calibration.get(runs.BASELINE_KEY) or {}).get("beats") is False}
         temperature = float(calibration.get(entry["target"], {}).get("temperature", 1.0))
         out = measure(entry, detector, preds, temperature)
         out.pop("risk_coverage")

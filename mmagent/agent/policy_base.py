@@ -73,10 +73,11 @@ class Assessment:
         """Why these rules escalate the input, in words for the person it goes to (None: they don't)."""
         if self.unknown and self.unknown_escalates:
             return f"outside what I was trained on (unknown score {fmt_prob(self.unknown_score or 0.0)} > {fmt_prob(self.unknown_threshold or 0.0)})"
-        if self.set_escalates and self.prediction_set is not None and len(self.prediction_set) != 1:
+        # An empty set is how conformal sets at a loose level (above the model's error rate) reach
+        # their coverage exactly: it says nothing against the top label, so only a set of two or
+        # more labels hands over, and a looser promise never escalates more.
+        if self.set_escalates and self.prediction_set is not None and len(self.prediction_set) > 1:
             level = f"{1 - (self.set_level or 0.0):.0%}"
-            if not self.prediction_set:
-                return f"no label is likely enough (empty prediction set at {level})"
             names = self.prediction_set
             return f"could be {names[0]} or {names[1]}" + (f" (or {len(names) - 2} more)" if len(names) > 2 else "") + f" (prediction set at {level})"
         return self.uncertified

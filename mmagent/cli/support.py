@@ -5,11 +5,15 @@ and an exit status, device choice, loading a saved model with a clear error, and
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
+
+# Warnings (an uncertified promise, a run below its baseline) read as one line, not Python's source echo.
+warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"warning: {message}\n"
 
 
 def error_message(err: BaseException) -> tuple[str, int] | None:
@@ -96,12 +100,27 @@ def load_saved(run_dir: Path, load: Callable[[], Any]) -> Any:
 
 
 # Decision fields a table of decisions carries, in this order (the rest is in --record / the API).
-DECISION_COLUMNS = ("target", "label", "labels", "value", "confidence", "action", "reply", "escalated", "reason", "transcript")
+DECISION_COLUMNS = (
+    "target",
+    "label",
+    "labels",
+    "value",
+    "confidence",
+    "action",
+    "reply",
+    "escalated",
+    "reason",
+    "transcript",
+    "unknown",
+    "unknown_score",
+    "prediction_set",
+)
 
 
 def decision_row(decision: dict[str, Any]) -> dict[str, Any]:
     row = {k: decision.get(k) for k in DECISION_COLUMNS}
     row["labels"] = "|".join(row["labels"] or [])
+    row["prediction_set"] = "|".join(row["prediction_set"]) if row["prediction_set"] is not None else None
     return row
 
 

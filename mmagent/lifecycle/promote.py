@@ -29,7 +29,7 @@ from typing import Any
 
 from mmagent.lifecycle.compare import OVERALL, Comparison, compare
 from mmagent.lifecycle.registry import ALIAS_PATTERN, Registry, RegistryError, Version
-from mmagent.runs import verify_run
+from mmagent.runs import BASELINE_KEY, read_calibration, verify_run
 
 
 @dataclass
@@ -109,6 +109,9 @@ def promote(
     if min_support < 1:
         raise ValueError(f"--min-support {min_support}: must be >= 1")
     verify_run(run)  # an intact run folder, an evaluation table and a valid alias before the registry is touched
+    baseline = read_calibration(run).get(BASELINE_KEY) or {}
+    if baseline.get("beats") is False:
+        raise RegistryError(f"{run}: not promoted: {baseline.get('note')}")
     if not Path(data).is_file():
         raise FileNotFoundError(f"--data {data}: file not found")
     if not ALIAS_PATTERN.fullmatch(alias):

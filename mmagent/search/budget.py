@@ -147,7 +147,8 @@ def search_within_budget(
         study = optuna.create_study(
             storage=storage,
             direction=direction,
-            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials or max(2, min(10, (n_trials or 12) // 4))),
+            # a resumed search must not replay the first attempt's draws: offset the seed by what it finished
+            sampler=optuna.samplers.TPESampler(seed=seed + offset, n_startup_trials=startup_trials or max(2, min(10, (n_trials or 12) // 4))),
             pruner=make_pruner(spec),
         )
         for params in first_params or []:

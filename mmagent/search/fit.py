@@ -57,7 +57,7 @@ from mmagent.search.ladder import (
     tunable_inputs,
 )
 from mmagent.search.leaderboard import Candidate, Leaderboard, Progress
-from mmagent.search.resume import Resumed, load_for_resume, record_time, save_settings, unfinished
+from mmagent.search.resume import Resumed, hold_fit_lock, load_for_resume, record_time, save_settings, unfinished
 from mmagent.training.report import UNKNOWN_FIT_ROWS
 
 
@@ -142,65 +142,69 @@ def fit(
     if not resume:
         check_new_run_dir(run_dir, "fit")  # fit never mixes runs or overwrites files it did not write
         create_run_dir(run_dir)
-    try:  # nothing is left behind when the table or the settings are refused
-        data = {"train": materialize_table(train, run_dir), "validation": absolute_path(validation), "test": absolute_path(test)}
-        if resume:
-            clock.say(f"resuming the fit in {run_dir}: {len(previous)} finished candidate(s) kept, {budget:.0f} s of budget for the rest")
-        else:
-            save_settings(
-                run_dir,
-                {**data, "label": label, "budget": budget, "preset": preset, "recipe": recipe, "column_types": column_types, "agent": agent}
-                | {"encoders": encoders, "seed": seed, "metric": metric, "ensemble": ensemble},
-            )
-        table = read_table(data["train"])
-        schema = infer_schema(table, label, parse_column_types(column_types))
-        schema = ignore_split_keys(schema, table, [read_table(p) for p in (data["validation"], data["test"]) if p])
-        clock.say(f"schema of {table.source} ({len(table)} rows):\n{schema.table()}")
-        raw = base_config(schema, data, recipe, encoders, seed)
-        if not (encoders and "audio" in encoders):  # the user's own audio encoder keeps its window
-            fit_audio_windows(raw, table, clock)
-        if metric is not None:
-            raw["train"]["metric"] = selection_metric(schema, metric)
-        if agent:
-            raw["agent"] = copy.deepcopy(agent)
-        elif recipe:
-            fit_recipe_alerts(raw, recipe, table, label, clock)
-        search = _Search(raw, run_dir, plan, clock, seed, plan.ensemble if ensemble is None else ensemble, Resumed(previous, used_before))
-    except BaseException:
-        if not resume:  # a resumed folder keeps its finished candidates whatever happens
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    interrupted = search.run()
-    if search.ensemble and not interrupted:
-        interrupted = search.try_ensemble()
-    board = search.leaderboard
-    best = board.best()
-    if best is None:
-        raise FitError(f"no candidate finished within the budget ({budget:.0f} s): give a larger --time-budget\n{board.table()}")
-    members = [r for name in best.params.get("members", []) for r in board.rows if r.name == name] if best.strategy == "ensemble" else [best]
-    _promote(best.run_dir, run_dir, [search.final_raw(r) for r in members], clock, search.splits)
-    baseline = runs.read_calibration(run_dir).get(runs.BASELINE_KEY)
-    if baseline:  # on the leaderboard, never chosen: what any candidate had to beat
-        board.rows.append(Candidate("baseline", baseline["kind"], status=f"{baseline['kind']} baseline", score=baseline["baseline"]))
-    board.write(run_dir)
-    write_text(run_dir / "schema.md", f"# Inferred schema\n\n```\n{schema.table()}\n```\n")
-    from mmagent.training.report_html import write_html_report
+    lock = hold_fit_lock(run_dir)  # one fit (or resume) at a time in a folder
+    try:
+        try:  # nothing is left behind when the table or the settings are refused
+            data = {"train": materialize_table(train, run_dir), "validation": absolute_path(validation), "test": absolute_path(test)}
+            if resume:
+                clock.say(f"resuming the fit in {run_dir}: {len(previous)} finished candidate(s) kept, {budget:.0f} s of budget for the rest")
+            else:
+                save_settings(
+                    run_dir,
+                    {**data, "label": label, "budget": budget, "preset": preset, "recipe": recipe, "column_types": column_types, "agent": agent}
+                    | {"encoders": encoders, "seed": seed, "metric": metric, "ensemble": ensemble},
+                )
+            table = read_table(data["train"])
+            schema = infer_schema(table, label, parse_column_types(column_types))
+            schema = ignore_split_keys(schema, table, [read_table(p) for p in (data["validation"], data["test"]) if p])
+            clock.say(f"schema of {table.source} ({len(table)} rows):\n{schema.table()}")
+            raw = base_config(schema, data, recipe, encoders, seed)
+            if not (encoders and "audio" in encoders):  # the user's own audio encoder keeps its window
+                fit_audio_windows(raw, table, clock)
+            if metric is not None:
+                raw["train"]["metric"] = selection_metric(schema, metric)
+            if agent:
+                raw["agent"] = copy.deepcopy(agent)
+            elif recipe:
+                fit_recipe_alerts(raw, recipe, table, label, clock)
+            search = _Search(raw, run_dir, plan, clock, seed, plan.ensemble if ensemble is None else ensemble, Resumed(previous, used_before))
+        except BaseException:
+            if not resume:  # a resumed folder keeps its finished candidates whatever happens
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        interrupted = search.run()
+        if search.ensemble and not interrupted:
+            interrupted = search.try_ensemble()
+        board = search.leaderboard
+        best = board.best()
+        if best is None:
+            raise FitError(f"no candidate finished within the budget ({budget:.0f} s): give a larger --time-budget\n{board.table()}")
+        members = [r for name in best.params.get("members", []) for r in board.rows if r.name == name] if best.strategy == "ensemble" else [best]
+        _promote(best.run_dir, run_dir, [search.final_raw(r) for r in members], clock, search.splits)
+        baseline = runs.read_calibration(run_dir).get(runs.BASELINE_KEY)
+        if baseline:  # on the leaderboard, never chosen: what any candidate had to beat
+            board.rows.append(Candidate("baseline", baseline["kind"], status=f"{baseline['kind']} baseline", score=baseline["baseline"]))
+        board.write(run_dir)
+        write_text(run_dir / "schema.md", f"# Inferred schema\n\n```\n{schema.table()}\n```\n")
+        from mmagent.training.report_html import write_html_report
 
-    write_html_report(run_dir)  # again, now with the leaderboard (the promoted run's was written before it)
-    for other in board.rows:  # keep every candidate's metrics, drop the weights nobody will load
-        if other is not best and other.run_dir is not None:
-            shutil.rmtree(other.run_dir / "model", ignore_errors=True)
-    clock.say(f"leaderboard (validation {board.metric}):\n{board.table()}")
-    again = " (its first model; config.member-*.yaml the others)" if best.strategy == "ensemble" else ""
-    clock.say(f"chosen: {best.name} ({best.describe()}); run folder: {run_dir}; reproduce: mmagent train {run_dir / 'config.yaml'} -o NEW_RUN{again}")
-    for split, metrics in read_metrics(run_dir).items():
-        if split in ("validation", "test"):
-            for target, m in metrics.items():
-                shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("accuracy", "macro_f1", "mcc", "auroc", "rmse", "r2") if isinstance(m.get(k), float))
-                clock.say(f"{split} {target}: {shown} (n={m.get('n')}); report: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
-    if baseline and not baseline["beats"]:
-        clock.say(f"WARNING: {baseline['note']}")
-    return FitResult(run_dir, schema, board, best.name, clock.elapsed(), budget, interrupted, baseline)
+        write_html_report(run_dir)  # again, now with the leaderboard (the promoted run's was written before it)
+        for other in board.rows:  # keep every candidate's metrics, drop the weights nobody will load
+            if other is not best and other.run_dir is not None:
+                shutil.rmtree(other.run_dir / "model", ignore_errors=True)
+        clock.say(f"leaderboard (validation {board.metric}):\n{board.table()}")
+        again = " (its first model; config.member-*.yaml the others)" if best.strategy == "ensemble" else ""
+        clock.say(f"chosen: {best.name} ({best.describe()}); run folder: {run_dir}; reproduce: mmagent train {run_dir / 'config.yaml'} -o NEW_RUN{again}")
+        for split, metrics in read_metrics(run_dir).items():
+            if split in ("validation", "test"):
+                for target, m in metrics.items():
+                    shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("accuracy", "macro_f1", "mcc", "auroc", "rmse", "r2") if isinstance(m.get(k), float))
+                    clock.say(f"{split} {target}: {shown} (n={m.get('n')}); report: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
+        if baseline and not baseline["beats"]:
+            clock.say(f"WARNING: {baseline['note']}")
+        return FitResult(run_dir, schema, board, best.name, clock.elapsed(), budget, interrupted, baseline)
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 class _Search:

@@ -10,6 +10,7 @@ the budget (or a new ``--time-budget``) spent on new candidates before the best 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from mmagent.io import write_json
 from mmagent.search.objective import CandidateResult
 
 FIT_FILE = "fit.json"
+LOCK_FILE = ".fit.lock"
 CANDIDATE_FILE = "candidate.json"
 TRIALS_DIR = "trials"
 STAGING = (".promoted",)  # folders fit stages the winner in
@@ -36,6 +38,29 @@ class Resumed:
 
 class ResumeError(ValueError):
     """A folder that holds no fit to resume (none there, or one that already finished)."""
+
+
+def hold_fit_lock(run_dir: Path) -> Path:
+    """Claim ``RUN_DIR/.fit.lock`` for this process: a second fit or resume of the same folder is
+    refused while the first runs (a lock whose process is gone is taken over). Returns the lock's
+    path; the caller removes it when done."""
+    from mmagent.search.study import pid_alive
+
+    lock = run_dir / LOCK_FILE
+    for _ in range(2):
+        try:
+            with open(lock, "x") as f:  # atomic: exactly one process creates it
+                f.write(str(os.getpid()))
+            return lock
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and pid_alive(holder):
+                raise ResumeError(f"another fit is running in {run_dir} (process {holder}); wait for it, or stop it and --resume") from None
+            lock.unlink(missing_ok=True)  # left by a fit that was killed
+    raise ResumeError(f"{lock}: cannot claim the folder's lock")
 
 
 def save_settings(run_dir: Path, settings: dict[str, Any]) -> None:
@@ -70,6 +95,11 @@ def load_for_resume(run_dir: Path) -> tuple[dict[str, Any], dict[int, CandidateR
         raise ResumeError(f"--resume: {run_dir} holds no fit to resume (no {FIT_FILE}); start one with mmagent fit TABLE --label COLUMN -o {run_dir}")
     if not unfinished(run_dir):
         raise ResumeError(f"--resume: the fit in {run_dir} already finished (it holds a model); nothing to resume")
+    holder = (run_dir / LOCK_FILE).read_text().strip() if (run_dir / LOCK_FILE).is_file() else ""
+    from mmagent.search.study import pid_alive
+
+    if holder.isdigit() and int(holder) != os.getpid() and pid_alive(int(holder)):  # before touching anything
+        raise ResumeError(f"another fit is running in {run_dir} (process {holder}); wait for it, or stop it and --resume")
     settings = runs.read_json(run_dir / FIT_FILE)
     for name in STAGING:
         shutil.rmtree(run_dir / name, ignore_errors=True)

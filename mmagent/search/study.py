@@ -57,7 +57,8 @@ def open_study(url: str, name: str, direction: str, metric: str) -> optuna.Study
     return study
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -79,7 +80,7 @@ def recover_dead_local_trials(study: optuna.Study) -> list[int]:
     host, recovered = socket.gethostname(), []
     for t in study.get_trials(deepcopy=True, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker") or {}
-        if worker.get("host") != host or not isinstance(worker.get("pid"), int) or _pid_alive(worker["pid"]) or worker["pid"] == os.getpid():
+        if worker.get("host") != host or not isinstance(worker.get("pid"), int) or pid_alive(worker["pid"]) or worker["pid"] == os.getpid():
             continue
         try:
             study.tell(t.number, state=TrialState.FAIL)

@@ -47,12 +47,12 @@ def finalize_run(run_dir: Path, config: ExperimentConfig, splits: Splits, device
         eval_loader = make_loader(model, splits.test, bs, num_workers=config.loader_workers, by_length=True)
         metrics["test"], test_preds = evaluate(model, eval_loader, device)
     calibration: dict[str, Any] = calibrate(model, val_preds, test_preds)
-    escalation = fit_trust(run_dir, model, config, splits.train, val_preds, test_preds, calibration)
-    if escalation:
-        calibration[runs.ESCALATION_KEY] = escalation
     baseline = baseline_check(model, config, splits.train, val_preds, metrics["validation"])
     if baseline:  # sealed with the calibration: the agent reads it back and escalates all if not beaten
         calibration[runs.BASELINE_KEY] = baseline
+    escalation = fit_trust(run_dir, model, config, splits.train, val_preds, test_preds, calibration)
+    if escalation:
+        calibration[runs.ESCALATION_KEY] = escalation
     write_json(run_dir / runs.CALIBRATION_FILE, calibration)
     runs.seal_run(run_dir)  # config, calibration and unknown-input score: refused at load if changed
     ablation = ablation_table(model, eval_loader, device, metrics.get("test", metrics["validation"]))
@@ -106,7 +106,8 @@ def fit_trust(
     if kind != "classification":
         return None
     temperature = float(calibration.get(target, {}).get("temperature", 1.0))
-    return fit_escalation(target, val_preds, temperature, config.agent, detector, test_preds)
+    blocked = (calibration.get(runs.BASELINE_KEY) or {}).get("beats") is False  # the agent answers nothing: measure that
+    return fit_escalation(target, val_preds, temperature, config.agent, detector, test_preds, blocked)
 
 
 def save_predictions(run_dir: Path, split: str, preds: Predictions) -> None:
@@ -148,6 +149,9 @@ def write_markdown_report(report: RunReport, plots: list[str]) -> None:
     """``report.md``: metrics, per-class tables, ablation, calibration, history, links to the plots."""
     spec, n, history = report.spec, report.rows, report.epochs
     lines = ["# mmagent run report", ""]
+    baseline = report.calibration.get(runs.BASELINE_KEY) or {}
+    if baseline.get("beats") is False:
+        lines += [f"**Warning: {baseline.get('note')}.**", ""]
     names = report.encoder_names()
     lines += ["- inputs: " + ", ".join(f"`{i.key}` ({i.modality}, {names[k]})" for k, i in enumerate(spec.inputs))]
     lines += ["- targets: " + ", ".join(f"`{t.column}` ({t.type})" for t in spec.targets)]
