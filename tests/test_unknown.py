@@ -356,3 +356,34 @@ def test_agent_unknown_enabled_false_shows_the_score_and_hands_nothing_over(tmp_
     train(config_from_dict(cfg), tmp_path / "run", progress=False)
     d = Agent.load(tmp_path / "run").act(far(60.0), explain=False)
     assert d.unknown and d.unknown_score is not None and not d.escalated
+
+
+def test_a_request_without_one_of_its_inputs_is_not_unknown(tmp_path: Path) -> None:
+    # The model is trained with modality dropout: a request with one input missing is one it answers,
+    # and the score is fitted and calibrated on such rows too (not only on complete ones).
+    from mmagent.agent import Agent
+    from mmagent.config import config_from_dict
+    from mmagent.training.trainer import train
+
+    cfg = {
+        "data": {"train": str(cluster_table(tmp_path / "train.csv", 900, 0))},
+        "inputs": [{"column": ["a", "b"], "modality": "numeric"}, {"column": "c", "modality": "numeric"}],
+        "targets": [{"column": "label", "type": "classification"}],
+        "fusion": {"type": "concat", "hidden_dim": 16, "modality_dropout": 0.3},
+        "train": {"epochs": 6, "batch_size": 32, "lr": 1e-2, "head_lr": 1e-2, "seed": 0},
+        "agent": {"type": "default"},
+    }
+    train(config_from_dict(cfg), tmp_path / "run", progress=False)
+    agent = Agent.load(tmp_path / "run")
+    rows, _ = _clusters(300, [0, 1, 2], np.random.default_rng(11), dim=3)
+    partial = agent.act_many([{"a": r[0] / 2.0, "b": r[1] / 2.0} for r in rows], explain=False)
+    assert np.mean([d.unknown for d in partial]) <= 0.15  # like complete requests: near the 5 % asked
+    assert agent.act({"a": 60.0, "b": -60.0, "c": 60.0}, explain=False).unknown  # a complete request far away still is
+
+
+def test_a_given_escalation_block_replaces_the_recipes_whole() -> None:
+    from mmagent.tasks.recipes import apply_recipe
+
+    raw = apply_recipe({"recipe": "finance", "agent": {"escalation": {"target_coverage": 0.8}}, "inputs": [], "targets": []})
+    assert raw["agent"]["escalation"] == {"target_coverage": 0.8} and raw["agent"]["type"] == "finance"
+    assert AgentSpec.model_validate(raw["agent"]).escalation.target_coverage == 0.8

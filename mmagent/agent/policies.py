@@ -38,6 +38,7 @@ from mmagent.agent.policy_base import (
     PredictionView,
     available_policies,
     build_policy,
+    compared,
     fmt_prob,
     load_policy_spec,
     read_yaml,
@@ -81,7 +82,7 @@ class DefaultPolicy(Policy):
     def _decide(self, pred: PredictionView, decision: Decision) -> Decision:
         if pred.confidence is not None and pred.confidence < self.spec.threshold:
             decision.action, decision.escalated = "escalate", True
-            decision.reason = f"low confidence {fmt_prob(pred.confidence)} < {fmt_prob(self.spec.threshold)}"
+            decision.reason = f"low confidence {compared(pred.confidence, '<', self.spec.threshold)}"
         return decision
 
 
@@ -148,11 +149,11 @@ class CustomerServicePolicy(Policy):
         if intent in s.out_of_scope_labels:
             reasons.append(f"out of scope: intent {intent!r}")
         if confidence < s.threshold:
-            reasons.append(f"low confidence {fmt_prob(confidence)} < {fmt_prob(s.threshold)}")
+            reasons.append(f"low confidence {compared(confidence, '<', s.threshold)}")
         if s.max_entropy is not None and pred.task_type == "classification" and pred.normalized_entropy > s.max_entropy:
-            reasons.append(f"out of scope: normalized entropy {fmt_prob(pred.normalized_entropy)} > {fmt_prob(s.max_entropy)}")
+            reasons.append(f"out of scope: normalized entropy {compared(pred.normalized_entropy, '>', s.max_entropy)}")
         if s.min_margin is not None and pred.margin < s.min_margin:
-            reasons.append(f"out of scope: margin {fmt_prob(pred.margin)} < {fmt_prob(s.min_margin)}")
+            reasons.append(f"out of scope: margin {compared(pred.margin, '<', s.min_margin)}")
         if reasons:
             decision.action, decision.escalated, decision.reply = "handoff", True, s.handoff_reply
             decision.reason = "; ".join(reasons)
@@ -220,7 +221,7 @@ class MedicalPolicy(Policy):
             others = "; ".join(f"{lab}: {self._p(p)}" for lab, p in pred.ranked[1:])
             text = f"{pred.target}: {pred.label}: {self._p(pred.confidence)}" + (f" (others: {others})" if others else "")
             if pred.confidence < s.refer_below:
-                decision.reason = f"low confidence {fmt_prob(pred.confidence)} < {fmt_prob(s.refer_below)}"
+                decision.reason = f"low confidence {compared(pred.confidence, '<', s.refer_below)}"
         else:
             low, high = s.uncertain_band
             status = {lab: "uncertain" if low <= p <= high else "present" if p >= s.positive_threshold else "absent" for lab, p in pred.ranked}
@@ -303,7 +304,7 @@ class FinancePolicy(Policy):
         reasons = [why for _, why in fired]
         low = pred.confidence is not None and pred.confidence < self.spec.threshold
         if low:
-            reasons.append(f"low confidence {fmt_prob(pred.confidence)} < {fmt_prob(self.spec.threshold)}")  # type: ignore[arg-type]
+            reasons.append(f"low confidence {compared(pred.confidence, '<', self.spec.threshold)}")  # type: ignore[arg-type]
         if fired:
             decision.action = fired[0][0].action
             decision.reply = " ".join(r.message for r, _ in fired if r.message) or None

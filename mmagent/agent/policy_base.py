@@ -72,7 +72,7 @@ class Assessment:
     def escalation_reason(self) -> str | None:
         """Why these rules escalate the input, in words for the person it goes to (None: they don't)."""
         if self.unknown and self.unknown_escalates:
-            return f"outside what I was trained on (unknown score {fmt_prob(self.unknown_score or 0.0)} > {fmt_prob(self.unknown_threshold or 0.0)})"
+            return f"outside what I was trained on (unknown score {compared(self.unknown_score or 0.0, '>', self.unknown_threshold or 0.0)})"
         # An empty set is how conformal sets at a loose level (above the model's error rate) reach
         # their coverage exactly: it says nothing against the top label, so only a set of two or
         # more labels hands over, and a looser promise never escalates more.
@@ -144,6 +144,15 @@ def _finite(p: Any, target: str, key: str) -> float:
 
 def fmt_prob(x: float) -> str:
     return f"{x:.3g}"
+
+
+def compared(x: float, sign: str, bound: float) -> str:
+    """``"0.9971 < 0.998"``: each side with the digits it takes to tell them apart (3 at least)."""
+    for digits in range(3, 10):
+        a, b = f"{x:.{digits}g}", f"{bound:.{digits}g}"
+        if a != b:
+            break
+    return f"{a} {sign} {b}"
 
 
 # -- specs and base class -------------------------------------------------------------------------

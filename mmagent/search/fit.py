@@ -260,6 +260,7 @@ class _Search:
         n_test = len(splits.test) if splits.test is not None else 0
         per_sample = sum(c.load.values()) + c.forward
         passes = self.n_val + n_test * (len(raw["inputs"]) + 2) + self.n_val + min(self.n_train, 512) + min(self.n_train, UNKNOWN_FIT_ROWS)
+        passes += self.n_val * len(raw["inputs"]) if len(raw["inputs"]) > 1 else 0  # the unknown score's validation without each input
         if ensemble:  # choosing one scores each possible member on validation; then every pass runs each member
             passes = MAX_MEMBERS * (passes + self.n_val)
         self.reserve = min(0.3 * clock.budget, 15.0 + 1.5 * per_sample * passes)

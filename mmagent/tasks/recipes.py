@@ -126,7 +126,13 @@ def apply_recipe(raw: dict[str, Any]) -> dict[str, Any]:
     raw["train"] = _merge(recipe.train, raw.get("train") or {})
     given_agent = raw.get("agent") or {}
     # A different policy type keeps none of the recipe's policy settings.
-    raw["agent"] = _merge(recipe.agent, given_agent) if given_agent.get("type", recipe.agent["type"]) == recipe.agent["type"] else given_agent
+    if given_agent.get("type", recipe.agent["type"]) == recipe.agent["type"]:
+        # the escalation block is one promise (max_error, target_precision or target_coverage): a
+        # given one replaces the recipe's whole, it is never mixed with it
+        defaults = {k: v for k, v in recipe.agent.items() if not (k == "escalation" and "escalation" in given_agent)}
+        raw["agent"] = _merge(defaults, given_agent)
+    else:
+        raw["agent"] = given_agent
     if "space" not in (raw.get("tune") or {}) and recipe.tune_space:
         raw["tune"] = {**(raw.get("tune") or {}), "space": copy.deepcopy(recipe.tune_space)}
     return raw

@@ -50,7 +50,7 @@ def finalize_run(run_dir: Path, config: ExperimentConfig, splits: Splits, device
     baseline = baseline_check(model, config, splits.train, val_preds, metrics["validation"])
     if baseline:  # sealed with the calibration: the agent reads it back and escalates all if not beaten
         calibration[runs.BASELINE_KEY] = baseline
-    escalation = fit_trust(run_dir, model, config, splits.train, val_preds, test_preds, calibration)
+    escalation = fit_trust(run_dir, model, config, splits, val_preds, test_preds, calibration)
     if escalation:
         calibration[runs.ESCALATION_KEY] = escalation
     write_json(run_dir / runs.CALIBRATION_FILE, calibration)
@@ -84,23 +84,18 @@ def baseline_check(model: Any, config: ExperimentConfig, train: Table, val_preds
 
 
 def fit_trust(
-    run_dir: Path,
-    model: Any,
-    config: ExperimentConfig,
-    train: Table,
-    val_preds: Predictions,
-    test_preds: Predictions | None,
-    calibration: dict[str, Any],
+    run_dir: Path, model: Any, config: ExperimentConfig, splits: Splits, val_preds: Predictions, test_preds: Predictions | None, calibration: dict[str, Any]
 ) -> dict[str, Any] | None:
     """Fit the agent target's unknown-input detector (saved as ``unknown.json``) on a sample of
     training rows and validation, then its escalation thresholds (returned for calibration.json)."""
     target = config.agent.target or next(iter(model.heads))
     kind = model.heads[target].spec.type
-    rows = np.random.default_rng(0).permutation(len(train))[:UNKNOWN_FIT_ROWS]
-    loader = make_loader(model, train.subset(np.sort(rows)), config.train.batch_size, num_workers=config.loader_workers, by_length=True)
-    detector = fit_detector(
-        target, kind, run_model(model, loader, next(model.parameters()).device), val_preds, config.agent, allow_energy=not isinstance(model, EnsembleModel)
-    )
+    dropped = model.input_names if len(model.input_names) > 1 else []
+    rows = np.random.default_rng(0).permutation(len(splits.train))[: UNKNOWN_FIT_ROWS // (1 + len(dropped))]
+    train_sample = splits.train.subset(np.sort(rows))
+    known_train = _as_given_and_without_each_input(model, train_sample, config, dropped)
+    known_val = _as_given_and_without_each_input(model, splits.validation, config, dropped, val_preds)
+    detector = fit_detector(target, kind, known_train, known_val, config.agent, allow_energy=not isinstance(model, EnsembleModel))
     if detector is not None:
         detector.save(run_dir)
     if kind != "classification":
@@ -108,6 +103,25 @@ def fit_trust(
     temperature = float(calibration.get(target, {}).get("temperature", 1.0))
     blocked = (calibration.get(runs.BASELINE_KEY) or {}).get("beats") is False  # the agent answers nothing: measure that
     return fit_escalation(target, val_preds, temperature, config.agent, detector, test_preds, blocked)
+
+
+def _as_given_and_without_each_input(model: Any, table: Table, config: ExperimentConfig, dropped: list[str], given: Predictions | None = None) -> Predictions:
+    """Predictions of ``table`` as given, then with each input in ``dropped`` missing in every row:
+    a model trained with modality dropout answers a request without one of its inputs, so such a
+    request is not unknown, and the unknown-input score learns that. Only what the score reads is
+    kept (fused vectors, logits, targets)."""
+    device = next(model.parameters()).device
+    loader = make_loader(model, table, config.train.batch_size, num_workers=config.loader_workers, by_length=True)
+    parts = [given if given is not None else run_model(model, loader, device)] + [run_model(model, loader, device, drop=[name]) for name in dropped]
+    if len(parts) == 1 or any(p.fused is None for p in parts):
+        return parts[0]
+    return Predictions(
+        logits={k: np.concatenate([p.logits[k] for p in parts]) for k in parts[0].logits},
+        outputs={},
+        targets={k: np.concatenate([p.targets[k] for p in parts]) for k in parts[0].targets},
+        gates=None,
+        fused=np.concatenate([p.fused for p in parts]),  # type: ignore[misc]
+    )
 
 
 def save_predictions(run_dir: Path, split: str, preds: Predictions) -> None:
