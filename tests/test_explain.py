@@ -231,3 +231,27 @@ def test_cli_writes_json_heatmap_and_html_and_refuses_a_foreign_folder(image_age
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     done = CliRunner().invoke(app, ["explain", str(folder / "run"), "--record", "[1, 2]", "-o", str(tmp_path / "new")])
     assert done.exit_code == 2 and "error: --record must be a JSON object" in done.output
+
+
+def test_explain_cli_names_the_value_of_a_regression_target(tmp_path: Path) -> None:
+    import numpy as np
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from mmagent.cli import app
+    from mmagent.config import config_from_dict
+    from mmagent.training.trainer import train
+
+    x = np.random.default_rng(0).normal(size=(200, 2))
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "y": x[:, 0] * 2 + 1}).to_csv(tmp_path / "t.csv", index=False)
+    cfg = {
+        "data": {"train": str(tmp_path / "t.csv")},
+        "inputs": [{"column": "a", "modality": "numeric"}, {"column": "b", "modality": "numeric"}],
+        "targets": [{"column": "y", "type": "regression"}],
+        "train": {"epochs": 2, "batch_size": 16, "lr": 1e-2, "head_lr": 1e-2},
+    }
+    train(config_from_dict(cfg), tmp_path / "run", progress=False)
+    done = CliRunner().invoke(app, ["explain", str(tmp_path / "run"), "--record", '{"a": 0.5, "b": 0.1}', "-o", str(tmp_path / "why")])
+    assert done.exit_code == 0, done.output
+    line = done.output.strip().splitlines()[-1]
+    assert line.startswith("y: ") and "None" not in line.split(";")[0]

@@ -61,5 +61,6 @@ def explain(
                 tmp.write_bytes(png_bytes(info["overlay_png"]))
     write_json(output / "explanation.json", body)
     write_text(output / "explanation.html", html_page(body, explanation.texts))
-    label = body["explained_label"]
+    value = body["decision"].get("value")  # a regression target explains a value, not a label
+    label = body["explained_label"] if body["explained_label"] is not None or value is None else f"{value:.4g}"
     typer.echo(f"{body['target']}: {label} ({body['decision']['action']}); wrote {output / 'explanation.json'} and {output / 'explanation.html'}")
