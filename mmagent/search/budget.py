@@ -98,10 +98,7 @@ def search_within_budget(
     if trials_dir.exists() and any(p.name not in {str(n) for n in previous or {}} for p in trials_dir.iterdir()):
         raise FileExistsError(f"{trials_dir} already holds candidates: give a new output folder")
     offset = max(previous, default=-1) + 1 if previous else 0  # a resumed search numbers on
-    spec = pruner if isinstance(pruner, PrunerSpec) else PrunerSpec.model_validate(pruner or {"type": "hyperband"})
-    if spec.type == "hyperband" and spec.max_resource is None:
-        epochs = params_space.get("train.epochs")
-        spec = spec.model_copy(update={"max_resource": epochs.high if isinstance(epochs, IntParam) else config.train.epochs})
+    spec = _pruner_spec(pruner, params_space, config.train.epochs)
     store = store if store is not None else FeatureCacheStore()
 
     candidates: dict[int, CandidateResult] = dict(previous or {})
@@ -140,7 +137,6 @@ def search_within_budget(
             line = f"candidate {offset + trial.number}: {trial.state.name.lower()}{value}; search time used {used:.0f}s of {time_limit:.0f}s"
             (on_trial or print)(line)
 
-    interrupted = False
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress lines come from watch()
     try:
@@ -153,17 +149,7 @@ def search_within_budget(
         )
         for params in first_params or []:
             study.enqueue_trial({k: choice_label(v) if isinstance(params_space.get(k), CategoricalParam) else v for k, v in params.items()})
-        try:
-            # The first candidate always starts (the deadline cuts it short if need be): a search
-            # whose setup ate the time would otherwise end with nothing at all.
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[watch], gc_after_trial=True)
-            left = deadline - monotonic()
-            if (n_trials is None or n_trials > 1) and left > 0:
-                study.optimize(
-                    objective, n_trials=None if n_trials is None else n_trials - 1, timeout=left, catch=(Exception,), callbacks=[watch], gc_after_trial=True
-                )
-        except KeyboardInterrupt:
-            interrupted = True
+        interrupted = _optimize(study, objective, watch, n_trials, deadline)
     finally:
         optuna.logging.set_verbosity(verbosity)
     best = best_trial(study)
@@ -171,6 +157,31 @@ def search_within_budget(
     return SearchResult(
         study, metric, direction, candidates, candidates.get(offset + best.number) if best is not None else None, monotonic() - start, errors, interrupted
     )
+
+
+def _pruner_spec(pruner: PrunerSpec | dict[str, Any] | None, params_space: dict[str, Any], epochs: int) -> PrunerSpec:
+    """The pruner asked for (default Hyperband), its maximum resource the largest epoch count searched."""
+    spec = pruner if isinstance(pruner, PrunerSpec) else PrunerSpec.model_validate(pruner or {"type": "hyperband"})
+    if spec.type == "hyperband" and spec.max_resource is None:
+        searched = params_space.get("train.epochs")
+        spec = spec.model_copy(update={"max_resource": searched.high if isinstance(searched, IntParam) else epochs})
+    return spec
+
+
+def _optimize(study: optuna.Study, objective: Any, watch: Any, n_trials: int | None, deadline: float) -> bool:
+    """Run trials until ``n_trials`` or the deadline; True when Ctrl-C stopped them."""
+    try:
+        # The first candidate always starts (the deadline cuts it short if need be): a search
+        # whose setup ate the time would otherwise end with nothing at all.
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[watch], gc_after_trial=True)
+        left = deadline - monotonic()
+        if (n_trials is None or n_trials > 1) and left > 0:
+            study.optimize(
+                objective, n_trials=None if n_trials is None else n_trials - 1, timeout=left, catch=(Exception,), callbacks=[watch], gc_after_trial=True
+            )
+    except KeyboardInterrupt:
+        return True
+    return False
 
 
 def _keep(candidates: dict[int, CandidateResult], number: int, result: CandidateResult, params: dict[str, Any]) -> None:
