@@ -228,11 +228,13 @@ def test_a_tie_needs_a_clearly_lower_log_loss(tmp_path: Path, monkeypatch: pytes
 @pytest.mark.parametrize("failure", [RuntimeError("out of memory"), KeyboardInterrupt()])
 def test_a_failure_while_ensembling_keeps_the_best_single_candidate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException) -> None:
     from mmagent.search import ensembling
-    from mmagent.search.fit import _Search
+    from mmagent.search.fit_search import FitSearch
     from mmagent.search.leaderboard import Progress
+    from mmagent.search.plan import Reserve
 
-    search = object.__new__(_Search)  # just what try_ensemble reads
+    search = object.__new__(FitSearch)  # just what try_ensemble reads
     search.leaderboard, search.reserve, search.run_dir, search.device = _board([0.9, 0.8], tmp_path), 1.0, tmp_path, "cpu"
+    search.reserve_plan = Reserve(1.0, 3)
     search.validation, search.batch_size = None, 8
     lines: list[str] = []
     search.clock = Progress(3600, enabled=False)

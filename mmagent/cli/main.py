@@ -20,6 +20,7 @@ from mmagent.cli import drift as cli_drift
 from mmagent.cli import explain as cli_explain
 from mmagent.cli import lifecycle as cli_lifecycle
 from mmagent.cli import report as cli_report
+from mmagent.cli import zoo as cli_zoo
 from mmagent.cli.support import decision_row, load_saved, model_folder, prediction_row, read_agent_file, record_from_json, resolve_device, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="mmagent: fine-tune multimodal encoders into agents that predict, explain and act.")
@@ -388,6 +389,7 @@ app.registered_commands += cli_report.commands.registered_commands
 app.registered_commands += cli_explain.commands.registered_commands
 app.registered_commands += cli_lifecycle.commands.registered_commands
 app.registered_commands += cli_drift.commands.registered_commands
+app.add_typer(cli_zoo.commands, name="zoo")
 
 
 def main() -> None:  # pragma: no cover

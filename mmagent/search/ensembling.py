@@ -135,14 +135,16 @@ def _score(spec: Any, outputs: np.ndarray, y: np.ndarray, metric: str) -> tuple[
     return float(m.get(metric, math.nan)), (float(loss) if isinstance(loss, float) and math.isfinite(loss) else None)
 
 
-def add_ensemble(board: Leaderboard, validation: Any, batch_size: int, folder: Any, say: Any = print, device: Any = "cpu") -> list[Candidate]:
-    """Choose an ensemble (:func:`choose_ensemble`) and put it on ``board``: a promotable candidate
-    in ``folder`` when it beats the best single one on validation, else a row saying it did not.
-    Returns the members (best first) when kept, else ``[]``."""
+def add_ensemble(
+    board: Leaderboard, validation: Any, batch_size: int, folder: Any, say: Any = print, device: Any = "cpu", max_members: int = MAX_MEMBERS
+) -> list[Candidate]:
+    """Choose an ensemble of at most ``max_members`` (:func:`choose_ensemble`) and put it on
+    ``board``: a promotable candidate in ``folder`` when it beats the best single one on
+    validation, else a row saying it did not. Returns the members (best first) when kept, else ``[]``."""
     import time
 
     start = time.monotonic()
-    choice = choose_ensemble(board, validation, batch_size, device)
+    choice = choose_ensemble(board, validation, batch_size, device, max_members)
     if choice is None:
         say("no ensemble: fewer than two finished candidates share the best one's preprocessing")
         return []

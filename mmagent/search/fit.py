@@ -19,9 +19,7 @@ Read top to bottom, one fit is:
 from __future__ import annotations
 
 import copy
-import json
 import shutil
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,22 +41,10 @@ from mmagent.search.fit_config import (  # noqa: F401 - parse_duration is part o
     parse_duration,
     selection_metric,
 )
-from mmagent.search.ladder import (
-    PRESETS,
-    Preset,
-    SampleCost,
-    encoder_blocks,
-    max_trials,
-    measure_cost,
-    plan_rungs,
-    rung_params,
-    search_space,
-    speech_inputs,
-    tunable_inputs,
-)
+from mmagent.search.fit_search import FitSearch
+from mmagent.search.ladder import PRESETS
 from mmagent.search.leaderboard import Candidate, Leaderboard, Progress
-from mmagent.search.resume import Resumed, hold_fit_lock, load_for_resume, record_time, save_settings, unfinished
-from mmagent.training.report import UNKNOWN_FIT_ROWS
+from mmagent.search.resume import Resumed, hold_fit_lock, load_for_resume, save_settings, unfinished
 
 
 class FitError(ValueError):
@@ -167,7 +153,8 @@ def fit(
                 raw["agent"] = copy.deepcopy(agent)
             elif recipe:
                 fit_recipe_alerts(raw, recipe, table, label, clock)
-            search = _Search(raw, run_dir, plan, clock, seed, plan.ensemble if ensemble is None else ensemble, Resumed(previous, used_before))
+            ensemble = plan.ensemble if ensemble is None else ensemble
+            search = FitSearch(raw, run_dir, plan, clock, seed, ensemble, Resumed(previous, used_before), fixed=set(encoders or {}))
         except BaseException:
             if not resume:  # a resumed folder keeps its finished candidates whatever happens
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -207,160 +194,6 @@ def fit(
         lock.unlink(missing_ok=True)
 
 
-class _Search:
-    """The ladder and the search: one study whose first trials are the ladder's affordable rungs."""
-
-    def __init__(
-        self,
-        raw: dict[str, Any],
-        run_dir: Path,
-        plan: Preset,
-        clock: Progress,
-        seed: int,
-        ensemble: bool = False,
-        resumed: Resumed | None = None,
-    ) -> None:
-        import torch
-
-        from mmagent.config import config_from_dict
-        from mmagent.inference import make_loader
-        from mmagent.search.ensembling import MAX_MEMBERS
-        from mmagent.training.splits import load_splits
-        from mmagent.training.trainer import build_model
-
-        self.raw, self.run_dir, self.plan, self.clock, self.seed = raw, run_dir, plan, clock, seed
-        self.ensemble = ensemble
-        resumed = resumed or Resumed()
-        self.previous, self.used_before = resumed.finished, resumed.used_seconds  # a resumed fit's finished candidates
-        config = config_from_dict(copy.deepcopy(raw))  # every key checked before any work
-        self.splits = splits = load_splits(config)  # every row of every table checked, once: every candidate trains on these
-        self.n_train, self.n_val = len(splits.train), len(splits.validation)
-        self.validation, self.batch_size = splits.validation, config.train.batch_size
-        self.device = "cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu"
-        model = build_model(config, splits.train)
-        self.blocks = encoder_blocks(model, raw)
-        bs = self.batch_size
-        sample = splits.train.subset(list(range(min(len(splits.train), 2 * min(bs, 16)))))
-        self.cost: SampleCost = measure_cost(model, make_loader(model, sample, bs), raw, self.blocks)
-        del model
-        c = self.cost
-        per_input = ", ".join(f"{k} {1000 * c.load[k]:.1f} + {1000 * c.encode[k]:.1f} ms" for k in c.load)
-        clock.say(
-            f"cost per sample: loading + encoding {per_input}; a training step "
-            + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in c.train.items())
-            + f"; {self.n_train} training rows, {self.n_val} validation rows"
-        )
-        # With no pretrained encoder to fine-tune, every rung would be the same model.
-        self.strategies = list(plan.strategies) if tunable_inputs(raw) else ["full"]
-        self.leaderboard = Leaderboard(metric="", larger_better=raw["targets"][0]["type"] != "regression")
-        # Time kept back for promoting the winner: passes for validation, test, ablation, calibration
-        # the drift profile (validation and up to 512 training rows) and the unknown-input score's
-        # Gaussians (up to UNKNOWN_FIT_ROWS training rows), plus a fixed allowance for
-        # the report's plots and files; capped, so a slow measurement cannot leave no time to train.
-        n_test = len(splits.test) if splits.test is not None else 0
-        per_sample = sum(c.load.values()) + c.forward
-        passes = self.n_val + n_test * (len(raw["inputs"]) + 2) + self.n_val + min(self.n_train, 512) + min(self.n_train, UNKNOWN_FIT_ROWS)
-        passes += self.n_val * len(raw["inputs"]) if len(raw["inputs"]) > 1 else 0  # the unknown score's validation without each input
-        if ensemble:  # choosing one scores each possible member on validation; then every pass runs each member
-            passes = MAX_MEMBERS * (passes + self.n_val)
-        self.reserve = min(0.3 * clock.budget, 15.0 + 1.5 * per_sample * passes)
-
-    def _ladder(self, seconds: float) -> list[dict[str, Any]]:
-        """The rungs :func:`plan_rungs` can afford, as search parameters, cheapest first; the
-        others go on the leaderboard as skipped, with the reason."""
-        rungs: list[dict[str, Any]] = []
-        for rung in plan_rungs(self.cost, self.strategies, self.plan, seconds, self.n_train, self.n_val):
-            if rung.skipped:
-                self.leaderboard.skipped(rung.strategy, rung.skipped)
-                continue
-            rungs.append(rung_params(self.raw, rung.strategy, self.blocks, rung.epochs))
-            if len(rungs) == 1 and speech_inputs(self.raw):
-                # right after the first rung: the same, with speech on a CNN trained from scratch
-                # (small and fast; early stopping ends it, the deadline bounds it)
-                rungs.append(rung_params(self.raw, rung.strategy, self.blocks, self.plan.probe_epochs, scratch=True))
-        return rungs
-
-    def run(self) -> bool:
-        """Run until the budget (less the reserve) is spent. True when interrupted (Ctrl-C, SIGTERM)."""
-        from mmagent.data.feature_store import FeatureCacheStore
-        from mmagent.search.budget import search_within_budget
-
-        seconds = self.clock.left() - self.reserve
-        done = {json.dumps(c.params, sort_keys=True, default=str) for c in self.previous.values()}
-        rungs = [r for r in self._ladder(seconds) if json.dumps(r, sort_keys=True, default=str) not in done]  # none trained twice
-        max_epochs = max(self.plan.probe_epochs, 2 * self.plan.finetune_epochs)
-        space = search_space(self.raw, self.strategies, self.blocks, max_epochs)
-        n_trials = max(1, max_trials(len(rungs), self.n_val) - len(self.previous)) if self.plan.search else max(1, len(rungs))
-        if self.plan.search and n_trials < 10_000:
-            self.clock.say(f"at most {n_trials} candidates: {self.n_val} validation rows cannot rank more without picking a lucky one")
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
-        try:
-            result = search_within_budget(
-                self.raw,
-                space,
-                self.run_dir,
-                time_limit=max(seconds, 1.0),
-                n_trials=n_trials,
-                startup_trials=3 if self.plan.search else None,  # random trials before TPE models the space
-                pruner={"type": "successive_halving", "min_resource": 1, "reduction_factor": 3},
-                store=FeatureCacheStore(),
-                seed=self.seed,
-                first_params=rungs,
-                storage=f"sqlite:///{self.run_dir / 'search.db'}",
-                on_trial=self._report,
-                prune_queued=False,
-                previous=self.previous,
-                splits=self.splits,
-            )
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-        from mmagent.metrics import MetricRef
-
-        self.leaderboard.metric = result.metric
-        self.leaderboard.larger_better = MetricRef.parse(result.metric).larger_better  # r2 is a regression metric to maximise
-        self.leaderboard.fill(result)
-        if result.interrupted:
-            self.clock.say("interrupted: the search stopped; keeping the best candidate so far")
-        return result.interrupted
-
-    def try_ensemble(self) -> bool:
-        """Average the best candidates when that beats the best one on validation. Whatever goes
-        wrong there (an error, too little time left) keeps the best single candidate; True when
-        interrupted (Ctrl-C, SIGTERM)."""
-        from mmagent.search.ensembling import add_ensemble
-
-        if self.clock.left() < 0.8 * self.reserve:  # the search overran its share of the budget
-            self.clock.say("no ensemble: too little of the budget left to score one")
-            return False
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
-        try:
-            add_ensemble(self.leaderboard, self.validation, self.batch_size, self.run_dir / "trials" / "ensemble", self.clock.say, self.device)
-        except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - an ensemble is optional: never lose the search for it
-            self.leaderboard.rows = [r for r in self.leaderboard.rows if r.strategy != "ensemble"]
-            stopped = isinstance(e, KeyboardInterrupt)
-            self.clock.say(f"no ensemble ({'interrupted' if stopped else f'{type(e).__name__}: {e}'}): keeping the best single candidate")
-            return stopped
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-        return False
-
-    def _report(self, line: str) -> None:
-        self.clock.say(line)
-        record_time(self.run_dir, self.used_before + self.clock.elapsed())  # what a resumed fit has left
-
-    def final_raw(self, best: Any) -> dict[str, Any]:
-        """The winner's complete config (as trained, with the test table); when the budget cut it
-        short, the optimizer steps it ran, so ``mmagent train`` retraces it exactly."""
-        raw = json.loads((best.run_dir / "config.json").read_text())
-        raw.pop("base_dir", None)
-        raw["data"] = {k: v for k, v in raw["data"].items() if v is not None}
-        if best.status == "cut by budget":
-            raw["train"]["max_steps"] = best.steps
-        return raw
-
-
 def _promote(candidate: Path, run_dir: Path, configs: list[dict[str, Any]], clock: Progress, splits: Any) -> None:
     """Make the winner the run: copy it in, evaluate on validation + test, calibrate, report, and
     write the configs that reproduce it (an ensemble's first model, then config.member-<i>.yaml)."""
@@ -377,13 +210,3 @@ def _promote(candidate: Path, run_dir: Path, configs: list[dict[str, Any]], cloc
     staged.rmdir()
     for i, raw in enumerate(configs):
         write_text(run_dir / (f"config.member-{i}.yaml" if i else "config.yaml"), yaml.safe_dump(raw, sort_keys=False))
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()

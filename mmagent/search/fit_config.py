@@ -9,15 +9,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mmagent import catalog
 from mmagent.data.tables import Table, as_table
 from mmagent.search.columns import Schema, audio_window
 from mmagent.search.leaderboard import Progress
 
-# What each kind of column becomes when no recipe names encoders: offline zoo weights.
+# What each kind of column starts on when no recipe names encoders: the catalog's smallest offline
+# backbone (fit climbs to larger ones when the budget affords them), built-ins for the rest.
 DEFAULT_ENCODERS: dict[str, dict[str, Any]] = {
-    "text": {"source": "zoo", "name": "minilm-l6", "max_length": 64},
-    "image": {"source": "zoo", "name": "efficientnet-lite0"},
-    "audio": {"source": "zoo", "name": "whisper-tiny.en", "max_seconds": 5.0, "freeze": "all"},
+    **{m: catalog.default_encoder(m) for m in ("text", "image", "audio")},
     "numeric": {"source": "builtin", "name": "mlp"},
     "categorical": {"source": "builtin", "name": "hash-embedding"},
 }

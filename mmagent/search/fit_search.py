@@ -1,0 +1,228 @@
+"""The ladder and the search of ``mmagent fit``: one Optuna study whose first trials are the
+ladder's affordable rungs (the small backbones', then a larger one's, see :mod:`.plan`), then the
+optional ensemble of the best candidates."""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from mmagent.search.ladder import Preset, SampleCost, encoder_blocks, max_trials, measure_cost, rung_params, search_space, speech_inputs, tunable_inputs
+from mmagent.search.leaderboard import Leaderboard, Progress
+from mmagent.search.plan import Backbones, estimated_probe_seconds, larger_backbones, plan_backbone_rungs, promotion_reserve
+from mmagent.search.resume import Resumed, record_time
+from mmagent.training.report import UNKNOWN_FIT_ROWS
+
+
+class FitSearch:
+    """The ladder and the search: one study whose first trials are the ladder's affordable rungs."""
+
+    def __init__(
+        self,
+        raw: dict[str, Any],
+        run_dir: Path,
+        plan: Preset,
+        clock: Progress,
+        seed: int,
+        ensemble: bool = False,
+        resumed: Resumed | None = None,
+        fixed: set[str] = frozenset(),  # type: ignore[assignment]
+    ) -> None:
+        import torch
+
+        from mmagent.config import config_from_dict
+        from mmagent.training.splits import load_splits
+
+        self.raw, self.run_dir, self.plan, self.clock, self.seed = raw, run_dir, plan, clock, seed
+        self.ensemble = ensemble
+        resumed = resumed or Resumed()
+        self.previous, self.used_before = resumed.finished, resumed.used_seconds  # a resumed fit's finished candidates
+        config = config_from_dict(copy.deepcopy(raw))  # every key checked before any work
+        self.splits = splits = load_splits(config)  # every row of every table checked, once: every candidate trains on these
+        self.n_train, self.n_val = len(splits.train), len(splits.validation)
+        self.validation, self.batch_size = splits.validation, config.train.batch_size
+        self.device = "cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu"
+        self.small = Backbones(raw, "base")
+        self.small.cost, self.small.blocks = self._measure(raw)
+        self.cost, self.blocks = self.small.cost, self.small.blocks
+        # With no pretrained encoder to fine-tune, every rung would be the same model.
+        self.strategies = list(plan.strategies) if tunable_inputs(raw) else ["full"]
+        self.leaderboard = Leaderboard(metric="", larger_better=raw["targets"][0]["type"] != "regression")
+        self.larger = larger_backbones(raw, fixed) if plan.larger_backbones else None
+        self.larger_strategies: list[str] = []
+        self.reserve_for(self.cost)
+
+    def _measure(self, raw: dict[str, Any]) -> tuple[SampleCost, dict[int, int]]:
+        """Build the model ``raw`` describes and measure what a sample costs on it (then drop it)."""
+        from mmagent.config import config_from_dict
+        from mmagent.inference import make_loader
+        from mmagent.training.trainer import build_model
+
+        model = build_model(config_from_dict(copy.deepcopy(raw)), self.splits.train)
+        blocks = encoder_blocks(model, raw)
+        bs = self.batch_size
+        sample = self.splits.train.subset(list(range(min(len(self.splits.train), 2 * min(bs, 16)))))
+        cost = measure_cost(model, make_loader(model, sample, bs), raw, blocks)
+        del model
+        per_input = ", ".join(f"{k} {1000 * cost.load[k]:.1f} + {1000 * cost.encode[k]:.1f} ms" for k in cost.load)
+        self.clock.say(
+            f"cost per sample: loading + encoding {per_input}; a training step "
+            + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in cost.train.items())
+            + f"; {self.n_train} training rows, {self.n_val} validation rows"
+        )
+        return cost, blocks
+
+    def reserve_for(self, cost: SampleCost) -> None:
+        """Time kept back for promoting the winner (on ``cost``'s model): passes for validation,
+        test, ablation, calibration, the drift profile (validation and up to 512 training rows)
+        and the unknown-input score (up to UNKNOWN_FIT_ROWS training rows; validation without each
+        input), plus the report; and an ensemble's members as far as the budget affords them."""
+        from mmagent.search.ensembling import MAX_MEMBERS
+
+        n_test = len(self.splits.test) if self.splits.test is not None else 0
+        n_inputs = len(self.raw["inputs"])
+        passes = self.n_val + n_test * (n_inputs + 2) + self.n_val + min(self.n_train, 512) + min(self.n_train, UNKNOWN_FIT_ROWS)
+        passes += self.n_val * n_inputs if n_inputs > 1 else 0
+        per_sample = sum(cost.load.values()) + cost.forward
+        self.reserve_plan = promotion_reserve(self.clock.budget, per_sample, passes, self.n_val, self.ensemble, MAX_MEMBERS)
+        self.reserve = self.reserve_plan.seconds
+
+    def _ladder(self, seconds: float) -> list[dict[str, Any]]:
+        """The rungs the budget affords, as search parameters, cheapest first: the small
+        backbones' (:func:`plan_rungs`), then the larger ones' in what those leave (see
+        :mod:`mmagent.search.plan`); the others go on the leaderboard as skipped, with the reason."""
+        rungs: list[dict[str, Any]] = []
+        planned = plan_backbone_rungs(self.small, self.strategies, self.plan, seconds, self.n_train, self.n_val, first=True)
+        for rung in planned:
+            if rung.skipped:
+                self.leaderboard.skipped(rung.strategy, rung.skipped)
+                continue
+            rungs.append(rung_params(self.raw, rung.strategy, self.blocks, rung.epochs))
+            if len(rungs) == 1 and speech_inputs(self.raw):
+                # right after the first rung: the same, with speech on a CNN trained from scratch
+                # (small and fast; early stopping ends it, the deadline bounds it)
+                rungs.append(rung_params(self.raw, rung.strategy, self.blocks, self.plan.probe_epochs, scratch=True))
+        if self.larger is not None:
+            rungs += self._larger_rungs(seconds - sum(r.seconds for r in planned))
+        return rungs
+
+    def _larger_rungs(self, seconds: float) -> list[dict[str, Any]]:
+        """The larger backbones' affordable rungs in ``seconds``: estimated from the catalog before
+        any model is built, then planned on the measured cost."""
+        option, chosen = self.larger  # type: ignore[misc]
+        estimate = estimated_probe_seconds(self.cost, self.raw, chosen, self.n_train + self.n_val)
+        if estimate is not None and estimate > seconds:
+            why = f"caching its outputs alone would take ~{estimate:.0f} s (catalog cost), ~{max(0.0, seconds):.0f} s left after the small backbones' rungs"
+            self.leaderboard.skipped(f"backbone {option.label}", why)
+            self.clock.say(f"not trying {option.label}: {why}")
+            return []
+        self.clock.say(f"measuring the larger backbone {option.label} ({seconds:.0f} s of the budget left for it)")
+        option.cost, option.blocks = self._measure(option.raw)
+        rungs = []
+        for rung in plan_backbone_rungs(option, self.strategies, self.plan, seconds, self.n_train, self.n_val, first=False):
+            if rung.skipped:
+                self.leaderboard.skipped(f"{rung.strategy} on {option.label}", rung.skipped)
+                continue
+            self.larger_strategies.append(rung.strategy)
+            rungs.append(rung_params(option.raw, rung.strategy, option.blocks, rung.epochs))
+        if rungs:  # promoting a larger winner costs more: keep back what it needs
+            self.reserve_for(option.cost if option.cost.forward > self.cost.forward else self.cost)
+        return rungs
+
+    def run(self) -> bool:
+        """Run until the budget (less the reserve) is spent. True when interrupted (Ctrl-C, SIGTERM)."""
+        from mmagent.data.feature_store import FeatureCacheStore
+        from mmagent.search.budget import search_within_budget
+
+        seconds = self.clock.left() - self.reserve
+        done = {json.dumps(c.params, sort_keys=True, default=str) for c in self.previous.values()}
+        rungs = [r for r in self._ladder(seconds) if json.dumps(r, sort_keys=True, default=str) not in done]  # none trained twice
+        max_epochs = max(self.plan.probe_epochs, 2 * self.plan.finetune_epochs)
+        larger = [(self.larger[0].raw, self.larger[0].blocks or {}, self.larger_strategies)] if self.larger_strategies else []
+        space = search_space(self.raw, self.strategies, self.blocks, max_epochs, larger)
+        n_trials = max(1, max_trials(len(rungs), self.n_val) - len(self.previous)) if self.plan.search else max(1, len(rungs))
+        if self.plan.search and n_trials < 10_000:
+            self.clock.say(f"at most {n_trials} candidates: {self.n_val} validation rows cannot rank more without picking a lucky one")
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+        try:
+            result = search_within_budget(
+                self.raw,
+                space,
+                self.run_dir,
+                time_limit=max(seconds, 1.0),
+                n_trials=n_trials,
+                startup_trials=3 if self.plan.search else None,  # random trials before TPE models the space
+                pruner={"type": "successive_halving", "min_resource": 1, "reduction_factor": 3},
+                store=FeatureCacheStore(),
+                seed=self.seed,
+                first_params=rungs,
+                storage=f"sqlite:///{self.run_dir / 'search.db'}",
+                on_trial=self._report,
+                prune_queued=False,
+                previous=self.previous,
+                splits=self.splits,
+            )
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        from mmagent.metrics import MetricRef
+
+        self.leaderboard.metric = result.metric
+        self.leaderboard.larger_better = MetricRef.parse(result.metric).larger_better  # r2 is a regression metric to maximise
+        self.leaderboard.fill(result)
+        if result.interrupted:
+            self.clock.say("interrupted: the search stopped; keeping the best candidate so far")
+        return result.interrupted
+
+    def try_ensemble(self) -> bool:
+        """Average the best candidates when that beats the best one on validation. Whatever goes
+        wrong there (an error, too little time left) keeps the best single candidate; True when
+        interrupted (Ctrl-C, SIGTERM)."""
+        from mmagent.search.ensembling import add_ensemble
+
+        if self.reserve_plan.members < 2:
+            self.clock.say(f"no ensemble: {self.reserve_plan.why}")
+            return False
+        if self.clock.left() < 0.8 * self.reserve:  # the search overran its share of the budget
+            self.clock.say("no ensemble: too little of the budget left to score one")
+            return False
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+        try:
+            folder = self.run_dir / "trials" / "ensemble"
+            add_ensemble(self.leaderboard, self.validation, self.batch_size, folder, self.clock.say, self.device, self.reserve_plan.members)
+        except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - an ensemble is optional: never lose the search for it
+            self.leaderboard.rows = [r for r in self.leaderboard.rows if r.strategy != "ensemble"]
+            stopped = isinstance(e, KeyboardInterrupt)
+            self.clock.say(f"no ensemble ({'interrupted' if stopped else f'{type(e).__name__}: {e}'}): keeping the best single candidate")
+            return stopped
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        return False
+
+    def _report(self, line: str) -> None:
+        self.clock.say(line)
+        record_time(self.run_dir, self.used_before + self.clock.elapsed())  # what a resumed fit has left
+
+    def final_raw(self, best: Any) -> dict[str, Any]:
+        """The winner's complete config (as trained, with the test table); when the budget cut it
+        short, the optimizer steps it ran, so ``mmagent train`` retraces it exactly."""
+        raw = json.loads((best.run_dir / "config.json").read_text())
+        raw.pop("base_dir", None)
+        raw["data"] = {k: v for k, v in raw["data"].items() if v is not None}
+        if best.status == "cut by budget":
+            raw["train"]["max_steps"] = best.steps
+        return raw
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
