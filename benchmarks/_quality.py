@@ -2,9 +2,9 @@
 ``fit()`` = train one config through the mmagent API, then evaluate its best model on the test table.
 
 Every benchmark prepares its tables with the matching ``examples/<name>.py`` module where one
-exists, trains with :func:`mmagent.training.trainer.train` (``finalize=False``: the run's report,
-plots and calibration are not what is measured) and evaluates the best epoch's saved model with
-:func:`mmagent.training.evaluate.evaluate`. Frozen encoders' outputs are computed once per table
+exists, trains with :func:`mmagent.training.trainer.train` (training only: the run's report,
+plots and calibration, the finishing step, are not what is measured) and evaluates the best epoch's saved model with
+:func:`mmagent.inference.evaluate.evaluate`. Frozen encoders' outputs are computed once per table
 and shared between the variants of a benchmark through a :class:`mmagent.data.feature_store.FeatureCacheStore`
 (also for the test table), so e.g. the three fusion types of ``av_digits`` encode each clip once.
 """
@@ -126,7 +126,7 @@ class Outcome:
     """One trained variant, evaluated on the test table."""
 
     test: dict[str, dict[str, Any]]  # per target: accuracy, macro_f1, auroc, ...
-    predictions: Any  # mmagent.training.evaluate.Predictions on test
+    predictions: Any  # mmagent.inference.evaluate.Predictions on test
     missing: dict[str, dict[str, dict[str, Any]]]  # input dropped at test time -> metrics
     best_validation: float
     best_epoch: int
@@ -231,9 +231,9 @@ def fit(
     import mmagent.training.trainer as trainer_mod
     from mmagent.config import config_from_dict
     from mmagent.inference import make_loader
+    from mmagent.inference.evaluate import evaluate
     from mmagent.model import MultimodalModel
     from mmagent.runs import read_metrics_log
-    from mmagent.training.evaluate import evaluate
 
     cfg = config_from_dict(raw_config, base_dir=base_dir)
     run_dir = Path(run_dir)
@@ -241,7 +241,7 @@ def fit(
     print(f"[bench] {label or run_dir.name}: training ...", flush=True)
 
     start = time.perf_counter()
-    result = trainer_mod.train(cfg, run_dir, progress=progress, finalize=False, feature_cache_store=store)
+    result = trainer_mod.train(cfg, run_dir, progress=progress, feature_cache_store=store)
     train_seconds = time.perf_counter() - start
     # The trainer logs each epoch's loop time apart from its validation pass.
     history = read_metrics_log(run_dir, "epoch")

@@ -53,7 +53,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     config = experiment(args, args.worker == "on")
     with H.timed_tqdm(H.CLOCK, phases=("epoch ", CACHE_PHASE), last_phase=f"epoch {args.epochs}/{args.epochs}"):
-        result = train(config, args.run_dir, progress=False, finalize=False)
+        result = train(config, args.run_dir, progress=False)
     return H.CLOCK.summary(variant=args.worker, best_validation=result.best_score)
 
 

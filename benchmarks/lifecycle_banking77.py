@@ -131,7 +131,7 @@ def run(args: Any) -> int:
     from examples import banking77
     from mmagent.config import config_from_dict
     from mmagent.lifecycle.update import update
-    from mmagent.training.trainer import train
+    from mmagent.workflow import train
 
     start = time.perf_counter()
     data_root = require_data(Path(args.data_root), banking77.DATA_DIR)

@@ -105,7 +105,7 @@ def worker_mmagent(args: argparse.Namespace) -> dict[str, Any]:
 
     config = experiment(args, args.table_dir)
     with H.timed_tqdm(H.CLOCK, last_phase="epoch 1/1"):
-        train(config, args.run_dir, progress=False, finalize=False)
+        train(config, args.run_dir, progress=False)
     return H.CLOCK.summary(variant="mmagent")
 
 

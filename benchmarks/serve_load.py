@@ -78,7 +78,7 @@ def train_customer_service(folder: Path, per_intent: int) -> Path:
         "train": {"epochs": 2, "batch_size": 16},
     }
     run = folder / "run"
-    train(config_from_dict(config), run, progress=False, finalize=False)
+    train(config_from_dict(config), run, progress=False)
     return run
 
 

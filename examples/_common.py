@@ -226,7 +226,7 @@ def run_example(
         return 0
 
     from mmagent.config import ConfigError, load_config
-    from mmagent.training.trainer import train
+    from mmagent.workflow import train
 
     if args.threads:  # as train.threads: mmagent's thread policy would otherwise choose
         cfg_threads = [f"train.threads={args.threads}"]

@@ -16,7 +16,7 @@ _EXPORTS = {
     "build_encoder": "mmagent.encoders",
     "build_fusion": "mmagent.fusion",
     "load_config": "mmagent.config",
-    "train": "mmagent.training.trainer",
+    "train": "mmagent.workflow",
     "fit": "mmagent.search.fit",
 }
 

@@ -75,5 +75,5 @@ def train_numeric(table: Path, out: Path, epochs: int = 3, column: str = "x", se
         "fusion": {"type": "concat", "hidden_dim": 16},
         "train": {"epochs": epochs, "batch_size": 16, "lr": 1e-2, "head_lr": 1e-2, "seed": seed},
     }
-    train(config_from_dict(cfg), out, progress=False, finalize=False)
+    train(config_from_dict(cfg), out, progress=False)
     return out

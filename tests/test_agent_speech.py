@@ -19,7 +19,7 @@ def test_spoken_request_is_transcribed_into_text(mm_tables: dict[str, Path], tmp
     raw = mm_config(mm_tables, epochs=1, max_steps=2)
     raw["inputs"] = [raw["inputs"][0], raw["inputs"][2]]  # text + audio
     raw["agent"] = {"type": "default", "speech_to_text": "auto"}
-    train(config_from_dict(raw), tmp_path / "run", progress=False, finalize=False)
+    train(config_from_dict(raw), tmp_path / "run", progress=False)
     agent = Agent.load(tmp_path / "run")
     assert agent.speech_to_text == {"audio": "audio", "text": "text"}
     wav = tmp_path / "q.wav"

@@ -220,7 +220,22 @@ def test_fusion_and_encoders_do_not_know_each_other() -> None:
             assert not [m for m in reachable(name) if m.startswith("mmagent.fusion")], f"{name} reaches fusion"
 
 
-def test_only_search_update_and_the_cli_import_training() -> None:
-    allowed = ("mmagent.training", "mmagent.search", "mmagent.lifecycle.update", "mmagent.cli")
+def test_only_search_update_the_cli_and_the_workflow_import_training() -> None:
+    allowed = ("mmagent.training", "mmagent.search", "mmagent.lifecycle.update", "mmagent.cli", "mmagent.workflow")
     bad = sorted(f"{name} -> {m}" for name in MODULES if not name.startswith(allowed) for m in GRAPH[name] if m.startswith("mmagent.training"))
-    assert not bad, f"training imported from outside search, lifecycle.update and the CLI: {bad}"
+    assert not bad, f"training imported from outside search, lifecycle.update, the CLI and mmagent.workflow: {bad}"
+
+
+def test_training_knows_nothing_of_finishing_agents_or_lifecycles() -> None:
+    # Finishing a run (evaluation, calibration, unknown-input score, report) is its callers' next
+    # step; the loop reads the agent block's spec only (through the package), to check its labels
+    # before any work.
+    forbidden = ("mmagent.finishing", "mmagent.lifecycle", "mmagent.agent", "mmagent.workflow", "mmagent.search")
+    bad = sorted(
+        f"{name} -> {m}"
+        for name in MODULES
+        if name.startswith("mmagent.training")
+        for m in GRAPH[name]
+        if m.startswith(forbidden) and m not in ("mmagent.agent", "mmagent.agent.spec")
+    )
+    assert not bad, bad

@@ -106,7 +106,7 @@ def test_skip_mode_lists_skipped_rows_in_run_folder(bad_table: Path, tmp_path: P
     raw["data"]["on_bad_row"] = "skip"
     raw["data"]["validation"] = str(bad_table)  # same file: its good rows validate
     raw["inputs"] = [raw["inputs"][0]]
-    result = train(config_from_dict(raw), tmp_path / "run", progress=False, finalize=False)
+    result = train(config_from_dict(raw), tmp_path / "run", progress=False)
     skipped = pd.read_csv(tmp_path / "run" / "skipped_rows.csv")
     assert sorted(set(skipped["row"])) == [6, 8]  # empty required text, missing label
     assert result.global_step >= 1

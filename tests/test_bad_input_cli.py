@@ -155,7 +155,7 @@ def test_predict_act_writes_decisions_for_a_table(run_dir: Path, tmp_path: Path)
 
 def test_evaluate_and_predict_run_on_the_device_asked_for(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mmagent.agent
-    import mmagent.training.evaluate as ev
+    import mmagent.inference.evaluate as ev
 
     seen: dict[str, object] = {}
     real_eval, real_load = ev.evaluate, mmagent.agent.Agent.load

@@ -195,7 +195,7 @@ def test_skip_mode_skips_rows_whose_media_fail_when_decoded(tmp_path: Path) -> N
     assert [(p.row + 1, p.column) for p in problems] == [(4, "image"), (6, "audio"), (9, "audio"), (11, "image")]
     assert len(table) == 12 and "bad_idat.png" not in set(table.frame["image"])
     raw["train"]["max_steps"] = 1
-    train(config_from_dict(raw), tmp_path / "run", progress=False, finalize=False)
+    train(config_from_dict(raw), tmp_path / "run", progress=False)
     skipped = pd.read_csv(tmp_path / "run" / "skipped_rows.csv")
     assert sorted(set(skipped["row"])) == [4, 6, 9, 11]
 

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from mmagent.cli import app
 from mmagent.data.tables import Table
+from mmagent.finishing.baseline import baseline_outputs, compare_with_baseline
 from mmagent.specs import TargetSpec
-from mmagent.training.baseline import baseline_outputs, compare_with_baseline
 
 
 def test_the_baseline_predicts_the_training_shares_or_mean() -> None:
@@ -57,7 +57,7 @@ def test_a_fit_that_learns_nothing_says_so_everywhere(tmp_path: Path) -> None:
 def test_a_run_that_learnt_something_is_not_flagged(tmp_path: Path) -> None:
     from mmagent.agent import Agent
     from mmagent.config import config_from_dict
-    from mmagent.training.trainer import train
+    from mmagent.workflow import train
     from tests.conftest import numeric_table
 
     cfg = {

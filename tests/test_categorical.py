@@ -29,7 +29,7 @@ def test_buckets_are_stable_across_processes_and_types():
 
 def test_a_category_alone_is_learned(tmp_path):
     from mmagent.config import config_from_dict
-    from mmagent.training.trainer import train
+    from mmagent.workflow import train
 
     rng = np.random.default_rng(0)
     shops = [f"shop-{i}" for i in range(12)]

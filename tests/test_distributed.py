@@ -98,7 +98,7 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     from mmagent.training.trainer import train
 
     one = tmp_path / "one_process"
-    train(load_config(cfg, ["train.epochs=1", f"train.batch_size={BATCH * WORLD}"]), one, progress=False, finalize=False)
+    train(load_config(cfg, ["train.epochs=1", f"train.batch_size={BATCH * WORLD}"]), one, progress=False)
     lr_one = [e["lr"] for e in _log(one) if "loss" in e]
     assert len(set(lr_one)) == len(steps) and lr_one[-1] == 0.0, "a cosine decay that reaches 0 at the last step"
     assert [e["lr"] for e in steps] == lr_one

@@ -24,7 +24,7 @@ def drift_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny trained run (text + image + audio + number -> label) and tables drawn like its
     training data or shifted one way each."""
     from mmagent.config import config_from_dict
-    from mmagent.training.trainer import train
+    from mmagent.workflow import train
 
     folder = tmp_path_factory.mktemp("drift")
     cfg = tiny_config(write_multimodal_table(folder, 200, 0, "train.csv"), epochs=2)

@@ -34,7 +34,7 @@ def _fit(folder: Path, rows: list[dict], inputs: list[dict], epochs: int, lr: fl
         "fusion": {"type": "concat", "hidden_dim": 32},
         "train": {"epochs": epochs, "batch_size": 16, "lr": lr, "head_lr": 3e-3, "seed": 0},
     }
-    train(config_from_dict(cfg), folder / "run", progress=False, finalize=False)
+    train(config_from_dict(cfg), folder / "run", progress=False)
     return Agent.load(folder / "run")
 
 
@@ -240,7 +240,6 @@ def test_explain_cli_names_the_value_of_a_regression_target(tmp_path: Path) -> N
 
     from mmagent.cli import app
     from mmagent.config import config_from_dict
-    from mmagent.training.trainer import train
 
     x = np.random.default_rng(0).normal(size=(200, 2))
     pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "y": x[:, 0] * 2 + 1}).to_csv(tmp_path / "t.csv", index=False)
@@ -250,7 +249,9 @@ def test_explain_cli_names_the_value_of_a_regression_target(tmp_path: Path) -> N
         "targets": [{"column": "y", "type": "regression"}],
         "train": {"epochs": 2, "batch_size": 16, "lr": 1e-2, "head_lr": 1e-2},
     }
-    train(config_from_dict(cfg), tmp_path / "run", progress=False)
+    from mmagent.workflow import train as train_and_finish
+
+    train_and_finish(config_from_dict(cfg), tmp_path / "run", progress=False)
     done = CliRunner().invoke(app, ["explain", str(tmp_path / "run"), "--record", '{"a": 0.5, "b": 0.1}', "-o", str(tmp_path / "why")])
     assert done.exit_code == 0, done.output
     line = done.output.strip().splitlines()[-1]

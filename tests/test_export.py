@@ -38,7 +38,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "fusion": {"type": "concat", "hidden_dim": 32},
         "train": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "head_lr": 3e-3, "seed": 0},
     }
-    train(config_from_dict(cfg), folder / "run", progress=False, finalize=False)
+    train(config_from_dict(cfg), folder / "run", progress=False)
     return {"dir": folder / "run", "test": test_csv, "out": folder / "out"}
 
 

@@ -138,7 +138,7 @@ def test_fit_report_html_lists_the_leaderboard(fitted):
 
 def test_config_yaml_reproduces_the_chosen_model(fitted, tmp_path):
     from mmagent.config import load_config
-    from mmagent.training.trainer import train
+    from mmagent.workflow import train
 
     result, _ = fitted
     raw = yaml.safe_load((result.run_dir / "config.yaml").read_text())

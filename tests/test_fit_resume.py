@@ -60,7 +60,7 @@ def test_a_killed_fit_resumes_with_its_finished_candidates(tmp_path: Path) -> No
 
 
 def test_a_fit_that_failed_while_promoting_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mmagent.training.report as report
+    import mmagent.finishing.report as report
 
     table, run = _table(tmp_path / "t.csv", 300), tmp_path / "run"
     real = report.write_json

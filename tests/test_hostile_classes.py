@@ -45,7 +45,7 @@ def _refused(result, *needles: str) -> str:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mmagent.config import config_from_dict
-    from mmagent.training.trainer import train
+    from mmagent.workflow import train
 
     folder = tmp_path_factory.mktemp("hostile")
     cfg = {

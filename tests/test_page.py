@@ -36,7 +36,7 @@ def chromium_path() -> str:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from mmagent.config import config_from_dict
-    from mmagent.training.trainer import train
+    from mmagent.workflow import train
 
     folder = tmp_path_factory.mktemp("page")
     train_csv = write_toy_table(folder, 48, 0, "train.csv")

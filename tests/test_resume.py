@@ -77,17 +77,17 @@ def _stop_at(step: int, exc: type[BaseException] | None = None):
 
 def test_mid_epoch_checkpoint_resumes_bit_identical(toy: Path, tmp_path: Path) -> None:
     cfg = _config(toy, image=True, checkpoint_every_steps=3)
-    train(cfg, tmp_path / "ref", progress=False, finalize=False)
+    train(cfg, tmp_path / "ref", progress=False)
 
     run = tmp_path / "run"
     # Checkpoint after step 6 (epoch 2, one batch in); killed after step 7 was logged.
     with pytest.raises(Killed):
-        train(cfg, run, progress=False, finalize=False, stop_requested=_stop_at(7, Killed))
+        train(cfg, run, progress=False, stop_requested=_stop_at(7, Killed))
     progress = json.loads((run / "checkpoints" / "last" / "progress.json").read_text())
     assert (progress["epoch"], progress["batches_done"], progress["global_step"]) == (1, 1, 6)
     assert max(e["step"] for e in _step_lines(run)) == 7
 
-    train(cfg, run, resume=True, progress=False, finalize=False)
+    train(cfg, run, resume=True, progress=False)
     _assert_identical(tmp_path / "ref" / "checkpoints" / "last", run / "checkpoints" / "last")
     _assert_identical(tmp_path / "ref" / "model", run / "model")
     # Same losses and learning rates, each step logged once (lines after the checkpoint are dropped).
@@ -96,15 +96,15 @@ def test_mid_epoch_checkpoint_resumes_bit_identical(toy: Path, tmp_path: Path) -
 
 def test_same_results_with_loader_workers(toy: Path, tmp_path: Path) -> None:
     """Augmentation is seeded per (seed, epoch, row): decoding in worker processes changes nothing."""
-    train(_config(toy, image=True, epochs=1), tmp_path / "w0", progress=False, finalize=False)
+    train(_config(toy, image=True, epochs=1), tmp_path / "w0", progress=False)
     cfg = _config(toy, image=True, epochs=1)
-    train(cfg.model_copy(update={"data": cfg.data.model_copy(update={"num_workers": 2})}), tmp_path / "w2", progress=False, finalize=False)
+    train(cfg.model_copy(update={"data": cfg.data.model_copy(update={"num_workers": 2})}), tmp_path / "w2", progress=False)
     _assert_identical(tmp_path / "w0" / "model", tmp_path / "w2" / "model")
 
 
 def test_kill_while_writing_first_checkpoint_resumes_from_scratch(toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _config(toy)
-    train(cfg, tmp_path / "ref", progress=False, finalize=False)
+    train(cfg, tmp_path / "ref", progress=False)
 
     run = tmp_path / "run"
     real_write = ckpt.write_json
@@ -114,14 +114,14 @@ def test_kill_while_writing_first_checkpoint_resumes_from_scratch(toy: Path, tmp
 
     monkeypatch.setattr(ckpt, "write_json", killed_midway)
     with pytest.raises(Killed):
-        train(cfg, run, progress=False, finalize=False)
+        train(cfg, run, progress=False)
     monkeypatch.setattr(ckpt, "write_json", real_write)
     assert not (run / "checkpoints" / "last").exists() and (run / "checkpoints" / ".last.tmp").is_dir()
     assert (run / "model").is_dir() and (run / "metrics.jsonl").is_file(), "epoch 1's outputs were written before the kill"
 
     with pytest.raises(FileExistsError, match="--resume"):  # a fresh run points the way ...
-        train(cfg, run, progress=False, finalize=False)
-    train(cfg, run, resume=True, progress=False, finalize=False)  # ... and --resume takes the folder
+        train(cfg, run, progress=False)
+    train(cfg, run, resume=True, progress=False)  # ... and --resume takes the folder
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last"], "the half-written folder is cleaned up"
     _assert_identical(tmp_path / "ref" / "model", run / "model")
     assert _step_lines(run) == _step_lines(tmp_path / "ref"), "the killed run's log lines are not mixed in"
@@ -171,19 +171,19 @@ def test_gradscaler_state_survives_a_checkpoint(toy: Path, tmp_path: Path) -> No
 def test_resume_refuses_a_different_config_and_names_the_keys(toy: Path, tmp_path: Path) -> None:
     cfg = _config(toy, epochs=1)
     run = tmp_path / "run"
-    train(cfg, run, progress=False, finalize=False)
+    train(cfg, run, progress=False)
 
     changed = _config(toy, epochs=1, lr=5e-3, head_lr=1e-2)
     changed = changed.model_copy(update={"fusion": changed.fusion.model_copy(update={"hidden_dim": 8})})
     with pytest.raises(ValueError) as err:
-        train(changed, run, resume=True, progress=False, finalize=False)
+        train(changed, run, resume=True, progress=False)
     msg = str(err.value)
     for key in ("train.lr", "train.head_lr", "fusion.hidden_dim"):
         assert key in msg, msg
     assert "train.epochs" not in msg.split("Only these")[0]
 
     # More epochs is allowed: the run continues from the checkpoint, and the change is logged.
-    result = train(_config(toy, epochs=2), run, resume=True, progress=False, finalize=False)
+    result = train(_config(toy, epochs=2), run, resume=True, progress=False)
     assert result.global_step == 10
     events = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if '"event"' in s]
     events = [e for e in events if e["event"] != "speed"]  # each (re)start logs its speed settings
@@ -193,7 +193,9 @@ def test_resume_refuses_a_different_config_and_names_the_keys(toy: Path, tmp_pat
 def test_stop_requested_ends_the_run_cleanly_and_resume_finishes_it(toy: Path, tmp_path: Path) -> None:
     cfg = _config(toy, epochs=3)
     run = tmp_path / "run"
-    result = train(cfg, run, progress=False, stop_requested=_stop_at(7))  # epoch 2, two batches in
+    from mmagent.workflow import train as train_and_finish
+
+    result = train_and_finish(cfg, run, progress=False, stop_requested=_stop_at(7))  # epoch 2, two batches in
     assert result.stopped_by_request and not result.stopped_early and result.global_step == 7
     assert (run / "model" / "model.safetensors").is_file() and (run / "metrics.json").is_file() and (run / "report.md").is_file()
     epochs = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if '"validation"' in s]
@@ -203,6 +205,6 @@ def test_stop_requested_ends_the_run_cleanly_and_resume_finishes_it(toy: Path, t
     assert (progress["epoch"], progress["batches_done"]) == (1, 2), "the checkpoint keeps the place in the epoch"
 
     # --resume finishes the interrupted epoch and the rest, with the uninterrupted run's weights.
-    train(cfg, tmp_path / "ref", progress=False, finalize=False)
-    assert train(cfg, run, resume=True, progress=False, finalize=False).global_step == 15
+    train(cfg, tmp_path / "ref", progress=False)
+    assert train(cfg, run, resume=True, progress=False).global_step == 15
     _assert_identical(tmp_path / "ref" / "checkpoints" / "last", run / "checkpoints" / "last")

@@ -40,7 +40,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
     train_csv = write_multimodal_table(folder, 60, 0, "train.csv")
     test_csv = write_multimodal_table(folder, 24, 1, "test.csv")
     run_dir = folder / "run"
-    train(config_from_dict(tiny_config(train_csv)), run_dir, progress=False, finalize=False)
+    train(config_from_dict(tiny_config(train_csv)), run_dir, progress=False)
 
     port = _free_port()
     log = open(folder / "server.log", "wb")

@@ -35,7 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     folder = tmp_path_factory.mktemp("hardening")
     run_dir = folder / "run"
-    train(config_from_dict(tiny_config(write_multimodal_table(folder, 40, 0, "train.csv"))), run_dir, progress=False, finalize=False)
+    train(config_from_dict(tiny_config(write_multimodal_table(folder, 40, 0, "train.csv"))), run_dir, progress=False)
     port = _free_port()
     log = open(folder / "server.log", "wb")
     env = {**os.environ, "MMAGENT_API_KEYS": KEY, "MMAGENT_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S), "PYTHONUNBUFFERED": "1"}

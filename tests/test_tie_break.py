@@ -57,7 +57,7 @@ def test_training_keeps_the_most_confident_of_the_epochs_tied_at_100_percent(tmp
             "train": {"epochs": 8, "batch_size": 16, "lr": 1e-3, "seed": 0, "threads": 1, "early_stopping_patience": 8},
         }
     )
-    result = train(config, tmp_path / "run", progress=False, finalize=False)
+    result = train(config, tmp_path / "run", progress=False)
     epochs = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     val = {e["epoch"]: e["validation"]["label"] for e in epochs if "validation" in e}
     tied = [k for k, m in val.items() if m["accuracy"] == 1.0]

@@ -28,7 +28,7 @@ def _config(tmp_path, **train_keys: object):
 def test_tensorboard_gets_the_loss_and_the_per_epoch_validation_metrics(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from mmagent.training.trainer import train
+    from mmagent.workflow import train
 
     train(_config(tmp_path, log_with="tensorboard"), tmp_path / "runs" / "tb", progress=False)
     events = EventAccumulator(str(tmp_path / "runs" / "tb" / "tensorboard")).Reload()
@@ -40,7 +40,7 @@ def test_tensorboard_gets_the_loss_and_the_per_epoch_validation_metrics(tmp_path
 def test_mlflow_sqlite_store_has_the_run_params_metrics_and_report(tmp_path):
     from mlflow import MlflowClient
 
-    from mmagent.training.trainer import train
+    from mmagent.workflow import train
 
     train(_config(tmp_path, log_with="mlflow", experiment="updates"), tmp_path / "runs" / "ml", progress=False)
     db = tmp_path / "runs" / "mlflow.db"  # the embedded default: beside the run folder

@@ -165,7 +165,7 @@ def test_text_is_tokenized_once_and_batches_pad_to_their_longest(toy: Path) -> N
 def test_killed_run_with_grouped_batches_resumes_bit_identical(toy: Path, tmp_path: Path) -> None:
     # threads pinned: the policy follows the machine's load, and another count changes sums' last bits
     cfg = _text_config(toy, checkpoint_every_steps=3, threads=1)
-    train(cfg, tmp_path / "ref", progress=False, finalize=False)
+    train(cfg, tmp_path / "ref", progress=False)
     events = [json.loads(s) for s in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     assert next(e for e in events if e.get("event") == "speed")["batches"] == "LengthGroupedSampler"
 
@@ -181,8 +181,8 @@ def test_killed_run_with_grouped_batches_resumes_bit_identical(toy: Path, tmp_pa
         return False
 
     with pytest.raises(Killed):  # checkpoint after step 6 (epoch 2, one batch in), killed at step 7
-        train(cfg, tmp_path / "run", progress=False, finalize=False, stop_requested=kill_after_7)
-    train(cfg, tmp_path / "run", resume=True, progress=False, finalize=False)
+        train(cfg, tmp_path / "run", progress=False, stop_requested=kill_after_7)
+    train(cfg, tmp_path / "run", resume=True, progress=False)
     a, b = load_file(tmp_path / "ref" / "model" / "model.safetensors"), load_file(tmp_path / "run" / "model" / "model.safetensors")
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
@@ -202,7 +202,7 @@ def _spy_optimizer(monkeypatch: pytest.MonkeyPatch) -> list[torch.optim.Optimize
 @pytest.mark.parametrize("choice,fused", [("auto", True), (False, False)])
 def test_fused_adamw_reaches_the_optimizer(toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, choice: Any, fused: bool) -> None:
     made = _spy_optimizer(monkeypatch)
-    train(_text_config(toy, epochs=1, max_steps=1, fused_optimizer=choice), tmp_path / "run", progress=False, finalize=False)
+    train(_text_config(toy, epochs=1, max_steps=1, fused_optimizer=choice), tmp_path / "run", progress=False)
     assert bool(made[0].defaults["fused"]) is fused  # auto: torch >= 2.4 has a fused CPU kernel
 
 
@@ -217,7 +217,7 @@ def test_compile_flag_compiles_the_trainable_encoders_and_trains(toy: Path, tmp_
         return names
 
     monkeypatch.setattr(trainer_mod, "compile_encoders", spy)
-    result = train(_text_config(toy, epochs=1, max_steps=2, compile=True), tmp_path / "run", progress=False, finalize=False)
+    result = train(_text_config(toy, epochs=1, max_steps=2, compile=True), tmp_path / "run", progress=False)
     assert {e.spec.modality for e in compiled} == {"text", "numeric"}
     assert all(e._compiled_call_impl is not None for e in compiled)  # nn.Module.compile ran
     losses = [json.loads(s)["loss"] for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in s]

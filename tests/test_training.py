@@ -167,8 +167,8 @@ def test_same_seed_same_model(tmp_path: Path) -> None:
     from mmagent.training.trainer import train
 
     cfg = load_config(_small_config(tmp_path, n=60, epochs=1))
-    train(cfg, tmp_path / "a", progress=False, finalize=False)
-    train(cfg, tmp_path / "b", progress=False, finalize=False)
+    train(cfg, tmp_path / "a", progress=False)
+    train(cfg, tmp_path / "b", progress=False)
     a, b = load_file(tmp_path / "a" / "model" / "model.safetensors"), load_file(tmp_path / "b" / "model" / "model.safetensors")
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
 
@@ -180,8 +180,8 @@ def test_frozen_encoder_cache_gives_same_result_as_no_cache(tmp_path: Path) -> N
     path = _small_config(tmp_path, n=60, epochs=2)
     cached = load_config(path, ["inputs.0.encoder.freeze=all", "train.cache_frozen_encoders=true"])
     plain = load_config(path, ["inputs.0.encoder.freeze=all", "train.cache_frozen_encoders=false"])
-    r1 = train(cached, tmp_path / "cached", progress=False, finalize=False)
-    r2 = train(plain, tmp_path / "plain", progress=False, finalize=False)
+    r1 = train(cached, tmp_path / "cached", progress=False)
+    r2 = train(plain, tmp_path / "plain", progress=False)
     assert r1.best_score == pytest.approx(r2.best_score)
     a, b = load_file(tmp_path / "cached" / "model" / "model.safetensors"), load_file(tmp_path / "plain" / "model" / "model.safetensors")
     assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-4
@@ -193,7 +193,7 @@ def test_gradient_accumulation_bf16_and_separate_learning_rates(tmp_path: Path) 
     from mmagent.training.trainer import build_model, param_groups, train
 
     cfg = load_config(_small_config(tmp_path, n=80, epochs=1), ["train.grad_accum=3", "train.mixed_precision=bf16", "train.lr=1e-5", "train.head_lr=1e-2"])
-    result = train(cfg, tmp_path / "run", progress=False, finalize=False)
+    result = train(cfg, tmp_path / "run", progress=False)
     micro = -(-72 // 8)  # 72 training rows after the 10 % validation split, batch 8
     assert result.global_step == -(-micro // 3), "one optimizer step per 3 micro-batches"
     model = build_model(cfg, load_splits(cfg).train)
@@ -209,8 +209,8 @@ def test_worker_processes_decode_media_and_unseen_labels_are_reported(mm_tables:
     from mmagent.config import config_from_dict
     from mmagent.data import read_table
     from mmagent.inference import make_loader
+    from mmagent.inference.evaluate import evaluate
     from mmagent.model import MultimodalModel
-    from mmagent.training.evaluate import evaluate
     from mmagent.training.trainer import train
 
     raw = mm_config(mm_tables, epochs=1, max_steps=2)
@@ -218,7 +218,7 @@ def test_worker_processes_decode_media_and_unseen_labels_are_reported(mm_tables:
     raw["inputs"] = raw["inputs"][1:]
     cfg = config_from_dict(raw)
     assert cfg.loader_workers == 2
-    train(cfg, tmp_path / "run", progress=False, finalize=False)
+    train(cfg, tmp_path / "run", progress=False)
     model = MultimodalModel.load(tmp_path / "run" / "model")
     frame = read_table(mm_tables["test"]).frame.head(10).copy()
     frame.loc[0, "label"] = "zebra"  # a label the training set never had
@@ -240,7 +240,7 @@ def test_a_last_batch_of_one_row_does_not_break_batchnorm(tmp_path):
     raw = tiny_config(table)
     raw["inputs"] = [raw["inputs"][1]]  # the timm CNN alone: its last feature map is 1x1 at 32 px
     raw["data"]["validation_fraction"] = 0.19  # 4 rows held out, 17 train
-    result = train(config_from_dict(raw), tmp_path / "run", progress=False, finalize=False)
+    result = train(config_from_dict(raw), tmp_path / "run", progress=False)
     assert result.global_step == 1  # one full batch; the 1-row remainder was dropped, not trained on
 
 

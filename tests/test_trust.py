@@ -22,14 +22,15 @@ from mmagent.agent.spec import AgentSpec, check_agent_labels
 from mmagent.config import ConfigError, config_from_dict
 from mmagent.data.dataset import encode_target
 from mmagent.data.tables import Table
+from mmagent.finishing.figures import reliability, to_png
+from mmagent.finishing.report import _calibration_lines
+from mmagent.finishing.report_trust import trust_summary
 from mmagent.inference import Predictions
 from mmagent.metrics import classification_metrics
 from mmagent.model import MultimodalModel
 from mmagent.specs import UNSEEN_INDEX, TargetSpec
-from mmagent.training.figures import reliability, to_png
-from mmagent.training.report import _calibration_lines
-from mmagent.training.report_trust import trust_summary
-from mmagent.training.trainer import build_model, train
+from mmagent.training.trainer import build_model
+from mmagent.workflow import train
 
 LABELS = ["a", "b", "c"]
 

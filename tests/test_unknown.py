@@ -204,7 +204,7 @@ def far(value: float) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mmagent.config import config_from_dict
-    from mmagent.training.trainer import train
+    from mmagent.workflow import train
 
     folder = tmp_path_factory.mktemp("unknown-run")
     cfg = {
@@ -342,7 +342,7 @@ def test_a_disabled_unknown_score_still_reports_its_verdict_but_hands_nothing_ov
 def test_agent_unknown_enabled_false_shows_the_score_and_hands_nothing_over(tmp_path: Path) -> None:
     from mmagent.agent import Agent
     from mmagent.config import config_from_dict
-    from mmagent.training.trainer import train
+    from mmagent.workflow import train
 
     cfg = {
         "data": {"train": str(cluster_table(tmp_path / "train.csv", 600, 0))},
@@ -362,7 +362,7 @@ def test_a_request_without_one_of_its_inputs_is_not_unknown(tmp_path: Path) -> N
     # and the score is fitted and calibrated on such rows too (not only on complete ones).
     from mmagent.agent import Agent
     from mmagent.config import config_from_dict
-    from mmagent.training.trainer import train
+    from mmagent.workflow import train
 
     cfg = {
         "data": {"train": str(cluster_table(tmp_path / "train.csv", 900, 0))},

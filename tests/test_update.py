@@ -46,7 +46,7 @@ def _config(train: str, **train_keys: object) -> dict:
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory):
     from mmagent.config import config_from_dict
-    from mmagent.training.trainer import train
+    from mmagent.workflow import train
 
     folder = tmp_path_factory.mktemp("update")
     _rows("ab", 120, 0).to_csv(folder / "old.csv", index=False)

@@ -52,7 +52,7 @@ def train(
         raise typer.Exit(relaunch(num_processes, sys.argv[1:]))
     from mmagent.config import load_config
     from mmagent.io import removed_on_failure
-    from mmagent.training.trainer import train as run_training
+    from mmagent.workflow import train as run_training
 
     cfg = load_config(config, [*set_, *([f"train.threads={threads}"] if threads else [])])
     # A run that fails before its first checkpoint leaves no folder behind to block a re-run
@@ -140,7 +140,7 @@ def evaluate(
     from mmagent.data.validation import validate_table
     from mmagent.ensemble import load_model
     from mmagent.inference import make_loader
-    from mmagent.training.evaluate import evaluate as run_eval
+    from mmagent.inference.evaluate import evaluate as run_eval
 
     where = resolve_device(device)
     model = load_saved(run_dir, lambda: load_model(model_folder(run_dir), map_location=where)).to(where)

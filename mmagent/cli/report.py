@@ -17,7 +17,7 @@ commands = typer.Typer()
 def report(run_dir: Path = typer.Argument(..., help="a finished run folder (from `mmagent train` or `mmagent fit`)")) -> None:
     """Regenerate report.md (with plots/) and the self-contained report.html of a finished run."""
     from mmagent import runs
-    from mmagent.training.report import write_reports
+    from mmagent.finishing.report import write_reports
 
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder")

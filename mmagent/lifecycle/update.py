@@ -66,7 +66,7 @@ def update(
 ) -> UpdateResult:
     """Warm-start RUN2 (``output``) from ``parent`` on ``data`` + replayed old rows; see the module
     docstring. Everything is checked (config, parent, tables) before the run folder is created."""
-    from mmagent.training.trainer import train
+    from mmagent.workflow import train  # training, then finishing
 
     parent, output = runs.verify_run(Path(parent).resolve()), Path(output)  # never warm-start from a damaged run
     if not replay >= 0:

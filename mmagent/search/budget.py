@@ -101,42 +101,10 @@ def search_within_budget(
     spec = _pruner_spec(pruner, params_space, config.train.epochs)
     store = store if store is not None else FeatureCacheStore()
 
-    candidates: dict[int, CandidateResult] = dict(previous or {})
-
-    def objective(trial: optuna.Trial) -> float:
-        params = suggest_params(trial, params_space)
-        cfg = trial_config(base, params, metric)
-        try:
-            # With prune_queued=False the queued candidates (fit's ladder) run in full: their scores
-            # teach the pruner, but a fine-tuning run that starts behind a probe after one warm-up
-            # epoch must not be cut.
-            queued = trial.number < len(first_params or [])
-            folder = trials_dir / str(offset + trial.number)
-            result = run_candidate(cfg, folder, store=store, trial=trial, deadline=deadline, splits=splits, prune=prune_queued or not queued)
-        except CandidatePruned as pruned:
-            _keep(candidates, offset + trial.number, pruned.result, params)
-            raise
-        _keep(candidates, offset + trial.number, result, params)
-        return result.score
-
-    failures = [0]
-
-    def watch(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        failures[0] = failures[0] + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
-        if failures[0] >= 3 and best_trial(study) is None:
-            study.stop()  # the same error every time (bad data, missing files): no point going on
-        if progress or on_trial is not None:
-            used = monotonic() - start
-            done = candidates.get(offset + trial.number)
-            value = (
-                ""
-                if done is None
-                else f" {metric} {done.score:.4f} after {done.epochs_run} epoch(s) in {done.seconds:.0f}s"
-                + (" (cut by the deadline)" if done.cut_short else "")
-            )
-            line = f"candidate {offset + trial.number}: {trial.state.name.lower()}{value}; search time used {used:.0f}s of {time_limit:.0f}s"
-            (on_trial or print)(line)
-
+    trials = _Trials(base, params_space, metric, trials_dir, offset, store, deadline, splits, len(first_params or []), prune_queued)
+    trials.candidates.update(previous or {})
+    trials.reporting = (on_trial or print) if progress or on_trial is not None else None
+    trials.start, trials.time_limit = start, time_limit
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress lines come from watch()
     try:
@@ -149,14 +117,70 @@ def search_within_budget(
         )
         for params in first_params or []:
             study.enqueue_trial({k: choice_label(v) if isinstance(params_space.get(k), CategoricalParam) else v for k, v in params.items()})
-        interrupted = _optimize(study, objective, watch, n_trials, deadline)
+        interrupted = _optimize(study, trials.objective, trials.watch, n_trials, deadline)
     finally:
         optuna.logging.set_verbosity(verbosity)
     best = best_trial(study)
     errors = {offset + k: v for k, v in trial_errors(study).items()}
+    candidates = trials.candidates
     return SearchResult(
         study, metric, direction, candidates, candidates.get(offset + best.number) if best is not None else None, monotonic() - start, errors, interrupted
     )
+
+
+@dataclass
+class _Trials:
+    """One search's trials: the objective Optuna calls (a candidate trained into ``trials/<n>``)
+    and the callback after each trial (progress line; stop after three failures in a row)."""
+
+    base: Any  # the config every candidate starts from
+    space: dict[str, Any]
+    metric: str
+    folder: Path  # OUT/trials
+    offset: int  # a resumed search numbers on from its finished candidates
+    store: Any
+    deadline: float
+    splits: Any
+    queued: int  # the first trials are the queued ladder rungs
+    prune_queued: bool
+    candidates: dict[int, CandidateResult] = field(default_factory=dict)
+    failures: int = 0
+    reporting: Callable[[str], None] | None = None
+    start: float = field(default_factory=monotonic)
+    time_limit: float = 0.0
+
+    def objective(self, trial: optuna.Trial) -> float:
+        params = suggest_params(trial, self.space)
+        cfg = trial_config(self.base, params, self.metric)
+        number = self.offset + trial.number
+        try:
+            # With prune_queued=False the queued candidates (fit's ladder) run in full: their scores
+            # teach the pruner, but a fine-tuning run that starts behind a probe after one warm-up
+            # epoch must not be cut.
+            queued = trial.number < self.queued
+            prune = self.prune_queued or not queued
+            result = run_candidate(cfg, self.folder / str(number), store=self.store, trial=trial, deadline=self.deadline, splits=self.splits, prune=prune)
+        except CandidatePruned as pruned:
+            _keep(self.candidates, number, pruned.result, params)
+            raise
+        _keep(self.candidates, number, result, params)
+        return result.score
+
+    def watch(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.failures = self.failures + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
+        if self.failures >= 3 and best_trial(study) is None:
+            study.stop()  # the same error every time (bad data, missing files): no point going on
+        if self.reporting is None:
+            return
+        used = monotonic() - self.start
+        done = self.candidates.get(self.offset + trial.number)
+        value = (
+            ""
+            if done is None
+            else f" {self.metric} {done.score:.4f} after {done.epochs_run} epoch(s) in {done.seconds:.0f}s"
+            + (" (cut by the deadline)" if done.cut_short else "")
+        )
+        self.reporting(f"candidate {self.offset + trial.number}: {trial.state.name.lower()}{value}; search time used {used:.0f}s of {self.time_limit:.0f}s")
 
 
 def _pruner_spec(pruner: PrunerSpec | dict[str, Any] | None, params_space: dict[str, Any], epochs: int) -> PrunerSpec:

@@ -93,6 +93,8 @@ def run_candidate(
     """
     from mmagent.training.trainer import train
 
+    if finalize:
+        from mmagent.workflow import train  # training, then finishing
     start = monotonic()
     config = raw_config if isinstance(raw_config, ExperimentConfig) else config_from_dict(copy.deepcopy(raw_config), base_dir=base_dir)
     run_dir = Path(run_dir)
@@ -126,7 +128,6 @@ def run_candidate(
             progress=progress,
             on_epoch_end=on_epoch_end,
             splits=splits,
-            finalize=finalize,
             feature_cache_store=store,
             stop_requested=past_deadline if deadline is not None else None,
         )
@@ -171,8 +172,8 @@ def finalize_candidate(
     ``extra_json``: file name -> content, written with it. ``dest`` appears complete or not at all."""
     import torch
 
+    from mmagent.finishing import finish_run
     from mmagent.io import atomic_dir, write_json
-    from mmagent.training.report import finalize_run
     from mmagent.training.splits import load_splits
 
     src, dest = Path(run_dir), Path(dest)
@@ -182,8 +183,8 @@ def finalize_candidate(
             if item.name == "checkpoints" or item.name.startswith("shards_rank"):
                 continue
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
-        device = torch.device("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu")
-        finalize_run(tmp, cfg, splits if splits is not None else load_splits(cfg), device, progress=progress)
+        device = "cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu"
+        finish_run(tmp, cfg, splits if splits is not None else load_splits(cfg), device, progress=progress)
         for name, content in (extra_json or {}).items():
             write_json(tmp / name, content)
     return dest

@@ -181,7 +181,7 @@ def finalize_best(
     """Make ``TUNE_DIR/best`` the best trial's finalized run folder (model, metrics.json,
     calibration, report.md). The trial's folder is copied when it is on this machine; otherwise (a
     trial run by another worker) the best parameters are trained again here."""
-    from mmagent.training.trainer import train
+    from mmagent.workflow import train
 
     best_dir = tune_dir / "best"
     marker = {"study": study.study_name, "trial": best.number, "value": best.value, "params": best.params}
@@ -194,7 +194,7 @@ def finalize_best(
     else:
         cfg = trial_config(base, params_from_recorded(best.params, spec.space or {}), metric)
         with atomic_dir(best_dir) as tmp:
-            train(cfg, tmp, progress=False, finalize=True, feature_cache_store=store)
+            train(cfg, tmp, progress=False, feature_cache_store=store)
             shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
             write_json(tmp / "tune_trial.json", marker)
     if progress:

@@ -12,11 +12,11 @@ from typing import Any
 
 from mmagent.config import ExperimentConfig
 from mmagent.inference import to_device
+from mmagent.inference.evaluate import evaluate
 from mmagent.metrics import is_better
 from mmagent.model import MultimodalModel
 from mmagent.training.checkpoint import save_checkpoint
 from mmagent.training.distributed import any_process
-from mmagent.training.evaluate import evaluate
 from mmagent.training.metrics_log import MetricsLog, compact_metrics, record_shard
 
 

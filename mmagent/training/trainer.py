@@ -6,7 +6,9 @@
 4. the loop: AdamW with separate encoder / head learning rates, warmup + decay, gradient
    accumulation and clipping, mixed precision, checkpoints every N steps and each epoch;
 5. each epoch: validation, best-model selection, early stopping;
-6. the end: the best model is saved to ``RUN_DIR/model`` and evaluated (``finalize_run``).
+6. the end: the best model is in ``RUN_DIR/model``. Finishing the run (evaluation on validation and
+   test, calibration, the unknown-input score, the report) is the caller's next step
+   (:func:`mmagent.finishing.finish_run`; :func:`mmagent.workflow.train` does both).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from mmagent import tracking
 from mmagent.agent.spec import check_agent_labels, resolve_agent_config
 from mmagent.config import ExperimentConfig
 from mmagent.data.dataset import Collator, FeatureCache, MultimodalDataset, fit_targets
@@ -30,7 +33,6 @@ from mmagent.io import write_text
 from mmagent.model import MultimodalModel
 from mmagent.runs import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_LOG, SKIPPED_ROWS_FILE, check_run_dir, create_run_dir
 from mmagent.specs import ModelSpec
-from mmagent.training import tracking
 from mmagent.training.checkpoint import checkpoint_spec, load_checkpoint, prepare_resume, truncate_log
 from mmagent.training.distributed import fresh_accelerate_state, multiprocess_without_accelerator
 from mmagent.training.loop import Run, TrainState, checkpoint, should_stop, train_one_epoch, validate_and_select
@@ -54,8 +56,16 @@ class TrainResult:
     best_epoch: int
     global_step: int
     stopped_early: bool
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # filled by finishing (mmagent.finishing.finish_run)
     stopped_by_request: bool = False  # ``stop_requested`` ended the run
+    # what finishing the run needs: the config as run (a resumed run's), its checked tables, where
+    # it ran, whether this process is the one that writes (several processes: only the main one),
+    # and the experiment tracker's run (MLflow: the report goes there as artifacts)
+    config: ExperimentConfig | None = None
+    splits: Splits | None = None
+    device: str = "cpu"
+    main: bool = True
+    tracker_run_id: str | None = None
 
 
 # -- 2. model -----------------------------------------------------------------------------------
@@ -104,17 +114,17 @@ def train(
     progress: bool = True,
     on_epoch_end: EpochCallback | None = None,
     splits: Splits | None = None,
-    finalize: bool = True,
     feature_cache_store: Any = None,
     stop_requested: StopHook | None = None,
 ) -> TrainResult:
-    """Train, select the best epoch on validation, write the run folder. See module docstring.
+    """Train, select the best epoch on validation, save the best model. See module docstring; the
+    run is finished (evaluated, calibrated, reported) by the caller: :func:`mmagent.finishing.finish_run`.
 
     ``resume``: continue from ``RUN_DIR/checkpoints/last`` (the config must match the checkpoint's,
     see ``checkpoint.RESUME_MAY_CHANGE``); a run stopped before its first checkpoint starts over.
     ``stop_requested``: asked after every optimizer step (e.g. a time budget); True stops the run
     mid-epoch: it is validated, the best model kept, a checkpoint written (``--resume`` continues
-    from there) and the run folder finalized as usual.
+    from there).
 
     ``feature_cache_store``: optional object whose ``get(model, table, names, keep_tokens, batch_size,
     device, num_workers, progress) -> FeatureCache`` returns frozen encoders' outputs, computed once
@@ -141,12 +151,9 @@ def train(
             break
 
     result = TrainResult(run.run_dir, float(state.best_score), state.best_epoch, state.global_step, stopped_early, stopped_by_request=stopped_by_request)  # type: ignore[arg-type]
+    result.config, result.splits, result.device, result.main = run.config, splits, str(accelerator.device), run.main
+    result.tracker_run_id = tracking.run_id(accelerator, run.config)
     accelerator.wait_for_everyone()
-    if run.main and finalize:
-        from mmagent.training.report import finalize_run
-
-        result.metrics = finalize_run(run.run_dir, run.config, splits, accelerator.device, progress)
-        tracking.log_artifacts(accelerator, run.config, run.run_dir)
     accelerator.end_training()
     return result
 

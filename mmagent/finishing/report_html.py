@@ -1,7 +1,7 @@
 """``report.html``: the run report as one self-contained page (figures embedded as base64 PNG,
 CSS inline, no script, no external link), readable anywhere the file is copied to.
 
-Built from the same :class:`~mmagent.training.report_data.RunReport` and figures as ``report.md``:
+Built from the same :class:`~mmagent.finishing.report_data.RunReport` and figures as ``report.md``:
 headline metrics, per-class (or per-label) tables and the confusion matrix, a predicted-vs-true
 scatter and residual statistics for regression, training curves, modality-ablation bars, the
 reliability diagram before/after calibration (with where it was measured), and the leaderboard of
@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from mmagent import runs
+from mmagent.finishing.figures import figure_name, render_figures
+from mmagent.finishing.report_data import RunReport, load_run_report
+from mmagent.finishing.report_trust import HEADER, trust_summary
 from mmagent.io import write_text
-from mmagent.training.figures import figure_name, render_figures
-from mmagent.training.report_data import RunReport, load_run_report
-from mmagent.training.report_trust import HEADER, trust_summary
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; padding: 0 1rem; }

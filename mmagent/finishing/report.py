@@ -13,16 +13,16 @@ from mmagent import runs
 from mmagent.agent.escalation import fit_detector, fit_escalation
 from mmagent.agent.fitting import calibrate
 from mmagent.ensemble import EnsembleModel, load_model
+from mmagent.finishing.baseline import compare_with_baseline, verdict
+from mmagent.finishing.figures import render_figures
+from mmagent.finishing.report_data import RunReport, load_run_report
+from mmagent.finishing.report_html import write_html_report
+from mmagent.finishing.report_trust import HEADER, TrustSummary, trust_summary
 from mmagent.inference import Predictions, make_loader, run_model
+from mmagent.inference.evaluate import ablation_table, evaluate
 from mmagent.io import atomic_path, write_json, write_text
 from mmagent.lifecycle.profile import profile_at_end_of_training
 from mmagent.metrics import MetricRef
-from mmagent.training.baseline import compare_with_baseline, verdict
-from mmagent.training.evaluate import ablation_table, evaluate
-from mmagent.training.figures import render_figures
-from mmagent.training.report_data import RunReport, load_run_report
-from mmagent.training.report_html import write_html_report
-from mmagent.training.report_trust import HEADER, TrustSummary, trust_summary
 
 if TYPE_CHECKING:
     from mmagent.config import ExperimentConfig
@@ -72,7 +72,7 @@ def finalize_run(run_dir: Path, config: ExperimentConfig, splits: Splits, device
 
 def baseline_check(model: Any, config: ExperimentConfig, train: Table, val_preds: Predictions, val_metrics: dict[str, Any]) -> dict[str, Any] | None:
     """The run's selection metric on validation against the obvious baseline's (see
-    :mod:`mmagent.training.baseline`), with the sentence to show when the model does not beat it."""
+    :mod:`mmagent.finishing.baseline`), with the sentence to show when the model does not beat it."""
     ref = MetricRef.parse(config.train.metric) if config.train.metric else MetricRef.main(model.heads[config.agent.target or next(iter(model.heads))].spec)
     target, metric, spec = ref.target, ref.name, model.heads[ref.target].spec
     if target not in val_preds.targets or metric not in val_metrics.get(target, {}):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from mmagent.training.report_data import RunReport
+    from mmagent.finishing.report_data import RunReport
 
 MAX_CONFUSION_LABELS = 40  # beyond this a confusion matrix is unreadable: the table says it all
 CURVE_METRICS = ("accuracy", "macro_f1", "rmse")

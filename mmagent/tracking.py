@@ -2,8 +2,9 @@
 
 The trainer asks for :func:`accelerator_kwargs` when it builds its ``Accelerator``, calls
 :func:`start` once the run folder exists (the flattened config becomes the run's params), sends
-every line of ``metrics.jsonl`` to ``accelerator.log`` (see ``MetricsLog``) and, at the end, hands
-the report, metrics and plots to MLflow as artifacts (:func:`log_artifacts`).
+every line of ``metrics.jsonl`` to ``accelerator.log`` (see ``MetricsLog``) and keeps the tracker's
+run id (:func:`run_id`); finishing the run hands the report, metrics and plots to that MLflow run
+as artifacts (:func:`log_artifacts`), after training has closed it.
 
 TensorBoard writes event files to ``RUN_DIR/tensorboard``. MLflow logs to ``train.tracking_uri``
 (any MLflow tracking URI: a team's server, a database) or, by default, to a local SQLite store next
@@ -79,16 +80,23 @@ def start(accelerator: Any, config: ExperimentConfig, run_dir: Path, config_json
     accelerator.init_trackers(project, config=tracking_params(config_json), init_kwargs=init_kwargs)
 
 
-def log_artifacts(accelerator: Any, config: ExperimentConfig, run_dir: Path) -> None:
-    """MLflow only: the report, metrics, config, calibration, lineage and plots of the finished run."""
+def run_id(accelerator: Any, config: ExperimentConfig) -> str | None:
+    """The MLflow run the training logged to (main process only), for :func:`log_artifacts`."""
     if config.train.log_with != "mlflow" or not accelerator.is_main_process:
+        return None
+    return str(accelerator.get_tracker("mlflow", unwrap=True).info.run_id)
+
+
+def log_artifacts(run_id: str | None, config: ExperimentConfig, run_dir: Path) -> None:
+    """MLflow only: the report, metrics, config, calibration, lineage and plots of the finished run,
+    added to the (closed) run ``run_id`` the training logged to."""
+    if config.train.log_with != "mlflow" or run_id is None:
         return
     from mlflow import MlflowClient
 
-    run = accelerator.get_tracker("mlflow", unwrap=True)  # the tracker's mlflow.ActiveRun
     client = MlflowClient(tracking_uri(config, run_dir))
     for name in ARTIFACT_FILES:
         if (run_dir / name).is_file():
-            client.log_artifact(run.info.run_id, str(run_dir / name))
+            client.log_artifact(run_id, str(run_dir / name))
     if (run_dir / runs.PLOTS_DIR).is_dir():
-        client.log_artifacts(run.info.run_id, str(run_dir / runs.PLOTS_DIR), runs.PLOTS_DIR)
+        client.log_artifacts(run_id, str(run_dir / runs.PLOTS_DIR), runs.PLOTS_DIR)
