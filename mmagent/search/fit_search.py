@@ -25,7 +25,7 @@ from mmagent.search.ladder import (
     tunable_inputs,
 )
 from mmagent.search.leaderboard import Leaderboard, Progress
-from mmagent.search.plan import Backbones, estimated_probe_seconds, larger_backbones, plan_backbone_rungs, promotion_reserve
+from mmagent.search.plan import estimated_probe_seconds, larger_backbones, promotion_reserve
 from mmagent.search.resume import Resumed, record_time
 
 
@@ -57,9 +57,7 @@ class FitSearch:
         self.n_train, self.n_val = len(splits.train), len(splits.validation)
         self.validation, self.batch_size = splits.validation, config.train.batch_size
         self.device = "cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu"
-        self.small = Backbones(raw, "base")
-        self.small.cost, self.small.blocks = self._measure(raw)
-        self.cost, self.blocks = self.small.cost, self.small.blocks
+        self.cost, self.blocks = self._measure(raw)  # the small backbones'
         # With no pretrained encoder to fine-tune, every rung would be the same model.
         self.strategies = list(plan.strategies) if tunable_inputs(raw) else ["full"]
         self.leaderboard = Leaderboard(metric="", larger_better=raw["targets"][0]["type"] != "regression")
@@ -107,7 +105,7 @@ class FitSearch:
         backbones' probe and first fine-tuning rung; then the larger backbones' rungs in what those
         leave; then the small backbones' other rungs in what is left after that (see
         :mod:`mmagent.search.plan`). Rungs that do not fit go on the leaderboard as skipped."""
-        planned = plan_backbone_rungs(self.small, self.strategies, self.plan, seconds, self.n_train, self.n_val, first=True)
+        planned = plan_rungs(self.cost, self.strategies, self.plan, seconds, self.n_train, self.n_val)
         cut = next((i + 1 for i, r in enumerate(planned) if r.strategy != "probe" and not r.skipped), len(planned))
         head, tail = planned[:cut], planned[cut:]
         rungs = self._small_rungs(head)
@@ -149,7 +147,7 @@ class FitSearch:
         self.clock.say(f"measuring the larger backbone {option.label} ({seconds:.0f} s of the budget left for it)")
         option.cost, option.blocks = self._measure(option.raw)
         rungs, spent = [], 0.0
-        for rung in plan_backbone_rungs(option, self.strategies, self.plan, seconds, self.n_train, self.n_val, first=False):
+        for rung in plan_rungs(option.cost, self.strategies, self.plan, seconds, self.n_train, self.n_val, must_run=False):
             if rung.skipped:
                 self.leaderboard.skipped(f"{rung.strategy} on {option.label}", rung.skipped)
                 continue

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmagent import catalog
-from mmagent.search.ladder import Preset, RungPlan, SampleCost, Strategy, plan_rungs, tunable_inputs
+from mmagent.search.ladder import SampleCost, tunable_inputs
 
 ENSEMBLE_SHARE = 0.1  # the most of the budget kept back for scoring and running an ensemble's extra members
 
@@ -33,12 +33,12 @@ class Backbones:
     blocks: dict[int, int] | None = None
 
 
-def larger_backbones(raw: dict[str, Any], fixed: set[str]) -> tuple[Backbones, list[catalog.Backbone]] | None:
+def larger_backbones(raw: dict[str, Any], fixed: set[str]) -> tuple[Backbones, dict[int, catalog.Backbone]] | None:
     """``raw`` with each tunable input climbed to the next larger available catalog entry of its
     modality (inputs of a modality in ``fixed``, the user's own choice, stay); None when no input
-    can climb. Also returns the entries climbed to."""
+    can climb. Also returns the entries climbed to, by input index."""
     raw = copy.deepcopy(raw)
-    chosen: list[catalog.Backbone] = []
+    chosen: dict[int, catalog.Backbone] = {}
     for i in tunable_inputs(raw):
         inp = raw["inputs"][i]
         if inp["modality"] in fixed:
@@ -47,37 +47,24 @@ def larger_backbones(raw: dict[str, Any], fixed: set[str]) -> tuple[Backbones, l
         if bigger:
             kept = {k: v for k, v in inp["encoder"].items() if k in ("max_seconds", "freeze")}  # the window read off the files stays
             inp["encoder"] = {**bigger[0].encoder, **kept}
-            chosen.append(bigger[0])
+            chosen[i] = bigger[0]
     if not chosen:
         return None
-    return Backbones(raw, " + ".join(b.key for b in chosen)), chosen
+    return Backbones(raw, " + ".join(b.key for b in chosen.values())), chosen
 
 
-def estimated_probe_seconds(small: SampleCost, raw: dict[str, Any], chosen: list[catalog.Backbone], n_rows: int) -> float | None:
+def estimated_probe_seconds(small: SampleCost, raw: dict[str, Any], chosen: dict[int, catalog.Backbone], n_rows: int) -> float | None:
     """What caching the larger backbones' outputs over ``n_rows`` rows would cost, scaled from the
-    small ones' measured encoding by the catalog's relative cost; None when the catalog has no
-    figure for one of them (then only building and measuring it tells)."""
+    small ones' measured encoding (``raw``: the small backbones' config) by the catalog's relative
+    cost; None when the catalog has no figure for one of them (then only measuring it tells)."""
     total = 0.0
     keys = list(small.encode)
-    for b in chosen:
-        start = catalog.find(raw["inputs"][_input_of(raw, b)]["encoder"])
-        if b.cpu_ms is None or start is None or start.cpu_ms is None:
+    for i, bigger in chosen.items():
+        start = catalog.find(raw["inputs"][i]["encoder"])
+        if bigger.cpu_ms is None or start is None or start.cpu_ms is None:
             return None
-        key = keys[_input_of(raw, b)]
-        total += small.encode[key] * b.cpu_ms / start.cpu_ms
+        total += small.encode[keys[i]] * bigger.cpu_ms / start.cpu_ms
     return total * n_rows
-
-
-def _input_of(raw: dict[str, Any], backbone: catalog.Backbone) -> int:
-    return next(i for i in tunable_inputs(raw) if raw["inputs"][i]["modality"] == backbone.modality)
-
-
-def plan_backbone_rungs(
-    option: Backbones, strategies: list[Strategy], plan: Preset, seconds: float, n_train: int, n_validation: int, first: bool
-) -> list[RungPlan]:
-    """The rungs ``option`` can afford in ``seconds`` (the first backbone always runs its cheapest)."""
-    assert option.cost is not None
-    return plan_rungs(option.cost, strategies, plan, seconds, n_train, n_validation, must_run=first)
 
 
 @dataclass
