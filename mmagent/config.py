@@ -38,6 +38,11 @@ class DataSpec(BaseModel):
     validation: str | None = None
     test: str | None = None
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.9, description="split of train when no validation file is given")
+    validation_rows: int | None = Field(
+        None,
+        ge=1,
+        description="score at most this many validation rows (a seeded, stratified sample): fit sets it when scoring them all would not fit the budget",
+    )
     on_bad_row: Literal["error", "skip"] = "error"
     num_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
         "auto", description="DataLoader worker processes that decode media; auto: up to 4 when there are image/audio inputs and cores to spare, else 0"
@@ -48,6 +53,11 @@ class TrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     epochs: int = Field(3, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    sample_rows: int | None = Field(
+        None,
+        ge=1,
+        description="train on a seeded, stratified sample of this many training rows: fit sets it when a pass over all of them does not fit the budget",
+    )
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(5e-5, gt=0, description="learning rate of the encoders")

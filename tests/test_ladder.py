@@ -94,7 +94,8 @@ def test_probe_epochs_are_not_eaten_by_the_feature_cache():
     assert rungs[0].strategy == "probe" and rungs[0].epochs == plan.probe_epochs
     # what is left after the probe decides the fine-tuning rungs: partial fits, the rest is skipped with its reason
     assert [(r.strategy, r.epochs > 0) for r in rungs] == [("probe", True), ("partial", True), ("lora", False), ("full", False)]
-    assert all("one epoch needs" in r.skipped for r in rungs[2:])
+    assert all(r.skipped.startswith("one epoch") and "needs" in r.skipped for r in rungs[2:])
+    assert all(r.rows is None for r in rungs)  # a table this size is trained on whole
     spent = cost.setup_seconds("probe", 2400, 300) + sum(r.epochs * cost.epoch_seconds(r.strategy, 2400, 300) for r in rungs)
     assert spent <= 900.0
 
@@ -106,6 +107,50 @@ def test_cheapest_rung_runs_even_when_nothing_fits():
     plan = PRESETS["balanced"]
     rungs = plan_rungs(cost, list(plan.strategies), plan, 10.0, 1000, 100)
     assert (rungs[0].strategy, rungs[0].epochs) == ("probe", 1) and all(r.epochs == 0 for r in rungs[1:])
+
+
+def _million_row_cost() -> SampleCost:
+    """MiniLM-like costs per row (measured on a 1M-row support-ticket table, 2 cores)."""
+    return SampleCost(
+        load={"text": 0.0},
+        encode={"text": 0.0016},
+        train={"probe": 0.0005, "partial": 0.004, "lora": 0.005, "full": 0.006},
+        forward=0.0017,
+        always_frozen=[],
+        tunable=["text"],
+    )
+
+
+def test_a_table_too_large_for_one_pass_is_planned_on_samples():
+    """900,000 training rows and three minutes: caching them all alone would take 24 minutes, so
+    every rung trains on a sample that fits, the probe with several epochs, within the time."""
+    from mmagent.search.ladder import MIN_SAMPLE_ROWS, SAMPLED_EPOCHS
+
+    cost, plan = _million_row_cost(), PRESETS["balanced"]
+    rungs = plan_rungs(cost, list(plan.strategies), plan, 180.0, 900_000, 5000)
+    planned = [r for r in rungs if r.epochs]
+    assert [r.strategy for r in planned] == ["probe", "partial", "lora", "full"]
+    assert all(r.rows is not None and MIN_SAMPLE_ROWS <= r.rows < 900_000 for r in planned)
+    assert planned[0].epochs >= SAMPLED_EPOCHS["probe"]
+    for r in planned:  # each rung's time is what its rows and epochs cost
+        done = set() if r.strategy == "probe" else cost.cached("probe")
+        expected = cost.setup_seconds(r.strategy, r.rows, 5000, done) + r.epochs * cost.epoch_seconds(r.strategy, r.rows, 5000)
+        assert r.seconds == pytest.approx(expected)
+    assert sum(r.seconds for r in planned) <= 180.0
+    # four times the budget buys larger samples, not just more epochs
+    more = plan_rungs(cost, list(plan.strategies), plan, 720.0, 900_000, 5000)
+    assert all(m.rows > r.rows for m, r in zip(more, rungs))
+
+
+def test_sampled_rungs_are_search_parameters_and_the_search_chooses_the_size():
+    from mmagent.search.ladder import rung_params
+
+    raw = {"inputs": [{"name": "text", "modality": "text", "columns": ["text"], "encoder": {"source": "zoo", "name": "minilm"}}], "fusion": {"type": "concat"}}
+    assert rung_params(raw, "probe", {0: 6}, 3, rows=4000)["train.sample_rows"] == 4000
+    assert "train.sample_rows" not in rung_params(raw, "probe", {0: 6}, 3)
+    space = search_space(raw, ["probe", "partial"], {0: 6}, 5, sample_rows=[4000, 2500, 4000])
+    assert space["train.sample_rows"] == {"type": "categorical", "choices": [2500, 4000]}
+    assert "train.sample_rows" not in search_space(raw, ["probe", "partial"], {0: 6}, 5)
 
 
 def test_unknown_selection_metric_is_refused_before_any_work(tmp_path):

@@ -18,10 +18,11 @@ import typer
 
 from mmagent.cli import drift as cli_drift
 from mmagent.cli import explain as cli_explain
+from mmagent.cli import fit as cli_fit
 from mmagent.cli import lifecycle as cli_lifecycle
 from mmagent.cli import report as cli_report
 from mmagent.cli import zoo as cli_zoo
-from mmagent.cli.support import decision_row, load_saved, model_folder, prediction_row, read_agent_file, record_from_json, resolve_device, user_errors
+from mmagent.cli.support import decision_row, load_saved, model_folder, prediction_row, record_from_json, resolve_device, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="mmagent: fine-tune multimodal encoders into agents that predict, explain and act.")
 
@@ -62,59 +63,6 @@ def train(
         result = run_training(cfg, output, resume=resume, progress=not quiet)
     if result.metrics:
         typer.echo(json.dumps(_headline(result.metrics), indent=2))
-
-
-@app.command()
-@user_errors
-def fit(
-    train: Optional[Path] = typer.Argument(None, help="training table (CSV/JSONL/Parquet): one row per example"),
-    label: Optional[str] = typer.Option(None, "--label", help="the column to predict"),
-    output: Path = typer.Option(..., "-o", "--output", help="run folder to create (the chosen model, leaderboard, report)"),
-    validation: Optional[Path] = typer.Option(None, "--validation", help="validation table (default: a stratified 10 % of TRAIN)"),
-    test: Optional[Path] = typer.Option(None, "--test", help="test table, scored once on the chosen model"),
-    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="e.g. 90s, 20m, 1h30m (default: the preset's: fast 5m, balanced 30m, best 2h)"),
-    preset: str = typer.Option("balanced", "--preset", help="fast | balanced | best"),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="domain policy and encoders: customer_service | medical_imaging | finance"),
-    column_type: list[str] = typer.Option([], "--column-type", help="override one column's kind: COL=text|categorical|numeric|image|audio|ignore (repeatable)"),
-    agent: Optional[Path] = typer.Option(
-        None, "--agent", help="YAML file with the agent block (policy type, playbook, escalation, alerts), merged into the recipe's"
-    ),
-    seed: int = typer.Option(0, "--seed", help="random seed of every candidate and of the search"),
-    metric: Optional[str] = typer.Option(
-        None, "--metric", help="validation metric to rank candidates on: accuracy | macro_f1 | mcc | auroc (classification), rmse | mae | r2 (regression)"
-    ),
-    ensemble: Optional[bool] = typer.Option(
-        None, "--ensemble/--no-ensemble", help="average the best candidates when that wins on validation (default: the preset's: balanced and best do)"
-    ),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
-    resume: bool = typer.Option(
-        False, "--resume", help="continue the unfinished fit in -o (its table, settings and finished candidates; --time-budget: new time)"
-    ),
-) -> None:
-    """Infer the columns, search encoders / freezing / hyperparameters within a time budget, and
-    keep the best model as the run (loadable with Agent.load; config.yaml reproduces it)."""
-    from mmagent.search.fit import fit as run_fit
-
-    result = run_fit(
-        train,
-        label,
-        output,
-        validation=validation,
-        test=test,
-        time_budget=time_budget,
-        preset=preset,
-        recipe=recipe,
-        column_types=column_type,
-        agent=read_agent_file(agent) if agent is not None else None,
-        seed=seed,
-        metric=metric,
-        ensemble=ensemble,
-        progress=not quiet,
-        resume=resume,
-    )
-    if not result.beats_baseline:  # a run that learnt nothing usable is not a success
-        typer.echo(f"error: {result.baseline['note']}", err=True)  # type: ignore[index]
-        raise typer.Exit(3)
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -389,6 +337,7 @@ app.registered_commands += cli_report.commands.registered_commands
 app.registered_commands += cli_explain.commands.registered_commands
 app.registered_commands += cli_lifecycle.commands.registered_commands
 app.registered_commands += cli_drift.commands.registered_commands
+app.registered_commands += cli_fit.commands.registered_commands
 app.add_typer(cli_zoo.commands, name="zoo")
 
 

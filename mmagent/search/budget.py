@@ -9,10 +9,12 @@ all candidates (a shared :class:`~mmagent.data.feature_store.FeatureCacheStore`)
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from time import monotonic
+from time import monotonic, time
 from typing import Any
 
 import optuna
@@ -21,7 +23,8 @@ from mmagent.config import config_from_dict
 from mmagent.data.feature_store import FeatureCacheStore
 from mmagent.search.objective import CandidatePruned, CandidateResult, run_candidate, suggest_params, trial_config
 from mmagent.search.space import CategoricalParam, IntParam, PrunerSpec, TuneSpec, choice_label, objective_metric, parse_space, search_base
-from mmagent.search.study import best_trial, make_pruner, trial_errors
+from mmagent.search.study import best_trial, make_pruner, rdb_storage, trial_errors
+from mmagent.search.workers import SEED_STRIDE, SearchSpec, read_spec, shareable_url, start_local_workers, wait_for_workers, worker_threads, write_spec
 from mmagent.training.splits import Splits
 
 
@@ -64,6 +67,11 @@ def search_within_budget(
     prune_queued: bool = True,
     startup_trials: int | None = None,
     previous: dict[int, CandidateResult] | None = None,
+    study_name: str | None = None,
+    workers: int = 1,
+    join: bool = False,
+    offset: int | None = None,
+    queued: int | None = None,
 ) -> SearchResult:
     """Search ``space`` (the ``tune.space`` mapping: dotted config path -> ``{type: float|int|
     categorical, ...}``) around ``base_config`` (a raw config dict) for at most ``time_limit``
@@ -83,6 +91,10 @@ def search_within_budget(
       report their scores to the pruner).
     - ``previous``: candidates an interrupted search finished (``trials/<n>``, see
       :mod:`mmagent.search.resume`): kept in the result; new ones are numbered after them.
+    - ``storage`` + ``study_name``: other processes may join (``search.json`` in ``out_dir`` says
+      how, :mod:`mmagent.search.workers`); ``workers``: processes on this machine, this one
+      included; ``join``: this process is such a worker (``offset``, ``queued``: the starting
+      search's). Every worker's candidates end up in the result.
     A KeyboardInterrupt (Ctrl-C) ends the search; the result then holds the candidates so far.
     Each candidate's folder holds its best model (``Agent.load`` works; ``finalize_candidate``
     makes the full report). A failing candidate is recorded in ``errors``; after three failures in
@@ -95,33 +107,46 @@ def search_within_budget(
     metric, direction = objective_metric(config, TuneSpec(metric=metric))
     out_dir = Path(out_dir)
     trials_dir = out_dir / "trials"
-    if trials_dir.exists() and any(p.name not in {str(n) for n in previous or {}} for p in trials_dir.iterdir()):
+    if not join and trials_dir.exists() and any(p.name not in {str(n) for n in previous or {}} for p in trials_dir.iterdir()):
         raise FileExistsError(f"{trials_dir} already holds candidates: give a new output folder")
-    offset = max(previous, default=-1) + 1 if previous else 0  # a resumed search numbers on
+    if offset is None:
+        offset = max(previous, default=-1) + 1 if previous else 0  # a resumed search numbers on
     spec = _pruner_spec(pruner, params_space, config.train.epochs)
     store = store if store is not None else FeatureCacheStore()
 
     reporting = (on_trial or print) if progress or on_trial is not None else None
-    trials = _Trials(base, params_space, metric, trials_dir, offset, store, deadline, splits, len(first_params or []), prune_queued)
+    queued = len(first_params or []) if queued is None else queued
+    trials = _Trials(base, params_space, metric, trials_dir, offset, store, deadline, splits, queued, prune_queued)
     trials.candidates, trials.reporting, trials.start, trials.time_limit = dict(previous or {}), reporting, start, time_limit
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress lines come from watch()
+    procs: list[Any] = []
     try:
-        study = optuna.create_study(
-            storage=storage,
-            direction=direction,
-            # a resumed search must not replay the first attempt's draws: offset the seed by what it finished
-            sampler=optuna.samplers.TPESampler(seed=seed + offset, n_startup_trials=startup_trials or max(2, min(10, (n_trials or 12) // 4))),
-            pruner=make_pruner(spec),
-        )
-        for params in first_params or []:
-            study.enqueue_trial({k: choice_label(v) if isinstance(params_space.get(k), CategoricalParam) else v for k, v in params.items()})
-        interrupted = _optimize(study, trials.objective, trials.watch, n_trials, deadline)
+        # a resumed search must not replay the first attempt's draws: offset the seed by what it finished
+        sampler = optuna.samplers.TPESampler(seed=seed + offset, n_startup_trials=startup_trials or max(2, min(10, (n_trials or 12) // 4)))
+        study = open_search_study(storage, study_name, direction, sampler, make_pruner(spec), join)
+        if not join:
+            for params in first_params or []:
+                study.enqueue_trial({k: choice_label(v) if isinstance(params_space.get(k), CategoricalParam) else v for k, v in params.items()})
+            if storage is not None and study_name is not None:  # others may join: say how
+                joinable = SearchSpec(
+                    storage=shareable_url(storage), study=study_name, base=dict(base_config), space=space, pruner=spec.model_dump(),
+                    metric=metric, seed=seed, deadline=time() + time_limit, offset=offset, queued=queued, prune_queued=prune_queued,
+                    startup_trials=startup_trials,
+                )  # fmt: skip
+                write_spec(out_dir, joinable)
+                procs = start_local_workers(out_dir, workers - 1, storage, worker_threads(workers)) if workers > 1 else []
+        interrupted = _optimize(study, trials.objective, trials.watch, None if join else n_trials, deadline)
+        if not join:  # every worker's candidates, once their trials end
+            wait_for_workers(procs, study, time() + max(0.0, deadline - monotonic()))
     finally:
         optuna.logging.set_verbosity(verbosity)
+        for proc in procs:  # Ctrl-C here stops the local workers too
+            if proc.poll() is None:
+                proc.terminate()
     best = best_trial(study)
     errors = {offset + k: v for k, v in trial_errors(study).items()}
-    candidates = trials.candidates
+    candidates = trials.candidates if join else {**read_candidates(study, trials_dir, offset), **trials.candidates}
     return SearchResult(
         study, metric, direction, candidates, candidates.get(offset + best.number) if best is not None else None, monotonic() - start, errors, interrupted
     )
@@ -149,6 +174,7 @@ class _Trials:
     time_limit: float = 0.0
 
     def objective(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})  # a dead local worker's trial is recovered
         params = suggest_params(trial, self.space)
         cfg = trial_config(self.base, params, self.metric)
         number = self.offset + trial.number
@@ -182,6 +208,45 @@ class _Trials:
         self.reporting(f"candidate {self.offset + trial.number}: {trial.state.name.lower()}{value}; search time used {used:.0f}s of {self.time_limit:.0f}s")
 
 
+def join_search(run_dir: Path, storage: str | None = None, index: int | None = None, progress: bool = True) -> int:
+    """Run trials of the search in ``run_dir`` until its deadline (``mmagent fit-worker``).
+    Returns how many trials this worker ran."""
+    from mmagent.training.splits import load_splits
+
+    spec = read_spec(run_dir)
+    url = storage or os.environ.get("MMAGENT_FIT_STORAGE") or spec.storage
+    if url is None:
+        raise ValueError(f"the search in {run_dir} keeps its study in a storage with a password: give it with --storage URL")
+    left = spec.deadline - time()
+    if left <= 0:
+        print(f"the search in {run_dir} has ended (its deadline passed): nothing to do", flush=True)
+        return 0
+    index = index if index is not None else os.getpid()
+    say = print if progress else None
+    if say:
+        say(f"worker {index} on {run_dir}: checking the table's rows, then trials until the deadline ({left:.0f} s from now)")
+    splits = load_splits(config_from_dict(dict(spec.base))).sampled(config_from_dict(dict(spec.base)))
+    result = search_within_budget(
+        spec.base,
+        spec.space,
+        run_dir,
+        time_limit=spec.deadline - time(),
+        pruner=spec.pruner,
+        metric=spec.metric,
+        seed=spec.seed + SEED_STRIDE * index,
+        splits=splits,
+        storage=url,
+        study_name=spec.study,
+        join=True,
+        on_trial=say,
+        prune_queued=spec.prune_queued,
+        startup_trials=spec.startup_trials,
+        offset=spec.offset,
+        queued=spec.queued,
+    )
+    return len(result.candidates)
+
+
 def _pruner_spec(pruner: PrunerSpec | dict[str, Any] | None, params_space: dict[str, Any], epochs: int) -> PrunerSpec:
     """The pruner asked for (default Hyperband), its maximum resource the largest epoch count searched."""
     spec = pruner if isinstance(pruner, PrunerSpec) else PrunerSpec.model_validate(pruner or {"type": "hyperband"})
@@ -205,6 +270,29 @@ def _optimize(study: optuna.Study, objective: Any, watch: Any, n_trials: int | N
     except KeyboardInterrupt:
         return True
     return False
+
+
+def open_search_study(storage: str | None, name: str | None, direction: str, sampler: Any, pruner: Any, join: bool) -> optuna.Study:
+    """The search's study: new (in memory, or named in ``storage`` with heartbeats, so a dead
+    worker's trial is failed and queued once more), or (``join``) the running one."""
+    if storage is None:
+        return optuna.create_study(direction=direction, sampler=sampler, pruner=pruner)
+    rdb = rdb_storage(storage)
+    if join:
+        return optuna.load_study(study_name=name, storage=rdb, sampler=sampler, pruner=pruner)
+    return optuna.create_study(storage=rdb, study_name=name, direction=direction, sampler=sampler, pruner=pruner)
+
+
+def read_candidates(study: optuna.Study, trials_dir: Path, offset: int) -> dict[int, CandidateResult]:
+    """The candidates every worker finished in this study, read back from their folders."""
+    from mmagent.search.resume import read_candidate
+
+    found = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)):
+        result = read_candidate(trials_dir / str(offset + t.number))
+        if result is not None:
+            found[offset + t.number] = result
+    return found
 
 
 def _keep(candidates: dict[int, CandidateResult], number: int, result: CandidateResult, params: dict[str, Any]) -> None:

@@ -89,6 +89,8 @@ def fit(
     ensemble: bool | None = None,
     progress: bool = True,
     resume: bool = False,
+    storage: str | None = None,
+    workers: int = 1,
 ) -> FitResult:
     """Fit an agent to ``train`` (a CSV / JSONL / Parquet file or a DataFrame) that predicts
     ``label``, within ``time_budget`` (default: the preset's). ``agent``: the agent block (policy,
@@ -101,7 +103,12 @@ def fit(
     ``resume``: continue the unfinished fit in ``output`` (killed, or failed before promoting a
     model): its table and settings from ``fit.json``, its finished candidates kept, the budget
     left (or ``time_budget``) spent on new ones; ``train`` and ``label`` are then ignored
-    (see :mod:`mmagent.search.resume`)."""
+    (see :mod:`mmagent.search.resume`). ``storage``: the SQLAlchemy URL of the search's Optuna
+    study (default: SQLite in the run folder); ``workers``: processes on this machine that run
+    candidates side by side; more join with ``mmagent fit-worker`` (see
+    :mod:`mmagent.search.workers`)."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"--workers {workers!r}: give a whole number of processes, 1 or more")
     run_dir = Path(output)
     given = FitSettings(train, label, validation, test, time_budget, preset, recipe, column_types, agent, encoders, seed, metric, ensemble)
     settings, previous = _settings(given, run_dir, resume)
@@ -117,7 +124,8 @@ def fit(
             schema, raw = _base_config(settings, run_dir, resume, clock, len(previous))
             ensemble = plan.ensemble if settings.ensemble is None else settings.ensemble
             resumed = Resumed(previous, settings.used_seconds)
-            search = FitSearch(raw, run_dir, plan, clock, settings.seed, ensemble, resumed, fixed=set(settings.encoders or {}))
+            fixed = set(settings.encoders or {})
+            search = FitSearch(raw, run_dir, plan, clock, settings.seed, ensemble, resumed, fixed, storage=storage, workers=workers)
         except BaseException:
             if not resume:  # a resumed folder keeps its finished candidates whatever happens
                 shutil.rmtree(run_dir, ignore_errors=True)

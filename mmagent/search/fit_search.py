@@ -7,11 +7,13 @@ from __future__ import annotations
 import copy
 import json
 import signal
+import uuid
 from pathlib import Path
 from typing import Any
 
 from mmagent.finishing.report import UNKNOWN_FIT_ROWS
 from mmagent.search.ladder import (
+    MIN_SAMPLE_ROWS,
     Preset,
     RungPlan,
     SampleCost,
@@ -25,7 +27,14 @@ from mmagent.search.ladder import (
     tunable_inputs,
 )
 from mmagent.search.leaderboard import Leaderboard, Progress
-from mmagent.search.plan import estimated_probe_seconds, larger_backbones, promotion_reserve
+from mmagent.search.plan import (
+    check_minimum_budget,
+    estimated_probe_seconds,
+    larger_backbones,
+    promotion_reserve,
+    promotion_seconds,
+    validation_rows,
+)
 from mmagent.search.resume import Resumed, record_time
 
 
@@ -42,6 +51,8 @@ class FitSearch:
         ensemble: bool = False,
         resumed: Resumed | None = None,
         fixed: set[str] = frozenset(),  # type: ignore[assignment]
+        storage: str | None = None,
+        workers: int = 1,
     ) -> None:
         import torch
 
@@ -50,6 +61,8 @@ class FitSearch:
 
         self.raw, self.run_dir, self.plan, self.clock, self.seed = raw, run_dir, plan, clock, seed
         self.ensemble = ensemble
+        # the study's storage: the run folder's SQLite file serves this machine's processes
+        self.storage, self.workers = storage or f"sqlite:///{run_dir / 'search.db'}", workers
         resumed = resumed or Resumed()
         self.previous, self.used_before = resumed.finished, resumed.used_seconds  # a resumed fit's finished candidates
         config = config_from_dict(copy.deepcopy(raw))  # every key checked before any work
@@ -58,12 +71,30 @@ class FitSearch:
         self.validation, self.batch_size = splits.validation, config.train.batch_size
         self.device = "cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu"
         self.cost, self.blocks = self._measure(raw)  # the small backbones'
+        self._plan_validation(config)
         # With no pretrained encoder to fine-tune, every rung would be the same model.
         self.strategies = list(plan.strategies) if tunable_inputs(raw) else ["full"]
         self.leaderboard = Leaderboard(metric="", larger_better=raw["targets"][0]["type"] != "regression")
         self.larger = larger_backbones(raw, fixed) if plan.larger_backbones else None
         self.larger_strategies: list[str] = []
         self.reserve_for(self.cost)
+        check_minimum_budget(self.cost, clock.budget, clock.elapsed(), self.n_train, self.n_val, self.promotion)
+
+    def _plan_validation(self, config: Any) -> None:
+        """Score the search on a sample of the validation rows when a pass over all of them would
+        cost more of the budget than ranking candidates needs (:func:`~.plan.validation_rows`); the
+        sample size goes into the config, so every candidate and ``mmagent train`` use the same rows."""
+        rows = validation_rows(self.cost, self.clock.budget, self.n_val)
+        if rows is None:
+            return
+        self.raw["data"]["validation_rows"] = rows
+        config.data.validation_rows = rows
+        self.splits = self.splits.sampled(config)
+        self.validation = self.splits.validation
+        self.clock.say(
+            f"scoring candidates on {rows} of the {self.n_val} validation rows (a stratified sample): a pass over all would take too much of the budget"
+        )
+        self.n_val = rows
 
     def _measure(self, raw: dict[str, Any]) -> tuple[SampleCost, dict[int, int]]:
         """Build the model ``raw`` describes and measure what a sample costs on it (then drop it)."""
@@ -97,6 +128,7 @@ class FitSearch:
         passes = self.n_val + n_test * (n_inputs + 2) + self.n_val + min(self.n_train, 512) + min(self.n_train, UNKNOWN_FIT_ROWS)
         passes += self.n_val * n_inputs if n_inputs > 1 else 0
         per_sample = sum(cost.load.values()) + cost.forward
+        self.promotion = promotion_seconds(per_sample, passes)
         self.reserve_plan = promotion_reserve(self.clock.budget, per_sample, passes, self.n_val, self.ensemble, MAX_MEMBERS)
         self.reserve = self.reserve_plan.seconds
 
@@ -110,7 +142,7 @@ class FitSearch:
         head, tail = planned[:cut], planned[cut:]
         rungs = self._small_rungs(head)
         if self.larger is None:
-            return rungs + self._small_rungs(tail)
+            return self._explicit_rows(rungs + self._small_rungs(tail))
         # The larger backbone goes before the small one's further fine-tuning variants: on Financial
         # PhraseBank one epoch of MPNet's partial fine-tune reached 84.0 % on validation where three
         # epochs of MiniLM's partial, LoRA and full rungs reached 80.6-81.7 %.
@@ -118,7 +150,18 @@ class FitSearch:
         larger, spent = self._larger_rungs(left)
         if tail:
             tail = plan_rungs(self.cost, [r.strategy for r in tail], self.plan, left - spent, self.n_train, self.n_val, must_run=False)
-        return rungs + larger + self._small_rungs(tail)
+        return self._explicit_rows(rungs + larger + self._small_rungs(tail))
+
+    def _explicit_rows(self, rungs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """When some rungs train on a sample, every rung names its rows (all of them: the table's
+        count), and the search chooses among those sizes (``self.sample_rows``)."""
+        self.sample_rows: list[int] = []
+        if any("train.sample_rows" in r for r in rungs):
+            rungs = [{"train.sample_rows": self.n_train, **r} for r in rungs]
+            self.sample_rows = sorted({r["train.sample_rows"] for r in rungs})
+            sizes = ", ".join(map(str, self.sample_rows))
+            self.clock.say(f"{self.n_train} training rows are too many for a full pass in this budget: the candidates train on samples of {sizes} rows")
+        return rungs
 
     def _small_rungs(self, planned: list[RungPlan]) -> list[dict[str, Any]]:
         """The small backbones' planned rungs as search parameters (skipped ones on the leaderboard)."""
@@ -127,18 +170,18 @@ class FitSearch:
             if rung.skipped:
                 self.leaderboard.skipped(rung.strategy, rung.skipped)
                 continue
-            rungs.append(rung_params(self.raw, rung.strategy, self.blocks, rung.epochs))
+            rungs.append(rung_params(self.raw, rung.strategy, self.blocks, rung.epochs, rows=rung.rows))
             if rung.strategy == "probe" and speech_inputs(self.raw):
                 # right after the first rung: the same, with speech on a CNN trained from scratch
                 # (small and fast; early stopping ends it, the deadline bounds it)
-                rungs.append(rung_params(self.raw, rung.strategy, self.blocks, self.plan.probe_epochs, scratch=True))
+                rungs.append(rung_params(self.raw, rung.strategy, self.blocks, self.plan.probe_epochs, scratch=True, rows=rung.rows))
         return rungs
 
     def _larger_rungs(self, seconds: float) -> tuple[list[dict[str, Any]], float]:
         """The larger backbones' affordable rungs in ``seconds`` and the time they are expected to
         take: estimated from the catalog before any model is built, then planned on the measured cost."""
         option, chosen = self.larger  # type: ignore[misc]
-        estimate = estimated_probe_seconds(self.cost, self.raw, chosen, self.n_train + self.n_val)
+        estimate = estimated_probe_seconds(self.cost, self.raw, chosen, min(self.n_train, MIN_SAMPLE_ROWS) + self.n_val)
         if estimate is not None and estimate > seconds:
             why = f"caching its outputs alone would take ~{estimate:.0f} s (catalog cost), ~{max(0.0, seconds):.0f} s left for it"
             self.leaderboard.skipped(f"backbone {option.label}", why)
@@ -152,7 +195,7 @@ class FitSearch:
                 self.leaderboard.skipped(f"{rung.strategy} on {option.label}", rung.skipped)
                 continue
             self.larger_strategies.append(rung.strategy)
-            rungs.append(rung_params(option.raw, rung.strategy, option.blocks, rung.epochs))
+            rungs.append(rung_params(option.raw, rung.strategy, option.blocks, rung.epochs, rows=rung.rows))
             spent += rung.seconds
         if rungs:  # promoting a larger winner costs more: keep back what it needs
             self.reserve_for(option.cost if option.cost.forward > self.cost.forward else self.cost)
@@ -168,7 +211,7 @@ class FitSearch:
         rungs = [r for r in self._ladder(seconds) if json.dumps(r, sort_keys=True, default=str) not in done]  # none trained twice
         max_epochs = max(self.plan.probe_epochs, 2 * self.plan.finetune_epochs)
         larger = [(self.larger[0].raw, self.larger[0].blocks or {}, self.larger_strategies)] if self.larger_strategies else []
-        space = search_space(self.raw, self.strategies, self.blocks, max_epochs, larger)
+        space = search_space(self.raw, self.strategies, self.blocks, max_epochs, larger, self.sample_rows)
         n_trials = max(1, max_trials(len(rungs), self.n_val) - len(self.previous)) if self.plan.search else max(1, len(rungs))
         if self.plan.search and n_trials < 10_000:
             self.clock.say(f"at most {n_trials} candidates: {self.n_val} validation rows cannot rank more without picking a lucky one")
@@ -185,7 +228,9 @@ class FitSearch:
                 store=FeatureCacheStore(),
                 seed=self.seed,
                 first_params=rungs,
-                storage=f"sqlite:///{self.run_dir / 'search.db'}",
+                storage=self.storage,
+                study_name=f"fit-{uuid.uuid4().hex[:12]}",  # unique in a storage that many fits share
+                workers=self.workers,
                 on_trial=self._report,
                 prune_queued=False,
                 previous=self.previous,

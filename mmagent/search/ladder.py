@@ -94,44 +94,77 @@ class SampleCost(BaseModel):
         return max(0, min(wanted, math.floor(left / per_epoch)))
 
 
+# A sample smaller than this says too little about a table to rank candidates on: a rung that
+# cannot afford it on a sample is skipped (the first one still runs, cut by the deadline).
+MIN_SAMPLE_ROWS = 1000
+# Epochs a rung on a sample is planned for: on a table too large for one pass, more rows pay more
+# than more passes over fewer (each epoch of a large sample is already many steps).
+SAMPLED_EPOCHS: dict[str, int] = {"probe": 3, "partial": 1, "lora": 1, "full": 1}
+
+
 class RungPlan(BaseModel):
-    """One rung of the ladder: its strategy and epochs, or (epochs 0) why it is skipped."""
+    """One rung of the ladder: its strategy, epochs and training rows (None: all; else a seeded
+    sample, when one pass over all of them does not fit), or (epochs 0) why it is skipped."""
 
     strategy: Strategy
     epochs: int
     skipped: str = ""
     seconds: float = 0.0  # what it is expected to take (caching included)
+    rows: int | None = None
 
 
 def plan_rungs(
     cost: SampleCost, strategies: list[Strategy], plan: Preset, seconds: float, n_train: int, n_validation: int, must_run: bool = True
 ) -> list[RungPlan]:
-    """How many epochs each rung gets out of ``seconds``, cheapest first. The probe gets at most a
-    quarter of the training time, counted *after* caching the frozen encoders' outputs: that
-    one-off pass is paid whatever the probe's epochs, and with a slow encoder (Whisper over 3,000
-    clips: ~5 min) charging it to the probe's quarter left the probe a single epoch on features
-    that make an epoch take seconds. A rung that cannot finish one epoch is skipped with the
-    reason; with ``must_run`` the cheapest always runs (the deadline cuts it mid-epoch if need be)."""
+    """How many epochs, on how many training rows, each rung gets out of ``seconds``, cheapest
+    first. The probe gets at most a quarter of the training time, counted *after* caching the
+    frozen encoders' outputs: that one-off pass is paid whatever the probe's epochs, and with a
+    slow encoder (Whisper over 3,000 clips: ~5 min) charging it to the probe's quarter left the
+    probe a single epoch on features that make an epoch take seconds. A rung that cannot afford
+    its planned epochs over every row trains on a seeded sample that fits (:func:`rows_that_fit`;
+    a million rows: caching them all took 4x a 3-minute budget), the fine-tuning rungs then
+    sharing the time left evenly. A rung that cannot finish one epoch on even
+    :data:`MIN_SAMPLE_ROWS` is skipped with the reason; with ``must_run`` the cheapest always runs
+    (the deadline cuts it mid-epoch if need be)."""
     rungs: list[RungPlan] = []
     cached: set[str] = set()
-    n = (n_train, n_validation)
-    for strategy in strategies:
+    for k, strategy in enumerate(strategies):
         wanted = plan.probe_epochs if strategy == "probe" else plan.finetune_epochs
-        setup = cost.setup_seconds(strategy, *n, done=cached)
+        setup = cost.setup_seconds(strategy, n_train, n_validation, done=cached)
         share = seconds
         if strategy == "probe" and len(strategies) > 1:
             share = min(seconds, setup + 0.25 * max(0.0, seconds - setup))
-        epochs = cost.affordable_epochs(strategy, wanted, share, *n, done=cached)
+        rows, epochs = n_train, cost.affordable_epochs(strategy, wanted, share, n_train, n_validation, done=cached)
+        if epochs < min(wanted, SAMPLED_EPOCHS[strategy]):  # not even a short pass over every row: a sample
+            if strategy == "probe" and len(strategies) > 1:
+                share = 0.25 * seconds
+            elif strategy != "probe":
+                share = seconds / (len(strategies) - k)  # the fine-tuning rungs left share the time
+            rows = min(n_train, rows_that_fit(cost, strategy, SAMPLED_EPOCHS[strategy], share, n_validation, cached))
+            if rows < min(n_train, MIN_SAMPLE_ROWS):
+                rows = min(n_train, MIN_SAMPLE_ROWS)
+            epochs = cost.affordable_epochs(strategy, wanted, share, rows, n_validation, done=cached)
         if epochs == 0 and (rungs or not must_run):
-            need = setup + cost.epoch_seconds(strategy, *n)
-            rungs.append(RungPlan(strategy=strategy, epochs=0, skipped=f"one epoch needs ~{need:.0f} s, ~{max(0.0, seconds):.0f} s of the budget left for it"))
+            need = cost.setup_seconds(strategy, rows, n_validation, done=cached) + cost.epoch_seconds(strategy, rows, n_validation)
+            on = "" if rows == n_train else f" on a sample of {rows} rows"
+            rungs.append(
+                RungPlan(strategy=strategy, epochs=0, skipped=f"one epoch{on} needs ~{need:.0f} s, ~{max(0.0, seconds):.0f} s of the budget left for it")
+            )
             continue
         epochs = max(epochs, 1)
-        spent = setup + epochs * cost.epoch_seconds(strategy, *n)
-        rungs.append(RungPlan(strategy=strategy, epochs=epochs, seconds=spent))
+        spent = cost.setup_seconds(strategy, rows, n_validation, done=cached) + epochs * cost.epoch_seconds(strategy, rows, n_validation)
+        rungs.append(RungPlan(strategy=strategy, epochs=epochs, seconds=spent, rows=None if rows == n_train else rows))
         seconds -= spent
         cached |= cost.cached(strategy)
     return rungs
+
+
+def rows_that_fit(cost: SampleCost, strategy: str, epochs: int, seconds: float, n_validation: int, done: set[str] = frozenset()) -> int:  # type: ignore[assignment]
+    """The most training rows on which caching (what is not in ``done``) and ``epochs`` epochs of
+    ``strategy`` fit in ``seconds``: every cost is linear in the rows, validation's fixed."""
+    fixed = cost.setup_seconds(strategy, 0, n_validation, done) + epochs * cost.epoch_seconds(strategy, 0, n_validation)
+    per_row = cost.setup_seconds(strategy, 1, 0, done) + epochs * cost.epoch_seconds(strategy, 1, 0)
+    return int(max(0.0, seconds - fixed) / max(per_row, 1e-9))
 
 
 def tunable_inputs(raw: dict[str, Any]) -> list[int]:
@@ -193,11 +226,14 @@ def search_space(
     blocks: dict[int, int],
     max_epochs: int,
     larger: list[tuple[dict[str, Any], dict[int, int], list[Strategy]]] = (),  # type: ignore[assignment]
+    sample_rows: list[int] = (),  # type: ignore[assignment]
 ) -> dict[str, Any]:
     """The ``tune.space`` ``fit`` searches: each tunable encoder's strategy, the learning rates,
     epochs and, with several inputs, the fusion and its modality dropout. ``larger``: other
     backbones (a base config carrying them, their block counts, the strategies affordable on
-    them), added to each input's choices: the backbone is a dimension of the search."""
+    them), added to each input's choices: the backbone is a dimension of the search.
+    ``sample_rows``: the training-sample sizes the ladder's rungs used on a table too large for
+    a full pass; the search chooses among them (more rows, or more epochs on fewer)."""
     space: dict[str, Any] = {
         f"inputs.{i}.encoder": {"type": "categorical", "choices": [strategy_encoder(raw["inputs"][i]["encoder"], s, blocks.get(i, 2)) for s in strategies]}
         for i in tunable_inputs(raw)
@@ -211,16 +247,18 @@ def search_space(
     space["train.lr"] = {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}
     space["train.head_lr"] = {"type": "float", "low": 3e-4, "high": 1e-2, "log": True}
     space["train.epochs"] = {"type": "int", "low": 1, "high": max_epochs}
+    if sample_rows:
+        space["train.sample_rows"] = {"type": "categorical", "choices": sorted(set(sample_rows))}
     if len(raw["inputs"]) > 1:
         space["fusion.type"] = {"type": "categorical", "choices": ["concat", "gated", "cross_attention"]}
         space["fusion.modality_dropout"] = {"type": "float", "low": 0.0, "high": 0.4}
     return space
 
 
-def rung_params(raw: dict[str, Any], strategy: Strategy, blocks: dict[int, int], epochs: int, scratch: bool = False) -> dict[str, Any]:
+def rung_params(raw: dict[str, Any], strategy: Strategy, blocks: dict[int, int], epochs: int, scratch: bool = False, rows: int | None = None) -> dict[str, Any]:
     """One rung of the ladder as search parameters: every tunable encoder on ``strategy``, the
     strategy's usual learning rates, the base fusion; with ``scratch``, speech inputs on the
-    scratch CNN instead."""
+    scratch CNN instead; ``rows``: train on a seeded sample of that many rows."""
     climbing = rung_inputs(raw)
     params: dict[str, Any] = {
         f"inputs.{i}.encoder": strategy_encoder(raw["inputs"][i]["encoder"], strategy if i in climbing else "probe", blocks.get(i, 2))
@@ -229,6 +267,8 @@ def rung_params(raw: dict[str, Any], strategy: Strategy, blocks: dict[int, int],
     for i in speech_inputs(raw) if scratch else []:
         params[f"inputs.{i}.encoder"] = scratch_audio(raw["inputs"][i]["encoder"])
     params |= {"train.lr": ENCODER_LR[strategy] or 1e-4, "train.head_lr": HEAD_LR[strategy], "train.epochs": int(epochs)}
+    if rows is not None:
+        params["train.sample_rows"] = int(rows)
     if len(raw["inputs"]) > 1:
         params |= {"fusion.type": raw["fusion"]["type"], "fusion.modality_dropout": raw["fusion"]["modality_dropout"]}
     return params

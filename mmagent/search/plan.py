@@ -20,6 +20,42 @@ from mmagent import catalog
 from mmagent.search.ladder import SampleCost, tunable_inputs
 
 ENSEMBLE_SHARE = 0.1  # the most of the budget kept back for scoring and running an ensemble's extra members
+# One pass over the validation rows may cost at most this share of the budget: every epoch of every
+# candidate pays it. A million-row table's 100,000 validation rows cost MiniLM 160 s a pass on two
+# cores; a few thousand rank candidates to within a point.
+VALIDATION_SHARE = 0.03
+MIN_VALIDATION_ROWS = 2000
+
+
+class BudgetTooSmall(ValueError):
+    """The budget cannot pay for even the smallest fit of this table on this machine (measured)."""
+
+
+def validation_rows(cost: SampleCost, budget: float, n_validation: int) -> int | None:
+    """How many validation rows the search scores (a seeded sample; None: all of them): as many
+    as :data:`VALIDATION_SHARE` of the budget pays for one pass over, at least
+    :data:`MIN_VALIDATION_ROWS`."""
+    per_row = sum(cost.load.values()) + cost.forward
+    rows = max(MIN_VALIDATION_ROWS, int(VALIDATION_SHARE * budget / max(per_row, 1e-9)))
+    return rows if rows < n_validation else None
+
+
+def check_minimum_budget(cost: SampleCost, budget: float, spent: float, n_train: int, n_validation: int, promotion: float) -> None:
+    """Refuse a budget that cannot pay for what was ``spent`` already (reading, checking, measuring),
+    a one-epoch probe on the smallest sample the ladder uses and ``promotion`` (evaluating,
+    calibrating and reporting the winner), saying the measured minimum."""
+    from mmagent.search.ladder import MIN_SAMPLE_ROWS
+
+    rows = min(n_train, MIN_SAMPLE_ROWS)
+    probe = cost.setup_seconds("probe", rows, n_validation) + cost.epoch_seconds("probe", rows, n_validation)
+    need = spent + probe + promotion
+    if need > budget:
+        suggest = 10 * -(-int(1.25 * need) // 10)  # a margin, in round tens of seconds
+        raise BudgetTooSmall(
+            f"time budget {budget:.0f}s is less than this table needs on this machine: ~{need:.0f} s (measured: reading, checking and "
+            f"measuring {spent:.0f} s, a probe on {rows} rows ~{probe:.0f} s, evaluating and calibrating the winner ~{promotion:.0f} s); "
+            f"give --time-budget {suggest}s or more"
+        )
 
 
 @dataclass
@@ -54,7 +90,8 @@ def larger_backbones(raw: dict[str, Any], fixed: set[str]) -> tuple[Backbones, d
 
 
 def estimated_probe_seconds(small: SampleCost, raw: dict[str, Any], chosen: dict[int, catalog.Backbone], n_rows: int) -> float | None:
-    """What caching the larger backbones' outputs over ``n_rows`` rows would cost, scaled from the
+    """What caching the larger backbones' outputs over ``n_rows`` rows (the fewest a probe on them
+    would use) would cost, scaled from the
     small ones' measured encoding (``raw``: the small backbones' config) by the catalog's relative
     cost; None when the catalog has no figure for one of them (then only measuring it tells)."""
     total = 0.0
@@ -77,6 +114,12 @@ class Reserve:
     why: str = ""
 
 
+def promotion_seconds(per_sample: float, passes: int) -> float:
+    """Promoting one model: ``passes`` forward passes at ``per_sample`` seconds, a 1.5x margin,
+    and 15 s for the report."""
+    return 15.0 + 1.5 * per_sample * passes
+
+
 def promotion_reserve(budget: float, per_sample: float, passes: int, n_validation: int, ensemble: bool, max_members: int) -> Reserve:
     """The reserve for promoting the winner: ``passes`` forward passes over rows at ``per_sample``
     seconds each (validation, test, ablations, calibration, drift profile, unknown score), with a
@@ -85,7 +128,7 @@ def promotion_reserve(budget: float, per_sample: float, passes: int, n_validatio
     members as :data:`ENSEMBLE_SHARE` of the budget pays for are reserved, never ``max_members``
     by default. Reserving three Whisper members on AV-digits took 30 % of a 20-minute budget and
     cost the fit its goal (94.7 % -> 91.7 %)."""
-    single = min(0.3 * budget, 15.0 + 1.5 * per_sample * passes)
+    single = min(0.3 * budget, promotion_seconds(per_sample, passes))
     extra = 1.5 * per_sample * (passes + n_validation)  # one more member: every pass again, plus scoring it
     if not ensemble:
         return Reserve(single, 1)

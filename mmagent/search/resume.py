@@ -105,7 +105,7 @@ def load_for_resume(run_dir: Path) -> tuple[dict[str, Any], dict[int, CandidateR
         shutil.rmtree(run_dir / name, ignore_errors=True)
     finished: dict[int, CandidateResult] = {}
     for folder in sorted((run_dir / TRIALS_DIR).glob("*")) if (run_dir / TRIALS_DIR).is_dir() else []:
-        result = _read_candidate(folder)
+        result = read_candidate(folder)
         if result is None:  # killed mid-training: its partial model is not a candidate
             shutil.rmtree(folder, ignore_errors=True)
         else:
@@ -113,7 +113,8 @@ def load_for_resume(run_dir: Path) -> tuple[dict[str, Any], dict[int, CandidateR
     return settings, finished
 
 
-def _read_candidate(folder: Path) -> CandidateResult | None:
+def read_candidate(folder: Path) -> CandidateResult | None:
+    """The finished candidate in ``trials/<n>`` (None: unfinished, or its record torn)."""
     path = folder / CANDIDATE_FILE
     if not folder.is_dir() or not folder.name.isdigit() or not path.is_file() or not (folder / runs.MODEL_DIR / "model.json").is_file():
         return None

@@ -38,15 +38,7 @@ def open_study(url: str, name: str, direction: str, metric: str) -> optuna.Study
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        rdb = optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
-        study = optuna.create_study(storage=rdb, study_name=name, direction=direction, load_if_exists=True)
+        study = optuna.create_study(storage=rdb_storage(url), study_name=name, direction=direction, load_if_exists=True)
     if study.direction.name.lower() != direction:
         raise ConfigError(f"study {name!r} in this storage {study.direction.name.lower()}s; this config {direction}s {metric}: use another --study name")
     existing = study.user_attrs.get("metric")
@@ -55,6 +47,24 @@ def open_study(url: str, name: str, direction: str, metric: str) -> optuna.Study
     elif existing != metric:
         raise ConfigError(f"study {name!r} in this storage optimizes {existing}, not {metric}: use another --study name or storage")
     return study
+
+
+def rdb_storage(url: str, grace: float = GRACE_SECONDS) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage with heartbeats: a trial whose process stops beating for ``grace``
+    seconds is failed and queued once more with the same parameters."""
+    import optuna
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=grace,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
 
 
 def pid_alive(pid: int) -> bool:

@@ -4,9 +4,12 @@ split a validation set off the training table when none is given."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mmagent.config import ExperimentConfig
 from mmagent.data.errors import table_error
@@ -21,6 +24,13 @@ class Splits:
     validation: Table
     test: Table | None
     skipped: list[Problem] = field(default_factory=list)
+
+    def sampled(self, config: ExperimentConfig) -> Splits:
+        """These splits with training and validation cut to ``train.sample_rows`` and
+        ``data.validation_rows`` (seeded, stratified samples; the same rows every time)."""
+        train = sample_table(self.train, config.train.sample_rows, config)
+        validation = sample_table(self.validation, config.data.validation_rows, config)
+        return self if train is self.train and validation is self.validation else Splits(train, validation, self.test, self.skipped)
 
 
 def load_splits(config: ExperimentConfig) -> Splits:
@@ -64,12 +74,30 @@ def split_validation(table: Table, config: ExperimentConfig) -> tuple[Table, Tab
     first = next((t for t in config.targets if t.type == "classification"), None)
     if first is not None:
         labels = [label_text(r.get(first.column)) for r in table.records]
-        counts = {lab: labels.count(lab) for lab in set(labels)}
+        counts = Counter(labels)
         n_val = math.ceil(config.data.validation_fraction * len(idx))
         if min(counts.values()) >= 2 and n_val >= len(counts):
             strat = labels
     train_idx, val_idx = train_test_split(idx, test_size=config.data.validation_fraction, random_state=config.train.seed, stratify=strat)
     return table.subset(sorted(train_idx)), table.subset(sorted(val_idx))
+
+
+def sample_table(table: Table, rows: int | None, config: ExperimentConfig) -> Table:
+    """A seeded sample of ``rows`` rows of ``table`` (in file order), stratified on the first
+    classification target when every class allows it; ``table`` itself when it has no more rows."""
+    if rows is None or rows >= len(table):
+        return table
+    from sklearn.model_selection import train_test_split
+
+    first = next((t for t in config.targets if t.type == "classification"), None)
+    labels = None
+    if first is not None and first.column in table.frame.columns:
+        labels = table.frame[first.column].astype(str).to_numpy()
+        counts = np.unique(labels, return_counts=True)[1]
+        if counts.min() < 2 or rows < len(counts) or len(table) - rows < len(counts):
+            labels = None
+    kept, _ = train_test_split(np.arange(len(table)), train_size=rows, random_state=config.train.seed, stratify=labels)
+    return table.subset(np.sort(kept))
 
 
 def write_skipped(path: Path, problems: list[Problem]) -> None:

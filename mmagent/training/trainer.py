@@ -191,7 +191,7 @@ def setup(
     # threads before any work; a resumed run keeps the count it was trained with unless told
     # otherwise (sums, and so the weights, can differ in their last bits with another count)
     threads = apply_thread_policy(t.threads, config.loader_workers, previous=_checkpoint_threads(load_from))
-    splits = splits if splits is not None else load_splits(config)  # a search passes the splits it checked once
+    splits = (splits if splits is not None else load_splits(config)).sampled(config)  # a search passes the splits it checked once
     model = build_model(config, splits.train, checkpoint_spec(load_from) if load_from else None)
     check_agent_labels(config.agent, model.spec.targets)
     if main:
