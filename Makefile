@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser test test-fast lint format demo bench-smoke examples-smoke clean
+.PHONY: setup system browser test test-fast lint format demo bench-smoke examples-smoke clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,21 +17,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[all,dev]" $(TORCH_PINS)
 	touch $(STAMP)
 
-# The page's browser tests drive Debian's chromium (Playwright cannot download its own here):
-# installed with apt-get when missing (as root, or through sudo).
+# System packages the tests use, from Debian, installed with apt-get when missing (as root, or
+# through sudo): chromium for the page's browser tests (Playwright cannot download its own here),
+# postgresql for the fit search shared by workers (the tests start a private cluster).
 CHROMIUM ?= /usr/bin/chromium
-browser:
-	@test -x $(CHROMIUM) || { \
+system:
+	@missing=""; test -x $(CHROMIUM) || missing="chromium"; \
+	  { command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing="$$missing postgresql"; \
+	  test -z "$$missing" || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
-	  else echo "error: $(CHROMIUM) is missing; install chromium (apt-get install chromium) as root" >&2; exit 1; fi; \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
+	  else echo "error: missing system packages:$$missing; install them (apt-get install$$missing) as root" >&2; exit 1; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; }
+browser: system
 
-setup: $(STAMP) browser
+setup: $(STAMP) system
 
-test: $(STAMP) browser
+test: $(STAMP) system
 	MMAGENT_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q
 
-test-fast: $(STAMP) browser
+test-fast: $(STAMP) system
 	MMAGENT_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)

@@ -37,9 +37,9 @@ QUALITY: list[str] = [
     "unknown_inputs",
 ]
 #: Section 2: speed (framework overhead, vs the Hugging Face Trainer, frozen cache, memory); extend this list.
-SPEED: list[str] = ["overhead", "vs_hf_trainer", "frozen_cache", "tune_cache", "serve_load", "gpu_throughput"]
+SPEED: list[str] = ["overhead", "vs_hf_trainer", "frozen_cache", "tune_cache", "serve_load", "gpu_throughput", "fit_scale"]
 #: Benchmarks that generate their own data (no --data-root).
-GENERATED_DATA: set[str] = {"tune_cache", "serve_load"}
+GENERATED_DATA: set[str] = {"tune_cache", "serve_load", "fit_scale"}
 # Smoke runs that do more than a few steps: fit_quality fits all six data sets (20 s budget each);
 # serve_load exports MiniLM to ONNX and starts four servers; unknown_inputs fits three (about 80 s
 # on an idle 2-core machine, over 200 s on a busy one).

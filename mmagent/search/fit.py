@@ -109,6 +109,10 @@ def fit(
     :mod:`mmagent.search.workers`)."""
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"--workers {workers!r}: give a whole number of processes, 1 or more")
+    if storage is not None:
+        from mmagent.search.workers import check_storage
+
+        check_storage(storage)
     run_dir = Path(output)
     given = FitSettings(train, label, validation, test, time_budget, preset, recipe, column_types, agent, encoders, seed, metric, ensemble)
     settings, previous = _settings(given, run_dir, resume)

@@ -69,6 +69,31 @@ def shareable_url(url: str) -> str | None:
     return None if make_url(url).password else url
 
 
+def check_storage(url: str) -> None:
+    """Refuse, before any work, a storage URL that is not one, whose driver is missing, or whose
+    database does not answer."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    from mmagent.search.study import mask_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise ValueError(f"--storage {url!r}: not a database URL; use e.g. sqlite:///search.db or postgresql://user:password@host/db") from None
+    try:
+        engine = sqlalchemy.create_engine(parsed)
+    except ImportError:
+        raise ValueError(f"--storage {mask_url(url)}: the {parsed.get_backend_name()} driver is not installed: pip install 'mmagent[workers]'") from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as e:
+        raise ValueError(f"--storage {mask_url(url)}: cannot connect: {str(e).splitlines()[0]}") from None
+    finally:
+        engine.dispose()
+
+
 def start_local_workers(run_dir: Path, count: int, storage: str, threads: int | None) -> list[subprocess.Popen]:
     """``count`` worker processes on this machine (``mmagent fit-worker``), each logging to
     ``RUN_DIR/workers/<i>.log``. The storage URL reaches them through the environment, never a file."""
