@@ -87,14 +87,23 @@ def _split_pair(item: str) -> tuple[str, str]:
     return column.strip(), kind.strip().lower()
 
 
+# A column's kind shows in a hundred thousand rows as well as in a million (a 1M-row table took
+# 18 s to infer on all of them): larger tables are read off an evenly spread sample of this size.
+SCHEMA_SAMPLE_ROWS = 100_000
+
+
 def infer_schema(table: Table, label: str, column_types: dict[str, str] | None = None) -> Schema:
-    """Decide the task from ``label`` and a kind for every other column of ``table``."""
+    """Decide the task from ``label`` and a kind for every other column of ``table`` (of a spread-out
+    sample of :data:`SCHEMA_SAMPLE_ROWS` rows when it has more)."""
     column_types = column_types or {}
     if label not in table.columns:
         raise ValueError(f"label column {label!r} is not in {table.source}; its columns are: {', '.join(table.columns)}")
     unknown = sorted(set(column_types) - set(table.columns))
     if unknown:
         raise ValueError(f"--column-type names column(s) {unknown} that {table.source} does not have; its columns are: {', '.join(table.columns)}")
+    if len(table) > SCHEMA_SAMPLE_ROWS:  # kinds are read off a spread-out sample; every row is still checked before training
+        picks = np.linspace(0, len(table) - 1, num=SCHEMA_SAMPLE_ROWS).round().astype(int)
+        table = table.subset(np.unique(picks))
     labels = table.frame[label]
     task, task_reason = infer_task(labels)
     decisions = []
