@@ -184,7 +184,7 @@ def test_a_worker_that_died_loses_only_its_trial(tmp_path):
     running.set_user_attr("worker", {"host": socket.gethostname(), "pid": gone.pid})
     done = study.ask({"train.lr": optuna.distributions.FloatDistribution(1e-5, 1e-3)})
     study.tell(done, 0.7)
-    wait_for_workers([gone], study, time.time() + 5)
+    wait_for_workers([gone], study, time.time(), grace=5.0)
     states = {t.number: t.state for t in study.trials}
     assert states[running.number] == optuna.trial.TrialState.FAIL and states[done.number] == optuna.trial.TrialState.COMPLETE
     retried = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]

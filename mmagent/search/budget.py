@@ -138,7 +138,8 @@ def search_within_budget(
                 procs = start_local_workers(out_dir, workers - 1, storage, worker_threads(workers)) if workers > 1 else []
         interrupted = _optimize(study, trials.objective, trials.watch, None if join else n_trials, deadline)
         if not join:  # every worker's candidates, once their trials end
-            wait_for_workers(procs, study, time() + max(0.0, deadline - monotonic()))
+            # one deadline: a worker's trial still running a few seconds past it is lost, not waited for
+            wait_for_workers(procs, study, time() + max(0.0, deadline - monotonic()), grace=max(5.0, 0.05 * time_limit))
     finally:
         optuna.logging.set_verbosity(verbosity)
         for proc in procs:  # Ctrl-C here stops the local workers too

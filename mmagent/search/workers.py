@@ -110,10 +110,12 @@ def start_local_workers(run_dir: Path, count: int, storage: str, threads: int | 
     return procs
 
 
-def wait_for_workers(procs: list[subprocess.Popen], study: Any, deadline: float, grace: float = 120.0) -> None:
+def wait_for_workers(procs: list[subprocess.Popen], study: Any, deadline: float, grace: float) -> None:
     """After this process's own trials: wait for the local workers to end, and for trials still
     RUNNING elsewhere (other machines) to finish, up to ``grace`` seconds past the deadline; a
-    local worker still running then is stopped (its trial is lost, the others stand)."""
+    local worker still running then is stopped (its trial is lost, the others stand). A candidate
+    cut by the deadline is still scored on validation, which can take a slow backbone a minute on a
+    shared machine (100,000 rows, two workers: 76 s past a 5-minute budget before this limit)."""
     from optuna.trial import TrialState
 
     from mmagent.search.study import recover_dead_local_trials
