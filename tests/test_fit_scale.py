@@ -207,3 +207,20 @@ def test_fit_worker_on_an_ended_search_says_so(tmp_path):
     write_spec(tmp_path, spec)
     ended = runner.invoke(app, ["fit-worker", str(tmp_path)])
     assert ended.exit_code == 0 and "has ended" in ended.output and "0 candidate(s)" in ended.output
+
+
+def test_a_candidate_stops_in_time_to_score_its_partial_epoch():
+    """The cut leaves the time that validating the partial epoch takes (a forward pass: about a
+    third of a training step per row), so a candidate cut by the deadline is scored by it."""
+    from mmagent.search.objective import Deadline
+
+    def first_stop(validation_rows: int) -> float:
+        now = [0.0]
+        deadline = Deadline(at=100.0, validation_rows=validation_rows, rows_per_step=16, clock=lambda: now[0])
+        while not deadline():
+            now[0] += 1.0  # one optimizer step of 16 rows a second
+        return now[0]
+
+    assert first_stop(0) == 100.0  # nothing to score: the deadline itself
+    assert first_stop(480) == 90.0  # 480 rows at 1/16 s a row, a third of that: 10 s kept for them
+    assert first_stop(48_000) == 1.0  # scoring alone would overrun: stop after the first timed step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,22 @@ class Table:
             columns = [self.frame[c].tolist() for c in names]
             self._records = [dict(zip(names, values)) for values in zip(*columns)] if names else [{} for _ in range(len(self.frame))]
         return self._records
+
+    def iter_records(self, chunk: int = 65_536) -> Iterator[dict[str, Any]]:
+        """The rows as :attr:`records` gives them, built chunk by chunk and not kept: a pass over a
+        large table (the row checks) holds one chunk's dicts, not a million."""
+        if self._records is not None:
+            yield from self._records
+            return
+        names = list(self.frame.columns)
+        for start in range(0, len(self.frame), chunk):
+            part = self.frame.iloc[start : start + chunk]
+            columns = [part[c].tolist() for c in names]
+            yield from (dict(zip(names, values)) for values in zip(*columns)) if names else ({} for _ in range(len(part)))
+
+    def column_values(self, name: str) -> list[Any]:
+        """One column's cells as native values (None everywhere when the table has no such column)."""
+        return self.frame[name].tolist() if name in self.frame.columns else [None] * len(self.frame)
 
     def __len__(self) -> int:
         return len(self.frame)

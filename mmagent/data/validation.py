@@ -133,7 +133,7 @@ def check_rows(table: Table, inputs: list[InputSpec], targets: list[TargetSpec],
     def add(row: int, column: str, message: str) -> None:
         problems.append(Problem(table.source, row, column, message, table.where(row)))
 
-    for row, record in enumerate(table.records):
+    for row, record in enumerate(table.iter_records()):
         any_input = False
         for inp in inputs:
             values = [record.get(c) for c in inp.columns]
@@ -281,14 +281,14 @@ def check_training_data(config: Any, splits: S) -> S:
         )
     for inp in config.inputs:
         for column in inp.columns:
-            if all(is_empty(r.get(column)) for r in train.records):
+            if all(is_empty(v) for v in train.column_values(column)):
                 raise table_error(
                     train.source,
                     f"column {column!r} ({inp.modality} input) is empty in every training row; fill it or remove the input from the config",
                     column,
                 )
     for t in config.targets:
-        values = [r.get(t.column) for r in train.records]
+        values = train.column_values(t.column)
         if t.type == "classification":
             labels = sorted({label_text(v) for v in values if not is_empty(v)})
             if len(labels) < 2 and not config.train.init_from:  # a warm start also knows its parent's labels

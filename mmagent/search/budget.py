@@ -10,7 +10,6 @@ all candidates (a shared :class:`~mmagent.data.feature_store.FeatureCacheStore`)
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,7 +174,6 @@ class _Trials:
     time_limit: float = 0.0
 
     def objective(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})  # a dead local worker's trial is recovered
         params = suggest_params(trial, self.space)
         cfg = trial_config(self.base, params, self.metric)
         number = self.offset + trial.number

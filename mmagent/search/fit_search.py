@@ -66,7 +66,10 @@ class FitSearch:
         resumed = resumed or Resumed()
         self.previous, self.used_before = resumed.finished, resumed.used_seconds  # a resumed fit's finished candidates
         config = config_from_dict(copy.deepcopy(raw))  # every key checked before any work
+        started = self.clock.elapsed()
         self.splits = splits = load_splits(config)  # every row of every table checked, once: every candidate trains on these
+        checked = len(splits.train) + len(splits.validation) + (len(splits.test) if splits.test is not None else 0)
+        self.clock.say(f"read and checked {checked} rows in {self.clock.elapsed() - started:.0f} s")
         self.n_train, self.n_val = len(splits.train), len(splits.validation)
         self.validation, self.batch_size = splits.validation, config.train.batch_size
         self.device = "cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu"

@@ -73,7 +73,7 @@ def split_validation(table: Table, config: ExperimentConfig) -> tuple[Table, Tab
     strat = None
     first = next((t for t in config.targets if t.type == "classification"), None)
     if first is not None:
-        labels = [label_text(r.get(first.column)) for r in table.records]
+        labels = [label_text(v) for v in table.column_values(first.column)]
         counts = Counter(labels)
         n_val = math.ceil(config.data.validation_fraction * len(idx))
         if min(counts.values()) >= 2 and n_val >= len(counts):
