@@ -7,7 +7,7 @@ published reference, the budget, the wall time, the chosen candidate and peak me
 
     python -m benchmarks.fit_quality banking77            # full run, the data set's budget (40m)
     python -m benchmarks.fit_quality breastmnist --budget 10m --draft
-    python -m benchmarks.fit_quality --smoke              # every data set, a tiny subset, 20 s each
+    python -m benchmarks.fit_quality --smoke              # every data set, a tiny subset, 40 s each
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def run_one(name: str, data_root: Path, work_dir: Path, budget: str | None, pres
         prepare, smoke_limit = module.prepare, module.SMOKE_LIMIT
     tables = prepare(data_root, work_dir / name / "tables", smoke_limit if smoke else None)
     run_dir = work_dir / name / f"run-{int(time.time())}"
-    budget = budget or ("20s" if smoke else bench.budget)
+    budget = budget or ("40s" if smoke else bench.budget)
     column_types = None
     if only:
         schema = infer_schema(read_table(tables["train"]), bench.label)
@@ -131,7 +131,7 @@ def _fill_empty_text(tables: dict[str, Path], columns: list[str]) -> dict[str, P
 def main(argv: list[str] | None = None) -> int:
     p = quality_parser("mmagent fit on the shared data sets, within a time budget")
     p.add_argument("datasets", nargs="*", help=f"data sets: {', '.join(BENCHMARKS)} (default: all)")
-    p.add_argument("--budget", default=None, help="time budget per data set (default: each data set's own; 20s with --smoke)")
+    p.add_argument("--budget", default=None, help="time budget per data set (default: each data set's own; 40s with --smoke)")
     p.add_argument("--preset", default="balanced", help="fast | balanced | best")
     p.add_argument("--only", nargs="+", default=None, help="keep only columns of these kinds (e.g. --only text: the text model alone)")
     args = p.parse_args(argv)

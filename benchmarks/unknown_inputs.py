@@ -2,7 +2,7 @@
 
     python -m benchmarks.unknown_inputs                       # all three parts, 10 min budget each
     python -m benchmarks.unknown_inputs banking77_oos --budget 20m --draft
-    python -m benchmarks.unknown_inputs --smoke               # tiny subsets, 20 s budget each
+    python -m benchmarks.unknown_inputs --smoke               # tiny subsets, 40 s budget each
 
 Parts (positional arguments; default all), each an ``mmagent fit`` then ``Agent.act_many`` on test:
 
@@ -52,7 +52,7 @@ AUC_REFERENCE = "unchanged: fit_quality breastmnist (MedMNIST v2 ResNet-18 (28):
 def parser() -> Any:
     p = quality_parser(__doc__.strip().splitlines()[0])
     p.add_argument("parts", nargs="*", help=f"parts: {', '.join(PARTS)} (default: all)")
-    p.add_argument("--budget", default=None, help="time budget of each fit (default 10m; 20s with --smoke)")
+    p.add_argument("--budget", default=None, help="time budget of each fit (default 10m; 40s with --smoke)")
     p.add_argument("--preset", default="balanced", help="fast | balanced | best")
     p.add_argument("--max-error", type=float, default=0.05, help="the agent's promised error among the answered requests")
     return p
@@ -71,7 +71,7 @@ def fit_run(
         if not (run_dir / MARKER_FILE).is_file():
             raise FileExistsError(f"{run_dir} exists and is not an mmagent run folder; refusing to delete it")
         shutil.rmtree(run_dir)
-    budget = args.budget or ("20s" if args.smoke else "10m")
+    budget = args.budget or ("40s" if args.smoke else "10m")
     t0 = time.perf_counter()
     result = fit(
         train,

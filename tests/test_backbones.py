@@ -20,7 +20,7 @@ from mmagent.encoders.zoo import archive
 from mmagent.search import fit_config  # imported before any test patches the catalog it reads at import
 from mmagent.search.fit import fit
 from mmagent.search.ladder import PRESETS, SampleCost, plan_rungs, search_space
-from mmagent.search.plan import ENSEMBLE_SHARE, larger_backbones, promotion_reserve
+from mmagent.search.plan import ENSEMBLE_SHARE, REPORT_SECONDS, larger_backbones, promotion_reserve
 from mmagent.tasks import recipes  # noqa: F401 - the same
 
 pytestmark = pytest.mark.usefixtures("isolated_zoo_cache")
@@ -207,9 +207,9 @@ def test_the_search_space_offers_the_larger_backbone_on_its_affordable_strategie
 def test_the_reserve_keeps_back_only_the_members_the_budget_affords() -> None:
     # AV-digits-like: promoting one model takes ~150 s of a 20-minute budget; a second member as much again
     slow = promotion_reserve(1200, per_sample=0.05, passes=1800, n_validation=300, ensemble=True, max_members=3)
-    assert slow.members == 1 and slow.seconds == pytest.approx(15 + 1.5 * 0.05 * 1800) and "second member" in slow.why
+    assert slow.members == 1 and slow.seconds == pytest.approx(REPORT_SECONDS + 1.5 * 0.05 * 1800) and "second member" in slow.why
     cheap = promotion_reserve(1200, per_sample=0.001, passes=1800, n_validation=300, ensemble=True, max_members=3)
-    single = 15 + 1.5 * 0.001 * 1800
+    single = REPORT_SECONDS + 1.5 * 0.001 * 1800
     assert cheap.members == 3 and cheap.seconds == pytest.approx(single + 2 * 1.5 * 0.001 * 2100)
     assert cheap.seconds - single <= ENSEMBLE_SHARE * 1200
     off = promotion_reserve(1200, per_sample=0.001, passes=1800, n_validation=300, ensemble=False, max_members=3)

@@ -102,6 +102,20 @@ def test_a_budget_below_the_measured_minimum_is_refused_with_it():
     check_minimum_budget(_cost(0.01), 200.0, 40.0, 50_000, 1000, 35.0)  # enough: no error
 
 
+def test_promotion_counts_the_passes_it_runs():
+    """The reserve counts the rows promotion really runs the winner over: one input means no
+    ablation passes (counting three test passes kept minutes of a Banking77 fit unused); every
+    extra input adds the test and validation rows once more without it."""
+    from mmagent.search.plan import REPORT_SECONDS, promotion_passes, promotion_seconds
+
+    one = promotion_passes(n_train=10_000, n_validation=1_000, n_test=3_000, n_inputs=1, unknown_rows=2_000)
+    assert one == 1_000 + 3_000 + 2_000 + 1_000 + 512
+    three = promotion_passes(n_train=10_000, n_validation=1_000, n_test=3_000, n_inputs=3, unknown_rows=2_000)
+    assert three - one == 3 * 3_000 + 3 * 1_000
+    assert promotion_seconds(0.01, one, margin=1.0) == pytest.approx(REPORT_SECONDS + 75.12)
+    assert promotion_seconds(0.01, one) > promotion_seconds(0.01, one, margin=1.0)
+
+
 # --- the search on more than one process -------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ from mmagent.search.plan import (
     estimated_probe_seconds,
     larger_backbones,
     promotion_reserve,
+    promotion_passes,
     promotion_seconds,
     validation_rows,
 )
@@ -133,10 +134,9 @@ class FitSearch:
 
         n_test = len(self.splits.test) if self.splits.test is not None else 0
         n_inputs = len(self.raw["inputs"])
-        passes = self.n_val + n_test * (n_inputs + 2) + self.n_val + min(self.n_train, 512) + min(self.n_train, UNKNOWN_FIT_ROWS)
-        passes += self.n_val * n_inputs if n_inputs > 1 else 0
+        passes = promotion_passes(self.n_train, self.n_val, n_test, n_inputs, UNKNOWN_FIT_ROWS)
         per_sample = sum(cost.load.values()) + cost.forward
-        self.promotion = promotion_seconds(per_sample, passes)
+        self.promotion = promotion_seconds(per_sample, passes, margin=1.0)  # the least it takes: a budget under it is refused
         self.reserve_plan = promotion_reserve(self.clock.budget, per_sample, passes, self.n_val, self.ensemble, MAX_MEMBERS)
         self.reserve = self.reserve_plan.seconds
 

@@ -25,6 +25,9 @@ ENSEMBLE_SHARE = 0.1  # the most of the budget kept back for scoring and running
 # cores; a few thousand rank candidates to within a point.
 VALIDATION_SHARE = 0.03
 MIN_VALIDATION_ROWS = 2000
+# Calibrating, fitting the unknown-input score and writing the report (plots, HTML) beyond the
+# forward passes: 2-3 s measured on a 2-core CPU; 15 s reserved before made a 20 s fit refuse to start.
+REPORT_SECONDS = 5.0
 
 
 class BudgetTooSmall(ValueError):
@@ -114,10 +117,23 @@ class Reserve:
     why: str = ""
 
 
-def promotion_seconds(per_sample: float, passes: int) -> float:
-    """Promoting one model: ``passes`` forward passes at ``per_sample`` seconds, a 1.5x margin,
-    and 15 s for the report."""
-    return 15.0 + 1.5 * per_sample * passes
+def promotion_passes(n_train: int, n_validation: int, n_test: int, n_inputs: int, unknown_rows: int) -> int:
+    """Rows the promotion runs the winner over (see :func:`mmagent.finishing.report.finalize_run`):
+    validation and test; the test rows again without each input (ablation, several inputs only);
+    the unknown-input score's training sample and validation, without each input too; the drift
+    profile's validation rows and up to 512 training rows."""
+    dropped = n_inputs if n_inputs > 1 else 0
+    evaluation = n_validation + n_test * (1 + dropped)
+    unknown = min(n_train, unknown_rows) + n_validation * dropped
+    drift = n_validation + min(n_train, 512)
+    return evaluation + unknown + drift
+
+
+def promotion_seconds(per_sample: float, passes: int, margin: float = 1.5) -> float:
+    """Promoting one model: ``passes`` forward passes at ``per_sample`` seconds times ``margin``,
+    and :data:`REPORT_SECONDS` for calibrating and writing the report. ``margin`` 1: the least it
+    can take (what a budget is refused by)."""
+    return REPORT_SECONDS + margin * per_sample * passes
 
 
 def promotion_reserve(budget: float, per_sample: float, passes: int, n_validation: int, ensemble: bool, max_members: int) -> Reserve:
