@@ -31,8 +31,8 @@ from mmagent.search.plan import (
     check_minimum_budget,
     estimated_probe_seconds,
     larger_backbones,
-    promotion_reserve,
     promotion_passes,
+    promotion_reserve,
     promotion_seconds,
     validation_rows,
 )
