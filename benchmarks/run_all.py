@@ -37,7 +37,7 @@ QUALITY: list[str] = [
     "unknown_inputs",
 ]
 #: Section 2: speed (framework overhead, vs the Hugging Face Trainer, frozen cache, memory); extend this list.
-SPEED: list[str] = ["overhead", "vs_hf_trainer", "frozen_cache", "tune_cache", "serve_load", "gpu_throughput", "fit_scale"]
+SPEED: list[str] = ["overhead", "vs_hf_trainer", "frozen_cache", "tune_cache", "serve_load", "gpu_throughput", "fit_scale", "vs_autogluon"]
 #: Benchmarks that generate their own data (no --data-root).
 GENERATED_DATA: set[str] = {"tune_cache", "serve_load", "fit_scale"}
 # Smoke runs that do more than a few steps: fit_quality fits all six data sets (40 s budget each:

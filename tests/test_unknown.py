@@ -227,6 +227,7 @@ def test_a_run_keeps_its_promise_on_test_and_its_report_says_so(trained_run: Pat
     assert held["error_among_answered"] <= 0.1 + 0.03  # the promise, within the sampling slack of ~300 rows
     report = (trained_run / "report.md").read_text()
     assert "## Unknown inputs and escalation" in report and "Unknown-input score: **" in report
+    assert "upper bound for requests of a kind it never saw" in report  # the folds' AUROC is not sold as the new-intent one
     assert (trained_run / "plots" / "risk_coverage.png").is_file() and (trained_run / "plots" / "unknown_scores.png").is_file()
     assert 'id="unknown"' in (trained_run / "report.html").read_text()
 

@@ -30,7 +30,7 @@ def trust_summary(calibration: dict[str, Any], unknown: dict[str, Any]) -> Trust
         aurocs = ", ".join(f"{k} {v:.3f}" for k, v in (unknown.get("fold_auroc") or {}).items())
         out.sentences.append(
             f"Unknown-input score: **{unknown.get('kind')}** on target `{unknown.get('target')}`, chosen by {unknown.get('chosen_by')}"
-            + (f" (AUROC: {aurocs})" if aurocs else "")
+            + (f" (AUROC: {aurocs}; {unknown['fold_caveat']})" if aurocs and unknown.get("fold_caveat") else f" (AUROC: {aurocs})" if aurocs else "")
             + f"; threshold {_num(threshold)}: {unknown.get('guarantee')}."
         )
     baseline = calibration.get(runs.BASELINE_KEY) or {}
