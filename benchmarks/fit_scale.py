@@ -93,6 +93,19 @@ class PeakMemory:
         return self.peak_mb
 
 
+def run_timed(command: list[str], env: dict[str, str] | None = None) -> tuple[str, float, float]:
+    """Run ``command`` to its end: (its output, wall seconds, peak RSS MB of its process tree);
+    a non-zero exit raises with the output's tail."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    memory = PeakMemory(proc.pid)
+    output, _ = proc.communicate()
+    wall, peak = time.perf_counter() - start, memory.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:4])} ... exited with {proc.returncode}:\n{output[-3000:]}")
+    return output, wall, peak
+
+
 def run_fit(train: Path, test: Path, out: Path, budget: str, workers: int) -> dict[str, Any]:
     """``mmagent fit`` in its own process; what it took and what it chose."""
     import shutil
@@ -100,13 +113,7 @@ def run_fit(train: Path, test: Path, out: Path, budget: str, workers: int) -> di
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "mmagent", "fit", str(train), "--label", "label", "--test", str(test)]
     command += ["--time-budget", budget, "-o", str(out), "--workers", str(workers), "--quiet"]
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    memory = PeakMemory(proc.pid)
-    output, _ = proc.communicate()
-    wall, peak = time.perf_counter() - start, memory.stop()
-    if proc.returncode != 0:
-        raise RuntimeError(f"mmagent fit exited with {proc.returncode}:\n{output[-3000:]}")
+    _, wall, peak = run_timed(command)
     metrics = json.loads((out / "metrics.json").read_text())
     board = list(csv.DictReader((out / "leaderboard.csv").open()))
     metric = next(k for k in board[0] if k.startswith("validation"))

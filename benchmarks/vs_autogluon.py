@@ -32,13 +32,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks._quality import ensure_examples_importable, require_data
 from benchmarks.common import base_parser, write_result
-from benchmarks.fit_scale import PeakMemory
+from benchmarks.fit_scale import run_timed
 
 AUTOGLUON = "1.6.3"
 AUTOGLUON_PACKAGES = [
@@ -110,15 +109,7 @@ THREADS: dict[str, str] = {}  # OMP_NUM_THREADS for both tools when --threads is
 
 
 def _timed(command: list[str], env: dict[str, str] | None = None) -> tuple[str, float, float]:
-    start = time.perf_counter()
-    env = {**(env or os.environ), **THREADS}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    memory = PeakMemory(proc.pid)
-    output, _ = proc.communicate()
-    wall, peak = time.perf_counter() - start, memory.stop()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:4])} ... exited with {proc.returncode}:\n{output[-3000:]}")
-    return output, wall, peak
+    return run_timed(command, {**(env or os.environ), **THREADS})
 
 
 def _seconds(budget: str) -> float:
