@@ -9,6 +9,14 @@ from typing import Any
 
 from mmagent import runs
 
+# What the held-out-class AUROCs cannot tell: the model was trained on every class, held-out ones
+# included, so it already separates them; a request of a kind it never saw is harder. Measured on
+# Banking77-OOS (26 intents never trained on): 0.989 in the folds, 0.890 on the new intents.
+FOLD_CAVEAT = (
+    "the model was trained on the held-out classes too, so these AUROCs are an upper bound for requests of a kind it never saw "
+    "(Banking77 with 26 intents left out: 0.989 in the folds, 0.890 on the left-out intents); far inputs (noise, another modality) score near the folds"
+)
+
 HEADER = ["measured on", "rows", "answered", "error among answered", "answered correctly", "set coverage", "mean set size", "flagged unknown"]
 
 
@@ -30,7 +38,7 @@ def trust_summary(calibration: dict[str, Any], unknown: dict[str, Any]) -> Trust
         aurocs = ", ".join(f"{k} {v:.3f}" for k, v in (unknown.get("fold_auroc") or {}).items())
         out.sentences.append(
             f"Unknown-input score: **{unknown.get('kind')}** on target `{unknown.get('target')}`, chosen by {unknown.get('chosen_by')}"
-            + (f" (AUROC: {aurocs}; {unknown['fold_caveat']})" if aurocs and unknown.get("fold_caveat") else f" (AUROC: {aurocs})" if aurocs else "")
+            + (f" (AUROC: {aurocs}; {FOLD_CAVEAT})" if aurocs else "")
             + f"; threshold {_num(threshold)}: {unknown.get('guarantee')}."
         )
     baseline = calibration.get(runs.BASELINE_KEY) or {}
