@@ -218,6 +218,39 @@ def test_the_reserve_keeps_back_only_the_members_the_budget_affords() -> None:
     assert capped.seconds == pytest.approx(30.0) and capped.members == 1
 
 
+def test_the_reserve_follows_the_leaders_backbone() -> None:
+    """Until a candidate leads, the larger backbone's reserve is kept back; once a small-backbone
+    candidate leads, only its (smaller) reserve, unless the candidate about to train is on the
+    larger backbone (were it to win, it would need its own)."""
+    from types import SimpleNamespace
+
+    from mmagent.search.fit_search import FitSearch
+    from mmagent.search.leaderboard import Progress
+    from mmagent.search.plan import Backbones, Reserve
+
+    raw = {"inputs": [{"column": "t", "modality": "text", "encoder": catalog.default_encoder("text")}]}
+    bigger = {"inputs": [{"column": "t", "modality": "text", "encoder": {"source": "zoo", "name": "mpnet-base"}}]}
+    search = object.__new__(FitSearch)  # just what the deadline reads
+    search.clock = Progress(1000, enabled=False)
+    search.larger, search.larger_strategies = (Backbones(bigger, "zoo:mpnet-base"), {0: catalog.find(bigger["inputs"][0]["encoder"])}), ["probe"]
+    search.small_reserve, search.larger_reserve = Reserve(20.0, 1), Reserve(200.0, 1)
+    search.reserve = 200.0
+    small_params = {"inputs.0.encoder": {**raw["inputs"][0]["encoder"], "freeze": "none"}}
+    large_params = {"inputs.0.encoder": {**bigger["inputs"][0]["encoder"], "freeze": "all"}}
+    small_leader, large_leader = SimpleNamespace(params=small_params), SimpleNamespace(params=large_params)
+
+    def left_after(params, leader) -> float:
+        return search._deadline_for(params, leader) - (search.clock.start + search.clock.budget)
+
+    assert left_after(None, None) == pytest.approx(-200.0, abs=1.0)  # no leader yet: the largest reserve in play
+    assert left_after(None, small_leader) == pytest.approx(-20.0, abs=1.0)  # the freed 180 s go to the search
+    assert left_after(small_params, small_leader) == pytest.approx(-20.0, abs=1.0)
+    assert left_after(large_params, small_leader) == pytest.approx(-200.0, abs=1.0)
+    assert left_after(small_params, large_leader) == pytest.approx(-200.0, abs=1.0)
+    search.larger_strategies = []  # the larger backbone got no rung: nothing on it can lead
+    assert left_after(large_params, None) == pytest.approx(-20.0, abs=1.0)
+
+
 # -- a fit that climbs ----------------------------------------------------------------------
 def test_fit_climbs_to_a_larger_backbone_when_the_budget_affords_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two tiny text backbones stand in for the catalog's (built from configs, no weights): fit

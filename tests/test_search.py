@@ -124,3 +124,27 @@ def test_budgeted_search_ends_within_its_time_limit(toy: Path, tmp_path: Path) -
     from mmagent.agent import Agent
 
     Agent.load(result.best.run_dir)
+
+
+@pytest.mark.filterwarnings("ignore:Fixed parameter")
+def test_a_moving_deadline_is_read_for_each_candidate_and_before_each_start(toy: Path, tmp_path: Path) -> None:
+    """``deadline_for`` (fit's reserve that follows the leader) gives each candidate its deadline
+    from the leader so far, and is re-read before each new candidate starts."""
+    good = {"train.head_lr": 3e-2, "train.lr": 1e-2, "fusion.type": "concat", "fusion.modality_dropout": 0.0, "inputs.1.encoder.freeze": "all", "train.epochs": 4}
+    leaders: list[int | None] = []  # the leader each candidate was given its deadline under
+
+    def deadline_for(params, leader) -> float:
+        if params is None:  # new candidates may start until three have
+            return time.monotonic() + (600 if len(leaders) < 3 else -1)
+        leaders.append(None if leader is None else leader.trial_number)
+        return time.monotonic() + (600 if leader is None else -1)  # with a leader, this candidate's deadline has passed
+
+    result = search_within_budget(
+        _raw(toy, epochs=4), SPACE, tmp_path / "search", time_limit=600, n_trials=5, first_params=[good] * 5, deadline_for=deadline_for, prune_queued=False
+    )
+
+    assert leaders == [None, 0, 0], "the first candidate had no leader, the later ones candidate 0"
+    first, second = result.candidates[0], result.candidates[1]
+    assert not first.cut_short and first.epochs_run == 4
+    assert second.cut_short and second.epochs_run == 1, "its deadline had passed: cut after its first step"
+    assert sorted(result.candidates) == [0, 1, 2], "no candidate starts once the search's deadline has passed"

@@ -9,6 +9,7 @@ all candidates (a shared :class:`~mmagent.data.feature_store.FeatureCacheStore`)
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ from mmagent.search.space import CategoricalParam, IntParam, PrunerSpec, TuneSpe
 from mmagent.search.study import best_trial, make_pruner, rdb_storage, trial_errors
 from mmagent.search.workers import SEED_STRIDE, SearchSpec, read_spec, shareable_url, start_local_workers, wait_for_workers, worker_threads, write_spec
 from mmagent.training.splits import Splits
+
+# (a candidate's parameters, or None for "any new candidate"; the leader so far) -> monotonic deadline
+DeadlineFor = Callable[[dict[str, Any] | None, CandidateResult | None], float]
 
 
 @dataclass
@@ -71,6 +75,7 @@ def search_within_budget(
     join: bool = False,
     offset: int | None = None,
     queued: int | None = None,
+    deadline_for: DeadlineFor | None = None,
 ) -> SearchResult:
     """Search ``space`` (the ``tune.space`` mapping: dotted config path -> ``{type: float|int|
     categorical, ...}``) around ``base_config`` (a raw config dict) for at most ``time_limit``
@@ -94,6 +99,11 @@ def search_within_budget(
       how, :mod:`mmagent.search.workers`); ``workers``: processes on this machine, this one
       included; ``join``: this process is such a worker (``offset``, ``queued``: the starting
       search's). Every worker's candidates end up in the result.
+    - ``deadline_for``: a deadline that moves with the search (``fit`` keeps back the time that
+      promoting the *leading* candidate needs, which depends on its backbone): called with a
+      candidate's parameters and the leader so far, it gives that candidate's deadline; with
+      ``None`` for the parameters, the time after which no new candidate starts. Both are capped
+      at ``time_limit``; workers that join keep the first search deadline (no leader yet).
     A KeyboardInterrupt (Ctrl-C) ends the search; the result then holds the candidates so far.
     Each candidate's folder holds its best model (``Agent.load`` works; ``finalize_candidate``
     makes the full report). A failing candidate is recorded in ``errors``; after three failures in
@@ -116,7 +126,8 @@ def search_within_budget(
     reporting = (on_trial or print) if progress or on_trial is not None else None
     queued = len(first_params or []) if queued is None else queued
     trials = _Trials(base, params_space, metric, trials_dir, offset, store, deadline, splits, queued, prune_queued)
-    trials.candidates, trials.reporting, trials.start, trials.time_limit = dict(previous or {}), reporting, start, time_limit
+    trials.candidates, trials.reporting, trials.start = dict(previous or {}), reporting, start
+    trials.deadline_for, trials.larger_better = deadline_for, direction == "maximize"
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress lines come from watch()
     procs: list[Any] = []
@@ -130,12 +141,12 @@ def search_within_budget(
             if storage is not None and study_name is not None:  # others may join: say how
                 joinable = SearchSpec(
                     storage=shareable_url(storage), study=study_name, base=dict(base_config), space=space, pruner=spec.model_dump(),
-                    metric=metric, seed=seed, deadline=time() + time_limit, offset=offset, queued=queued, prune_queued=prune_queued,
+                    metric=metric, seed=seed, deadline=time() + trials.search_ends() - monotonic(), offset=offset, queued=queued, prune_queued=prune_queued,
                     startup_trials=startup_trials,
                 )  # fmt: skip
                 write_spec(out_dir, joinable)
                 procs = start_local_workers(out_dir, workers - 1, storage, worker_threads(workers)) if workers > 1 else []
-        interrupted = _optimize(study, trials.objective, trials.watch, None if join else n_trials, deadline)
+        interrupted = _optimize(study, trials, None if join else n_trials)
         if not join:  # every worker's candidates, once their trials end
             # one deadline: a worker's trial still running a few seconds past it is lost, not waited for
             wait_for_workers(procs, study, time() + max(0.0, deadline - monotonic()), grace=max(5.0, 0.05 * time_limit))
@@ -171,7 +182,27 @@ class _Trials:
     failures: int = 0
     reporting: Callable[[str], None] | None = None
     start: float = field(default_factory=monotonic)
-    time_limit: float = 0.0
+    deadline_for: DeadlineFor | None = None
+    larger_better: bool = True
+    stopped: bool = False  # watch() stopped the search: start no more trials
+
+    def leader(self) -> CandidateResult | None:
+        """The best candidate so far that ran to its end or was cut by the deadline (not pruned)."""
+        scored = [c for c in self.candidates.values() if not c.pruned and math.isfinite(c.score)]
+        sign = 1.0 if self.larger_better else -1.0
+        return max(scored, key=lambda c: sign * c.score, default=None)
+
+    def candidate_ends(self, params: dict[str, Any]) -> float:
+        """This candidate's deadline (a ``monotonic()`` value)."""
+        if self.deadline_for is None:
+            return self.deadline
+        return min(self.deadline, self.deadline_for(params, self.leader()))
+
+    def search_ends(self) -> float:
+        """When the search starts no new candidate (a ``monotonic()`` value)."""
+        if self.deadline_for is None:
+            return self.deadline
+        return min(self.deadline, self.deadline_for(None, self.leader()))
 
     def objective(self, trial: optuna.Trial) -> float:
         params = suggest_params(trial, self.space)
@@ -183,7 +214,8 @@ class _Trials:
             # epoch must not be cut.
             queued = trial.number < self.queued
             prune = self.prune_queued or not queued
-            result = run_candidate(cfg, self.folder / str(number), store=self.store, trial=trial, deadline=self.deadline, splits=self.splits, prune=prune)
+            deadline = self.candidate_ends(params)
+            result = run_candidate(cfg, self.folder / str(number), store=self.store, trial=trial, deadline=deadline, splits=self.splits, prune=prune)
         except CandidatePruned as pruned:
             _keep(self.candidates, number, pruned.result, params)
             raise
@@ -193,7 +225,7 @@ class _Trials:
     def watch(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.failures = self.failures + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
         if self.failures >= 3 and best_trial(study) is None:
-            study.stop()  # the same error every time (bad data, missing files): no point going on
+            self.stopped = True  # the same error every time (bad data, missing files): no point going on
         if self.reporting is None:
             return
         used = monotonic() - self.start
@@ -204,7 +236,9 @@ class _Trials:
             else f" {self.metric} {done.score:.4f} after {done.epochs_run} epoch(s) in {done.seconds:.0f}s"
             + (" (cut by the deadline)" if done.cut_short else "")
         )
-        self.reporting(f"candidate {self.offset + trial.number}: {trial.state.name.lower()}{value}; search time used {used:.0f}s of {self.time_limit:.0f}s")
+        self.reporting(
+            f"candidate {self.offset + trial.number}: {trial.state.name.lower()}{value}; search time used {used:.0f}s of {self.search_ends() - self.start:.0f}s"
+        )
 
 
 def join_search(run_dir: Path, storage: str | None = None, index: int | None = None, progress: bool = True) -> int:
@@ -255,17 +289,16 @@ def _pruner_spec(pruner: PrunerSpec | dict[str, Any] | None, params_space: dict[
     return spec
 
 
-def _optimize(study: optuna.Study, objective: Any, watch: Any, n_trials: int | None, deadline: float) -> bool:
-    """Run trials until ``n_trials`` or the deadline; True when Ctrl-C stopped them."""
+def _optimize(study: optuna.Study, trials: _Trials, n_trials: int | None) -> bool:
+    """Run trials, one at a time, until ``n_trials``, the search's deadline (re-read before each:
+    it moves with the leader, see ``deadline_for``) or a stop; True when Ctrl-C stopped them."""
+    started = 0
     try:
         # The first candidate always starts (the deadline cuts it short if need be): a search
         # whose setup ate the time would otherwise end with nothing at all.
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[watch], gc_after_trial=True)
-        left = deadline - monotonic()
-        if (n_trials is None or n_trials > 1) and left > 0:
-            study.optimize(
-                objective, n_trials=None if n_trials is None else n_trials - 1, timeout=left, catch=(Exception,), callbacks=[watch], gc_after_trial=True
-            )
+        while (n_trials is None or started < n_trials) and not trials.stopped and (started == 0 or monotonic() < trials.search_ends()):
+            study.optimize(trials.objective, n_trials=1, catch=(Exception,), callbacks=[trials.watch], gc_after_trial=True)
+            started += 1
     except KeyboardInterrupt:
         return True
     return False
