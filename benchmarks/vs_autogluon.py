@@ -179,6 +179,7 @@ def run_autogluon(python: Path, tables: dict[str, Path], label: str, budget: str
     }
 
 
+TOOLS = ("mmagent", "autogluon")
 METRICS = [
     ("accuracy", "test accuracy"),
     ("macro_f1", "test macro-F1"),
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", nargs="+", default=None, help="time budgets (default 2m 5m 10m 30m; 60s with --smoke)")
     p.add_argument("--setup-only", action="store_true", help="build AutoGluon's environment and stop")
     p.add_argument("--threads", type=int, default=None, help="threads for both tools' processes (default: each tool's own choice)")
+    p.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS), help="run only these tools (e.g. a --draft of mmagent's side)")
     args = p.parse_args(argv)
     if unknown := set(args.data_sets) - set(DATA_SETS):
         p.error(f"unknown data sets {sorted(unknown)}; choose from {list(DATA_SETS)}")
@@ -202,17 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.setup_only:
         print(f"AutoGluon environment: {ensure_autogluon_env(autogluon_env())}")
         return 0
-    python = ensure_autogluon_env(autogluon_env(), build=not args.smoke)
+    python = ensure_autogluon_env(autogluon_env(), build=not args.smoke) if "autogluon" in args.tools else None
     budgets = args.budgets or (["60s"] if args.smoke else BUDGETS)
     rows: list[dict[str, Any]] = []
     for name in args.data_sets or list(DATA_SETS):
         label = DATA_SETS[name]
         tables = prepare(name, require_data(args.data_root, name), args.work_dir / "vs_autogluon" / name / "tables", args.smoke)
         for budget in budgets:
-            results = {"mmagent fit": run_mmagent(tables, label, budget, args.work_dir / "vs_autogluon" / name / f"mmagent-{budget}")}
-            results["AutoGluon"] = (
-                run_autogluon(python, tables, label, budget, args.work_dir / "vs_autogluon" / name / f"autogluon-{budget}") if python else None
-            )
+            results: dict[str, dict[str, Any] | None] = {}
+            if "mmagent" in args.tools:
+                results["mmagent fit"] = run_mmagent(tables, label, budget, args.work_dir / "vs_autogluon" / name / f"mmagent-{budget}")
+            if "autogluon" in args.tools:
+                folder = args.work_dir / "vs_autogluon" / name / f"autogluon-{budget}"
+                results["AutoGluon"] = run_autogluon(python, tables, label, budget, folder) if python else None
             for tool, got in results.items():
                 for key, metric in METRICS:
                     value = None if got is None else round(float(got[key]), 4)
