@@ -81,6 +81,25 @@ def test_every_problem_reported_at_once_with_row_and_column(bad_table: Path) -> 
     assert "train.csv" in message and "row 2 (line 3), column 'image'" in message
 
 
+def test_a_large_tables_row_checks_show_progress_on_a_terminal_and_name_the_same_problems(bad_table: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from mmagent.data import validation
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(validation, "PROGRESS_ROWS", 5)  # the 9-row table counts as large
+    cfg = config_from_dict(_config(bad_table))
+    with pytest.raises(DataError) as info:
+        validate_table(read_table(bad_table), cfg.inputs, cfg.targets, "error")
+    assert {p.row + 1 for p in info.value.problems} == set(EXPECTED)
+    assert "checking rows of train.csv" in terminal.getvalue() and "/9.00" in terminal.getvalue()  # the total, on the bar
+
+
 def test_skip_mode_drops_bad_rows_and_keeps_good(bad_table: Path) -> None:
     cfg = config_from_dict(_config(bad_table))
     table, problems = validate_table(read_table(bad_table), cfg.inputs, cfg.targets, "skip")

@@ -133,7 +133,7 @@ def check_rows(table: Table, inputs: list[InputSpec], targets: list[TargetSpec],
     def add(row: int, column: str, message: str) -> None:
         problems.append(Problem(table.source, row, column, message, table.where(row)))
 
-    for row, record in enumerate(table.iter_records()):
+    for row, record in enumerate(_with_progress(table)):
         any_input = False
         for inp in inputs:
             values = [record.get(c) for c in inp.columns]
@@ -167,6 +167,20 @@ def check_rows(table: Table, inputs: list[InputSpec], targets: list[TargetSpec],
         if message:
             add(row, column, message)
     return sorted(problems, key=lambda p: p.row)
+
+
+PROGRESS_ROWS = 100_000  # tables from this size show a progress bar while their rows are checked (on a terminal)
+
+
+def _with_progress(table: Table) -> Iterable[dict[str, Any]]:
+    """The table's records, with a progress bar naming the file for a large table on a terminal
+    (checking a million rows takes minutes: the user sees it move, and how long it has left)."""
+    from tqdm.auto import tqdm
+
+    if len(table) < PROGRESS_ROWS:
+        return table.iter_records()
+    name = Path(table.source).name
+    return tqdm(table.iter_records(), total=len(table), desc=f"checking rows of {name}", unit=" rows", unit_scale=True, disable=None, leave=False)
 
 
 def media_value_problem(modality: str, value: Any) -> str | None:
