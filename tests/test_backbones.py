@@ -251,6 +251,34 @@ def test_the_reserve_follows_the_leaders_backbone() -> None:
     assert left_after(large_params, None) == pytest.approx(-20.0, abs=1.0)
 
 
+def test_a_larger_backbone_must_win_by_more_than_the_validation_noise_to_be_served(tmp_path: Path) -> None:
+    """Financial PhraseBank, 10 min: MPNet led MiniLM by one validation row of 387 and served 7x
+    slower. Within one standard error of the top score, the cheaper candidate is chosen."""
+    from types import SimpleNamespace
+
+    from mmagent.search.fit_search import score_standard_error
+    from mmagent.search.leaderboard import Candidate, Leaderboard
+
+    minilm = {"inputs.0.encoder": {**catalog.default_encoder("text"), "freeze": 3}}
+    mpnet = {"inputs.0.encoder": {"source": "zoo", "name": "mpnet-base", "max_length": 64, "freeze": "none"}}
+    own = {"inputs.0.encoder": {"source": "hf", "name": "my-org/my-model", "freeze": "none"}}
+
+    def board(top: float, tolerance: float, params: dict = mpnet) -> Leaderboard:
+        rows = [Candidate("01-partial", "partial", minilm, score=0.8062, run_dir=tmp_path), Candidate("02-full", "full", params, score=top, run_dir=tmp_path)]
+        return Leaderboard("sentiment/accuracy", rows=rows, tolerance=tolerance)
+
+    noise = score_standard_error("sentiment/accuracy", SimpleNamespace(score=0.8088), 387)
+    assert noise == pytest.approx((0.8088 * 0.1912 / 387) ** 0.5) and 0.015 < noise < 0.025
+    close = board(0.8088, noise)
+    assert close.best().name == "01-partial"
+    assert "chose 01-partial over 02-full" in close.why_chosen() and "cheaper to serve" in close.why_chosen()
+    assert board(0.8450, noise).best().name == "02-full", "a clear win (30 min: +3.4 points) keeps the larger backbone"
+    assert board(0.8088, 0.0).best().name == "02-full" and board(0.8088, 0.0).why_chosen() is None  # preset best: the top score
+    assert board(0.8088, noise, own).best().name == "02-full", "a user's own encoder has no catalog cost: the top score"
+    assert score_standard_error("price/rmse", SimpleNamespace(score=3.2), 387) == 0.0
+    assert PRESETS["best"].serving_tolerance == 0.0 < PRESETS["balanced"].serving_tolerance
+
+
 # -- a fit that climbs ----------------------------------------------------------------------
 def test_fit_climbs_to_a_larger_backbone_when_the_budget_affords_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two tiny text backbones stand in for the catalog's (built from configs, no weights): fit

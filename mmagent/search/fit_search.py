@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import signal
 import uuid
 from pathlib import Path
@@ -43,7 +44,14 @@ from mmagent.search.resume import Resumed, record_time
 if TYPE_CHECKING:
     from mmagent.search.objective import CandidateResult
 
-MEASURE_ROWS = 20_000  # training rows the model measured for its cost is built from
+MEASURE_ROWS = 20_000
+PROPORTIONS = (
+    "accuracy",
+    "macro_f1",
+    "micro_f1",
+    "subset_accuracy",
+    "auroc",
+)  # validation scores read as proportions  # training rows the model measured for its cost is built from
 
 
 class FitSearch:
@@ -281,8 +289,11 @@ class FitSearch:
         self.leaderboard.metric = result.metric
         self.leaderboard.larger_better = MetricRef.parse(result.metric).larger_better  # r2 is a regression metric to maximise
         self.leaderboard.fill(result)
-        if result.best is not None:  # the ensemble and promotion are sized on the winner's backbones
-            self.reserve_plan = self._reserve_of(result.best.params)
+        self.leaderboard.tolerance = self.plan.serving_tolerance * score_standard_error(result.metric, result.best, self.n_val)
+        if why := self.leaderboard.why_chosen():
+            self.clock.say(why)
+        if (chosen := self.leaderboard.best()) is not None:  # the ensemble and promotion are sized on the winner's backbones
+            self.reserve_plan = self._reserve_of(chosen.params)
             self.reserve = self.reserve_plan.seconds
         if result.interrupted:
             self.clock.say("interrupted: the search stopped; keeping the best candidate so far")
@@ -327,6 +338,16 @@ class FitSearch:
         if best.status == "cut by budget":
             raw["train"]["max_steps"] = best.steps
         return raw
+
+
+def score_standard_error(metric: str, best: CandidateResult | None, n_validation: int) -> float:
+    """About one standard error of a validation score that is a proportion (accuracy, F1, AUROC:
+    sqrt(p (1 - p) / n) at the best score); 0 for the others (regression errors, MCC)."""
+    from mmagent.metrics import MetricRef
+
+    if best is None or MetricRef.parse(metric).name not in PROPORTIONS or not 0.0 <= best.score <= 1.0:
+        return 0.0
+    return math.sqrt(best.score * (1.0 - best.score) / max(n_validation, 1))
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -96,6 +96,15 @@ class Candidate:
             parts.append(f"modality dropout {p['fusion.modality_dropout']:.2f}")
         return ", ".join(parts)
 
+    def serving_ms(self) -> float | None:
+        """What one prediction costs this candidate's encoders (the catalog's CPU ms per sample,
+        summed); None when one of them has no catalog figure (a user's own encoder, an ensemble)."""
+        from mmagent import catalog
+
+        encoders = [v for k, v in self.params.items() if k.endswith(".encoder") and isinstance(v, dict)]
+        costs = [getattr(catalog.find(e), "cpu_ms", None) for e in encoders]
+        return None if not costs or any(c is None for c in costs) else float(sum(costs))
+
     def backbones(self) -> list[str]:
         """The larger-than-default backbones this candidate climbed to (catalog keys)."""
         from mmagent import catalog
@@ -128,6 +137,10 @@ class Leaderboard:
     metric: str
     larger_better: bool = True
     rows: list[Candidate] = field(default_factory=list)
+    # A cheaper-to-serve candidate within this much of the top validation score is chosen over
+    # it (0: the top score wins, whatever it costs); fit sets it from the preset and the
+    # validation score's standard error.
+    tolerance: float = 0.0
 
     def skipped(self, strategy: str, reason: str) -> None:
         self.rows.append(Candidate(f"--{strategy}", strategy, status=f"skipped: {reason}"))
@@ -147,7 +160,22 @@ class Leaderboard:
         if kept:
             return kept[-1]
         ranked = self.ranked()
-        return ranked[0] if ranked else None
+        if not ranked or ranked[0].serving_ms() is None:
+            return ranked[0] if ranked else None
+        close = [r for r in ranked if abs(r.score - ranked[0].score) <= self.tolerance and r.serving_ms() is not None]
+        return min(close, key=lambda r: r.serving_ms())  # type: ignore[arg-type,return-value]  # the first of equals: ranked order
+
+    def why_chosen(self) -> str | None:
+        """Why the chosen candidate is not the top validation score, if it is not."""
+        chosen, ranked = self.best(), self.ranked()
+        if chosen is None or not ranked or chosen is ranked[0] or chosen.strategy == "ensemble":
+            return None
+        top = ranked[0]
+        ratio = top.serving_ms() / max(chosen.serving_ms() or 1e-9, 1e-9)  # type: ignore[operator]
+        return (
+            f"chose {chosen.name} over {top.name} ({top.score:.4f} on validation, {top.score - chosen.score:+.4f}): within "
+            f"{self.tolerance:.4f} of it, about one standard error of the validation score, and {ratio:.1f}x cheaper to serve"
+        )
 
     def ranked(self, statuses: tuple[str, ...] = ("done", "cut by budget")) -> list[Candidate]:
         """Rows with a validation score and a model, best first (the trainer's rule: ties go to
@@ -200,5 +228,7 @@ class Leaderboard:
         write_text(run_dir / LEADERBOARD_CSV, buffer.getvalue())
         write_text(
             run_dir / LEADERBOARD_MD,
-            f"# Fit leaderboard\n\nSelected on validation {self.metric}; * marks the chosen candidate.\n\n```\n{self.table()}\n```\n",
+            f"# Fit leaderboard\n\nSelected on validation {self.metric}; * marks the chosen candidate"
+            + (f" ({why})" if (why := self.why_chosen()) else "")
+            + f".\n\n```\n{self.table()}\n```\n",
         )
