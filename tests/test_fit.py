@@ -95,6 +95,10 @@ def test_fit_honours_the_budget_and_ranks_candidates(fitted):
     assert wall <= 1.1 * BUDGET, f"fit took {wall:.0f} s for a {BUDGET} s budget"
     rows = [r for r in result.leaderboard.rows if not r.status.startswith("skipped")]
     assert rows[0].strategy == "probe"  # the ladder climbs from the cheapest rung
+    from mmagent.search.fit_config import PATIENCE
+
+    # every candidate stops once PATIENCE epochs pass without a better validation score
+    assert all(json.loads((r.run_dir / "config.json").read_text())["train"]["early_stopping_patience"] == PATIENCE for r in rows if r.run_dir)
     trained = [r.strategy for r in rows]
     if "partial" in trained[:2]:
         assert trained[:2] == ["probe", "partial"]  # the next rung up, before any searched candidate
