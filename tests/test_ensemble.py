@@ -190,6 +190,23 @@ def test_fit_keeps_an_ensemble_only_when_it_wins_on_validation(tmp_path: Path, m
     assert "top 1: 0.8333" in lines[-1] and "--no-ensemble" in lines[-1]
 
 
+def test_an_ensemble_must_beat_the_best_single_one_by_more_than_the_serving_tolerance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same ensemble as above gains 1/6 on validation: kept with no tolerance, not kept when
+    each member's serving cost must be paid for by more than 0.2 (fit's one standard error)."""
+    from mmagent.search.ensembling import add_ensemble
+
+    y = np.array([0, 1, 2, 0, 1, 2])
+    answers = [_answers(y, wrong=[5]), _answers(y, wrong=[3, 4]), _answers(y, wrong=[0, 1])]
+    for tolerance, kept in ((0.1, True), (0.2, False)):
+        board = _board([4 / 6, 4 / 6, 5 / 6], tmp_path / str(tolerance))
+        board.tolerance = tolerance
+        _fake_validation(monkeypatch, answers, y)
+        lines: list[str] = []
+        members = add_ensemble(board, None, 8, tmp_path / str(tolerance) / "ensemble", lines.append)
+        assert bool(members) is kept and (board.best().strategy == "ensemble") is kept, lines
+    assert "by more than 0.2000" in lines[-1]
+
+
 def test_fit_does_not_keep_an_ensemble_that_does_not_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mmagent.search.ensembling import add_ensemble
 

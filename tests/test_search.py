@@ -78,17 +78,19 @@ SPACE = {
     "train.epochs": {"type": "int", "low": 4, "high": 4},
 }
 
+GOOD = {  # a candidate that learns the toy task in 4 epochs
+    "train.head_lr": 3e-2,
+    "train.lr": 1e-2,
+    "fusion.type": "concat",
+    "fusion.modality_dropout": 0.0,
+    "inputs.1.encoder.freeze": "all",
+    "train.epochs": 4,
+}
+
 
 @pytest.mark.filterwarnings("ignore:Fixed parameter")  # the hopeless candidate's learning rates are out of range on purpose
 def test_budgeted_search_prunes_a_hopeless_candidate_and_shares_frozen_features(toy: Path, tmp_path: Path) -> None:
-    good = {
-        "train.head_lr": 3e-2,
-        "train.lr": 1e-2,
-        "fusion.type": "concat",
-        "fusion.modality_dropout": 0.0,
-        "inputs.1.encoder.freeze": "all",
-        "train.epochs": 4,
-    }
+    good = GOOD
     hopeless = {**good, "train.head_lr": 1e-7, "train.lr": 1e-7}
     store = FeatureCacheStore()
     result = search_within_budget(
@@ -130,14 +132,7 @@ def test_budgeted_search_ends_within_its_time_limit(toy: Path, tmp_path: Path) -
 def test_a_moving_deadline_is_read_for_each_candidate_and_before_each_start(toy: Path, tmp_path: Path) -> None:
     """``deadline_for`` (fit's reserve that follows the leader) gives each candidate its deadline
     from the leader so far, and is re-read before each new candidate starts."""
-    good = {
-        "train.head_lr": 3e-2,
-        "train.lr": 1e-2,
-        "fusion.type": "concat",
-        "fusion.modality_dropout": 0.0,
-        "inputs.1.encoder.freeze": "all",
-        "train.epochs": 4,
-    }
+    good = GOOD
     leaders: list[int | None] = []  # the leader each candidate was given its deadline under
 
     def deadline_for(params, leader) -> float:

@@ -44,14 +44,9 @@ from mmagent.search.resume import Resumed, record_time
 if TYPE_CHECKING:
     from mmagent.search.objective import CandidateResult
 
-MEASURE_ROWS = 20_000
-PROPORTIONS = (
-    "accuracy",
-    "macro_f1",
-    "micro_f1",
-    "subset_accuracy",
-    "auroc",
-)  # validation scores read as proportions  # training rows the model measured for its cost is built from
+MEASURE_ROWS = 20_000  # training rows the model measured for its cost is built from
+# validation scores read as proportions (standard error sqrt(p (1 - p) / n))
+PROPORTIONS = ("accuracy", "macro_f1", "micro_f1", "subset_accuracy", "auroc")
 
 
 class FitSearch:
