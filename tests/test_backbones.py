@@ -275,6 +275,8 @@ def test_a_larger_backbone_must_win_by_more_than_the_validation_noise_to_be_serv
     assert board(0.8450, noise).best().name == "02-full", "a clear win (30 min: +3.4 points) keeps the larger backbone"
     assert board(0.8088, 0.0).best().name == "02-full" and board(0.8088, 0.0).why_chosen() is None  # preset best: the top score
     assert board(0.8088, noise, own).best().name == "02-full", "a user's own encoder has no catalog cost: the top score"
+    scratch = {"inputs.0.encoder": {"source": "builtin", "name": "mel-cnn"}}
+    assert board(0.8088, noise, {**mpnet, "inputs.1.encoder": scratch["inputs.0.encoder"]}).best().name == "01-partial"
     assert score_standard_error("price/rmse", SimpleNamespace(score=3.2), 387) == 0.0
     assert PRESETS["best"].serving_tolerance == 0.0 < PRESETS["balanced"].serving_tolerance
 

@@ -98,11 +98,12 @@ class Candidate:
 
     def serving_ms(self) -> float | None:
         """What one prediction costs this candidate's encoders (the catalog's CPU ms per sample,
-        summed); None when one of them has no catalog figure (a user's own encoder, an ensemble)."""
+        summed; the built-in ones, an MLP or a small CNN, count as nothing beside a pretrained
+        backbone); None when one of them has no figure (a user's own encoder, an ensemble)."""
         from mmagent import catalog
 
         encoders = [v for k, v in self.params.items() if k.endswith(".encoder") and isinstance(v, dict)]
-        costs = [getattr(catalog.find(e), "cpu_ms", None) for e in encoders]
+        costs = [0.0 if e.get("source") == "builtin" else getattr(catalog.find(e), "cpu_ms", None) for e in encoders]
         return None if not costs or any(c is None for c in costs) else float(sum(costs))
 
     def backbones(self) -> list[str]:
