@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from mmagent.search.ladder import PRESETS, SampleCost, plan_rungs, rung_params, search_space, strategy_encoder, strategy_of
@@ -95,6 +97,9 @@ def test_probe_epochs_are_not_eaten_by_the_feature_cache():
     # what is left after the probe decides the fine-tuning rungs: partial fits, the rest is skipped with its reason
     assert [(r.strategy, r.epochs > 0) for r in rungs] == [("probe", True), ("partial", True), ("lora", False), ("full", False)]
     assert all(r.skipped.startswith("one epoch") and "needs" in r.skipped for r in rungs[2:])
+    for r in rungs[2:]:  # what it needs is more than its share of the time left, as it says
+        need, left, share = map(float, re.findall(r"~(\d+) s", r.skipped))
+        assert need > share and share <= left, r.skipped
     assert all(r.rows is None for r in rungs)  # a table this size is trained on whole
     spent = cost.setup_seconds("probe", 2400, 300) + sum(r.epochs * cost.epoch_seconds(r.strategy, 2400, 300) for r in rungs)
     assert spent <= 900.0
