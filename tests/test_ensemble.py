@@ -180,6 +180,10 @@ def test_fit_keeps_an_ensemble_only_when_it_wins_on_validation(tmp_path: Path, m
     a = _answers(y, wrong=[3, 4])
     b = _answers(y, wrong=[0, 1])
     board = _board([4 / 6, 4 / 6, 5 / 6], tmp_path)
+    # The serving tolerance is for single candidates: an ensemble that wins on validation is kept
+    # even by less (Banking77, 40 min: +0.8 points on validation, under one standard error, was
+    # +1.0 on test; its best member alone 92.31 %, the ensemble 93.34 %).
+    board.tolerance = 0.5
     _fake_validation(monkeypatch, [c, a, b], y)  # loaded best first: c (5/6), then a, b
     lines: list[str] = []
     members = add_ensemble(board, None, 8, tmp_path / "ensemble", lines.append)
@@ -188,23 +192,6 @@ def test_fit_keeps_an_ensemble_only_when_it_wins_on_validation(tmp_path: Path, m
     assert row.strategy == "ensemble" and row.status == "done" and row.score == 1.0
     assert board.best() is row and is_ensemble(tmp_path / "ensemble" / "model")
     assert "top 1: 0.8333" in lines[-1] and "--no-ensemble" in lines[-1]
-
-
-def test_an_ensemble_must_beat_the_best_single_one_by_more_than_the_serving_tolerance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same ensemble as above gains 1/6 on validation: kept with no tolerance, not kept when
-    each member's serving cost must be paid for by more than 0.2 (fit's one standard error)."""
-    from mmagent.search.ensembling import add_ensemble
-
-    y = np.array([0, 1, 2, 0, 1, 2])
-    answers = [_answers(y, wrong=[5]), _answers(y, wrong=[3, 4]), _answers(y, wrong=[0, 1])]
-    for tolerance, kept in ((0.1, True), (0.2, False)):
-        board = _board([4 / 6, 4 / 6, 5 / 6], tmp_path / str(tolerance))
-        board.tolerance = tolerance
-        _fake_validation(monkeypatch, answers, y)
-        lines: list[str] = []
-        members = add_ensemble(board, None, 8, tmp_path / str(tolerance) / "ensemble", lines.append)
-        assert bool(members) is kept and (board.best().strategy == "ensemble") is kept, lines
-    assert "by more than 0.2000" in lines[-1]
 
 
 def test_fit_does_not_keep_an_ensemble_that_does_not_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,14 +42,10 @@ class EnsembleChoice:
     single_loss: float
     larger_better: bool = True
     tried: dict[int, tuple[float, float]] = field(default_factory=dict)  # k -> (score, log-loss)
-    margin: float = 0.0  # the leaderboard's serving tolerance: each member costs every prediction a model
 
     @property
     def wins(self) -> bool:
-        """Better than the best single candidate on validation (see the module docstring); by more
-        than ``margin`` when it is set (``fit``'s presets but ``best``: one standard error)."""
-        if self.margin > 0:
-            return (self.score - self.single_score if self.larger_better else self.single_score - self.score) > self.margin
+        """Better than the best single candidate on validation (see the module docstring)."""
         if self.score != self.single_score:
             return self.score > self.single_score if self.larger_better else self.score < self.single_score
         return not math.isnan(self.loss) and not math.isnan(self.single_loss) and self.loss <= (1 - TIE_MARGIN) * self.single_loss
@@ -104,7 +100,6 @@ def choose_ensemble(board: Leaderboard, validation: Any, batch_size: int, device
         _nan(scored[1][1]),
         larger,
         {k: (v[0], _nan(v[1])) for k, v in scored.items()},
-        board.tolerance,
     )
 
 
@@ -156,8 +151,7 @@ def add_ensemble(
     tried = ", ".join(f"top {k}: {score:.4f}" for k, (score, _) in sorted(choice.tried.items()))
     if not choice.wins:
         board.rows.append(choice.row("not better than the best single", time.monotonic() - start))
-        by = f" by more than {choice.margin:.4f}, its members' serving cost" if choice.margin > 0 else ""
-        say(f"ensemble not kept: averaging did not beat the best candidate on validation{by} ({tried})")
+        say(f"ensemble not kept: averaging did not beat the best candidate on validation ({tried})")
         return []
     board.rows.append(save_candidate(choice, folder, time.monotonic() - start))
     row = board.rows[-1]

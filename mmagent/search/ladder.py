@@ -161,7 +161,11 @@ def plan_rungs(
             need = cost.setup_seconds(strategy, rows, n_validation, done=cached) + cost.epoch_seconds(strategy, rows, n_validation)
             on = "" if rows == n_train else f" on a sample of {rows} rows"
             rungs.append(
-                RungPlan(strategy=strategy, epochs=0, skipped=f"one epoch{on} needs ~{need:.0f} s, its share of the ~{max(0.0, seconds):.0f} s left is ~{max(0.0, share):.0f} s")
+                RungPlan(
+                    strategy=strategy,
+                    epochs=0,
+                    skipped=f"one epoch{on} needs ~{need:.0f} s, its share of the ~{max(0.0, seconds):.0f} s left is ~{max(0.0, share):.0f} s",
+                )
             )
             continue
         epochs = max(epochs, 1)
