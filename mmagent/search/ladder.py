@@ -20,7 +20,7 @@ import math
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 Strategy = Literal["probe", "partial", "lora", "full"]
 STRATEGIES: tuple[Strategy, ...] = ("probe", "partial", "lora", "full")
@@ -48,11 +48,7 @@ class Preset(BaseModel):
     search: bool
     ensemble: bool = False
     larger_backbones: bool = True  # climb to a larger catalog backbone when the budget affords it
-    # A candidate cheaper to serve wins when it is within this many standard errors of the top
-    # validation score: a larger backbone must win by more than the validation split's noise to
-    # cost every prediction several times more (Financial PhraseBank, 10 min: MPNet led MiniLM by
-    # one validation row of 387 and served 7x slower). 0: the top score, whatever it costs.
-    serving_tolerance: float = 1.0
+    serving_tolerance: float = Field(1.0, ge=0, description="standard errors of the top validation score within which a candidate cheaper to serve wins; 0: the top score whatever it costs")  # fmt: skip
 
 
 PRESETS: dict[str, Preset] = {
