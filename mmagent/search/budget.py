@@ -192,17 +192,16 @@ class _Trials:
         sign = 1.0 if self.larger_better else -1.0
         return max(scored, key=lambda c: sign * c.score, default=None)
 
-    def candidate_ends(self, params: dict[str, Any]) -> float:
-        """This candidate's deadline (a ``monotonic()`` value)."""
+    def candidate_ends(self, params: dict[str, Any] | None) -> float:
+        """This candidate's deadline (a ``monotonic()`` value); ``params`` None: when the search
+        starts no new candidate."""
         if self.deadline_for is None:
             return self.deadline
         return min(self.deadline, self.deadline_for(params, self.leader()))
 
     def search_ends(self) -> float:
         """When the search starts no new candidate (a ``monotonic()`` value)."""
-        if self.deadline_for is None:
-            return self.deadline
-        return min(self.deadline, self.deadline_for(None, self.leader()))
+        return self.candidate_ends(None)
 
     def objective(self, trial: optuna.Trial) -> float:
         params = suggest_params(trial, self.space)

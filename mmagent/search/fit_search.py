@@ -10,7 +10,6 @@ import math
 import signal
 import uuid
 from pathlib import Path
-from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from mmagent.finishing.report import UNKNOWN_FIT_ROWS
@@ -168,7 +167,7 @@ class FitSearch:
         reserves = [self._reserve_of(leader.params).seconds] if leader is not None else []
         if params is not None:
             reserves.append(self._reserve_of(params).seconds)
-        return monotonic() + self.clock.left() - max(reserves or [self.reserve])
+        return self.clock.start + self.clock.budget - max(reserves or [self.reserve])  # the budget's end, less the reserve
 
     def _ladder(self, seconds: float) -> list[dict[str, Any]]:
         """The rungs the budget affords, as search parameters, in the order they run: the small
